@@ -1,0 +1,211 @@
+//! Raw command-line flags (clap derive), in virsh's vocabulary. They are turned into validated
+//! values ([`ferry_core::Rules`], [`ferry_core::MigrationOptions`]) before anything runs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferry_core::{CopyRule, MapRule, MigrationOptions, Rules};
+
+/// Ferry live-migrates libvirt guests whose disks mix shared storage (NFS, iSCSI, Ceph: the
+/// data stays, only its name on the target differs) and local storage (copied while the guest
+/// runs).
+///
+/// Every disk needs a decision. Shared storage seen under another name on the target:
+/// `--map SRC=DST`. Local storage to copy: `--copy DEV[=DST]`. Network disks (rbd, iscsi,
+/// gluster, nbd) and empty cdroms need no rule. Ferry refuses, before anything moves, a guest
+/// whose disks it cannot place.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a migration would do, from domain XML files, without any libvirt host.
+    ///
+    /// Example (the seed: NFS mounted elsewhere on the target, a local NVMe namespace copied):
+    ///
+    ///   virsh dumpxml --migratable myGuest > live.xml
+    ///   virsh dumpxml --inactive --migratable myGuest > inactive.xml
+    ///   ferry plan --domain-xml live.xml --inactive-xml inactive.xml \
+    ///       --to qemu+ssh://host2/system \
+    ///       --map /mnt/nfs=/mnt/nfs_second_mount --copy vdb=/dev/nvme1n5 \
+    ///       --out-xml target.xml --out-persistent-xml target-persistent.xml
+    ///
+    /// Prints each disk's decision and why, the migrate_disks list, the flags, the equivalent
+    /// `virsh migrate` command and a diff of the XML. Exit status 0 with a plan; 1 with an error
+    /// that names the disk and how to settle it.
+    #[command(verbatim_doc_comment)]
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The guest's live domain XML (`virsh dumpxml --migratable GUEST`).
+    #[arg(long, value_name = "LIVE.xml")]
+    pub domain_xml: PathBuf,
+    /// The guest's persistent XML (`virsh dumpxml --inactive --migratable GUEST`). The same
+    /// rules are applied to it; libvirt defines it on the target (--persistent-xml), so the
+    /// guest still boots there after its next cold start.
+    #[arg(long, value_name = "INACTIVE.xml")]
+    pub inactive_xml: Option<PathBuf>,
+    /// The target host's libvirt URI, e.g. qemu+ssh://host2/system or qemu+tcp://10.0.0.2/system.
+    #[arg(long, value_name = "URI")]
+    pub to: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub migration: MigrationArgs,
+    /// Write the destination live XML here (virsh's --xml).
+    #[arg(long, value_name = "FILE")]
+    pub out_xml: Option<PathBuf>,
+    /// Write the destination persistent XML here (virsh's --persistent-xml); needs --inactive-xml.
+    #[arg(long, value_name = "FILE", requires = "inactive_xml")]
+    pub out_persistent_xml: Option<PathBuf>,
+    /// Print the plan as one JSON object (disks with decisions, migrate_disks, flags, virsh).
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the XML diff out of the printed plan.
+    #[arg(long)]
+    pub no_diff: bool,
+}
+
+/// Storage rules: how the target host sees each disk.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Shared storage the target sees under another name: SRC and DST are path prefixes matched
+    /// on whole components (/mnt/nfs=/mnt/nfs_second_mount) or whole device paths
+    /// (/dev/sdb2=/dev/sdb5). A matched disk is not copied; its <source> is rewritten.
+    /// For <disk type='volume'>, POOL=POOL2 names storage pools. Repeatable.
+    #[arg(long = "map", value_name = "SRC=DST")]
+    pub map: Vec<MapRule>,
+    /// Copy the disk whose <target dev> is DEV to DST on the target (a file, or a block device
+    /// under /dev); without =DST the path stays the same. Repeatable.
+    #[arg(long = "copy", value_name = "DEV[=DST]")]
+    pub copy: Vec<CopyRule>,
+    /// A TOML file of rules with the same meaning: [[map]] from/to, [[copy]] disk/to.
+    /// Flags add to it.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+}
+
+/// How libvirt migrates.
+#[derive(Debug, Args)]
+pub struct MigrationArgs {
+    /// Cap the whole migration at this many MiB/s (disk copy and memory). libvirt applies its
+    /// figure to each disk mirror, so Ferry divides it among the copied disks.
+    #[arg(long, value_name = "MiB/s", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bandwidth: Option<u64>,
+    /// Peer-to-peer: the source libvirtd talks to the target's (VIR_MIGRATE_PEER2PEER).
+    #[arg(long)]
+    pub p2p: bool,
+    /// Encrypt the migration streams with TLS (VIR_MIGRATE_TLS).
+    #[arg(long)]
+    pub tls: bool,
+    /// Skip libvirt's safety checks on disk caching and shared storage (VIR_MIGRATE_UNSAFE).
+    /// Needed when the shared storage is not a filesystem libvirt recognises as shared.
+    #[arg(long = "unsafe")]
+    pub unsafe_: bool,
+    /// Where the target's QEMU listens for the memory stream (virsh --migrateuri), e.g.
+    /// tcp://10.0.0.2.
+    #[arg(long, value_name = "URI")]
+    pub migrate_uri: Option<String>,
+    /// Where the target's NBD server listens for the disk copy (virsh --disks-uri), e.g.
+    /// tcp://10.0.0.2:49153.
+    #[arg(long, value_name = "URI")]
+    pub disks_uri: Option<String>,
+}
+
+impl StorageArgs {
+    /// The rules file (if any) with the flags added on top.
+    pub fn rules(&self) -> anyhow::Result<Rules> {
+        let mut rules = match &self.rules {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the rules file {}", p.display()))?;
+                Rules::from_toml(&text)
+                    .with_context(|| format!("in the rules file {}", p.display()))?
+            }
+            None => Rules::default(),
+        };
+        rules.extend(Rules {
+            map: self.map.clone(),
+            copy: self.copy.clone(),
+        })?;
+        Ok(rules)
+    }
+}
+
+impl MigrationArgs {
+    pub fn options(&self) -> MigrationOptions {
+        MigrationOptions {
+            p2p: self.p2p,
+            tls: self.tls,
+            unsafe_: self.unsafe_,
+            bandwidth_mib: self.bandwidth,
+            migrate_uri: self.migrate_uri.clone(),
+            disks_uri: self.disks_uri.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn map_and_copy_flags_are_validated_while_parsing() {
+        let e = Cli::try_parse_from([
+            "ferry",
+            "plan",
+            "--domain-xml",
+            "x",
+            "--to",
+            "u",
+            "--map",
+            "nfs",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SRC=DST"), "{e}");
+        let ok = Cli::try_parse_from([
+            "ferry",
+            "plan",
+            "--domain-xml",
+            "x",
+            "--to",
+            "u",
+            "--map",
+            "/a=/b",
+            "--copy",
+            "vdb",
+        ])
+        .unwrap();
+        let Command::Plan(p) = ok.command;
+        assert_eq!(p.storage.rules().unwrap().copy[0].disk, "vdb");
+    }
+
+    #[test]
+    fn bandwidth_zero_is_refused() {
+        assert!(Cli::try_parse_from([
+            "ferry",
+            "plan",
+            "--domain-xml",
+            "x",
+            "--to",
+            "u",
+            "--bandwidth",
+            "0"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! `ferry plan` as an operator runs it: files in, plan and XML files out, exit status.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ferry-core/tests/data")
+        .join(name)
+}
+
+fn ferry(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-plan-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn seed_plan_writes_the_target_xml_and_a_runnable_virsh_line() {
+    let (out_xml, out_p) = (tmp("t.xml"), tmp("tp.xml"));
+    let src = data("seed-source.xml");
+    let (code, stdout, stderr) = ferry(&[
+        "plan",
+        "--domain-xml",
+        src.to_str().unwrap(),
+        "--inactive-xml",
+        src.to_str().unwrap(),
+        "--to",
+        "qemu+ssh://192.168.1.2/system",
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/nvme1n5",
+        "--out-xml",
+        out_xml.to_str().unwrap(),
+        "--out-persistent-xml",
+        out_p.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = std::fs::read_to_string(data("seed-target.xml")).unwrap();
+    assert_eq!(std::fs::read_to_string(&out_xml).unwrap(), expected);
+    assert_eq!(std::fs::read_to_string(&out_p).unwrap(), expected);
+    let virsh = format!(
+        "virsh migrate --live --persistent --undefinesource --abort-on-error --copy-storage-all \
+         --migrate-disks vdb --xml {} --persistent-xml {} myGuest qemu+ssh://192.168.1.2/system",
+        out_xml.display(),
+        out_p.display()
+    );
+    assert!(stdout.contains(&virsh), "{stdout}");
+    assert!(stdout.contains("migrate_disks: vdb"), "{stdout}");
+}
+
+#[test]
+fn json_plan_is_one_object_with_decisions() {
+    let src = data("seed-source.xml");
+    let (code, stdout, stderr) = ferry(&[
+        "plan",
+        "--domain-xml",
+        src.to_str().unwrap(),
+        "--to",
+        "qemu+tcp://h/system",
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/nvme1n5",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["migrate_disks"], serde_json::json!(["vdb"]));
+    assert_eq!(v["disks"][0]["decision"], "shared");
+    assert_eq!(v["disks"][1]["decision"], "copy");
+    assert_eq!(v["disks"][1]["dest_source"]["path"], "/dev/nvme1n5");
+    assert!(v["virsh"].as_str().unwrap().contains("--migrate-disks vdb"));
+    assert!(v["flag_names"]
+        .as_array()
+        .unwrap()
+        .contains(&"NON_SHARED_DISK".into()));
+}
+
+#[test]
+fn a_disk_without_a_rule_exits_1_naming_it() {
+    let src = data("seed-source.xml");
+    let out_xml = tmp("never.xml");
+    let (code, stdout, stderr) = ferry(&[
+        "plan",
+        "--domain-xml",
+        src.to_str().unwrap(),
+        "--to",
+        "u",
+        "--map",
+        "/mnt/nfs=/x",
+        "--out-xml",
+        out_xml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("disk vdb (block /dev/nvme2n2) has no storage rule"),
+        "{stderr}"
+    );
+    assert!(
+        !out_xml.exists(),
+        "no file is written when there is no plan"
+    );
+}
+
+#[test]
+fn rules_file_means_the_same_as_flags() {
+    let rules = tmp("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[map]]\nfrom = \"/mnt/nfs\"\nto = \"/mnt/nfs_second_mount\"\n[[copy]]\ndisk = \"vdb\"\nto = \"/dev/nvme1n5\"\n",
+    )
+    .unwrap();
+    let src = data("seed-source.xml");
+    let by_file = ferry(&[
+        "plan",
+        "--domain-xml",
+        src.to_str().unwrap(),
+        "--to",
+        "u",
+        "--json",
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let by_flags = ferry(&[
+        "plan",
+        "--domain-xml",
+        src.to_str().unwrap(),
+        "--to",
+        "u",
+        "--json",
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/nvme1n5",
+    ]);
+    assert_eq!(by_file.0, 0, "{}", by_file.2);
+    assert_eq!(by_file.1, by_flags.1);
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let (code, _, stderr) = ferry(&["plan", "--domain-xml", "/nonexistent.xml", "--to", "u"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot read the live domain XML /nonexistent.xml"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,15 @@
+//! Ferry's pure core: no I/O, no libvirt.
+//!
+//! The flow it serves is **inventory → plan**: [`domain`] reads what a guest's domain XML says,
+//! [`rules`] says how the target sees each disk, [`plan`] decides per disk and builds the
+//! destination XML through the byte-exact [`rewrite`].
+
+pub mod domain;
+pub mod plan;
+pub mod rewrite;
+pub mod rules;
+pub mod xml;
+
+pub use domain::{Disk, DiskSource, DiskType, Domain};
+pub use plan::{plan, Decision, DiskPlan, MigrationOptions, Plan, PlanError, XmlFiles};
+pub use rules::{CopyRule, MapRule, Rules};

@@ -1,0 +1,847 @@
+//! The migration plan: a decision for every disk, the destination XML, the flags, and the
+//! equivalent `virsh migrate` command line.
+
+use serde::Serialize;
+
+use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
+use crate::rewrite::{self, Edit, NewSource, RewriteError};
+use crate::rules::Rules;
+
+/// Why no plan can be made. Every message names the disk and says how to settle it.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the {which} domain XML")]
+    Domain {
+        which: &'static str,
+        #[source]
+        source: DomainError,
+    },
+    #[error("the live and inactive XML describe different guests ({live} and {inactive})")]
+    DifferentGuests { live: String, inactive: String },
+    #[error(
+        "disk {target} ({source_desc}) has no storage rule: if the target host sees it as shared \
+         storage under another path, add --map SRC=DST (e.g. --map {example_map}); if it is local \
+         and must be copied, add --copy {target} (same path) or --copy {target}=DST"
+    )]
+    NoRule {
+        target: String,
+        source_desc: String,
+        example_map: String,
+    },
+    #[error(
+        "disk {target} ({source_desc}) is matched by --map {map_from}={map_to} and named by --copy \
+         {target}: copying a shared disk mirrors it onto itself and destroys it; drop one of the two"
+    )]
+    MapAndCopy {
+        target: String,
+        source_desc: String,
+        map_from: String,
+        map_to: String,
+    },
+    #[error("--copy {disk}: the guest has no disk with target dev {disk} (its disks: {known})")]
+    CopyUnknownDisk { disk: String, known: String },
+    #[error("--copy {target}: {why}")]
+    CopyNotPossible { target: String, why: String },
+    #[error(
+        "the guest is not migratable: it has a passthrough device ({device}); detach it first \
+         (virsh detach-device), migrate, and attach the target's own device afterwards"
+    )]
+    Passthrough { device: String },
+    #[error("cannot rewrite the {which} XML")]
+    Rewrite {
+        which: &'static str,
+        #[source]
+        source: RewriteError,
+    },
+}
+
+/// What happens to a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The data stays where it is; the target reaches it (possibly under another name).
+    Shared,
+    /// The data is copied to the target while the guest runs.
+    Copy,
+    /// No media (an empty cdrom or floppy): nothing to do.
+    NoMedia,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Copy => "copy",
+            Self::NoMedia => "no media",
+        }
+    }
+}
+
+/// The plan for one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskPlan {
+    /// `<target dev>`.
+    pub target: String,
+    pub device: String,
+    pub decision: Decision,
+    /// Why: which rule (or fact) decided.
+    pub reason: String,
+    pub source_type: String,
+    pub source: Option<DiskSource>,
+    pub dest_type: String,
+    pub dest_source: Option<DiskSource>,
+    /// The image format (`raw`, `qcow2`), which a created copy target must have.
+    pub format: Option<String>,
+    /// Bytes the copy moves, where known (filled in by the migrate flow from the source host).
+    pub bytes_to_copy: Option<u64>,
+}
+
+impl DiskPlan {
+    /// The path the target host must provide for this disk, for path-backed destinations.
+    pub fn dest_path(&self) -> Option<&str> {
+        match &self.dest_source {
+            Some(DiskSource::Path { path }) => Some(path),
+            _ => None,
+        }
+    }
+
+    pub fn source_path(&self) -> Option<&str> {
+        match &self.source {
+            Some(DiskSource::Path { path }) => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// Options that shape the migration call, as given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationOptions {
+    pub p2p: bool,
+    pub tls: bool,
+    pub unsafe_: bool,
+    /// The whole migration's bandwidth cap in MiB/s.
+    pub bandwidth_mib: Option<u64>,
+    pub migrate_uri: Option<String>,
+    pub disks_uri: Option<String>,
+}
+
+/// libvirt migration flags Ferry sets (`virDomainMigrateFlags`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    pub live: bool,
+    pub persist_dest: bool,
+    pub undefine_source: bool,
+    pub abort_on_error: bool,
+    pub non_shared_disk: bool,
+    pub peer2peer: bool,
+    pub tls: bool,
+    pub unsafe_: bool,
+}
+
+impl Flags {
+    /// The flags' libvirt names, in libvirt's order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.live, "LIVE"),
+            (self.peer2peer, "PEER2PEER"),
+            (self.persist_dest, "PERSIST_DEST"),
+            (self.undefine_source, "UNDEFINE_SOURCE"),
+            (self.non_shared_disk, "NON_SHARED_DISK"),
+            (self.unsafe_, "UNSAFE"),
+            (self.abort_on_error, "ABORT_ON_ERROR"),
+            (self.tls, "TLS"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
+/// Everything Ferry will do, decided before anything is touched.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub domain: String,
+    pub uuid: Option<String>,
+    pub dest_uri: String,
+    pub disks: Vec<DiskPlan>,
+    /// Always explicit: libvirt copies every non-shareable disk when the list is empty.
+    pub migrate_disks: Vec<String>,
+    pub flags: Flags,
+    pub options: MigrationOptions,
+    /// The bandwidth handed to libvirt, which applies it to every disk mirror at once: the
+    /// per-migration cap divided by the number of copied disks.
+    pub bandwidth_per_stream_mib: Option<u64>,
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub dest_xml: String,
+    #[serde(skip)]
+    pub persist_xml: Option<String>,
+    pub diff: String,
+    pub persist_diff: Option<String>,
+}
+
+/// The files the equivalent virsh command reads.
+#[derive(Debug, Clone)]
+pub struct XmlFiles {
+    pub dest_xml: String,
+    pub persist_xml: Option<String>,
+}
+
+/// One document's rewrite: the decisions for its disks and the edited text.
+#[derive(Debug, Clone)]
+pub struct DomainRewrite {
+    pub disks: Vec<DiskPlan>,
+    /// The edited document, with the range of every edit in the input and the output.
+    pub applied: rewrite::Applied,
+}
+
+/// Make the plan for migrating the guest whose live XML is `live_xml` (and whose persistent XML
+/// is `inactive_xml`, when it has one) to `dest_uri`.
+pub fn plan(
+    live_xml: &str,
+    inactive_xml: Option<&str>,
+    dest_uri: &str,
+    rules: &Rules,
+    options: &MigrationOptions,
+) -> Result<Plan, PlanError> {
+    let live = domain::parse(live_xml).map_err(|source| PlanError::Domain {
+        which: "live",
+        source,
+    })?;
+    if let Some(p) = live.passthrough.first() {
+        return Err(PlanError::Passthrough {
+            device: p.to_string(),
+        });
+    }
+    for c in &rules.copy {
+        if !live.disks.iter().any(|d| d.target == c.disk) {
+            return Err(PlanError::CopyUnknownDisk {
+                disk: c.disk.clone(),
+                known: live
+                    .disks
+                    .iter()
+                    .map(|d| d.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let live_plan = rewrite_domain(live_xml, &live, rules)?;
+    let dest_xml = live_plan.applied.text;
+
+    let mut warnings = Vec::new();
+    let persist_xml = match inactive_xml {
+        None => None,
+        Some(text) => {
+            let inactive = domain::parse(text).map_err(|source| PlanError::Domain {
+                which: "inactive",
+                source,
+            })?;
+            if inactive.name != live.name || inactive.uuid != live.uuid {
+                return Err(PlanError::DifferentGuests {
+                    live: live.name.clone(),
+                    inactive: inactive.name.clone(),
+                });
+            }
+            let p = rewrite_domain(text, &inactive, rules)?;
+            for d in &p.disks {
+                if !live.disks.iter().any(|l| l.target == d.target) {
+                    warnings.push(format!(
+                        "disk {} is only in the persistent definition (not attached now)",
+                        d.target
+                    ));
+                }
+            }
+            Some(p.applied.text)
+        }
+    };
+
+    for m in &rules.map {
+        let used = live.disks.iter().any(|d| match &d.source {
+            Some(DiskSource::Path { path }) => m.apply(path).is_some(),
+            Some(DiskSource::Volume { pool, .. }) => &m.from == pool,
+            _ => false,
+        });
+        if !used {
+            warnings.push(format!("--map {}={} matches no disk", m.from, m.to));
+        }
+    }
+    for d in &live.disks {
+        if d.backing_chain
+            .iter()
+            .any(|b| matches!(b, DiskSource::Path { .. }))
+        {
+            warnings.push(format!(
+                "disk {} has a backing chain; its images name their backing files themselves: \
+                 make sure those paths resolve on the target",
+                d.target
+            ));
+        }
+    }
+
+    let migrate_disks: Vec<String> = live_plan
+        .disks
+        .iter()
+        .filter(|d| d.decision == Decision::Copy)
+        .map(|d| d.target.clone())
+        .collect();
+    let flags = Flags {
+        live: true,
+        persist_dest: true,
+        undefine_source: true,
+        abort_on_error: true,
+        non_shared_disk: !migrate_disks.is_empty(),
+        peer2peer: options.p2p,
+        tls: options.tls,
+        unsafe_: options.unsafe_,
+    };
+    let bandwidth_per_stream_mib = options
+        .bandwidth_mib
+        .map(|b| (b / migrate_disks.len().max(1) as u64).max(1));
+    let diff = unified_diff(live_xml, &dest_xml, "source (live)", "target (live)");
+    let persist_diff = inactive_xml
+        .zip(persist_xml.as_deref())
+        .map(|(a, b)| unified_diff(a, b, "source (persistent)", "target (persistent)"));
+    Ok(Plan {
+        domain: live.name.clone(),
+        uuid: live.uuid.clone(),
+        dest_uri: dest_uri.to_string(),
+        disks: live_plan.disks,
+        migrate_disks,
+        flags,
+        options: options.clone(),
+        bandwidth_per_stream_mib,
+        warnings,
+        dest_xml,
+        persist_xml,
+        diff,
+        persist_diff,
+    })
+}
+
+/// Decide every disk of `dom` (read from `text`) and apply the rules to `text`.
+pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainRewrite, PlanError> {
+    let mut disks = Vec::new();
+    let mut edits: Vec<Edit> = Vec::new();
+    for disk in &dom.disks {
+        let (decision, reason, new) = decide(disk, rules)?;
+        if let Some(new) = &new {
+            edits.extend(
+                rewrite::disk_edits(disk, new).map_err(|source| PlanError::Rewrite {
+                    which: "domain",
+                    source,
+                })?,
+            );
+        }
+        let dest_type = match &new {
+            Some(NewSource::Path { kind, .. }) => kind.as_str().to_string(),
+            _ => disk.disk_type.as_str().to_string(),
+        };
+        disks.push(DiskPlan {
+            target: disk.target.clone(),
+            device: disk.device.clone(),
+            decision,
+            reason,
+            source_type: disk.disk_type.as_str().to_string(),
+            source: disk.source.clone(),
+            dest_type,
+            dest_source: match &new {
+                Some(n) => Some(rewrite::describe(n, disk.source.as_ref())),
+                None => disk.source.clone(),
+            },
+            format: disk.format.clone(),
+            bytes_to_copy: None,
+        });
+    }
+    Ok(DomainRewrite {
+        disks,
+        applied: rewrite::apply(text, &edits),
+    })
+}
+
+/// The kind of disk a destination path makes: a block device under `/dev`, else a file.
+pub fn kind_of_path(path: &str) -> DiskType {
+    if path.starts_with("/dev/") {
+        DiskType::Block
+    } else {
+        DiskType::File
+    }
+}
+
+type Decided = (Decision, String, Option<NewSource>);
+
+fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
+    let copy = rules.copy_for(&disk.target);
+    let source_desc = || match &disk.source {
+        Some(s) => format!("{} {s}", disk.disk_type.as_str()),
+        None => format!("{} without media", disk.device),
+    };
+    let Some(source) = &disk.source else {
+        if copy.is_some() {
+            return Err(PlanError::CopyNotPossible {
+                target: disk.target.clone(),
+                why: format!("the {} has no media: there is nothing to copy", disk.device),
+            });
+        }
+        return Ok((Decision::NoMedia, "no media".into(), None));
+    };
+    let map = match source {
+        DiskSource::Path { path } => rules.map_for_path(path).and_then(|r| {
+            r.apply(path).map(|to| {
+                (
+                    r,
+                    NewSource::Path {
+                        kind: disk.disk_type.clone(),
+                        path: to,
+                    },
+                )
+            })
+        }),
+        DiskSource::Volume { pool, .. } => rules
+            .map_for_pool(pool)
+            .map(|r| (r, NewSource::Pool { pool: r.to.clone() })),
+        _ => None,
+    };
+    match (copy, map) {
+        (Some(_), Some((m, _))) => Err(PlanError::MapAndCopy {
+            target: disk.target.clone(),
+            source_desc: source_desc(),
+            map_from: m.from.clone(),
+            map_to: m.to.clone(),
+        }),
+        (Some(c), None) => {
+            let not = |why: &str| {
+                Err(PlanError::CopyNotPossible {
+                    target: disk.target.clone(),
+                    why: why.to_string(),
+                })
+            };
+            if disk.shareable {
+                return not(
+                    "the disk is <shareable/>: libvirt never copies shared disks; use --map",
+                );
+            }
+            if disk.readonly {
+                return not(
+                    "the disk is <readonly/>: libvirt never copies read-only disks; make the \
+                     media available on the target and use --map",
+                );
+            }
+            match (&disk.disk_type, source) {
+                (DiskType::Network, _) => {
+                    return not("it is a network disk: its data is not on the source host")
+                }
+                (DiskType::Dir, _) => {
+                    return not("it is a directory disk (vvfat): libvirt cannot copy it")
+                }
+                _ => {}
+            }
+            let reason = match &c.to {
+                Some(to) => format!("--copy {}={to}", c.disk),
+                None => format!("--copy {} (same path on the target)", c.disk),
+            };
+            let new = c.to.as_ref().map(|to| NewSource::Path {
+                kind: kind_of_path(to),
+                path: to.clone(),
+            });
+            Ok((Decision::Copy, reason, new))
+        }
+        (None, Some((m, new))) => Ok((
+            Decision::Shared,
+            format!("--map {}={} (not copied)", m.from, m.to),
+            Some(new),
+        )),
+        (None, None) => match source {
+            DiskSource::Network { protocol, .. } => Ok((
+                Decision::Shared,
+                format!("network disk ({protocol}): shared by nature, unchanged"),
+                None,
+            )),
+            _ => Err(PlanError::NoRule {
+                target: disk.target.clone(),
+                source_desc: source_desc(),
+                example_map: match disk.path() {
+                    Some(p) if p.starts_with("/dev/") => format!("{p}=/dev/TARGET_DEVICE"),
+                    Some(p) => {
+                        let dir = p.rsplit_once('/').map(|(d, _)| d).filter(|d| !d.is_empty());
+                        format!("{}=/TARGET_PATH", dir.unwrap_or(p))
+                    }
+                    None => "POOL=TARGET_POOL".into(),
+                },
+            }),
+        },
+    }
+}
+
+fn unified_diff(a: &str, b: &str, from: &str, to: &str) -> String {
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(2)
+        .header(from, to)
+        .to_string()
+}
+
+/// Quote `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl Plan {
+    /// The `virsh migrate` command that does what this plan does, runnable as printed once the
+    /// XML files exist. `source_uri` adds `-c URI` when the source is not the default.
+    pub fn virsh_command(&self, files: &XmlFiles, source_uri: Option<&str>) -> String {
+        let mut a: Vec<String> = vec!["virsh".into()];
+        if let Some(u) = source_uri {
+            a.extend(["-c".into(), shell_quote(u)]);
+        }
+        a.push("migrate".into());
+        let f = &self.flags;
+        for (on, flag) in [
+            (f.live, "--live"),
+            (f.peer2peer, "--p2p"),
+            (f.persist_dest, "--persistent"),
+            (f.undefine_source, "--undefinesource"),
+            (f.abort_on_error, "--abort-on-error"),
+            (f.non_shared_disk, "--copy-storage-all"),
+            (f.unsafe_, "--unsafe"),
+            (f.tls, "--tls"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        if !self.migrate_disks.is_empty() {
+            a.extend(["--migrate-disks".into(), self.migrate_disks.join(",")]);
+        }
+        a.extend(["--xml".into(), shell_quote(&files.dest_xml)]);
+        if let Some(p) = &files.persist_xml {
+            a.extend(["--persistent-xml".into(), shell_quote(p)]);
+        }
+        if let Some(b) = self.bandwidth_per_stream_mib {
+            a.extend(["--bandwidth".into(), b.to_string()]);
+        }
+        if let Some(u) = &self.options.migrate_uri {
+            a.extend(["--migrateuri".into(), shell_quote(u)]);
+        }
+        if let Some(u) = &self.options.disks_uri {
+            a.extend(["--disks-uri".into(), shell_quote(u)]);
+        }
+        a.push(shell_quote(&self.domain));
+        a.push(shell_quote(&self.dest_uri));
+        a.join(" ")
+    }
+
+    /// Total bytes the copies move, where every copied disk's size is known.
+    pub fn copy_bytes(&self) -> Option<u64> {
+        self.disks
+            .iter()
+            .filter(|d| d.decision == Decision::Copy)
+            .map(|d| d.bytes_to_copy)
+            .sum()
+    }
+
+    /// The plan as a person reads it.
+    pub fn render(&self, files: &XmlFiles, source_uri: Option<&str>, with_diff: bool) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Plan: migrate guest '{}' to {}",
+            self.domain, self.dest_uri
+        );
+        let _ = writeln!(s, "\nDisks:");
+        for d in &self.disks {
+            let src = d.source.as_ref().map(|x| x.to_string()).unwrap_or_default();
+            let dst = d
+                .dest_source
+                .as_ref()
+                .map(|x| x.to_string())
+                .unwrap_or_default();
+            let arrow = if d.decision == Decision::NoMedia {
+                String::new()
+            } else if src == dst && d.source_type == d.dest_type {
+                format!("{} {src} (unchanged)", d.source_type)
+            } else {
+                format!("{} {src} -> {} {dst}", d.source_type, d.dest_type)
+            };
+            let size = d
+                .bytes_to_copy
+                .map(|b| format!(", {}", human_bytes(b)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {:<6} {:<8} {arrow}\n  {:<6} {:<8} why: {}{size}",
+                d.target,
+                d.decision.as_str(),
+                "",
+                "",
+                d.reason
+            );
+        }
+        let md = if self.migrate_disks.is_empty() {
+            "(none: no disk is copied)".to_string()
+        } else {
+            self.migrate_disks.join(", ")
+        };
+        let _ = writeln!(s, "\nmigrate_disks: {md}");
+        let _ = writeln!(s, "flags: {}", self.flags.names().join(" | "));
+        if let (Some(total), Some(per)) =
+            (self.options.bandwidth_mib, self.bandwidth_per_stream_mib)
+        {
+            let _ = writeln!(
+                s,
+                "bandwidth: {total} MiB/s in all ({per} MiB/s per stream: libvirt applies the cap \
+                 to each of the {} disk mirror(s))",
+                self.migrate_disks.len().max(1)
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(
+            s,
+            "\nEquivalent virsh command:\n  {}",
+            self.virsh_command(files, source_uri)
+        );
+        if with_diff {
+            let _ = writeln!(s, "\nChanges to the live XML:\n{}", self.diff);
+            if let Some(d) = &self.persist_diff {
+                let _ = writeln!(s, "Changes to the persistent XML:\n{d}");
+            }
+        }
+        s
+    }
+
+    /// The plan as one JSON object, with the virsh command line.
+    pub fn to_json(&self, files: &XmlFiles, source_uri: Option<&str>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("flag_names".into(), self.flags.names().into());
+            o.insert("virsh".into(), self.virsh_command(files, source_uri).into());
+        }
+        v
+    }
+}
+
+/// Bytes in the largest binary unit that keeps the figure at least 1.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{CopyRule, MapRule};
+
+    const SEED: &str = include_str!("../tests/data/seed-source.xml");
+    const SEED_TARGET: &str = include_str!("../tests/data/seed-target.xml");
+    const BLOCK: &str = include_str!("../tests/data/seed-block-source.xml");
+    const BLOCK_TARGET: &str = include_str!("../tests/data/seed-block-target.xml");
+
+    fn rules(maps: &[&str], copies: &[&str]) -> Rules {
+        Rules {
+            map: maps.iter().map(|m| m.parse::<MapRule>().unwrap()).collect(),
+            copy: copies
+                .iter()
+                .map(|c| c.parse::<CopyRule>().unwrap())
+                .collect(),
+        }
+    }
+
+    fn files() -> XmlFiles {
+        XmlFiles {
+            dest_xml: "target.xml".into(),
+            persist_xml: Some("target-persistent.xml".into()),
+        }
+    }
+
+    #[test]
+    fn seed_nfs_plus_local_nvme() {
+        let r = rules(&["/mnt/nfs=/mnt/nfs_second_mount"], &["vdb=/dev/nvme1n5"]);
+        let p = plan(
+            SEED,
+            Some(SEED),
+            "qemu+ssh://192.168.1.2/system",
+            &r,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(p.dest_xml, SEED_TARGET);
+        assert_eq!(p.persist_xml.as_deref(), Some(SEED_TARGET));
+        assert_eq!(p.migrate_disks, vec!["vdb"]);
+        assert_eq!(p.disks[0].decision, Decision::Shared);
+        assert_eq!(p.disks[1].decision, Decision::Copy);
+        assert_eq!(p.disks[1].dest_path(), Some("/dev/nvme1n5"));
+        assert_eq!(
+            p.flags.names(),
+            [
+                "LIVE",
+                "PERSIST_DEST",
+                "UNDEFINE_SOURCE",
+                "NON_SHARED_DISK",
+                "ABORT_ON_ERROR"
+            ]
+        );
+        assert_eq!(
+            p.virsh_command(&files(), None),
+            "virsh migrate --live --persistent --undefinesource --abort-on-error \
+             --copy-storage-all --migrate-disks vdb --xml target.xml --persistent-xml \
+             target-persistent.xml myGuest qemu+ssh://192.168.1.2/system"
+        );
+        assert!(
+            p.diff.contains("-      <source dev='/dev/nvme2n2'/>"),
+            "{}",
+            p.diff
+        );
+        assert!(p.diff.contains("+      <source dev='/dev/nvme1n5'/>"));
+    }
+
+    #[test]
+    fn seed_block_device_renamed_is_shared_and_only_rewritten() {
+        let r = rules(&["/dev/sdb2=/dev/sdb5"], &[]);
+        let p = plan(BLOCK, None, "qemu+ssh://h/system", &r, &Default::default()).unwrap();
+        assert_eq!(p.dest_xml, BLOCK_TARGET);
+        assert_eq!(p.disks[0].decision, Decision::Shared);
+        assert!(p.migrate_disks.is_empty());
+        assert!(!p.flags.non_shared_disk);
+        let v = p.virsh_command(&files(), None);
+        assert!(
+            !v.contains("--copy-storage-all") && !v.contains("--migrate-disks"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_disk_without_a_rule_names_the_disk_and_both_flags() {
+        let e = plan(
+            SEED,
+            None,
+            "u",
+            &rules(&["/mnt/nfs=/x"], &[]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("disk vdb (block /dev/nvme2n2)"), "{e}");
+        assert!(e.contains("--map") && e.contains("--copy vdb"), "{e}");
+    }
+
+    #[test]
+    fn map_and_copy_of_one_disk_is_refused() {
+        let e = plan(
+            SEED,
+            None,
+            "u",
+            &rules(&["/mnt/nfs=/x", "/dev=/dev"], &["vda"]),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, PlanError::MapAndCopy { ref target, .. } if target == "vda"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn copy_of_an_unknown_disk_lists_the_disks() {
+        let e = plan(SEED, None, "u", &rules(&[], &["vdz"]), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vdz") && e.contains("vda, vdb"), "{e}");
+    }
+
+    #[test]
+    fn passthrough_makes_the_guest_not_migratable() {
+        let doc = SEED.replace(
+            "</devices>",
+            "<hostdev mode='subsystem' type='usb'><source><vendor id='0x1234'/><product id='0xbeef'/></source></hostdev></devices>",
+        );
+        let e = plan(
+            &doc,
+            None,
+            "u",
+            &rules(&["/mnt/nfs=/x"], &["vdb"]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("passthrough") && e.contains("USB vendor 0x1234"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn copy_to_a_file_turns_a_block_disk_into_a_file_disk() {
+        let r = rules(&["/mnt/nfs=/x"], &["vdb=/var/lib/ferry/vdb.raw"]);
+        let p = plan(SEED, None, "u", &r, &Default::default()).unwrap();
+        assert!(p
+            .dest_xml
+            .contains("<disk type='file' device='disk'>\n      <driver name='qemu' type='raw' cache='none' />\n      <source file='/var/lib/ferry/vdb.raw'/>"));
+        assert_eq!(p.disks[1].dest_type, "file");
+    }
+
+    #[test]
+    fn network_disks_and_empty_cdroms_need_no_rule() {
+        let doc = "<domain><name>g</name><devices>\
+            <disk type='network' device='disk'><source protocol='rbd' name='p/i'/><target dev='vda'/></disk>\
+            <disk type='file' device='cdrom'><target dev='hdc'/><readonly/></disk>\
+            </devices></domain>";
+        let p = plan(doc, None, "u", &Rules::default(), &Default::default()).unwrap();
+        assert_eq!(p.dest_xml, doc);
+        assert_eq!(p.disks[0].decision, Decision::Shared);
+        assert_eq!(p.disks[1].decision, Decision::NoMedia);
+        let e = plan(doc, None, "u", &rules(&[], &["vda"]), &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("network disk"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_is_split_across_disk_mirrors() {
+        let doc = SEED.replace("'vda'", "'vdc'");
+        let doc = doc.replace(
+            "<source file='/mnt/nfs/test_img.img'/>",
+            "<source file='/var/lib/a.img'/>",
+        );
+        let opts = MigrationOptions {
+            bandwidth_mib: Some(100),
+            ..Default::default()
+        };
+        let p = plan(&doc, None, "u", &rules(&[], &["vdb", "vdc"]), &opts).unwrap();
+        assert_eq!(p.migrate_disks, vec!["vdc", "vdb"]);
+        assert_eq!(p.bandwidth_per_stream_mib, Some(50));
+        assert!(p.virsh_command(&files(), None).contains("--bandwidth 50"));
+    }
+
+    #[test]
+    fn unused_map_rule_is_a_warning() {
+        let r = rules(&["/mnt/nfs=/x", "/srv/none=/y"], &["vdb"]);
+        let p = plan(SEED, None, "u", &r, &Default::default()).unwrap();
+        assert_eq!(p.warnings, vec!["--map /srv/none=/y matches no disk"]);
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("/a/b.xml"), "/a/b.xml");
+        assert_eq!(shell_quote("my guest"), "'my guest'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

@@ -1,0 +1,90 @@
+//! Property tests of the rewrite: arbitrary rules over real XML.
+
+mod common;
+
+use ferry_core::domain::{self, DiskSource};
+use ferry_core::plan::{kind_of_path, rewrite_domain, Decision, PlanError};
+use ferry_core::{CopyRule, MapRule, Rules};
+use proptest::prelude::*;
+
+/// What to do with one disk.
+#[derive(Debug, Clone)]
+enum Choice {
+    Nothing,
+    Map(String),
+    CopyKeep,
+    CopyTo(String),
+}
+
+fn path_part() -> impl Strategy<Value = String> {
+    // Characters that need escaping in attributes, and spaces, on purpose.
+    "[a-zA-Z0-9_. &<>'\"-]{1,12}"
+}
+
+fn choice() -> impl Strategy<Value = Choice> {
+    prop_oneof![
+        Just(Choice::Nothing),
+        path_part().prop_map(|p| Choice::Map(format!("/m/{p}"))),
+        Just(Choice::CopyKeep),
+        path_part().prop_map(|p| Choice::CopyTo(format!("/var/{p}"))),
+        path_part().prop_map(|p| Choice::CopyTo(format!("/dev/{p}"))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rewrite_is_byte_exact_outside_the_edits(
+        file_idx in 0usize..1000,
+        choices in proptest::collection::vec(choice(), 16),
+    ) {
+        let corpus = common::corpus();
+        let (name, text) = &corpus[file_idx % corpus.len()];
+        let dom = domain::parse(text).unwrap();
+        let mut rules = Rules::default();
+        for (d, c) in dom.disks.iter().zip(choices.iter().cycle()) {
+            match c {
+                Choice::Nothing => {}
+                Choice::Map(to) => {
+                    if let Some(p) = d.path() {
+                        rules.map.push(MapRule { from: p.to_string(), to: format!("{to}{p}") });
+                    }
+                }
+                Choice::CopyKeep | Choice::CopyTo(_) => {
+                    if !d.target.is_empty() && rules.copy_for(&d.target).is_none() {
+                        rules.copy.push(CopyRule {
+                            disk: d.target.clone(),
+                            to: match c { Choice::CopyTo(t) => Some(t.clone()), _ => None },
+                        });
+                    }
+                }
+            }
+        }
+        match rewrite_domain(text, &dom, &rules) {
+            Ok(rw) => {
+                let out = common::check_byte_exact(text, &dom, &rw);
+                for ((before, after), planned) in dom.disks.iter().zip(&out.disks).zip(&rw.disks) {
+                    prop_assert_eq!(&after.source, &planned.dest_source, "{}: {}", name, before.target);
+                    if planned.decision == Decision::Copy {
+                        if let Some(DiskSource::Path { path }) = &planned.dest_source {
+                            if before.source != planned.dest_source {
+                                prop_assert_eq!(&after.disk_type, &kind_of_path(path));
+                            }
+                        }
+                    }
+                    if planned.dest_source == before.source && planned.dest_type == planned.source_type {
+                        // An unchanged disk is byte-identical.
+                        prop_assert_eq!(
+                            &text[before.pos.element.clone()],
+                            &rw.applied.text[after.pos.element.clone()]
+                        );
+                    }
+                }
+            }
+            // Refusals are fine as long as they are the documented ones.
+            Err(PlanError::NoRule { .. } | PlanError::MapAndCopy { .. } | PlanError::CopyNotPossible { .. }) => {}
+            Err(e) => prop_assert!(false, "{}: unexpected error {}", name, e),
+        }
+    }
+}
