@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Check the lab guest's vdb (with the guest paused): the static region matches its checksum and
+the write sequence is unbroken. Record n ("FERRYSEQ n") lives in block n mod K of the sequence
+region; the guest writes n = 1, 2, 3, ... in order, so with M the highest record every block i
+must hold the highest n <= M with n = i (mod K). A lost or stale write breaks that.
+Usage: verify-vdb.py PATH STATIC_MB STATIC_SHA256"""
+import hashlib
+import mmap
+import os
+import sys
+
+BS = 4096
+
+
+def read_all(path):
+    # O_DIRECT: the guest wrote with cache=none; never trust a page cache here.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunk = 1 << 20
+        buf = mmap.mmap(-1, chunk)
+        out = bytearray()
+        while len(out) < size:
+            n = os.readv(fd, [buf])
+            if n <= 0:
+                break
+            out += buf[:n]
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
+def main():
+    path, static_mb, want_sha = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    data = read_all(path)
+    static = static_mb << 20
+    got_sha = hashlib.sha256(data[:static]).hexdigest()
+    if got_sha != want_sha:
+        print(f"FAIL vdb {path}: static region checksum {got_sha} != {want_sha}")
+        return 1
+    region = data[static:]
+    k = len(region) // BS
+    seqs = []
+    for i in range(k):
+        blk = region[i * BS:(i + 1) * BS]
+        if blk.startswith(b"FERRYSEQ "):
+            seqs.append(int(blk[9:blk.index(b"\n")]))
+        elif blk.strip(b"\0"):
+            print(f"FAIL vdb {path}: block {i} of the sequence region holds garbage")
+            return 1
+        else:
+            seqs.append(0)
+    m = max(seqs)
+    if m == 0:
+        print(f"FAIL vdb {path}: no sequence record at all")
+        return 1
+    bad = []
+    for i, v in enumerate(seqs):
+        want = m - ((m - i) % k)
+        if want < 1:
+            want = 0
+        if v != want:
+            bad.append((i, v, want))
+    if bad:
+        i, v, want = bad[0]
+        print(f"FAIL vdb {path}: {len(bad)} stale or lost record(s); block {i} holds {v}, expected {want} (latest {m})")
+        return 1
+    print(f"ok vdb {path}: static region intact, write sequence unbroken through record {m} ({k} slots)")
+    return 0
+
+
+sys.exit(main())
