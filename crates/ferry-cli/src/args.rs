@@ -40,6 +40,99 @@ pub enum Command {
     /// that names the disk and how to settle it.
     #[command(verbatim_doc_comment)]
     Plan(PlanArgs),
+
+    /// Live-migrate a running guest: plan, check both hosts, create the copy targets, migrate
+    /// (copying only the local disks), verify — or roll back.
+    ///
+    /// Example (the seed: NFS mounted elsewhere on the target, a local NVMe namespace copied):
+    ///
+    ///   ferry migrate myGuest --from qemu:///system --to qemu+ssh://host2/system \
+    ///       --map /mnt/nfs=/mnt/nfs_second_mount --copy vdb=/dev/nvme1n5
+    ///
+    /// Before anything is created or moved, Ferry checks: the guest runs on the source and not
+    /// on the target; every rewritten shared path exists on the target with the same size;
+    /// every copy target is absent (Ferry creates it, exactly the disk's size, through
+    /// libvirt's storage API) or has exactly the disk's size and is not in use; there is room;
+    /// nothing is passed through. Then it migrates with LIVE | PERSIST_DEST | UNDEFINE_SOURCE |
+    /// ABORT_ON_ERROR (+ NON_SHARED_DISK when a disk is copied), an explicit migrate_disks list,
+    /// and the rewritten live and persistent XML; shows progress; and verifies the guest on the
+    /// target. On failure it asks both hosts where the guest runs and, if on the source,
+    /// deletes what it created on the target — never anything else.
+    ///
+    /// Ctrl-C aborts the migration: the guest keeps running on the source.
+    ///
+    /// Exit status: 0 migrated and verified; 1 not migrated (refused, or failed with the guest
+    /// on the source and the target cleaned); 3 the guest is on the target but verification
+    /// found a problem, or its place is uncertain (read the message).
+    #[command(verbatim_doc_comment)]
+    Migrate(MigrateArgs),
+
+    /// List Ferry's latest runs from the journal.
+    History(HistoryArgs),
+
+    /// Delete volumes Ferry created for runs that did not migrate and could not clean up
+    /// (e.g. Ferry was killed): only those the journal lists, and only when no domain uses them.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The guest's name.
+    pub guest: String,
+    /// The source host's libvirt URI.
+    #[arg(long, value_name = "URI", default_value = "qemu:///system")]
+    pub from: String,
+    /// The target host's libvirt URI.
+    #[arg(long, value_name = "URI")]
+    pub to: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub migration: MigrationArgs,
+    /// Print the plan and the equivalent virsh command after the checks; create and move
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON lines on stdout: one object per event, then one with the result.
+    #[arg(long)]
+    pub json: bool,
+    /// Abort the migration if it has not finished after this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Ferry's journal (SQLite): every run and every volume it created.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_JOURNAL",
+        default_value = "/var/lib/ferry/journal.db"
+    )]
+    pub journal: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// How many runs.
+    #[arg(long, default_value_t = 20)]
+    pub last: u32,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +283,9 @@ mod tests {
             "vdb",
         ])
         .unwrap();
-        let Command::Plan(p) = ok.command;
+        let Command::Plan(p) = ok.command else {
+            panic!("not plan")
+        };
         assert_eq!(p.storage.rules().unwrap().copy[0].disk, "vdb");
     }
 

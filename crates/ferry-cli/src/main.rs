@@ -1,6 +1,8 @@
 //! `ferry`: the thin command line over Ferry's crates.
 
 mod args;
+mod journal_cmd;
+mod migrate_cmd;
 mod plan_cmd;
 
 use std::process::ExitCode;
@@ -12,10 +14,13 @@ use crate::args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Plan(a) => plan_cmd::run(&a),
+        Command::Plan(a) => plan_cmd::run(&a).map(|()| ExitCode::SUCCESS),
+        Command::Migrate(a) => migrate_cmd::run(&a),
+        Command::History(a) => journal_cmd::history(&a).map(|()| ExitCode::SUCCESS),
+        Command::Cleanup(a) => journal_cmd::cleanup(&a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ferry: error: {e}");
             for cause in e.chain().skip(1) {

@@ -2,8 +2,10 @@
 //!
 //! The flow it serves is **inventory → plan**: [`domain`] reads what a guest's domain XML says,
 //! [`rules`] says how the target sees each disk, [`plan`] decides per disk and builds the
-//! destination XML through the byte-exact [`rewrite`].
+//! destination XML through the byte-exact [`rewrite`]; [`convergence`] reads a running job's
+//! statistics (phase, rate, ETA) and holds the bandwidth policy.
 
+pub mod convergence;
 pub mod domain;
 pub mod plan;
 pub mod rewrite;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::convergence::{self, Phase};
 use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
 use crate::rewrite::{self, Edit, NewSource, RewriteError};
 use crate::rules::Rules;
@@ -298,7 +299,7 @@ pub fn plan(
     };
     let bandwidth_per_stream_mib = options
         .bandwidth_mib
-        .map(|b| (b / migrate_disks.len().max(1) as u64).max(1));
+        .map(|b| convergence::bandwidth_for(Phase::StorageCopy, b, migrate_disks.len()));
     let diff = unified_diff(live_xml, &dest_xml, "source (live)", "target (live)");
     let persist_diff = inactive_xml
         .zip(persist_xml.as_deref())

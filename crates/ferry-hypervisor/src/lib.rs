@@ -1,1 +1,197 @@
+//! The boundary between Ferry and the hypervisor hosts.
+//!
+//! [`Hypervisor`] is everything Ferry asks of a libvirt host. [`libvirt::Libvirt`] implements it
+//! over the official bindings (the `virt` crate); [`fake::Fake`] records calls and answers from
+//! a script, for unit tests of the migration flow (never as proof that migration works: that is
+//! the lab's job).
 
+pub mod fake;
+pub mod libvirt;
+
+use serde::Serialize;
+
+/// A connected host, as handed out by [`Hypervisor::connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostId(pub usize);
+
+/// Why a call to a host failed. Every message names the host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HvError {
+    #[error("cannot connect to {uri}: {message}")]
+    Connect { uri: String, message: String },
+    #[error("{host}: {what}: {message}")]
+    Libvirt {
+        host: String,
+        what: String,
+        message: String,
+        /// libvirt's error code (`virErrorNumber`), 0 when not from libvirt.
+        code: i32,
+    },
+    #[error("{host}: domain {name} not found")]
+    NoDomain { host: String, name: String },
+    #[error("{host}: the connection is lost")]
+    ConnectionLost { host: String },
+}
+
+/// The state of a domain on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff,
+    /// Blocked, shutting down, crashed, suspended to memory, or unknown.
+    Other,
+}
+
+impl DomainState {
+    /// Running or paused: a QEMU process exists for it.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// Facts about a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    /// The host UUID libvirt reports (libvirt refuses to migrate between equal ones).
+    pub uuid: Option<String>,
+    /// libvirt's version as major * 1_000_000 + minor * 1000 + micro.
+    pub libvirt_version: u64,
+}
+
+/// What a path is on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    File,
+    Block,
+    Dir,
+    Other,
+}
+
+/// A path on a host, as libvirt's storage API sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathInfo {
+    pub kind: PathKind,
+    /// The virtual size (a qcow2's guest-visible size; a block device's size).
+    pub capacity: u64,
+    /// Bytes allocated on the storage.
+    pub allocation: u64,
+    /// The image format libvirt detected (`raw`, `qcow2`, ...).
+    pub format: Option<String>,
+}
+
+/// A path probed on a host: what is there, and what its directory offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathProbe {
+    pub info: Option<PathInfo>,
+    pub parent_exists: bool,
+    /// Free bytes where the parent directory lives.
+    pub parent_free: Option<u64>,
+}
+
+/// A disk's size as the running guest's QEMU sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiskSize {
+    pub capacity: u64,
+    pub allocation: u64,
+    pub physical: u64,
+}
+
+/// Statistics of a migration job (`virDomainGetJobStats`, or the job-completed event).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobStats {
+    pub time_elapsed_ms: Option<u64>,
+    pub time_remaining_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub setup_time_ms: Option<u64>,
+    pub data_total: Option<u64>,
+    pub data_processed: Option<u64>,
+    pub data_remaining: Option<u64>,
+    pub mem_total: Option<u64>,
+    pub mem_processed: Option<u64>,
+    pub mem_remaining: Option<u64>,
+    pub mem_bps: Option<u64>,
+    pub mem_dirty_rate: Option<u64>,
+    pub mem_page_size: Option<u64>,
+    pub mem_iteration: Option<u64>,
+    pub disk_total: Option<u64>,
+    pub disk_processed: Option<u64>,
+    pub disk_remaining: Option<u64>,
+    pub disk_bps: Option<u64>,
+    pub success: Option<bool>,
+    pub error_message: Option<String>,
+}
+
+/// libvirt migration flags (`virDomainMigrateFlags`), by name.
+pub use ferry_core::plan::Flags as MigrateFlags;
+
+/// One migration call.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateRequest {
+    pub flags: MigrateFlags,
+    /// The target's libvirt URI (used by peer-to-peer migration).
+    pub dest_uri: String,
+    /// Target dev names of the disks to copy; always explicit.
+    pub migrate_disks: Vec<String>,
+    pub dest_xml: String,
+    pub persist_xml: Option<String>,
+    /// libvirt's bandwidth figure in MiB/s (applied per stream).
+    pub bandwidth_mib: Option<u64>,
+    pub migrate_uri: Option<String>,
+    pub disks_uri: Option<String>,
+}
+
+/// Everything Ferry needs from the hosts.
+///
+/// All methods take `&self` and may be called from several threads at once (one runs the
+/// blocking [`Hypervisor::migrate`], another polls [`Hypervisor::job_stats`], a third may call
+/// [`Hypervisor::abort_job`]).
+pub trait Hypervisor: Send + Sync {
+    /// Open a connection to a libvirt URI (qemu+tcp, qemu+ssh, qemu+tls, qemu:///system), with
+    /// keepalive.
+    fn connect(&self, uri: &str) -> Result<HostId, HvError>;
+    /// The URI a host was connected with.
+    fn uri(&self, host: HostId) -> String;
+    fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError>;
+    /// The domain's state, or `None` when the host has no such domain (neither running nor
+    /// defined).
+    fn domain_state(&self, host: HostId, name: &str) -> Result<Option<DomainState>, HvError>;
+    /// The domain's migratable XML: live, or the persistent definition with `inactive`.
+    fn domain_xml(&self, host: HostId, name: &str, inactive: bool) -> Result<String, HvError>;
+    /// Names of every domain on the host, running or defined.
+    fn list_domains(&self, host: HostId) -> Result<Vec<String>, HvError>;
+    /// A running domain's disk size (by target dev).
+    fn disk_size(&self, host: HostId, name: &str, target: &str) -> Result<DiskSize, HvError>;
+    /// What a path is on the host.
+    fn probe_path(&self, host: HostId, path: &str) -> Result<PathProbe, HvError>;
+    /// Create a volume (a file) of exactly `capacity` bytes in `format` at `path`.
+    fn create_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        format: &str,
+    ) -> Result<(), HvError>;
+    /// Delete the volume at `path`.
+    fn delete_volume(&self, host: HostId, path: &str) -> Result<(), HvError>;
+    /// Migrate `name` from `src` to `dst`; blocks until libvirt says the job is over.
+    fn migrate(
+        &self,
+        src: HostId,
+        dst: HostId,
+        name: &str,
+        req: &MigrateRequest,
+    ) -> Result<(), HvError>;
+    /// The running job's statistics, `None` when no job runs.
+    fn job_stats(&self, host: HostId, name: &str) -> Result<Option<JobStats>, HvError>;
+    /// The statistics of the last completed job: from the source's job-completed event when it
+    /// came, otherwise as the host still has them.
+    fn completed_job_stats(&self, host: HostId, name: &str) -> Result<Option<JobStats>, HvError>;
+    /// Abort the domain's running job.
+    fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError>;
+    /// Change the bandwidth of the running migration (MiB/s).
+    fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError>;
+}

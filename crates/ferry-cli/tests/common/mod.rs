@@ -109,7 +109,7 @@ pub fn assert_lab_gone() {
         "/dev/ferry-lab left"
     );
     let (_, links, _) = run(Command::new("ip").args(["-o", "link"]));
-    assert!(!links.contains("ferrylab0"), "lab link left: {links}");
+    assert!(!links.contains("lab-h"), "lab link left: {links}");
     let (_, loops, _) = run(Command::new("losetup").args(["-l", "-n"]));
     assert!(
         !loops.contains("/var/lib/ferry-lab"),

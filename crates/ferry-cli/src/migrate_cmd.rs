@@ -1,0 +1,295 @@
+//! `ferry migrate`: the flow, with progress on a terminal or as JSON lines.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::convergence::Progress;
+use ferry_core::plan::human_bytes;
+use ferry_core::XmlFiles;
+use ferry_journal::Journal;
+use ferry_migrate::{Event, MigrateError, Outcome, Reporter, Request, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::MigrateArgs;
+
+/// Progress for a person: a line per step, a bar while the job runs.
+struct Terminal {
+    bar: Option<ProgressBar>,
+    tty: bool,
+    last_line: std::time::Instant,
+}
+
+impl Terminal {
+    fn finish_bar(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn job_line(p: &Progress) -> String {
+        let (done, total) = match p.phase {
+            ferry_core::convergence::Phase::StorageCopy => (p.disk_processed, p.disk_total),
+            _ => (p.mem_processed, p.mem_total),
+        };
+        let mut s = format!(
+            "{:<14} {:>10} / {:<10} {:>10}/s",
+            p.phase.to_string(),
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(p.rate_bps)
+        );
+        if p.dirty_rate_bps > 0 {
+            s.push_str(&format!("  dirty {}/s", human_bytes(p.dirty_rate_bps)));
+        }
+        if let Some(eta) = p.eta_s {
+            s.push_str(&format!("  ETA {eta} s"));
+        }
+        s
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.finish_bar();
+    }
+}
+
+impl Reporter for Terminal {
+    fn report(&mut self, event: Event) {
+        match event {
+            Event::Step { step, detail } => {
+                self.finish_bar();
+                eprintln!("==> {step}: {detail}");
+            }
+            Event::Note { message } => match &self.bar {
+                Some(b) => b.println(format!("    {message}")),
+                None => eprintln!("    {message}"),
+            },
+            Event::Job(p) => {
+                let line = Self::job_line(&p);
+                if self.tty {
+                    let bar = self.bar.get_or_insert_with(|| {
+                        let b = ProgressBar::new(1);
+                        b.set_style(
+                            ProgressStyle::with_template("    [{bar:30}] {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                                .progress_chars("=> "),
+                        );
+                        b
+                    });
+                    let (done, total) = match p.phase {
+                        ferry_core::convergence::Phase::StorageCopy => {
+                            (p.disk_processed, p.disk_total)
+                        }
+                        _ => (p.mem_processed, p.mem_total.max(p.mem_processed)),
+                    };
+                    bar.set_length(total.max(1));
+                    bar.set_position(done);
+                    bar.set_message(line);
+                } else if self.last_line.elapsed() >= Duration::from_secs(1) {
+                    // Not a terminal (a log, CI): one line a second.
+                    eprintln!("    {line}");
+                    self.last_line = std::time::Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Progress for a script: one JSON object per line on stdout.
+struct JsonLines;
+
+impl Reporter for JsonLines {
+    fn report(&mut self, event: Event) {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &event);
+        let _ = writeln!(out);
+    }
+}
+
+fn ms(v: Option<u64>) -> String {
+    match v {
+        Some(ms) if ms >= 1000 => format!("{:.1} s", ms as f64 / 1000.0),
+        Some(ms) => format!("{ms} ms"),
+        None => "unknown".into(),
+    }
+}
+
+fn print_summary(s: &Summary) {
+    println!("Migrated {}: {} -> {}", s.guest, s.from, s.to);
+    println!(
+        "  total {} (libvirt job {}, setup {}), downtime {}",
+        ms(Some(s.total_ms)),
+        ms(s.job_ms),
+        ms(s.setup_ms),
+        ms(s.downtime_ms)
+    );
+    let disks = if s.copied_disks.is_empty() {
+        "no disk copied".to_string()
+    } else {
+        format!(
+            "disk copied: {} ({})",
+            s.disk_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "unknown".into()),
+            s.copied_disks.join(", ")
+        )
+    };
+    println!(
+        "  {disks}; memory sent: {}; all data: {}",
+        s.memory_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown".into()),
+        s.data_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown".into())
+    );
+    for c in &s.created {
+        println!("  created on the target: {c}");
+    }
+    for v in &s.verified {
+        println!("  verified: {v}");
+    }
+    for w in &s.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let rules = a.storage.rules()?;
+    let req = Request {
+        guest: a.guest.clone(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        rules,
+        options: a.migration.options(),
+        dry_run: a.dry_run,
+        timeout: a.timeout.map(Duration::from_secs),
+    };
+    let journal = if a.dry_run {
+        Journal::in_memory()?
+    } else {
+        Journal::open(&a.journal.journal).with_context(|| {
+            "Ferry records every volume it creates there, to roll back exactly those; \
+             give another path with --journal"
+                .to_string()
+        })?
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            if c.swap(true, Ordering::SeqCst) {
+                eprintln!("ferry: Ctrl-C again: Ferry is still aborting and cleaning up; wait");
+            } else {
+                eprintln!("ferry: Ctrl-C: aborting the migration (the guest stays on the source)");
+            }
+        });
+    }
+    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let mut reporter: Box<dyn Reporter> = if a.json {
+        Box::new(JsonLines)
+    } else {
+        Box::new(Terminal {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_line: std::time::Instant::now() - Duration::from_secs(2),
+        })
+    };
+    let outcome = ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel);
+    drop(reporter);
+    match outcome {
+        Ok(Outcome::Migrated(s)) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "result", "outcome": "migrated", "summary": s})
+                );
+            } else {
+                print_summary(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Outcome::DryRun { plan, checks }) => {
+            let files = XmlFiles {
+                dest_xml: format!("{}-target.xml", plan.domain),
+                persist_xml: plan
+                    .persist_xml
+                    .as_ref()
+                    .map(|_| format!("{}-target-persistent.xml", plan.domain)),
+            };
+            if a.json {
+                let mut v = plan.to_json(&files, Some(&a.from));
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("event".into(), "result".into());
+                    o.insert("outcome".into(), "dry_run".into());
+                    o.insert("checks".into(), checks.into());
+                }
+                println!("{v}");
+            } else {
+                print!("{}", plan.render(&files, Some(&a.from), true));
+                println!("\nChecks passed:");
+                for c in checks {
+                    println!("  {c}");
+                }
+                println!("\nDry run: nothing was created or moved.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let code = match &e {
+                MigrateError::VerifyFailed { .. } => 3,
+                MigrateError::Failed { location, .. }
+                    if *location != ferry_migrate::GuestLocation::Source =>
+                {
+                    3
+                }
+                _ => 1,
+            };
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "result", "outcome": "error", "exit": code, "message": format!("{e:#}"),
+                        "error": error_json(&e)})
+                );
+            }
+            eprintln!("ferry: error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  because: {s}");
+                src = s.source();
+            }
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+fn error_json(e: &MigrateError) -> serde_json::Value {
+    match e {
+        MigrateError::Refused { problems } => {
+            serde_json::json!({"kind": "refused", "problems": problems})
+        }
+        MigrateError::Failed {
+            cause,
+            location,
+            cleanup,
+            ..
+        } => {
+            serde_json::json!({"kind": "failed", "cause": cause, "guest_location": location, "cleanup": cleanup})
+        }
+        MigrateError::VerifyFailed { problems, summary } => {
+            serde_json::json!({"kind": "verify_failed", "problems": problems, "summary": summary})
+        }
+        MigrateError::Plan { source, .. } => {
+            serde_json::json!({"kind": "plan", "message": source.to_string()})
+        }
+        MigrateError::Host(h) => serde_json::json!({"kind": "host", "message": h.to_string()}),
+        MigrateError::Journal(j) => {
+            serde_json::json!({"kind": "journal", "message": j.to_string()})
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Convergence: what a migration job's statistics mean to an operator (phase, rate, ETA), and
+//! the bandwidth policy across its phases.
+
+use serde::Serialize;
+
+/// A sample of a job's statistics (the subset Ferry reads; all optional, as libvirt gives them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub elapsed_ms: Option<u64>,
+    pub disk_total: Option<u64>,
+    pub disk_processed: Option<u64>,
+    pub disk_remaining: Option<u64>,
+    pub disk_bps: Option<u64>,
+    pub mem_total: Option<u64>,
+    pub mem_processed: Option<u64>,
+    pub mem_remaining: Option<u64>,
+    pub mem_bps: Option<u64>,
+    pub mem_dirty_rate_pages: Option<u64>,
+    pub mem_page_size: Option<u64>,
+    pub mem_iteration: Option<u64>,
+    /// The source guest is paused for the switchover.
+    pub paused: bool,
+}
+
+/// Where a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// No figures yet: connections, the target's QEMU starting, NBD servers.
+    Setup,
+    /// The local disks are mirrored to the target.
+    StorageCopy,
+    /// Memory pass `iteration` (1 is the bulk copy, later ones resend dirtied pages).
+    Memory { iteration: u64 },
+    /// The guest is paused: last dirty pages, disk mirrors completing, the target resuming.
+    Switchover,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Setup => f.write_str("setup"),
+            Self::StorageCopy => f.write_str("storage copy"),
+            Self::Memory { iteration } => write!(f, "memory pass {iteration}"),
+            Self::Switchover => f.write_str("switchover"),
+        }
+    }
+}
+
+/// What an operator sees of a running migration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    #[serde(flatten)]
+    pub phase: Phase,
+    pub elapsed_ms: u64,
+    pub disk_processed: u64,
+    pub disk_total: u64,
+    pub mem_processed: u64,
+    pub mem_total: u64,
+    pub mem_remaining: u64,
+    /// Bytes per second of the phase's stream.
+    pub rate_bps: u64,
+    /// Bytes per second the guest dirties.
+    pub dirty_rate_bps: u64,
+    /// Seconds left in this phase at the current rate, when it can be told.
+    pub eta_s: Option<u64>,
+}
+
+impl Progress {
+    /// Read a sample.
+    pub fn from_sample(s: &Sample) -> Progress {
+        let disk_total = s.disk_total.unwrap_or(0);
+        let disk_remaining = s
+            .disk_remaining
+            .unwrap_or_else(|| disk_total.saturating_sub(s.disk_processed.unwrap_or(0)));
+        let phase = if s.paused {
+            Phase::Switchover
+        } else if disk_total > 0 && disk_remaining > 0 && s.mem_iteration.unwrap_or(0) == 0 {
+            Phase::StorageCopy
+        } else if let Some(i) = s.mem_iteration.filter(|i| *i > 0) {
+            Phase::Memory { iteration: i }
+        } else if s.mem_processed.unwrap_or(0) > 0 {
+            Phase::Memory { iteration: 1 }
+        } else if disk_total > 0 {
+            Phase::StorageCopy
+        } else {
+            Phase::Setup
+        };
+        let (rate, remaining) = match phase {
+            Phase::StorageCopy => (s.disk_bps.unwrap_or(0), disk_remaining),
+            Phase::Memory { .. } => (s.mem_bps.unwrap_or(0), s.mem_remaining.unwrap_or(0)),
+            _ => (0, 0),
+        };
+        let dirty_rate_bps = s.mem_dirty_rate_pages.unwrap_or(0) * s.mem_page_size.unwrap_or(4096);
+        let eta_s = match phase {
+            Phase::StorageCopy | Phase::Memory { .. } if rate > 0 => {
+                // Memory converges only while the link outruns the guest's dirtying.
+                let net = if matches!(phase, Phase::Memory { .. }) {
+                    rate.saturating_sub(dirty_rate_bps)
+                } else {
+                    rate
+                };
+                (net > 0).then(|| remaining.div_ceil(net))
+            }
+            _ => None,
+        };
+        Progress {
+            phase,
+            elapsed_ms: s.elapsed_ms.unwrap_or(0),
+            disk_processed: s.disk_processed.unwrap_or(0),
+            disk_total,
+            mem_processed: s.mem_processed.unwrap_or(0),
+            mem_total: s.mem_total.unwrap_or(0),
+            mem_remaining: s.mem_remaining.unwrap_or(0),
+            rate_bps: rate,
+            dirty_rate_bps,
+            eta_s,
+        }
+    }
+}
+
+/// The bandwidth libvirt should have in a phase, for a whole-migration cap of `total_mib`
+/// with `copied_disks` disk mirrors: during the storage copy libvirt applies its figure to
+/// every mirror at once, so each gets a share; afterwards memory alone gets the whole cap.
+pub fn bandwidth_for(phase: Phase, total_mib: u64, copied_disks: usize) -> u64 {
+    match phase {
+        Phase::Setup | Phase::StorageCopy => (total_mib / copied_disks.max(1) as u64).max(1),
+        Phase::Memory { .. } | Phase::Switchover => total_mib,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_the_job() {
+        let mut s = Sample::default();
+        assert_eq!(Progress::from_sample(&s).phase, Phase::Setup);
+        s.disk_total = Some(100);
+        s.disk_processed = Some(40);
+        s.disk_remaining = Some(60);
+        s.disk_bps = Some(20);
+        let p = Progress::from_sample(&s);
+        assert_eq!(p.phase, Phase::StorageCopy);
+        assert_eq!(p.eta_s, Some(3));
+        s.disk_remaining = Some(0);
+        s.disk_processed = Some(100);
+        s.mem_iteration = Some(2);
+        s.mem_remaining = Some(1000);
+        s.mem_bps = Some(300);
+        s.mem_dirty_rate_pages = Some(0);
+        let p = Progress::from_sample(&s);
+        assert_eq!(p.phase, Phase::Memory { iteration: 2 });
+        assert_eq!(p.eta_s, Some(4));
+        s.paused = true;
+        assert_eq!(Progress::from_sample(&s).phase, Phase::Switchover);
+    }
+
+    #[test]
+    fn memory_that_dirties_faster_than_the_link_has_no_eta() {
+        let s = Sample {
+            mem_iteration: Some(5),
+            mem_remaining: Some(1 << 20),
+            mem_bps: Some(4096 * 10),
+            mem_dirty_rate_pages: Some(20),
+            mem_page_size: Some(4096),
+            ..Sample::default()
+        };
+        let p = Progress::from_sample(&s);
+        assert_eq!(p.dirty_rate_bps, 4096 * 20);
+        assert_eq!(p.eta_s, None);
+    }
+
+    #[test]
+    fn bandwidth_is_shared_by_mirrors_then_given_to_memory() {
+        assert_eq!(bandwidth_for(Phase::StorageCopy, 100, 2), 50);
+        assert_eq!(bandwidth_for(Phase::StorageCopy, 1, 3), 1);
+        assert_eq!(bandwidth_for(Phase::StorageCopy, 100, 0), 100);
+        assert_eq!(bandwidth_for(Phase::Memory { iteration: 1 }, 100, 2), 100);
+    }
+}

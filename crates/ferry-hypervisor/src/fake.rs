@@ -1,0 +1,379 @@
+//! A recording fake of [`Hypervisor`] for unit tests of the migration flow.
+//!
+//! Hosts, domains and paths are set up in memory; every call is recorded; the migration's
+//! outcome is scripted. It proves the flow's decisions (what is checked, created, deleted,
+//! reported), never that a migration works.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::{
+    DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats, MigrateRequest,
+    PathInfo, PathKind, PathProbe,
+};
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Connect(String),
+    CreateVolume {
+        host: String,
+        path: String,
+        capacity: u64,
+        format: String,
+    },
+    DeleteVolume {
+        host: String,
+        path: String,
+    },
+    Migrate {
+        src: String,
+        dst: String,
+        name: String,
+        migrate_disks: Vec<String>,
+        bandwidth: Option<u64>,
+    },
+    AbortJob {
+        host: String,
+        name: String,
+    },
+    SetMaxSpeed {
+        host: String,
+        name: String,
+        mib: u64,
+    },
+}
+
+/// A domain on a fake host.
+#[derive(Debug, Clone)]
+pub struct FakeDomain {
+    pub state: DomainState,
+    pub live_xml: String,
+    pub inactive_xml: String,
+    /// Disk sizes by target dev.
+    pub disks: HashMap<String, DiskSize>,
+}
+
+/// A fake host.
+#[derive(Debug, Clone, Default)]
+pub struct FakeHost {
+    pub hostname: String,
+    pub uuid: String,
+    pub domains: HashMap<String, FakeDomain>,
+    pub paths: HashMap<String, PathInfo>,
+    /// Directories that exist, with their free bytes.
+    pub dirs: HashMap<String, u64>,
+}
+
+/// How the scripted migration ends.
+#[derive(Debug, Clone, Default)]
+pub enum MigrateOutcome {
+    /// The guest moves: it runs on the target with the request's XML; the source forgets it.
+    #[default]
+    Success,
+    /// libvirt reports this error; the guest stays on the source.
+    FailOnSource(String),
+    /// libvirt reports this error, yet the guest ends up running on the target.
+    FailButMoved(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    uris: Vec<String>,
+    hosts: HashMap<String, FakeHost>,
+    calls: Vec<Call>,
+    outcome: MigrateOutcome,
+    /// Job statistics handed out, one per job_stats call, while the migration "runs".
+    job_script: Vec<JobStats>,
+    completed: Option<JobStats>,
+    fail_connect: Vec<String>,
+}
+
+/// The fake hypervisor.
+#[derive(Debug, Default)]
+pub struct Fake {
+    state: Mutex<State>,
+}
+
+impl Fake {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_host(&self, uri: &str, host: FakeHost) {
+        self.lock().hosts.insert(uri.to_string(), host);
+    }
+
+    pub fn set_outcome(&self, o: MigrateOutcome) {
+        self.lock().outcome = o;
+    }
+
+    pub fn set_job_script(&self, stats: Vec<JobStats>, completed: Option<JobStats>) {
+        let mut s = self.lock();
+        s.job_script = stats;
+        s.completed = completed;
+    }
+
+    pub fn fail_connect(&self, uri: &str) {
+        self.lock().fail_connect.push(uri.to_string());
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn host_snapshot(&self, uri: &str) -> FakeHost {
+        self.lock().hosts.get(uri).cloned().unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_host<T>(
+        &self,
+        h: HostId,
+        f: impl FnOnce(&mut FakeHost, &str, &mut Vec<Call>) -> Result<T, HvError>,
+    ) -> Result<T, HvError> {
+        let mut s = self.lock();
+        let uri = s.uris[h.0].clone();
+        let State { hosts, calls, .. } = &mut *s;
+        let host = hosts
+            .get_mut(&uri)
+            .ok_or(HvError::ConnectionLost { host: uri.clone() })?;
+        f(host, &uri, calls)
+    }
+}
+
+fn no_domain(uri: &str, name: &str) -> HvError {
+    HvError::NoDomain {
+        host: uri.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn parent(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((d, _)) => d,
+        None => ".",
+    }
+}
+
+impl Hypervisor for Fake {
+    fn connect(&self, uri: &str) -> Result<HostId, HvError> {
+        let mut s = self.lock();
+        s.calls.push(Call::Connect(uri.to_string()));
+        if s.fail_connect.iter().any(|u| u == uri) || !s.hosts.contains_key(uri) {
+            return Err(HvError::Connect {
+                uri: uri.to_string(),
+                message: "Connection refused".into(),
+            });
+        }
+        s.uris.push(uri.to_string());
+        Ok(HostId(s.uris.len() - 1))
+    }
+
+    fn uri(&self, host: HostId) -> String {
+        self.lock().uris[host.0].clone()
+    }
+
+    fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError> {
+        self.with_host(host, |h, _, _| {
+            Ok(HostFacts {
+                hostname: h.hostname.clone(),
+                uuid: Some(h.uuid.clone()),
+                libvirt_version: 9_000_000,
+            })
+        })
+    }
+
+    fn domain_state(&self, host: HostId, name: &str) -> Result<Option<DomainState>, HvError> {
+        self.with_host(host, |h, _, _| Ok(h.domains.get(name).map(|d| d.state)))
+    }
+
+    fn domain_xml(&self, host: HostId, name: &str, inactive: bool) -> Result<String, HvError> {
+        self.with_host(host, |h, uri, _| {
+            let d = h.domains.get(name).ok_or_else(|| no_domain(uri, name))?;
+            Ok(if inactive {
+                d.inactive_xml.clone()
+            } else {
+                d.live_xml.clone()
+            })
+        })
+    }
+
+    fn list_domains(&self, host: HostId) -> Result<Vec<String>, HvError> {
+        self.with_host(host, |h, _, _| {
+            let mut v: Vec<String> = h.domains.keys().cloned().collect();
+            v.sort();
+            Ok(v)
+        })
+    }
+
+    fn disk_size(&self, host: HostId, name: &str, target: &str) -> Result<DiskSize, HvError> {
+        self.with_host(host, |h, uri, _| {
+            let d = h.domains.get(name).ok_or_else(|| no_domain(uri, name))?;
+            d.disks
+                .get(target)
+                .copied()
+                .ok_or_else(|| HvError::Libvirt {
+                    host: uri.to_string(),
+                    what: format!("reading the size of disk {target}"),
+                    message: "invalid argument".into(),
+                    code: 8,
+                })
+        })
+    }
+
+    fn probe_path(&self, host: HostId, path: &str) -> Result<PathProbe, HvError> {
+        self.with_host(host, |h, _, _| {
+            let dir = parent(path);
+            Ok(PathProbe {
+                info: h.paths.get(path).cloned(),
+                parent_exists: h.dirs.contains_key(dir),
+                parent_free: h.dirs.get(dir).copied(),
+            })
+        })
+    }
+
+    fn create_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        format: &str,
+    ) -> Result<(), HvError> {
+        self.with_host(host, |h, uri, calls| {
+            calls.push(Call::CreateVolume {
+                host: uri.to_string(),
+                path: path.to_string(),
+                capacity,
+                format: format.to_string(),
+            });
+            if h.paths.contains_key(path) {
+                return Err(HvError::Libvirt {
+                    host: uri.into(),
+                    what: "creating".into(),
+                    message: "exists".into(),
+                    code: 0,
+                });
+            }
+            h.paths.insert(
+                path.to_string(),
+                PathInfo {
+                    kind: PathKind::File,
+                    capacity,
+                    allocation: 0,
+                    format: Some(format.to_string()),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn delete_volume(&self, host: HostId, path: &str) -> Result<(), HvError> {
+        self.with_host(host, |h, uri, calls| {
+            calls.push(Call::DeleteVolume {
+                host: uri.to_string(),
+                path: path.to_string(),
+            });
+            h.paths
+                .remove(path)
+                .map(|_| ())
+                .ok_or_else(|| HvError::Libvirt {
+                    host: uri.to_string(),
+                    what: format!("deleting volume {path}"),
+                    message: "no such volume".into(),
+                    code: 0,
+                })
+        })
+    }
+
+    fn migrate(
+        &self,
+        src: HostId,
+        dst: HostId,
+        name: &str,
+        req: &MigrateRequest,
+    ) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let (su, du) = (s.uris[src.0].clone(), s.uris[dst.0].clone());
+        s.calls.push(Call::Migrate {
+            src: su.clone(),
+            dst: du.clone(),
+            name: name.to_string(),
+            migrate_disks: req.migrate_disks.clone(),
+            bandwidth: req.bandwidth_mib,
+        });
+        let outcome = s.outcome.clone();
+        let moved = |s: &mut State| {
+            let mut d = s.hosts.get_mut(&su).and_then(|h| h.domains.remove(name));
+            if let Some(d) = d.as_mut() {
+                d.live_xml = req.dest_xml.clone();
+                if let Some(p) = &req.persist_xml {
+                    d.inactive_xml = p.clone();
+                }
+                d.state = DomainState::Running;
+            }
+            if let (Some(d), Some(h)) = (d, s.hosts.get_mut(&du)) {
+                h.domains.insert(name.to_string(), d);
+            }
+        };
+        match outcome {
+            MigrateOutcome::Success => {
+                moved(&mut s);
+                Ok(())
+            }
+            MigrateOutcome::FailOnSource(m) => Err(HvError::Libvirt {
+                host: su,
+                what: format!("migrating {name}"),
+                message: m,
+                code: 1,
+            }),
+            MigrateOutcome::FailButMoved(m) => {
+                moved(&mut s);
+                Err(HvError::Libvirt {
+                    host: su,
+                    what: format!("migrating {name}"),
+                    message: m,
+                    code: 1,
+                })
+            }
+        }
+    }
+
+    fn job_stats(&self, _host: HostId, _name: &str) -> Result<Option<JobStats>, HvError> {
+        let mut s = self.lock();
+        if s.job_script.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(s.job_script.remove(0)))
+        }
+    }
+
+    fn completed_job_stats(&self, _host: HostId, _name: &str) -> Result<Option<JobStats>, HvError> {
+        Ok(self.lock().completed.clone())
+    }
+
+    fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        self.with_host(host, |_, uri, calls| {
+            calls.push(Call::AbortJob {
+                host: uri.to_string(),
+                name: name.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError> {
+        self.with_host(host, |_, uri, calls| {
+            calls.push(Call::SetMaxSpeed {
+                host: uri.to_string(),
+                name: name.to_string(),
+                mib,
+            });
+            Ok(())
+        })
+    }
+}

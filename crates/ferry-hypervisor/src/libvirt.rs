@@ -1,0 +1,676 @@
+//! [`Hypervisor`] over libvirt, through the official bindings (the `virt` crate).
+//!
+//! Where the crate has no safe wrapper, or its wrapper is unsound for a case Ferry meets
+//! (`job_stats` with no job running, `block_info` on failure, `Drop for Connect` on a dead
+//! peer), a small `unsafe` helper calls `virt::sys` directly; each says why it is sound.
+
+use std::collections::HashMap;
+use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, Once};
+
+use virt::connect::Connect;
+use virt::domain::{Domain, MigrateParameters};
+use virt::error::Error as VirtError;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::sys;
+
+use crate::{
+    DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats, MigrateRequest,
+    PathInfo, PathKind, PathProbe,
+};
+
+/// The last job-completed statistics seen per domain name, filled by libvirt's event loop.
+type CompletedJobs = Mutex<HashMap<String, JobStats>>;
+
+struct HostConn {
+    uri: String,
+    /// Never dropped through `virt`'s `Drop`, which panics when the peer is gone: closed in
+    /// [`HostConn::drop`] with the result ignored.
+    conn: ManuallyDrop<Connect>,
+    completed: Arc<CompletedJobs>,
+    callback_id: Option<c_int>,
+}
+
+impl Drop for HostConn {
+    fn drop(&mut self) {
+        if let Some(id) = self.callback_id {
+            // SAFETY: the connection pointer is valid (we hold its reference until the close
+            // below) and `id` was returned by virConnectDomainEventRegisterAny on it.
+            unsafe { sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), id) };
+        }
+        // SAFETY: we own one reference to the connection (taken by Connect::open); this gives
+        // it back exactly once. `conn` is ManuallyDrop, so virt's Drop never closes it again.
+        unsafe { sys::virConnectClose(self.conn.as_ptr()) };
+    }
+}
+
+/// libvirt hosts through the `virt` crate.
+#[derive(Default)]
+pub struct Libvirt {
+    hosts: Mutex<Vec<Arc<HostConn>>>,
+}
+
+impl std::fmt::Debug for Libvirt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uris: Vec<String> = self
+            .hosts
+            .lock()
+            .map(|h| h.iter().map(|c| c.uri.clone()).collect())
+            .unwrap_or_default();
+        f.debug_struct("Libvirt").field("hosts", &uris).finish()
+    }
+}
+
+static EVENT_LOOP: Once = Once::new();
+
+/// libvirt's default event loop, on a thread of its own: keepalive and domain events need it,
+/// registered before any connection is opened.
+fn start_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        virt::error::clear_error_callback();
+        if virt::event::event_register_default_impl().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("libvirt-events".into())
+                .spawn(|| loop {
+                    if virt::event::event_run_default_impl().is_err() {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                });
+        }
+    });
+}
+
+fn code_of(e: &VirtError) -> sys::virErrorNumber {
+    use virt::enumutil::RawEnum;
+    match e.code() {
+        virt::enumutil::Enum::Known(k) => k.to_raw(),
+        virt::enumutil::Enum::Unknown(c) => c,
+    }
+}
+
+fn is_code(e: &VirtError, code: sys::virErrorNumber) -> bool {
+    code_of(e) == code
+}
+
+impl Libvirt {
+    pub fn new() -> Self {
+        start_event_loop();
+        Self::default()
+    }
+
+    fn host(&self, h: HostId) -> Arc<HostConn> {
+        // A HostId comes only from connect(), so the index exists.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())[h.0].clone()
+    }
+
+    fn err(&self, h: &HostConn, what: impl Into<String>, e: VirtError) -> HvError {
+        let code = code_of(&e) as i32;
+        // SAFETY: the connection pointer is valid while `h` holds it.
+        let alive = unsafe { sys::virConnectIsAlive(h.conn.as_ptr()) };
+        if alive == 0 {
+            return HvError::ConnectionLost {
+                host: h.uri.clone(),
+            };
+        }
+        HvError::Libvirt {
+            host: h.uri.clone(),
+            what: what.into(),
+            message: e.message().to_string(),
+            code,
+        }
+    }
+
+    fn lookup(&self, h: &HostConn, name: &str) -> Result<Domain, HvError> {
+        h.conn.lookup_domain_by_name(name).map_err(|e| {
+            if is_code(&e, sys::VIR_ERR_NO_DOMAIN) {
+                HvError::NoDomain {
+                    host: h.uri.clone(),
+                    name: name.to_string(),
+                }
+            } else {
+                self.err(h, format!("looking up domain {name}"), e)
+            }
+        })
+    }
+
+    /// The storage pool that covers `dir`: an existing one, or a transient `dir` pool Ferry
+    /// creates (and destroys when the returned guard drops). `None` when `dir` does not exist.
+    fn pool_for_dir(&self, h: &HostConn, dir: &str) -> Result<Option<PoolGuard>, HvError> {
+        if let Ok(p) = h.conn.lookup_storage_pool_by_target_path(dir) {
+            if p.is_active().unwrap_or(false) {
+                p.refresh(0)
+                    .map_err(|e| self.err(h, format!("refreshing the pool of {dir}"), e))?;
+                return Ok(Some(PoolGuard {
+                    pool: p,
+                    transient: false,
+                }));
+            }
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "ferry-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let xml = format!(
+            "<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>",
+            ferry_core::xml::escape_attr(dir, '\'')
+        );
+        match h.conn.create_storage_pool_xml(&xml, 0) {
+            Ok(pool) => Ok(Some(PoolGuard {
+                pool,
+                transient: true,
+            })),
+            Err(e)
+                if e.message().contains("No such file")
+                    || e.message().contains("cannot open directory")
+                    || e.message().contains("does not exist") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err(h, format!("opening directory {dir} as a storage pool"), e)),
+        }
+    }
+
+    fn vol_info(&self, h: &HostConn, vol: &StorageVol, path: &str) -> Result<PathInfo, HvError> {
+        let info = vol
+            .info()
+            .map_err(|e| self.err(h, format!("reading volume {path}"), e))?;
+        let format = vol.xml_desc(0).ok().and_then(|x| {
+            let root = ferry_core::xml::parse(&x).ok()?;
+            root.child("target")?
+                .child("format")?
+                .attr("type")
+                .map(str::to_string)
+        });
+        Ok(PathInfo {
+            kind: match info.kind {
+                sys::VIR_STORAGE_VOL_FILE => PathKind::File,
+                sys::VIR_STORAGE_VOL_BLOCK => PathKind::Block,
+                sys::VIR_STORAGE_VOL_DIR => PathKind::Dir,
+                _ => PathKind::Other,
+            },
+            capacity: info.capacity,
+            allocation: info.allocation,
+            format,
+        })
+    }
+}
+
+struct PoolGuard {
+    pool: StoragePool,
+    transient: bool,
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if self.transient {
+            // A transient dir pool: destroying it forgets the pool, never the files.
+            let _ = self.pool.destroy();
+        }
+    }
+}
+
+fn split_path(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", base)) => ("/", base),
+        Some((dir, base)) => (dir, base),
+        None => (".", path),
+    }
+}
+
+/// Read the typed parameters of a job into [`JobStats`].
+///
+/// # Safety
+/// `params` must point to `n` valid typed parameters (or be null with `n == 0`).
+unsafe fn job_stats_from_params(params: sys::virTypedParameterPtr, n: c_int) -> JobStats {
+    let ull = |name: &CStr| {
+        let mut v: u64 = 0;
+        // SAFETY: the caller guarantees params/n; `name` is NUL-terminated; `v` is writable.
+        let r = unsafe { sys::virTypedParamsGetULLong(params, n, name.as_ptr(), &mut v) };
+        (r == 1).then_some(v)
+    };
+    let mut success: c_int = 0;
+    // SAFETY: as above; `success` is a writable int.
+    let has_success = unsafe {
+        sys::virTypedParamsGetBoolean(
+            params,
+            n,
+            sys::VIR_DOMAIN_JOB_SUCCESS.as_ptr(),
+            &mut success,
+        )
+    } == 1;
+    let mut msg: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: as above; on success `msg` points into `params`, which outlive this read.
+    let has_msg = unsafe {
+        sys::virTypedParamsGetString(params, n, sys::VIR_DOMAIN_JOB_ERRMSG.as_ptr(), &mut msg)
+    } == 1;
+    JobStats {
+        time_elapsed_ms: ull(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
+        time_remaining_ms: ull(sys::VIR_DOMAIN_JOB_TIME_REMAINING),
+        downtime_ms: ull(sys::VIR_DOMAIN_JOB_DOWNTIME),
+        setup_time_ms: ull(sys::VIR_DOMAIN_JOB_SETUP_TIME),
+        data_total: ull(sys::VIR_DOMAIN_JOB_DATA_TOTAL),
+        data_processed: ull(sys::VIR_DOMAIN_JOB_DATA_PROCESSED),
+        data_remaining: ull(sys::VIR_DOMAIN_JOB_DATA_REMAINING),
+        mem_total: ull(sys::VIR_DOMAIN_JOB_MEMORY_TOTAL),
+        mem_processed: ull(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED),
+        mem_remaining: ull(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING),
+        mem_bps: ull(sys::VIR_DOMAIN_JOB_MEMORY_BPS),
+        mem_dirty_rate: ull(sys::VIR_DOMAIN_JOB_MEMORY_DIRTY_RATE),
+        mem_page_size: ull(sys::VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE),
+        mem_iteration: ull(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION),
+        disk_total: ull(sys::VIR_DOMAIN_JOB_DISK_TOTAL),
+        disk_processed: ull(sys::VIR_DOMAIN_JOB_DISK_PROCESSED),
+        disk_remaining: ull(sys::VIR_DOMAIN_JOB_DISK_REMAINING),
+        disk_bps: ull(sys::VIR_DOMAIN_JOB_DISK_BPS),
+        success: has_success.then_some(success != 0),
+        error_message: (has_msg && !msg.is_null()).then(|| {
+            // SAFETY: libvirt returned a NUL-terminated string inside `params`.
+            let s = unsafe { CStr::from_ptr(msg) };
+            s.to_string_lossy().into_owned()
+        }),
+    }
+}
+
+/// The job-completed event handler: stores the statistics under the domain's name.
+unsafe extern "C" fn on_job_completed(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    params: sys::virTypedParameterPtr,
+    nparams: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: `opaque` is the `Arc<CompletedJobs>` pointer registered in connect(), kept alive
+    // until libvirt calls `free_completed` after deregistration.
+    let store = unsafe { &*(opaque as *const CompletedJobs) };
+    // SAFETY: libvirt passes a valid domain for the duration of the callback; the name string
+    // belongs to the domain object and is not freed by us.
+    let name = unsafe {
+        let p = sys::virDomainGetName(dom);
+        if p.is_null() {
+            return;
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    // SAFETY: libvirt passes `nparams` valid parameters, alive during the callback.
+    let stats = unsafe { job_stats_from_params(params, nparams) };
+    if let Ok(mut m) = store.lock() {
+        m.insert(name, stats);
+    }
+}
+
+unsafe extern "C" fn free_completed(opaque: *mut c_void) {
+    // SAFETY: `opaque` came from Arc::into_raw in connect(); libvirt calls this exactly once.
+    drop(unsafe { Arc::from_raw(opaque as *const CompletedJobs) });
+}
+
+impl Hypervisor for Libvirt {
+    fn connect(&self, uri: &str) -> Result<HostId, HvError> {
+        start_event_loop();
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        let conn = ManuallyDrop::new(conn);
+        // Keepalive: a dead peer is noticed in ~15 s instead of at TCP's timeout.
+        let _ = conn.set_keep_alive(5, 3);
+        let completed: Arc<CompletedJobs> = Arc::default();
+        let opaque = Arc::into_raw(completed.clone()) as *mut c_void;
+        // SAFETY: the job-completed callback has the signature libvirt documents for
+        // VIR_DOMAIN_EVENT_ID_JOB_COMPLETED; libvirt's C API takes it cast to the generic
+        // callback type (VIR_DOMAIN_EVENT_CALLBACK) and calls it with the right arguments.
+        let cb: sys::virConnectDomainEventGenericCallback = unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(
+                    sys::virConnectPtr,
+                    sys::virDomainPtr,
+                    sys::virTypedParameterPtr,
+                    c_int,
+                    *mut c_void,
+                ),
+                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+            >(on_job_completed)
+        }
+        .into();
+        // SAFETY: valid connection; a null domain means "every domain"; `opaque` stays valid
+        // until `free_completed`, which libvirt calls when the callback is deregistered.
+        let id = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED as c_int,
+                cb,
+                opaque,
+                Some(free_completed),
+            )
+        };
+        let callback_id = if id >= 0 {
+            Some(id)
+        } else {
+            // Not registered: libvirt will not call free_completed, so release it here.
+            // SAFETY: `opaque` came from Arc::into_raw above and was not handed over.
+            unsafe { free_completed(opaque) };
+            None
+        };
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.push(Arc::new(HostConn {
+            uri: uri.to_string(),
+            conn,
+            completed,
+            callback_id,
+        }));
+        Ok(HostId(hosts.len() - 1))
+    }
+
+    fn uri(&self, host: HostId) -> String {
+        self.host(host).uri.clone()
+    }
+
+    fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError> {
+        let h = self.host(host);
+        let hostname = h
+            .conn
+            .hostname()
+            .map_err(|e| self.err(&h, "reading the hostname", e))?;
+        let caps = h
+            .conn
+            .capabilities()
+            .map_err(|e| self.err(&h, "reading the capabilities", e))?;
+        let uuid = ferry_core::xml::parse(&caps).ok().and_then(|c| {
+            c.child("host")
+                .and_then(|x| x.child_text("uuid"))
+                .map(str::to_string)
+        });
+        let libvirt_version = h.conn.lib_version().unwrap_or(0) as u64;
+        Ok(HostFacts {
+            hostname,
+            uuid,
+            libvirt_version,
+        })
+    }
+
+    fn domain_state(&self, host: HostId, name: &str) -> Result<Option<DomainState>, HvError> {
+        let h = self.host(host);
+        let dom = match self.lookup(&h, name) {
+            Ok(d) => d,
+            Err(HvError::NoDomain { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (mut state, mut reason): (c_int, c_int) = (-1, -1);
+        // SAFETY: `dom` is a valid domain; state and reason are writable ints.
+        let r = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+        if r < 0 {
+            let e = VirtError::last_error();
+            if is_code(&e, sys::VIR_ERR_NO_DOMAIN) {
+                return Ok(None);
+            }
+            return Err(self.err(&h, format!("reading the state of {name}"), e));
+        }
+        Ok(Some(match state as sys::virDomainState {
+            sys::VIR_DOMAIN_RUNNING => DomainState::Running,
+            sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
+            sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff,
+            _ => DomainState::Other,
+        }))
+    }
+
+    fn domain_xml(&self, host: HostId, name: &str, inactive: bool) -> Result<String, HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        let mut flags = sys::VIR_DOMAIN_XML_MIGRATABLE;
+        if inactive {
+            flags |= sys::VIR_DOMAIN_XML_INACTIVE;
+        }
+        dom.xml_desc(flags)
+            .map_err(|e| self.err(&h, format!("reading the XML of {name}"), e))
+    }
+
+    fn list_domains(&self, host: HostId) -> Result<Vec<String>, HvError> {
+        let h = self.host(host);
+        let doms = h
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| self.err(&h, "listing domains", e))?;
+        Ok(doms.iter().filter_map(|d| d.name().ok()).collect())
+    }
+
+    fn disk_size(&self, host: HostId, name: &str, target: &str) -> Result<DiskSize, HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        let disk = CString::new(target).map_err(|_| HvError::Libvirt {
+            host: h.uri.clone(),
+            what: "disk name".into(),
+            message: format!("{target:?} contains a NUL byte"),
+            code: 0,
+        })?;
+        let mut info = sys::virDomainBlockInfo {
+            capacity: 0,
+            allocation: 0,
+            physical: 0,
+        };
+        // SAFETY: valid domain, NUL-terminated disk name, writable info struct. (virt's own
+        // block_info reads the struct uninitialised when the call fails.)
+        let r = unsafe { sys::virDomainGetBlockInfo(dom.as_ptr(), disk.as_ptr(), &mut info, 0) };
+        if r < 0 {
+            return Err(self.err(
+                &h,
+                format!("reading the size of disk {target} of {name}"),
+                VirtError::last_error(),
+            ));
+        }
+        Ok(DiskSize {
+            capacity: info.capacity,
+            allocation: info.allocation,
+            physical: info.physical,
+        })
+    }
+
+    fn probe_path(&self, host: HostId, path: &str) -> Result<PathProbe, HvError> {
+        let h = self.host(host);
+        let (dir, base) = split_path(path);
+        let Some(pool) = self.pool_for_dir(&h, dir)? else {
+            return Ok(PathProbe {
+                info: None,
+                parent_exists: false,
+                parent_free: None,
+            });
+        };
+        let parent_free = pool.pool.info().ok().map(|i| i.available);
+        let info = match pool.pool.lookup_storage_vol_by_name(base) {
+            Ok(vol) => {
+                let mut info = self.vol_info(&h, &vol, path)?;
+                // A `dir` pool reports a block device node as a "file" volume (libvirt 9.0);
+                // its capacity is still the device's size. Under /dev it is a device.
+                if info.kind == PathKind::File && path.starts_with("/dev/") {
+                    info.kind = PathKind::Block;
+                }
+                Some(info)
+            }
+            Err(_) => None,
+        };
+        Ok(PathProbe {
+            info,
+            parent_exists: true,
+            parent_free,
+        })
+    }
+
+    fn create_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        format: &str,
+    ) -> Result<(), HvError> {
+        let h = self.host(host);
+        let (dir, base) = split_path(path);
+        let pool = self
+            .pool_for_dir(&h, dir)?
+            .ok_or_else(|| HvError::Libvirt {
+                host: h.uri.clone(),
+                what: format!("creating {path}"),
+                message: format!("directory {dir} does not exist"),
+                code: 0,
+            })?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
+             <allocation unit='bytes'>0</allocation><target><format type='{}'/></target></volume>",
+            ferry_core::xml::escape_attr(base, '\''),
+            ferry_core::xml::escape_attr(format, '\'')
+        );
+        StorageVol::create_xml(&pool.pool, &xml, 0)
+            .map(|_| ())
+            .map_err(|e| {
+                self.err(
+                    &h,
+                    format!("creating volume {path} ({capacity} bytes, {format})"),
+                    e,
+                )
+            })
+    }
+
+    fn delete_volume(&self, host: HostId, path: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        let (dir, base) = split_path(path);
+        let pool = self
+            .pool_for_dir(&h, dir)?
+            .ok_or_else(|| HvError::Libvirt {
+                host: h.uri.clone(),
+                what: format!("deleting {path}"),
+                message: format!("directory {dir} does not exist"),
+                code: 0,
+            })?;
+        let vol = pool
+            .pool
+            .lookup_storage_vol_by_name(base)
+            .map_err(|e| self.err(&h, format!("finding volume {path}"), e))?;
+        vol.delete(0)
+            .map_err(|e| self.err(&h, format!("deleting volume {path}"), e))
+    }
+
+    fn migrate(
+        &self,
+        src: HostId,
+        dst: HostId,
+        name: &str,
+        req: &MigrateRequest,
+    ) -> Result<(), HvError> {
+        let s = self.host(src);
+        let d = self.host(dst);
+        let dom = self.lookup(&s, name)?;
+        let f = &req.flags;
+        let mut flags: u32 = 0;
+        for (on, bit) in [
+            (f.live, sys::VIR_MIGRATE_LIVE),
+            (f.peer2peer, sys::VIR_MIGRATE_PEER2PEER),
+            (f.persist_dest, sys::VIR_MIGRATE_PERSIST_DEST),
+            (f.undefine_source, sys::VIR_MIGRATE_UNDEFINE_SOURCE),
+            (f.non_shared_disk, sys::VIR_MIGRATE_NON_SHARED_DISK),
+            (f.unsafe_, sys::VIR_MIGRATE_UNSAFE),
+            (f.abort_on_error, sys::VIR_MIGRATE_ABORT_ON_ERROR),
+            (f.tls, sys::VIR_MIGRATE_TLS),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let params = MigrateParameters {
+            migrate_disks: req.migrate_disks.clone(),
+            dest_xml: Some(req.dest_xml.clone()),
+            persist_xml: req.persist_xml.clone(),
+            bandwidth: req.bandwidth_mib,
+            uri: req.migrate_uri.clone(),
+            disks_uri: req.disks_uri.clone(),
+            ..Default::default()
+        };
+        let what = format!("migrating {name} to {}", d.uri);
+        if f.peer2peer {
+            dom.migrate_to_uri3(Some(&req.dest_uri), params, flags)
+                .map_err(|e| self.err(&s, what, e))
+        } else {
+            match dom.migrate3(&d.conn, params, flags) {
+                Ok(_target_domain) => Ok(()),
+                Err(e) => Err(self.err(&s, what, e)),
+            }
+        }
+    }
+
+    fn job_stats(&self, host: HostId, name: &str) -> Result<Option<JobStats>, HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        get_job_stats(self, &h, &dom, 0)
+    }
+
+    fn completed_job_stats(&self, host: HostId, name: &str) -> Result<Option<JobStats>, HvError> {
+        let h = self.host(host);
+        if let Some(s) = h.completed.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(Some(s));
+        }
+        let dom = match self.lookup(&h, name) {
+            Ok(d) => d,
+            Err(HvError::NoDomain { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        get_job_stats(self, &h, &dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+    }
+
+    fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        // SAFETY: `dom` is a valid domain handle for the duration of the call.
+        let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+        if r < 0 {
+            return Err(self.err(
+                &h,
+                format!("aborting the job of {name}"),
+                VirtError::last_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        dom.migrate_set_max_speed(mib, 0)
+            .map_err(|e| self.err(&h, format!("setting the bandwidth of {name}"), e))
+    }
+}
+
+/// `virDomainGetJobStats`, safe when no job runs (virt's wrapper is not: it builds a Vec from
+/// the NULL array libvirt returns then).
+fn get_job_stats(
+    lv: &Libvirt,
+    h: &HostConn,
+    dom: &Domain,
+    flags: c_uint,
+) -> Result<Option<JobStats>, HvError> {
+    let mut job_type: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: valid domain; libvirt allocates `params` (or leaves it NULL) and sets `n`.
+    let r = unsafe {
+        sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut n, flags)
+    };
+    if r < 0 {
+        let e = VirtError::last_error();
+        if is_code(&e, sys::VIR_ERR_NO_DOMAIN) || is_code(&e, sys::VIR_ERR_OPERATION_INVALID) {
+            return Ok(None);
+        }
+        return Err(lv.err(h, "reading job statistics", e));
+    }
+    let stats = if params.is_null() || n == 0 || job_type == sys::VIR_DOMAIN_JOB_NONE as c_int {
+        None
+    } else {
+        // SAFETY: libvirt returned `n` parameters at `params`.
+        Some(unsafe { job_stats_from_params(params, n) })
+    };
+    if !params.is_null() {
+        // SAFETY: `params` was allocated by libvirt for `n` parameters and is freed once.
+        unsafe { sys::virTypedParamsFree(params, n) };
+    }
+    Ok(stats)
+}

@@ -1,0 +1,263 @@
+//! The journal: what Ferry did, durably, so that a rollback deletes exactly what Ferry created —
+//! even after Ferry itself was killed mid-run (`ferry cleanup` reads the leftovers from here).
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the journal {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot write to the journal")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// A run's id in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunId(pub i64);
+
+/// One run, as listed by `ferry history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub guest: String,
+    pub source: String,
+    pub target: String,
+    pub started: i64,
+    pub finished: Option<i64>,
+    pub phase: String,
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A volume Ferry created and has not deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Created {
+    pub run: i64,
+    pub host: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// The journal, an SQLite database.
+#[derive(Debug)]
+pub struct Journal {
+    db: Connection,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    guest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    finished INTEGER,
+    phase TEXT NOT NULL,
+    outcome TEXT,
+    message TEXT,
+    plan TEXT
+);
+CREATE TABLE IF NOT EXISTS created (
+    run INTEGER NOT NULL REFERENCES runs(id),
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    deleted INTEGER
+);
+";
+
+impl Journal {
+    /// Open (or create) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let open_err = |source| JournalError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let db = Connection::open(path).map_err(open_err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        db.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Self { db })
+    }
+
+    /// A journal that lives only as long as this value (tests, `--dry-run`).
+    pub fn in_memory() -> Result<Self, JournalError> {
+        let db = Connection::open_in_memory()?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Self { db })
+    }
+
+    pub fn begin_run(
+        &self,
+        guest: &str,
+        source: &str,
+        target: &str,
+        plan_json: &str,
+    ) -> Result<RunId, JournalError> {
+        self.db.execute(
+            "INSERT INTO runs (guest, source, target, started, phase, plan) VALUES (?1, ?2, ?3, ?4, 'preflight', ?5)",
+            params![guest, source, target, now(), plan_json],
+        )?;
+        Ok(RunId(self.db.last_insert_rowid()))
+    }
+
+    pub fn set_phase(&self, run: RunId, phase: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE runs SET phase = ?1 WHERE id = ?2",
+            params![phase, run.0],
+        )?;
+        Ok(())
+    }
+
+    /// Record a volume Ferry created: written before Ferry goes on, so a crash leaves a trace.
+    pub fn record_created(
+        &self,
+        run: RunId,
+        host: &str,
+        path: &str,
+        bytes: u64,
+    ) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT INTO created (run, host, path, bytes, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run.0, host, path, bytes as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_deleted(&self, run: RunId, host: &str, path: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE created SET deleted = ?1 WHERE run = ?2 AND host = ?3 AND path = ?4 AND deleted IS NULL",
+            params![now(), run.0, host, path],
+        )?;
+        Ok(())
+    }
+
+    /// End a run: `outcome` is `migrated`, `rolled_back`, `refused`, or `failed`.
+    pub fn finish(&self, run: RunId, outcome: &str, message: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE runs SET finished = ?1, outcome = ?2, message = ?3, phase = 'done' WHERE id = ?4",
+            params![now(), outcome, message, run.0],
+        )?;
+        Ok(())
+    }
+
+    /// The latest runs, newest first.
+    pub fn runs(&self, limit: u32) -> Result<Vec<RunRow>, JournalError> {
+        let mut st = self.db.prepare(
+            "SELECT id, guest, source, target, started, finished, phase, outcome, message
+             FROM runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                guest: r.get(1)?,
+                source: r.get(2)?,
+                target: r.get(3)?,
+                started: r.get(4)?,
+                finished: r.get(5)?,
+                phase: r.get(6)?,
+                outcome: r.get(7)?,
+                message: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Volumes created by runs that did not end in a migration and were never deleted.
+    pub fn leftovers(&self) -> Result<Vec<Created>, JournalError> {
+        let mut st = self.db.prepare(
+            "SELECT c.run, c.host, c.path, c.bytes FROM created c JOIN runs r ON r.id = c.run
+             WHERE c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome != 'migrated')
+             ORDER BY c.run, c.path",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Created {
+                run: r.get(0)?,
+                host: r.get(1)?,
+                path: r.get(2)?,
+                bytes: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The outcome of a run, if it has ended.
+    pub fn outcome(&self, run: RunId) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .db
+            .query_row("SELECT outcome FROM runs WHERE id = ?1", [run.0], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_volumes_of_unfinished_runs_are_leftovers_until_deleted() {
+        let j = Journal::in_memory().unwrap();
+        let r = j
+            .begin_run("g", "qemu+tcp://a/system", "qemu+tcp://b/system", "{}")
+            .unwrap();
+        j.record_created(r, "qemu+tcp://b/system", "/srv/vdb.raw", 64)
+            .unwrap();
+        j.record_created(r, "qemu+tcp://b/system", "/srv/vdc.raw", 32)
+            .unwrap();
+        assert_eq!(j.leftovers().unwrap().len(), 2);
+        j.record_deleted(r, "qemu+tcp://b/system", "/srv/vdb.raw")
+            .unwrap();
+        let left = j.leftovers().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].path, "/srv/vdc.raw");
+        assert_eq!(left[0].bytes, 32);
+    }
+
+    #[test]
+    fn a_migrated_run_leaves_no_leftovers() {
+        let j = Journal::in_memory().unwrap();
+        let r = j.begin_run("g", "a", "b", "{}").unwrap();
+        j.record_created(r, "b", "/srv/vdb.raw", 64).unwrap();
+        j.finish(r, "migrated", "ok").unwrap();
+        assert!(j.leftovers().unwrap().is_empty());
+        assert_eq!(j.outcome(r).unwrap().as_deref(), Some("migrated"));
+        assert_eq!(j.runs(10).unwrap()[0].phase, "done");
+    }
+
+    #[test]
+    fn the_journal_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-{}", std::process::id()));
+        let path = dir.join("j.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            let r = j.begin_run("g", "a", "b", "{}").unwrap();
+            j.record_created(r, "b", "/x", 1).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.leftovers().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

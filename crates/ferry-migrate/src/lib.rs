@@ -1,0 +1,314 @@
+//! The migration flow: **inventory → plan → preflight → prepare → migrate → verify/rollback**.
+//!
+//! Each phase is a module; [`run`] chains them. Everything that touches a host goes through the
+//! [`Hypervisor`] trait, so the flow's decisions are unit-tested against a recording fake, and
+//! proven end to end in the lab against real libvirt.
+
+pub mod inventory;
+pub mod migrate;
+pub mod preflight;
+pub mod prepare;
+pub mod rollback;
+pub mod verify;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use ferry_core::convergence::Progress;
+use ferry_core::{MigrationOptions, Plan, PlanError, Rules};
+use ferry_hypervisor::{HvError, Hypervisor, JobStats};
+use ferry_journal::{Journal, JournalError};
+use serde::Serialize;
+
+pub use preflight::Problem;
+pub use rollback::GuestLocation;
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub guest: String,
+    pub from: String,
+    pub to: String,
+    pub rules: Rules,
+    pub options: MigrationOptions,
+    /// Plan and check only: create nothing, move nothing.
+    pub dry_run: bool,
+    /// Abort the migration after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What the flow tells the operator while it works.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A phase of the flow starts.
+    Step { step: &'static str, detail: String },
+    /// A live figure of the running migration job.
+    Job(Progress),
+    /// Something done or found worth a line of its own.
+    Note { message: String },
+}
+
+/// Where the flow's events go (a terminal bar, JSON lines, a test's Vec).
+pub trait Reporter {
+    fn report(&mut self, event: Event);
+}
+
+impl Reporter for Vec<Event> {
+    fn report(&mut self, event: Event) {
+        self.push(event);
+    }
+}
+
+/// A finished migration's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub guest: String,
+    pub from: String,
+    pub to: String,
+    /// Ferry's whole run, from the first connection to the verified guest.
+    pub total_ms: u64,
+    /// libvirt's migration job.
+    pub job_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+    pub disk_bytes: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    /// Everything libvirt sent (disk + memory + device state).
+    pub data_bytes: Option<u64>,
+    pub copied_disks: Vec<String>,
+    pub created: Vec<String>,
+    pub verified: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The result of [`run`].
+#[derive(Debug)]
+pub enum Outcome {
+    Migrated(Box<Summary>),
+    /// `--dry-run`: the plan, and the checks it passed.
+    DryRun {
+        plan: Box<Plan>,
+        checks: Vec<String>,
+    },
+}
+
+/// Why a migration did not happen (or did, but not cleanly). Every variant says where the
+/// guest is.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("no plan can be made for {guest}: nothing was changed")]
+    Plan {
+        guest: String,
+        #[source]
+        source: PlanError,
+    },
+    #[error(transparent)]
+    Host(#[from] HvError),
+    #[error("the journal failed")]
+    Journal(#[from] JournalError),
+    #[error("refused before anything was created or moved: {}", preflight::render(.problems))]
+    Refused { problems: Vec<Problem> },
+    #[error("{}", failure_text(.guest, .cause, .location, .cleanup))]
+    Failed {
+        guest: String,
+        cause: String,
+        location: GuestLocation,
+        cleanup: Vec<String>,
+    },
+    #[error("the guest runs on the target, but verification found: {}", .problems.join("; "))]
+    VerifyFailed {
+        problems: Vec<String>,
+        summary: Box<Summary>,
+    },
+}
+
+fn failure_text(guest: &str, cause: &str, loc: &GuestLocation, cleanup: &[String]) -> String {
+    let mut s = format!("migration of {guest} failed: {cause}\n  the guest {loc}");
+    for c in cleanup {
+        s.push_str("\n  ");
+        s.push_str(c);
+    }
+    s
+}
+
+impl MigrateError {
+    /// Whether the guest ended up running on the target after all.
+    pub fn guest_on_target(&self) -> bool {
+        matches!(self, Self::VerifyFailed { .. })
+    }
+}
+
+/// The whole flow.
+pub fn run(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    req: &Request,
+    reporter: &mut dyn Reporter,
+    cancel: &AtomicBool,
+) -> Result<Outcome, MigrateError> {
+    let t0 = Instant::now();
+    reporter.report(Event::Step {
+        step: "inventory",
+        detail: format!("{} on {}", req.guest, req.from),
+    });
+    let inv = inventory::read(hv, req)?;
+    reporter.report(Event::Step {
+        step: "plan",
+        detail: format!("to {} ({})", req.to, inv.target_facts.hostname),
+    });
+    let mut plan = ferry_core::plan(
+        &inv.live_xml,
+        inv.inactive_xml.as_deref(),
+        &req.to,
+        &req.rules,
+        &req.options,
+    )
+    .map_err(|source| MigrateError::Plan {
+        guest: req.guest.clone(),
+        source,
+    })?;
+    reporter.report(Event::Step {
+        step: "preflight",
+        detail: format!("checking {} and {}", req.from, req.to),
+    });
+    let checked = preflight::check(hv, &inv, &mut plan)?;
+    let plan_json = serde_json::to_string(&plan).unwrap_or_default();
+    if !checked.problems.is_empty() {
+        if !req.dry_run {
+            let run = journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?;
+            journal.finish(run, "refused", &preflight::render(&checked.problems))?;
+        }
+        return Err(MigrateError::Refused {
+            problems: checked.problems,
+        });
+    }
+    if req.dry_run {
+        return Ok(Outcome::DryRun {
+            plan: Box::new(plan),
+            checks: checked.passed,
+        });
+    }
+    for c in &checked.passed {
+        reporter.report(Event::Note { message: c.clone() });
+    }
+
+    let run_id = journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?;
+    journal.set_phase(run_id, "prepare")?;
+    reporter.report(Event::Step {
+        step: "prepare",
+        detail: format!(
+            "{} volume(s) to create on {}",
+            checked.to_create.len(),
+            req.to
+        ),
+    });
+    let created = match prepare::create(hv, journal, run_id, &inv, &checked.to_create, reporter) {
+        Ok(c) => c,
+        Err((e, created)) => {
+            let r = rollback::after_failure(
+                hv,
+                journal,
+                run_id,
+                &inv,
+                &created,
+                &e.to_string(),
+                reporter,
+            );
+            return Err(r);
+        }
+    };
+
+    journal.set_phase(run_id, "migrate")?;
+    reporter.report(Event::Step {
+        step: "migrate",
+        detail: format!(
+            "live, copying {}",
+            if plan.migrate_disks.is_empty() {
+                "no disk".to_string()
+            } else {
+                plan.migrate_disks.join(", ")
+            }
+        ),
+    });
+    let job = migrate::execute(hv, &inv, &plan, req, reporter, cancel);
+    let (last, result) = (job.last_sample, job.result);
+    if let Err(cause) = result {
+        // Where is the guest now? The truth decides what happens next.
+        let loc = rollback::locate(hv, &inv);
+        if loc != GuestLocation::Target {
+            return Err(rollback::after_failure(
+                hv, journal, run_id, &inv, &created, &cause, reporter,
+            ));
+        }
+        reporter.report(Event::Note {
+            message: format!(
+                "libvirt reported an error ({cause}), but the guest runs on {}: verifying",
+                req.to
+            ),
+        });
+    }
+
+    journal.set_phase(run_id, "verify")?;
+    reporter.report(Event::Step {
+        step: "verify",
+        detail: format!("{} on {}", req.guest, req.to),
+    });
+    let completed = hv
+        .completed_job_stats(inv.src, &req.guest)
+        .ok()
+        .flatten()
+        .filter(|s| s.time_elapsed_ms.is_some())
+        .or_else(|| hv.completed_job_stats(inv.dst, &req.guest).ok().flatten());
+    let summary = summarise(req, &plan, &created, completed, last.as_ref(), t0);
+    let v = verify::check(hv, &inv, &plan);
+    let mut summary = summary;
+    summary.verified = v.passed;
+    summary.warnings.extend(plan.warnings.iter().cloned());
+    if !v.problems.is_empty() {
+        journal.finish(
+            run_id,
+            "migrated",
+            &format!("verify: {}", v.problems.join("; ")),
+        )?;
+        return Err(MigrateError::VerifyFailed {
+            problems: v.problems,
+            summary: Box::new(summary),
+        });
+    }
+    journal.finish(run_id, "migrated", "verified")?;
+    summary.total_ms = t0.elapsed().as_millis() as u64;
+    Ok(Outcome::Migrated(Box::new(summary)))
+}
+
+fn summarise(
+    req: &Request,
+    plan: &Plan,
+    created: &[prepare::CreatedVolume],
+    completed: Option<JobStats>,
+    last: Option<&JobStats>,
+    t0: Instant,
+) -> Summary {
+    let c = completed.unwrap_or_default();
+    let l = last.cloned().unwrap_or_default();
+    Summary {
+        guest: req.guest.clone(),
+        from: req.from.clone(),
+        to: req.to.clone(),
+        total_ms: t0.elapsed().as_millis() as u64,
+        job_ms: c.time_elapsed_ms.or(l.time_elapsed_ms),
+        downtime_ms: c.downtime_ms,
+        setup_ms: c.setup_time_ms,
+        disk_bytes: c
+            .disk_processed
+            .filter(|d| *d > 0)
+            .or(l.disk_processed)
+            .or((!plan.migrate_disks.is_empty()).then_some(0)),
+        memory_bytes: c.mem_processed.or(l.mem_processed),
+        data_bytes: c.data_processed.or(l.data_processed),
+        copied_disks: plan.migrate_disks.clone(),
+        created: created.iter().map(|v| v.path.clone()).collect(),
+        verified: vec![],
+        warnings: vec![],
+    }
+}

@@ -1,0 +1,152 @@
+//! Migrate: libvirt's blocking migration call on one thread; on this one, job statistics polled
+//! at ~2 Hz and turned into progress, the bandwidth moved from the disk mirrors to memory when
+//! the storage copy is done, and an abort on Ctrl-C or timeout.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferry_core::convergence::{self, Phase, Progress, Sample};
+use ferry_core::Plan;
+use ferry_hypervisor::{DomainState, Hypervisor, JobStats, MigrateRequest};
+
+use crate::inventory::Inventory;
+use crate::{Event, Reporter, Request};
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the migration call left.
+#[derive(Debug)]
+pub struct JobResult {
+    pub result: Result<(), String>,
+    /// The last statistics polled while the job ran.
+    pub last_sample: Option<JobStats>,
+}
+
+/// The request libvirt gets for this plan.
+pub fn request(plan: &Plan, dest_uri: &str) -> MigrateRequest {
+    MigrateRequest {
+        flags: plan.flags,
+        dest_uri: dest_uri.to_string(),
+        migrate_disks: plan.migrate_disks.clone(),
+        dest_xml: plan.dest_xml.clone(),
+        persist_xml: plan.persist_xml.clone(),
+        bandwidth_mib: plan.bandwidth_per_stream_mib,
+        migrate_uri: plan.options.migrate_uri.clone(),
+        disks_uri: plan.options.disks_uri.clone(),
+    }
+}
+
+fn sample(s: &JobStats, paused: bool) -> Sample {
+    Sample {
+        elapsed_ms: s.time_elapsed_ms,
+        disk_total: s.disk_total,
+        disk_processed: s.disk_processed,
+        disk_remaining: s.disk_remaining,
+        disk_bps: s.disk_bps,
+        mem_total: s.mem_total,
+        mem_processed: s.mem_processed,
+        mem_remaining: s.mem_remaining,
+        mem_bps: s.mem_bps,
+        mem_dirty_rate_pages: s.mem_dirty_rate,
+        mem_page_size: s.mem_page_size,
+        mem_iteration: s.mem_iteration,
+        paused,
+    }
+}
+
+/// Run the migration and watch it.
+pub fn execute(
+    hv: &dyn Hypervisor,
+    inv: &Inventory,
+    plan: &Plan,
+    req: &Request,
+    reporter: &mut dyn Reporter,
+    cancel: &AtomicBool,
+) -> JobResult {
+    let mreq = request(plan, &inv.dst_uri);
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let r = hv.migrate(inv.src, inv.dst, &inv.guest, &mreq);
+            let _ = tx.send(r);
+        });
+        let mut last: Option<JobStats> = None;
+        let mut phase = Phase::Setup;
+        let mut aborted: Option<String> = None;
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(r) => {
+                    let result = match (r, &aborted) {
+                        (Ok(()), _) => Ok(()),
+                        (Err(e), Some(why)) => Err(format!("{why} ({e})")),
+                        (Err(e), None) => Err(e.to_string()),
+                    };
+                    return JobResult {
+                        result,
+                        last_sample: last,
+                    };
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return JobResult {
+                        result: Err("the migration thread ended without a result".into()),
+                        last_sample: last,
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if aborted.is_none() {
+                let why = if cancel.load(Ordering::SeqCst) {
+                    Some("cancelled by the operator".to_string())
+                } else {
+                    req.timeout
+                        .filter(|t| t0.elapsed() > *t)
+                        .map(|t| format!("timed out after {} s (--timeout)", t.as_secs()))
+                };
+                if let Some(why) = why {
+                    reporter.report(Event::Note {
+                        message: format!("{why}: aborting the migration job on {}", inv.src_uri),
+                    });
+                    if let Err(e) = hv.abort_job(inv.src, &inv.guest) {
+                        reporter.report(Event::Note {
+                            message: format!("abort failed: {e}"),
+                        });
+                    }
+                    aborted = Some(why);
+                }
+            }
+            let Ok(Some(stats)) = hv.job_stats(inv.src, &inv.guest) else {
+                continue;
+            };
+            let paused = matches!(
+                hv.domain_state(inv.src, &inv.guest),
+                Ok(Some(DomainState::Paused))
+            ) && inv.source_state == Some(DomainState::Running);
+            let p = Progress::from_sample(&sample(&stats, paused));
+            if p.phase != phase {
+                if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
+                    if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {
+                        let mib =
+                            convergence::bandwidth_for(p.phase, total, plan.migrate_disks.len());
+                        match hv.set_max_speed(inv.src, &inv.guest, mib) {
+                            Ok(()) => reporter.report(Event::Note {
+                                message: format!(
+                                    "storage copied: bandwidth for memory raised to {mib} MiB/s"
+                                ),
+                            }),
+                            Err(e) => reporter.report(Event::Note {
+                                message: format!(
+                                    "could not raise the bandwidth to {mib} MiB/s: {e}"
+                                ),
+                            }),
+                        }
+                    }
+                }
+                phase = p.phase;
+            }
+            reporter.report(Event::Job(p));
+            last = Some(stats);
+        }
+    })
+}

@@ -1,0 +1,112 @@
+//! Rollback: after a failure, find out where the guest really runs; if it is on the source,
+//! delete what Ferry created on the target (and nothing else), and say so.
+
+use ferry_hypervisor::{DomainState, Hypervisor};
+use ferry_journal::{Journal, RunId};
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+use crate::prepare::CreatedVolume;
+use crate::{Event, MigrateError, Reporter};
+
+/// Where the guest is, as the hosts say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestLocation {
+    Source,
+    Target,
+    /// Active on both (one paused): libvirt has not finished deciding.
+    Both,
+    /// Active on neither.
+    Neither,
+    /// A host did not answer.
+    Unknown,
+}
+
+impl std::fmt::Display for GuestLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Source => "keeps running on the source",
+            Self::Target => "runs on the target",
+            Self::Both => "is active on both hosts (one side paused): inspect both before acting",
+            Self::Neither => "runs on neither host: start it where its disks are current (the source, if the copy did not finish)",
+            Self::Unknown => "is in an unknown place: a host did not answer; check both with virsh domstate",
+        })
+    }
+}
+
+/// Ask both hosts where the guest runs.
+pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
+    let on = |h| {
+        hv.domain_state(h, &inv.guest)
+            .map(|s| s.is_some_and(DomainState::is_active))
+    };
+    match (on(inv.src), on(inv.dst)) {
+        (Ok(true), Ok(false)) => GuestLocation::Source,
+        (Ok(false), Ok(true)) => GuestLocation::Target,
+        (Ok(true), Ok(true)) => GuestLocation::Both,
+        (Ok(false), Ok(false)) => GuestLocation::Neither,
+        // The source answers and has it running; the target is unreachable: the guest is on the
+        // source, but Ferry cannot clean up the target.
+        (Ok(true), Err(_)) => GuestLocation::Source,
+        _ => GuestLocation::Unknown,
+    }
+}
+
+/// Handle a failure after preflight: locate the guest, clean up if (and only if) it is safe.
+pub fn after_failure(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    run: RunId,
+    inv: &Inventory,
+    created: &[CreatedVolume],
+    cause: &str,
+    reporter: &mut dyn Reporter,
+) -> MigrateError {
+    let _ = journal.set_phase(run, "rollback");
+    reporter.report(Event::Step {
+        step: "rollback",
+        detail: cause.to_string(),
+    });
+    let location = locate(hv, inv);
+    let mut cleanup = Vec::new();
+    if location == GuestLocation::Source {
+        if created.is_empty() {
+            cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
+        }
+        for v in created {
+            match hv.delete_volume(inv.dst, &v.path) {
+                Ok(()) => {
+                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
+                    cleanup.push(format!("deleted {} on {} (Ferry had created it)", v.path, inv.dst_uri));
+                }
+                Err(e) => cleanup.push(format!(
+                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry cleanup` later",
+                    v.path, inv.dst_uri
+                )),
+            }
+        }
+    } else {
+        for v in created {
+            cleanup.push(format!(
+                "left {} on {} in place: the guest is not safely on the source",
+                v.path, inv.dst_uri
+            ));
+        }
+    }
+    let _ = journal.finish(
+        run,
+        if location == GuestLocation::Source {
+            "rolled_back"
+        } else {
+            "failed"
+        },
+        &format!("{cause}; the guest {location}"),
+    );
+    MigrateError::Failed {
+        guest: inv.guest.clone(),
+        cause: cause.to_string(),
+        location,
+        cleanup,
+    }
+}
