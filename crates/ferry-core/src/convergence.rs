@@ -67,6 +67,34 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Read a sample; where libvirt gives no rate (QEMU 7.2 reports none for disk mirrors),
+    /// derive it from the previous sample.
+    pub fn from_samples(s: &Sample, prev: Option<&Sample>) -> Progress {
+        let mut p = Self::from_sample(s);
+        if p.rate_bps == 0 {
+            if let Some(prev) = prev {
+                let dt = s
+                    .elapsed_ms
+                    .unwrap_or(0)
+                    .saturating_sub(prev.elapsed_ms.unwrap_or(0));
+                let (now, before) = match p.phase {
+                    Phase::StorageCopy => (s.disk_processed, prev.disk_processed),
+                    Phase::Memory { .. } => (s.mem_processed, prev.mem_processed),
+                    _ => (None, None),
+                };
+                if let (Some(now), Some(before), true) = (now, before, dt > 0) {
+                    p.rate_bps = now.saturating_sub(before) * 1000 / dt;
+                    let remaining = match p.phase {
+                        Phase::StorageCopy => p.disk_total.saturating_sub(p.disk_processed),
+                        _ => p.mem_remaining,
+                    };
+                    p.eta_s = (p.rate_bps > 0).then(|| remaining.div_ceil(p.rate_bps));
+                }
+            }
+        }
+        p
+    }
+
     /// Read a sample.
     pub fn from_sample(s: &Sample) -> Progress {
         let disk_total = s.disk_total.unwrap_or(0);
@@ -155,6 +183,27 @@ mod tests {
         assert_eq!(p.eta_s, Some(4));
         s.paused = true;
         assert_eq!(Progress::from_sample(&s).phase, Phase::Switchover);
+    }
+
+    #[test]
+    fn a_missing_rate_is_derived_from_the_previous_sample() {
+        let prev = Sample {
+            elapsed_ms: Some(1000),
+            disk_total: Some(100 << 20),
+            disk_processed: Some(10 << 20),
+            disk_remaining: Some(90 << 20),
+            ..Sample::default()
+        };
+        let now = Sample {
+            elapsed_ms: Some(1500),
+            disk_processed: Some(20 << 20),
+            disk_remaining: Some(80 << 20),
+            ..prev.clone()
+        };
+        let p = Progress::from_samples(&now, Some(&prev));
+        assert_eq!(p.rate_bps, 20 << 20);
+        assert_eq!(p.eta_s, Some(4));
+        assert_eq!(Progress::from_samples(&now, None).rate_bps, 0);
     }
 
     #[test]

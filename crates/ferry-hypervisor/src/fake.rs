@@ -75,6 +75,8 @@ pub enum MigrateOutcome {
     FailOnSource(String),
     /// libvirt reports this error, yet the guest ends up running on the target.
     FailButMoved(String),
+    /// The job runs until it is aborted, then fails with the guest on the source.
+    RunUntilAborted,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +89,7 @@ struct State {
     job_script: Vec<JobStats>,
     completed: Option<JobStats>,
     fail_connect: Vec<String>,
+    aborted: bool,
 }
 
 /// The fake hypervisor.
@@ -297,6 +300,15 @@ impl Hypervisor for Fake {
         name: &str,
         req: &MigrateRequest,
     ) -> Result<(), HvError> {
+        if matches!(self.lock().outcome, MigrateOutcome::RunUntilAborted) {
+            // Bounded: a test that never aborts fails here instead of hanging.
+            for _ in 0..1000 {
+                if self.lock().aborted {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         let mut s = self.lock();
         let (su, du) = (s.uris[src.0].clone(), s.uris[dst.0].clone());
         s.calls.push(Call::Migrate {
@@ -331,6 +343,16 @@ impl Hypervisor for Fake {
                 message: m,
                 code: 1,
             }),
+            MigrateOutcome::RunUntilAborted => Err(HvError::Libvirt {
+                host: su,
+                what: format!("migrating {name}"),
+                message: if s.aborted {
+                    "operation aborted: migration job: canceled by client".into()
+                } else {
+                    "never aborted".into()
+                },
+                code: 1,
+            }),
             MigrateOutcome::FailButMoved(m) => {
                 moved(&mut s);
                 Err(HvError::Libvirt {
@@ -357,6 +379,7 @@ impl Hypervisor for Fake {
     }
 
     fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        self.lock().aborted = true;
         self.with_host(host, |_, uri, calls| {
             calls.push(Call::AbortJob {
                 host: uri.to_string(),

@@ -312,3 +312,6 @@ fn summarise(
         warnings: vec![],
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -73,6 +73,7 @@ pub fn execute(
             let _ = tx.send(r);
         });
         let mut last: Option<JobStats> = None;
+        let mut prev: Option<Sample> = None;
         let mut phase = Phase::Setup;
         let mut aborted: Option<String> = None;
         loop {
@@ -123,7 +124,9 @@ pub fn execute(
                 hv.domain_state(inv.src, &inv.guest),
                 Ok(Some(DomainState::Paused))
             ) && inv.source_state == Some(DomainState::Running);
-            let p = Progress::from_sample(&sample(&stats, paused));
+            let now = sample(&stats, paused);
+            let p = Progress::from_samples(&now, prev.as_ref());
+            prev = Some(now);
             if p.phase != phase {
                 if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
                     if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {

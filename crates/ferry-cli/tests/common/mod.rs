@@ -37,12 +37,27 @@ pub fn lab(args: &[&str]) -> (bool, String, String) {
     run(Command::new(lab_script()).args(args))
 }
 
+/// virsh against a lab host, from the lab's client namespace (the only place that reaches the
+/// lab's addresses: no packet for them can leave the machine).
 pub fn virsh(uri: &str, args: &[&str]) -> (bool, String, String) {
-    run(Command::new("virsh")
-        .arg("-q")
-        .arg("-c")
-        .arg(uri)
+    run(Command::new(lab_script())
+        .args(["client", "virsh", "-q", "-c", uri])
         .args(args))
+}
+
+/// The ferry binary, run in the lab's client namespace.
+pub fn ferry(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(lab_script())
+        .arg("client")
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The state of the lab guest on `uri` ("running", "shut off", or "" when not defined there).

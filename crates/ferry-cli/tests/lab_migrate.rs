@@ -1,0 +1,328 @@
+//! `ferry migrate` end to end in the lab: real libvirtd, real QEMU guests.
+//! Needs root and the lab's packages: `make test` (or `cargo test --features lab`).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+fn migrate(extra: &[&str]) -> (i32, String, String) {
+    let mut a = vec![
+        "migrate",
+        GUEST,
+        "--from",
+        H1,
+        "--to",
+        H2,
+        "--unsafe",
+        "--journal",
+        "/tmp/ferry-lab-test-journal.db",
+    ];
+    a.extend_from_slice(extra);
+    ferry(&a)
+}
+
+/// The JSON result line of `ferry migrate --json`.
+fn result(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"event\":\"result\""))
+        .unwrap_or_else(|| panic!("no result line in {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn store(host: &str) -> Vec<String> {
+    let dir = format!("/var/lib/ferry-lab/{host}/store");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn seed_migration_copies_only_vdb_and_the_guest_cold_starts_on_the_target() {
+    let lab = Lab::up(&[]);
+    let (code, out, err) = migrate(&[
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n5",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = result(&out);
+    assert_eq!(r["outcome"], "migrated", "{r}");
+    let s = &r["summary"];
+    // vda holds 16 MiB of data: had it been copied, the disk bytes would show it.
+    let disk = s["disk_bytes"].as_u64().unwrap();
+    assert!(
+        (64 * MIB..72 * MIB).contains(&disk),
+        "disk bytes moved {disk}: vdb only is 64 MiB"
+    );
+    assert_eq!(s["copied_disks"], serde_json::json!(["vdb"]));
+    assert!(s["downtime_ms"].as_u64().is_some(), "{s}");
+    assert!(s["memory_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert!(out
+        .lines()
+        .any(|l| l.contains("\"event\":\"step\"") && l.contains("\"step\":\"preflight\"")));
+    assert_eq!(domstate(H1), "");
+    assert_eq!(domstate(H2), "running");
+    let v = lab.verify_guest("h2");
+    assert!(
+        v.contains("vda is /mnt/nfs_second_mount/test_img.img, open in QEMU"),
+        "{v}"
+    );
+    assert!(
+        v.contains("ok vdb /dev/ferry-lab/nvme1n5: static region intact, write sequence unbroken"),
+        "{v}"
+    );
+    // The persistent definition on h2 has the new paths: a cold start works.
+    assert!(virsh(H2, &["destroy", GUEST]).0);
+    let (ok, _, e) = virsh(H2, &["start", GUEST]);
+    assert!(ok, "cold start on h2: {e}");
+    std::thread::sleep(Duration::from_secs(8));
+    lab.verify_guest("h2");
+    let (code, hist, _) = ferry(&[
+        "history",
+        "--journal",
+        "/tmp/ferry-lab-test-journal.db",
+        "--last",
+        "1",
+    ]);
+    assert_eq!(code, 0);
+    assert!(hist.contains("migrated"), "{hist}");
+    drop(lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn copy_to_a_file_ferry_creates_on_a_third_host() {
+    let lab = Lab::up(&["--hosts", "3"]);
+    let (code, out, err) = ferry(&[
+        "migrate",
+        GUEST,
+        "--from",
+        H1,
+        "--to",
+        H3,
+        "--unsafe",
+        "--journal",
+        "/tmp/ferry-lab-test-journal.db",
+        "--map",
+        "/mnt/nfs=/mnt/nfs_third_mount",
+        "--copy",
+        "vdb=/srv/ferry-store/vdb.raw",
+        "--bandwidth",
+        "200",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("created /srv/ferry-store/vdb.raw"), "{err}");
+    assert!(
+        out.contains("created on the target: /srv/ferry-store/vdb.raw"),
+        "{out}"
+    );
+    assert_eq!(store("h3"), vec!["vdb.raw"]);
+    assert_eq!(
+        std::fs::metadata("/var/lib/ferry-lab/h3/store/vdb.raw")
+            .unwrap()
+            .len(),
+        64 * MIB
+    );
+    assert_eq!(domstate(H1), "");
+    assert_eq!(domstate(H2), "");
+    let v = lab.verify_guest("h3");
+    assert!(
+        v.contains("vda is /mnt/nfs_third_mount/test_img.img"),
+        "{v}"
+    );
+    assert!(v.contains("ok vdb /srv/ferry-store/vdb.raw"), "{v}");
+    drop(lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn refusals_create_nothing_and_leave_the_guest_running() {
+    let lab = Lab::up(&[]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--map",
+                "/mnt/nfs=/mnt/nfs_second_mount",
+                "--copy",
+                "vdb=/dev/ferry-lab/nvme1n6",
+            ],
+            "the target is too small",
+        ),
+        (
+            &[
+                "--map",
+                "/mnt/nfs=/mnt/nfs_missing",
+                "--copy",
+                "vdb=/srv/ferry-store/vdb.raw",
+            ],
+            "/mnt/nfs_missing/test_img.img: the shared disk's path does not exist there",
+        ),
+        (
+            &[
+                "--map",
+                "/mnt/nfs=/mnt/nfs_second_mount",
+                "--copy",
+                "vdz=/srv/ferry-store/vdz.raw",
+            ],
+            "the guest has no disk with target dev vdz",
+        ),
+        (
+            &["--map", "/mnt/nfs=/mnt/nfs_second_mount"],
+            "disk vdb (block /dev/ferry-lab/nvme2n2) has no storage rule",
+        ),
+        (
+            &[
+                "--map",
+                "/mnt/nfs=/mnt/nfs_second_mount",
+                "--copy",
+                "vdb=/srv/nowhere/vdb.raw",
+            ],
+            "its directory does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, out, err) = migrate(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            store("h2").is_empty(),
+            "{args:?}: h2's store has {:?}",
+            store("h2")
+        );
+        assert_eq!(domstate(H2), "", "{args:?}");
+        assert_eq!(domstate(H1), "running", "{args:?}");
+    }
+    // A guest with a passthrough device (USB, defined, not started: the lab has no such device).
+    let pt = std::env::temp_dir().join(format!("ferry-pt-{}.xml", std::process::id()));
+    std::fs::write(&pt, "<domain type='qemu'><name>lab-pt</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
+        <devices><hostdev mode='subsystem' type='usb' managed='no'><source><vendor id='0x1d6b'/><product id='0x0002'/></source></hostdev></devices></domain>").unwrap();
+    let (ok, _, e) = virsh(H1, &["define", pt.to_str().unwrap()]);
+    assert!(ok, "{e}");
+    let (code, _, err) = ferry(&[
+        "migrate",
+        "lab-pt",
+        "--from",
+        H1,
+        "--to",
+        H2,
+        "--journal",
+        "/tmp/ferry-lab-test-journal.db",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not migratable: it has a passthrough device (<hostdev> USB vendor 0x1d6b product 0x0002)"), "{err}");
+    assert_eq!(virsh(H2, &["list", "--all", "--name"]).1.trim(), "");
+    lab.verify_guest("h1");
+    drop(lab);
+    assert_lab_gone();
+}
+
+/// Start a migration to a file Ferry creates on h2 over a slow link, then break it with `act`
+/// once the target's QEMU runs; the guest must stay on h1 and h2 must keep nothing of Ferry's.
+fn interrupted(act: impl FnOnce(u32), want: &str) {
+    let the_lab = Lab::up(&["--rate", "60"]);
+    let child = Command::new(lab_script())
+        .args([
+            "client",
+            env!("CARGO_BIN_EXE_ferry"),
+            "migrate",
+            GUEST,
+            "--from",
+            H1,
+            "--to",
+            H2,
+            "--unsafe",
+            "--journal",
+            "/tmp/ferry-lab-test-journal.db",
+            "--map",
+            "/mnt/nfs=/mnt/nfs_second_mount",
+            "--copy",
+            "vdb=/srv/ferry-store/vdb.raw",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the target's QEMU: the copy is under way.
+    let t = Instant::now();
+    loop {
+        let (_, pid, _) = lab(&[
+            "shell",
+            "h2",
+            "sh",
+            "-c",
+            "cat /run/libvirt/qemu/lab-guest.pid 2>/dev/null",
+        ]);
+        if !pid.trim().is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the target's QEMU never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let ferry_pid = {
+        // The ferry process itself (its command name), not the `lab client` wrapper around it.
+        let (_, out, _) = run(Command::new("pgrep").args(["-x", "ferry"]));
+        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
+        pids[0]
+    };
+    act(ferry_pid);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "{err}");
+    assert!(
+        err.contains("the guest keeps running on the source"),
+        "{err}"
+    );
+    assert!(err.contains("deleted /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system (Ferry had created it)"), "{err}");
+    assert!(store("h2").is_empty(), "h2 keeps {:?}", store("h2"));
+    assert_eq!(domstate(H2), "");
+    the_lab.verify_guest("h1");
+    drop(the_lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn killing_the_target_qemu_during_the_copy_leaves_the_guest_on_the_source_and_h2_clean() {
+    interrupted(
+        |_| {
+            let (ok, _, e) = lab(&[
+                "shell",
+                "h2",
+                "sh",
+                "-c",
+                "kill -9 $(cat /run/libvirt/qemu/lab-guest.pid)",
+            ]);
+            assert!(ok, "{e}");
+        },
+        "migration of lab-guest failed",
+    );
+}
+
+#[test]
+fn ctrl_c_aborts_and_rolls_back() {
+    interrupted(
+        |pid| {
+            assert!(run(Command::new("kill").args(["-INT", &pid.to_string()])).0);
+        },
+        "cancelled by the operator",
+    );
+}

@@ -1,0 +1,491 @@
+//! The flow's decisions, against the recording fake: what is checked, created, migrated,
+//! deleted and reported. (That migration works is proven in the lab, not here.)
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use ferry_core::{MigrationOptions, Rules};
+use ferry_hypervisor::fake::{Call, Fake, FakeDomain, FakeHost, MigrateOutcome};
+use ferry_hypervisor::{DiskSize, DomainState, JobStats, PathInfo, PathKind};
+use ferry_journal::Journal;
+
+use crate::*;
+
+const SRC: &str = "qemu+tcp://h1/system";
+const DST: &str = "qemu+tcp://h2/system";
+const MIB64: u64 = 64 << 20;
+
+const GUEST_XML: &str = "<domain type='qemu'>
+  <name>g</name>
+  <uuid>6f1e7a52-3c1d-4c8e-9a57-2f1e00f3c0de</uuid>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/mnt/nfs/test_img.img'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none' io='native'/>
+      <source dev='/dev/nvme2n2'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+";
+
+fn file(capacity: u64, format: &str) -> PathInfo {
+    PathInfo {
+        kind: PathKind::File,
+        capacity,
+        allocation: capacity,
+        format: Some(format.into()),
+    }
+}
+
+fn block(capacity: u64) -> PathInfo {
+    PathInfo {
+        kind: PathKind::Block,
+        capacity,
+        allocation: capacity,
+        format: Some("raw".into()),
+    }
+}
+
+/// h1 runs the seed guest (vda shared qcow2 of 32 MiB, vdb a local 64 MiB block device); h2
+/// sees the share at /mnt/nfs_second_mount and has /dev/nvme1n5 (64 MiB), /dev/nvme1n6
+/// (32 MiB) and a directory /srv/store with 1 GiB free.
+fn lab() -> Fake {
+    let fake = Fake::new();
+    let disks = HashMap::from([
+        (
+            "vda".to_string(),
+            DiskSize {
+                capacity: 32 << 20,
+                allocation: 1 << 20,
+                physical: 1 << 20,
+            },
+        ),
+        (
+            "vdb".to_string(),
+            DiskSize {
+                capacity: MIB64,
+                allocation: MIB64,
+                physical: MIB64,
+            },
+        ),
+    ]);
+    fake.add_host(
+        SRC,
+        FakeHost {
+            hostname: "h1".into(),
+            uuid: "u1".into(),
+            domains: HashMap::from([(
+                "g".to_string(),
+                FakeDomain {
+                    state: DomainState::Running,
+                    live_xml: GUEST_XML.into(),
+                    inactive_xml: GUEST_XML.into(),
+                    disks,
+                },
+            )]),
+            paths: HashMap::from([("/mnt/nfs/test_img.img".to_string(), file(32 << 20, "qcow2"))]),
+            dirs: HashMap::from([("/mnt/nfs".to_string(), 1 << 30)]),
+        },
+    );
+    fake.add_host(
+        DST,
+        FakeHost {
+            hostname: "h2".into(),
+            uuid: "u2".into(),
+            domains: HashMap::new(),
+            paths: HashMap::from([
+                (
+                    "/mnt/nfs_second_mount/test_img.img".to_string(),
+                    file(32 << 20, "qcow2"),
+                ),
+                ("/dev/nvme1n5".to_string(), block(MIB64)),
+                ("/dev/nvme1n6".to_string(), block(32 << 20)),
+            ]),
+            dirs: HashMap::from([
+                ("/mnt/nfs_second_mount".to_string(), 1 << 30),
+                ("/dev".to_string(), 0),
+                ("/srv/store".to_string(), 1 << 30),
+            ]),
+        },
+    );
+    fake
+}
+
+fn request(copy: &str) -> Request {
+    Request {
+        guest: "g".into(),
+        from: SRC.into(),
+        to: DST.into(),
+        rules: Rules {
+            map: vec!["/mnt/nfs=/mnt/nfs_second_mount".parse().unwrap()],
+            copy: vec![copy.parse().unwrap()],
+        },
+        options: MigrationOptions {
+            unsafe_: true,
+            ..Default::default()
+        },
+        dry_run: false,
+        timeout: None,
+    }
+}
+
+fn go(fake: &Fake, req: &Request) -> (Result<Outcome, MigrateError>, Vec<Event>, Journal) {
+    let journal = Journal::in_memory().unwrap();
+    let mut events = Vec::new();
+    let r = run(fake, &journal, req, &mut events, &AtomicBool::new(false));
+    (r, events, journal)
+}
+
+fn mutating(calls: &[Call]) -> Vec<Call> {
+    calls
+        .iter()
+        .filter(|c| !matches!(c, Call::Connect(_)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn seed_onto_an_existing_block_device_copies_only_vdb_and_verifies() {
+    let fake = lab();
+    let (r, _, journal) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    let Ok(Outcome::Migrated(s)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        mutating(&fake.calls()),
+        vec![Call::Migrate {
+            src: SRC.into(),
+            dst: DST.into(),
+            name: "g".into(),
+            migrate_disks: vec!["vdb".into()],
+            bandwidth: None,
+        }],
+        "nothing created: the block device exists with the exact size"
+    );
+    assert_eq!(s.copied_disks, vec!["vdb"]);
+    assert!(s.created.is_empty());
+    assert_eq!(s.verified.len(), 4, "{:?}", s.verified);
+    let h2 = fake.host_snapshot(DST);
+    assert!(h2.domains["g"]
+        .live_xml
+        .contains("<source dev='/dev/nvme1n5'/>"));
+    assert!(h2.domains["g"]
+        .inactive_xml
+        .contains("<source file='/mnt/nfs_second_mount/test_img.img'/>"));
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("migrated")
+    );
+}
+
+#[test]
+fn a_missing_file_target_is_created_at_the_exact_size_and_journaled() {
+    let fake = lab();
+    let (r, _, journal) = go(&fake, &request("vdb=/srv/store/vdb.raw"));
+    let Ok(Outcome::Migrated(s)) = r else {
+        panic!("{r:?}")
+    };
+    let calls = mutating(&fake.calls());
+    assert_eq!(
+        calls[0],
+        Call::CreateVolume {
+            host: DST.into(),
+            path: "/srv/store/vdb.raw".into(),
+            capacity: MIB64,
+            format: "raw".into()
+        }
+    );
+    assert!(matches!(calls[1], Call::Migrate { .. }));
+    assert_eq!(s.created, vec!["/srv/store/vdb.raw"]);
+    assert!(fake.host_snapshot(DST).domains["g"]
+        .live_xml
+        .contains("<disk type='file' device='disk'>"));
+    assert!(
+        journal.leftovers().unwrap().is_empty(),
+        "a migrated run leaves no leftovers"
+    );
+}
+
+#[test]
+fn refusals_happen_before_anything_is_created_or_moved() {
+    for (copy, maps, want) in [
+        (
+            "vdb=/dev/nvme1n6",
+            "/mnt/nfs=/mnt/nfs_second_mount",
+            "too small",
+        ),
+        (
+            "vdb=/dev/nvme9n9",
+            "/mnt/nfs=/mnt/nfs_second_mount",
+            "block device does not exist",
+        ),
+        (
+            "vdb=/srv/nodir/vdb.raw",
+            "/mnt/nfs=/mnt/nfs_second_mount",
+            "directory does not exist",
+        ),
+        (
+            "vdb=/srv/store/vdb.raw",
+            "/mnt/nfs=/mnt/elsewhere",
+            "path does not exist",
+        ),
+    ] {
+        let fake = lab();
+        let mut req = request(copy);
+        req.rules.map = vec![maps.parse().unwrap()];
+        let (r, _, journal) = go(&fake, &req);
+        match r {
+            Err(MigrateError::Refused { problems }) => {
+                let text = preflight::render(&problems);
+                assert!(text.contains(want), "{copy}: {text}");
+                assert!(text.contains(DST), "names the host: {text}");
+            }
+            other => panic!("{copy}: {other:?}"),
+        }
+        assert!(
+            mutating(&fake.calls()).is_empty(),
+            "{copy}: {:?}",
+            fake.calls()
+        );
+        assert_eq!(
+            journal.runs(1).unwrap()[0].outcome.as_deref(),
+            Some("refused")
+        );
+    }
+}
+
+#[test]
+fn a_guest_already_on_the_target_or_the_same_host_is_refused() {
+    let fake = lab();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.uuid = "u1".into();
+    h2.domains
+        .insert("g".into(), fake.host_snapshot(SRC).domains["g"].clone());
+    fake.add_host(DST, h2);
+    let (r, _, _) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    let Err(MigrateError::Refused { problems }) = r else {
+        panic!("{r:?}")
+    };
+    let text = preflight::render(&problems);
+    assert!(text.contains("already exists there"), "{text}");
+    assert!(text.contains("same host UUID"), "{text}");
+    assert!(mutating(&fake.calls()).is_empty());
+}
+
+#[test]
+fn a_copy_target_in_use_by_another_domain_is_refused() {
+    let fake = lab();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.domains.insert(
+        "other".into(),
+        FakeDomain {
+            state: DomainState::Running,
+            live_xml: "<domain><name>other</name><devices><disk type='block'><source dev='/dev/nvme1n5'/><target dev='vda'/></disk></devices></domain>".into(),
+            inactive_xml: String::new(),
+            disks: HashMap::new(),
+        },
+    );
+    fake.add_host(DST, h2);
+    let (r, _, _) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    let Err(MigrateError::Refused { problems }) = r else {
+        panic!("{r:?}")
+    };
+    assert!(preflight::render(&problems).contains("in use by domain other"));
+}
+
+#[test]
+fn a_failed_migration_deletes_only_what_ferry_created_and_says_the_guest_stayed() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::FailOnSource(
+        "migration of disk vdb failed: Input/output error".into(),
+    ));
+    let (r, _, journal) = go(&fake, &request("vdb=/srv/store/vdb.raw"));
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::Source);
+    assert!(
+        cleanup[0].contains("deleted /srv/store/vdb.raw"),
+        "{cleanup:?}"
+    );
+    let calls = mutating(&fake.calls());
+    assert_eq!(
+        calls.last(),
+        Some(&Call::DeleteVolume {
+            host: DST.into(),
+            path: "/srv/store/vdb.raw".into()
+        })
+    );
+    assert!(fake
+        .host_snapshot(DST)
+        .paths
+        .contains_key("/mnt/nfs_second_mount/test_img.img"));
+    assert!(journal.leftovers().unwrap().is_empty());
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("rolled_back")
+    );
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("keeps running on the source"));
+}
+
+#[test]
+fn a_failed_migration_onto_an_existing_device_deletes_nothing() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::FailOnSource("boom".into()));
+    let (r, _, _) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    assert!(matches!(
+        r,
+        Err(MigrateError::Failed {
+            location: GuestLocation::Source,
+            ..
+        })
+    ));
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert!(fake.host_snapshot(DST).paths.contains_key("/dev/nvme1n5"));
+}
+
+#[test]
+fn an_error_with_the_guest_on_the_target_is_reported_as_migrated_not_failed() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::FailButMoved(
+        "Unable to read from monitor".into(),
+    ));
+    let (r, events, _) = go(&fake, &request("vdb=/srv/store/vdb.raw"));
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Note { message } if message.contains("but the guest runs on"))
+    ));
+}
+
+#[test]
+fn cancel_aborts_the_job_and_rolls_back() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    let journal = Journal::in_memory().unwrap();
+    let mut events = Vec::new();
+    let r = run(
+        &fake,
+        &journal,
+        &request("vdb=/srv/store/vdb.raw"),
+        &mut events,
+        &AtomicBool::new(true),
+    );
+    let Err(MigrateError::Failed {
+        location, cause, ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::Source);
+    assert!(cause.contains("cancelled by the operator"), "{cause}");
+    let calls = mutating(&fake.calls());
+    assert!(
+        calls.contains(&Call::AbortJob {
+            host: SRC.into(),
+            name: "g".into()
+        }),
+        "{calls:?}"
+    );
+    assert!(matches!(calls.last(), Some(Call::DeleteVolume { .. })));
+}
+
+#[test]
+fn bandwidth_is_split_across_mirrors_then_raised_for_memory() {
+    let fake = lab();
+    let mut src = fake.host_snapshot(SRC);
+    let g = src.domains.get_mut("g").unwrap();
+    g.live_xml = GUEST_XML.replace(
+        "<source file='/mnt/nfs/test_img.img'/>",
+        "<source file='/var/lib/vda.qcow2'/>",
+    );
+    g.inactive_xml = g.live_xml.clone();
+    fake.add_host(SRC, src);
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    let storage = JobStats {
+        time_elapsed_ms: Some(500),
+        disk_total: Some(2 * MIB64),
+        disk_processed: Some(MIB64),
+        disk_remaining: Some(MIB64),
+        ..Default::default()
+    };
+    let memory = JobStats {
+        time_elapsed_ms: Some(1000),
+        disk_total: Some(2 * MIB64),
+        disk_processed: Some(2 * MIB64),
+        disk_remaining: Some(0),
+        mem_iteration: Some(1),
+        mem_processed: Some(1 << 20),
+        ..Default::default()
+    };
+    fake.set_job_script(vec![storage, memory], None);
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.rules.map.clear();
+    req.rules
+        .copy
+        .push("vda=/srv/store/vda.qcow2".parse().unwrap());
+    req.options.bandwidth_mib = Some(100);
+    req.timeout = Some(std::time::Duration::from_secs(2));
+    let (r, events, _) = go(&fake, &req);
+    assert!(
+        r.is_err(),
+        "the fake job only ends when aborted (here by --timeout)"
+    );
+    let calls = fake.calls();
+    assert!(
+        calls.iter().any(|c| matches!(
+            c,
+            Call::Migrate {
+                bandwidth: Some(50),
+                ..
+            }
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&Call::SetMaxSpeed {
+            host: SRC.into(),
+            name: "g".into(),
+            mib: 100
+        }),
+        "{calls:?}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Job(p) if p.phase == ferry_core::convergence::Phase::StorageCopy)
+    ));
+    assert!(calls.iter().any(|c| matches!(c, Call::CreateVolume { path, format, .. } if path == "/srv/store/vda.qcow2" && format == "qcow2")));
+}
+
+#[test]
+fn dry_run_checks_and_touches_nothing() {
+    let fake = lab();
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.dry_run = true;
+    let (r, _, journal) = go(&fake, &req);
+    let Ok(Outcome::DryRun { plan, checks }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(plan.migrate_disks, vec!["vdb"]);
+    assert!(checks
+        .iter()
+        .any(|c| c.contains("Ferry will create /srv/store/vdb.raw")));
+    assert!(mutating(&fake.calls()).is_empty());
+    assert!(journal.runs(10).unwrap().is_empty());
+}
