@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench lab-down
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate lab-down
 
 test: setup lint unit-test lab-test
 
@@ -30,6 +30,12 @@ demo: setup
 
 bench:
 	$(CARGO) bench -p ferry-core
+
+# Ferry vs plain virsh over a shaped lab link (RATE in Mbit/s).
+RATE ?= 200
+bench-migrate: setup
+	$(CARGO) build --release -p ferry-cli
+	lab/bench --rate $(RATE) target/release/ferry
 
 lab-down:
 	lab/lab down

@@ -105,7 +105,7 @@ fn seed_migration_copies_only_vdb_and_the_guest_cold_starts_on_the_target() {
 }
 
 #[test]
-fn copy_to_a_file_ferry_creates_on_a_third_host() {
+fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer() {
     let lab = Lab::up(&["--hosts", "3"]);
     let (code, out, err) = ferry(&[
         "migrate",
@@ -123,6 +123,12 @@ fn copy_to_a_file_ferry_creates_on_a_third_host() {
         "vdb=/srv/ferry-store/vdb.raw",
         "--bandwidth",
         "200",
+        // Peer-to-peer, with explicit streams for memory and disks.
+        "--p2p",
+        "--migrate-uri",
+        "tcp://10.77.0.3",
+        "--disks-uri",
+        "tcp://10.77.0.3:49200",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("created /srv/ferry-store/vdb.raw"), "{err}");
