@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const MIB: u64 = 1 << 20;
+const JOURNAL: &str = "/tmp/ferry-lab-test-journal.db";
 
 fn migrate(extra: &[&str]) -> (i32, String, String) {
     let mut a = vec![
@@ -20,7 +21,7 @@ fn migrate(extra: &[&str]) -> (i32, String, String) {
         H2,
         "--unsafe",
         "--journal",
-        "/tmp/ferry-lab-test-journal.db",
+        JOURNAL,
     ];
     a.extend_from_slice(extra);
     ferry(&a)
@@ -91,13 +92,7 @@ fn seed_migration_copies_only_vdb_and_the_guest_cold_starts_on_the_target() {
     assert!(ok, "cold start on h2: {e}");
     std::thread::sleep(Duration::from_secs(8));
     lab.verify_guest("h2");
-    let (code, hist, _) = ferry(&[
-        "history",
-        "--journal",
-        "/tmp/ferry-lab-test-journal.db",
-        "--last",
-        "1",
-    ]);
+    let (code, hist, _) = ferry(&["history", "--journal", JOURNAL, "--last", "1"]);
     assert_eq!(code, 0);
     assert!(hist.contains("migrated"), "{hist}");
     drop(lab);
@@ -116,7 +111,7 @@ fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer() {
         H3,
         "--unsafe",
         "--journal",
-        "/tmp/ferry-lab-test-journal.db",
+        JOURNAL,
         "--map",
         "/mnt/nfs=/mnt/nfs_third_mount",
         "--copy",
@@ -226,7 +221,7 @@ fn refusals_create_nothing_and_leave_the_guest_running() {
         "--to",
         H2,
         "--journal",
-        "/tmp/ferry-lab-test-journal.db",
+        JOURNAL,
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("not migratable: it has a passthrough device (<hostdev> USB vendor 0x1d6b product 0x0002)"), "{err}");
@@ -236,9 +231,9 @@ fn refusals_create_nothing_and_leave_the_guest_running() {
     assert_lab_gone();
 }
 
-/// Start a migration to a file Ferry creates on h2 over a slow link, then break it with `act`
-/// once the target's QEMU runs; the guest must stay on h1 and h2 must keep nothing of Ferry's.
-fn interrupted(act: impl FnOnce(u32), want: &str) {
+/// Start a migration to a file Ferry creates on h2 over a slow link, and return once the
+/// target's QEMU runs (the copy is under way), with the ferry process's pid.
+fn start_slow_migration() -> (Lab, std::process::Child, u32) {
     let the_lab = Lab::up(&["--rate", "60"]);
     let child = Command::new(lab_script())
         .args([
@@ -252,7 +247,7 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
             H2,
             "--unsafe",
             "--journal",
-            "/tmp/ferry-lab-test-journal.db",
+            JOURNAL,
             "--map",
             "/mnt/nfs=/mnt/nfs_second_mount",
             "--copy",
@@ -262,7 +257,6 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait (bounded) for the target's QEMU: the copy is under way.
     let t = Instant::now();
     loop {
         let (_, pid, _) = lab(&[
@@ -282,13 +276,16 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let ferry_pid = {
-        // The ferry process itself (its command name), not the `lab client` wrapper around it.
-        let (_, out, _) = run(Command::new("pgrep").args(["-x", "ferry"]));
-        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
-        pids[0]
-    };
+    // The ferry process itself (its command name), not the `lab client` wrapper around it.
+    let (_, out, _) = run(Command::new("pgrep").args(["-x", "ferry"]));
+    let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
+    (the_lab, child, pids[0])
+}
+
+/// Break the migration with `act`; the guest must stay on h1 and h2 keep nothing of Ferry's.
+fn interrupted(act: impl FnOnce(u32), want: &str) {
+    let (the_lab, child, ferry_pid) = start_slow_migration();
     act(ferry_pid);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -298,9 +295,52 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
         err.contains("the guest keeps running on the source"),
         "{err}"
     );
-    assert!(err.contains("deleted /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system (Ferry had created it)"), "{err}");
+    assert!(
+        err.contains(
+            "deleted /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system (Ferry had created it)"
+        ),
+        "{err}"
+    );
     assert!(store("h2").is_empty(), "h2 keeps {:?}", store("h2"));
     assert_eq!(domstate(H2), "");
+    the_lab.verify_guest("h1");
+    drop(the_lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn ferry_killed_mid_copy_leaves_a_journaled_volume_that_cleanup_deletes() {
+    let _ = std::fs::remove_file(JOURNAL);
+    let (the_lab, child, ferry_pid) = start_slow_migration();
+    assert!(run(Command::new("kill").args(["-KILL", &ferry_pid.to_string()])).0);
+    let _ = child.wait_with_output();
+    // libvirt cancels a client-driven migration whose client went away: the guest stays on h1.
+    let t = Instant::now();
+    while !domstate(H2).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the job on h2 never ended"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        store("h2"),
+        vec!["vdb.raw"],
+        "Ferry had no chance to clean up"
+    );
+    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system"),
+        "{out}"
+    );
+    assert_eq!(store("h2"), vec!["vdb.raw"]);
+    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted /srv/ferry-store/vdb.raw"), "{out}");
+    assert!(store("h2").is_empty());
+    let (_, out, _) = ferry(&["cleanup", "--journal", JOURNAL]);
+    assert!(out.contains("nothing to clean"), "{out}");
     the_lab.verify_guest("h1");
     drop(the_lab);
     assert_lab_gone();
