@@ -11,7 +11,8 @@ use common::*;
 const MIB: u64 = 1 << 20;
 const JOURNAL: &str = "/tmp/ferry-lab-test-journal.db";
 
-fn migrate(extra: &[&str]) -> (i32, String, String) {
+/// `ferry migrate lab-guest` from h1 to h2 with the lab's flags and `extra`.
+fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
         "migrate",
         GUEST,
@@ -24,7 +25,11 @@ fn migrate(extra: &[&str]) -> (i32, String, String) {
         JOURNAL,
     ];
     a.extend_from_slice(extra);
-    ferry(&a)
+    a
+}
+
+fn migrate(extra: &[&str]) -> (i32, String, String) {
+    ferry(&migrate_args(extra))
 }
 
 /// The JSON result line of `ferry migrate --json`.
@@ -236,23 +241,13 @@ fn refusals_create_nothing_and_leave_the_guest_running() {
 fn start_slow_migration() -> (Lab, std::process::Child, u32) {
     let the_lab = Lab::up(&["--rate", "60"]);
     let child = Command::new(lab_script())
-        .args([
-            "client",
-            env!("CARGO_BIN_EXE_ferry"),
-            "migrate",
-            GUEST,
-            "--from",
-            H1,
-            "--to",
-            H2,
-            "--unsafe",
-            "--journal",
-            JOURNAL,
+        .args(["client", env!("CARGO_BIN_EXE_ferry")])
+        .args(migrate_args(&[
             "--map",
             "/mnt/nfs=/mnt/nfs_second_mount",
             "--copy",
             "vdb=/srv/ferry-store/vdb.raw",
-        ])
+        ]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -174,6 +174,23 @@ impl Libvirt {
         }
     }
 
+    /// The pool of `path`'s directory (which must exist) and the volume name in it.
+    fn pool_of<'p>(
+        &self,
+        h: &HostConn,
+        path: &'p str,
+        doing: &str,
+    ) -> Result<(PoolGuard, &'p str), HvError> {
+        let (dir, base) = split_path(path);
+        let pool = self.pool_for_dir(h, dir)?.ok_or_else(|| HvError::Libvirt {
+            host: h.uri.clone(),
+            what: format!("{doing} {path}"),
+            message: format!("directory {dir} does not exist"),
+            code: 0,
+        })?;
+        Ok((pool, base))
+    }
+
     fn vol_info(&self, h: &HostConn, vol: &StorageVol, path: &str) -> Result<PathInfo, HvError> {
         let info = vol
             .info()
@@ -506,15 +523,7 @@ impl Hypervisor for Libvirt {
         format: &str,
     ) -> Result<(), HvError> {
         let h = self.host(host);
-        let (dir, base) = split_path(path);
-        let pool = self
-            .pool_for_dir(&h, dir)?
-            .ok_or_else(|| HvError::Libvirt {
-                host: h.uri.clone(),
-                what: format!("creating {path}"),
-                message: format!("directory {dir} does not exist"),
-                code: 0,
-            })?;
+        let (pool, base) = self.pool_of(&h, path, "creating")?;
         let xml = format!(
             "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
              <allocation unit='bytes'>0</allocation><target><format type='{}'/></target></volume>",
@@ -534,15 +543,7 @@ impl Hypervisor for Libvirt {
 
     fn delete_volume(&self, host: HostId, path: &str) -> Result<(), HvError> {
         let h = self.host(host);
-        let (dir, base) = split_path(path);
-        let pool = self
-            .pool_for_dir(&h, dir)?
-            .ok_or_else(|| HvError::Libvirt {
-                host: h.uri.clone(),
-                what: format!("deleting {path}"),
-                message: format!("directory {dir} does not exist"),
-                code: 0,
-            })?;
+        let (pool, base) = self.pool_of(&h, path, "deleting")?;
         let vol = pool
             .pool
             .lookup_storage_vol_by_name(base)
