@@ -3,7 +3,8 @@
 the write sequence is unbroken. Record n ("FERRYSEQ n") lives in block n mod K of the sequence
 region; the guest writes n = 1, 2, 3, ... in order, so with M the highest record every block i
 must hold the highest n <= M with n = i (mod K). A lost or stale write breaks that.
-Usage: verify-vdb.py PATH STATIC_MB STATIC_SHA256"""
+Usage: verify-vdb.py PATH STATIC_MB STATIC_SHA256 [SIZE]   (SIZE: the guest sees only the first
+SIZE bytes of PATH, a storage slice)"""
 import hashlib
 import mmap
 import os
@@ -34,6 +35,8 @@ def read_all(path):
 def main():
     path, static_mb, want_sha = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     data = read_all(path)
+    if len(sys.argv) > 4:
+        data = data[: int(sys.argv[4])]
     static = static_mb << 20
     got_sha = hashlib.sha256(data[:static]).hexdigest()
     if got_sha != want_sha:
@@ -66,7 +69,8 @@ def main():
         i, v, want = bad[0]
         print(f"FAIL vdb {path}: {len(bad)} stale or lost record(s); block {i} holds {v}, expected {want} (latest {m})")
         return 1
-    print(f"ok vdb {path}: static region intact, write sequence unbroken through record {m} ({k} slots)")
+    sliced = f" (a storage slice of {len(data)} bytes)" if len(sys.argv) > 4 else ""
+    print(f"ok vdb {path}{sliced}: static region intact, write sequence unbroken through record {m} ({k} slots)")
     return 0
 
 

@@ -52,8 +52,9 @@ pub enum Command {
     /// Before anything is created or moved, Ferry checks: the guest runs on the source and not
     /// on the target; every rewritten shared path exists on the target with the same size;
     /// every copy target is absent (Ferry creates it, exactly the disk's size, through
-    /// libvirt's storage API) or has exactly the disk's size and is not in use; there is room;
-    /// nothing is passed through. Then it migrates with LIVE | PERSIST_DEST | UNDEFINE_SOURCE |
+    /// libvirt's storage API) or has exactly the disk's size (a larger raw block device is used
+    /// through a <slices> storage slice) and is not in use; there is room; nothing is passed
+    /// through. Then it migrates with LIVE | PERSIST_DEST | UNDEFINE_SOURCE |
     /// ABORT_ON_ERROR (+ NON_SHARED_DISK when a disk is copied), an explicit migrate_disks list,
     /// and the rewritten live and persistent XML; shows progress; and verifies the guest on the
     /// target. On failure it asks both hosts where the guest runs and, if on the source,

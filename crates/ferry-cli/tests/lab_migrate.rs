@@ -367,3 +367,31 @@ fn ctrl_c_aborts_and_rolls_back() {
         "cancelled by the operator",
     );
 }
+
+#[test]
+fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
+    let lab = Lab::up(&[]);
+    let (code, out, err) = migrate(&[
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n7",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("copy into the first 67108864 bytes of block device /dev/ferry-lab/nvme1n7 (100663296 bytes) as a storage slice"),
+        "{err}"
+    );
+    let v = lab.verify_guest("h2");
+    assert!(
+        v.contains("ok vdb /dev/ferry-lab/nvme1n7 (a storage slice of 67108864 bytes)"),
+        "{v}"
+    );
+    let (_, xml, _) = virsh(H2, &["dumpxml", "--inactive", GUEST]);
+    assert!(
+        xml.contains("<slice type='storage' offset='0' size='67108864'/>"),
+        "{xml}"
+    );
+    drop(lab);
+    assert_lab_gone();
+}

@@ -178,6 +178,8 @@ pub struct DiskPos {
     pub disk_name_end: usize,
     /// The whole `<source>` element.
     pub source: Option<Range<usize>>,
+    /// The start tag of `<source>` (the whole element when it is empty: `<source …/>`).
+    pub source_start_tag: Option<Range<usize>>,
     /// The attributes of `<source>`.
     pub source_attrs: Vec<xml::Attr>,
     /// The quote character the document uses around attribute values here.
@@ -437,6 +439,7 @@ fn read_disk(doc: &str, el: &Element) -> Disk {
             type_attr: type_attr.cloned(),
             disk_name_end: el.span.start + "<disk".len(),
             source: source_el.map(|s| s.span.clone()),
+            source_start_tag: source_el.map(|s| s.start_tag.clone()),
             source_attrs,
             quote,
         },

@@ -95,6 +95,8 @@ pub struct DiskPlan {
     pub format: Option<String>,
     /// Bytes the copy moves, where known (filled in by the migrate flow from the source host).
     pub bytes_to_copy: Option<u64>,
+    /// A storage slice of this many bytes at the start of a larger target device.
+    pub dest_slice: Option<u64>,
 }
 
 impl DiskPlan {
@@ -326,7 +328,15 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
     let mut disks = Vec::new();
     let mut edits: Vec<Edit> = Vec::new();
     for disk in &dom.disks {
-        let (decision, reason, new) = decide(disk, rules)?;
+        let (decision, reason, new, slice) = decide(disk, rules)?;
+        if let Some(size) = slice {
+            edits.push(rewrite::slice_edit(text, disk, size).map_err(|source| {
+                PlanError::Rewrite {
+                    which: "domain",
+                    source,
+                }
+            })?);
+        }
         if let Some(new) = &new {
             edits.extend(
                 rewrite::disk_edits(disk, new).map_err(|source| PlanError::Rewrite {
@@ -353,6 +363,7 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
             },
             format: disk.format.clone(),
             bytes_to_copy: None,
+            dest_slice: slice,
         });
     }
     Ok(DomainRewrite {
@@ -370,7 +381,7 @@ pub fn kind_of_path(path: &str) -> DiskType {
     }
 }
 
-type Decided = (Decision, String, Option<NewSource>);
+type Decided = (Decision, String, Option<NewSource>, Option<u64>);
 
 fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
     let copy = rules.copy_for(&disk.target);
@@ -385,7 +396,7 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                 why: format!("the {} has no media: there is nothing to copy", disk.device),
             });
         }
-        return Ok((Decision::NoMedia, "no media".into(), None));
+        return Ok((Decision::NoMedia, "no media".into(), None, None));
     };
     let map = match source {
         DiskSource::Path { path } => rules.map_for_path(path).and_then(|r| {
@@ -446,17 +457,30 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                 kind: kind_of_path(to),
                 path: to.clone(),
             });
-            Ok((Decision::Copy, reason, new))
+            if c.slice.is_some() {
+                let dest_block = match &new {
+                    Some(NewSource::Path { kind, .. }) => *kind == DiskType::Block,
+                    Some(NewSource::Pool { .. }) => false,
+                    None => disk.disk_type == DiskType::Block,
+                };
+                let raw = disk.format.as_deref().unwrap_or("raw") == "raw";
+                if !dest_block || !raw || disk.path().is_none() {
+                    return not("a storage slice needs a raw disk copied onto a block device");
+                }
+            }
+            Ok((Decision::Copy, reason, new, c.slice))
         }
         (None, Some((m, new))) => Ok((
             Decision::Shared,
             format!("--map {}={} (not copied)", m.from, m.to),
             Some(new),
+            None,
         )),
         (None, None) => match source {
             DiskSource::Network { protocol, .. } => Ok((
                 Decision::Shared,
                 format!("network disk ({protocol}): shared by nature, unchanged"),
+                None,
                 None,
             )),
             _ => Err(PlanError::NoRule {
@@ -573,10 +597,13 @@ impl Plan {
             } else {
                 format!("{} {src} -> {} {dst}", d.source_type, d.dest_type)
             };
-            let size = d
+            let mut size = d
                 .bytes_to_copy
                 .map(|b| format!(", {}", human_bytes(b)))
                 .unwrap_or_default();
+            if let Some(n) = d.dest_slice {
+                size.push_str(&format!(", into a storage slice of the first {n} bytes"));
+            }
             let _ = writeln!(
                 s,
                 "  {:<6} {:<8} {arrow}\n  {:<6} {:<8} why: {}{size}",
@@ -830,6 +857,25 @@ mod tests {
         assert_eq!(p.migrate_disks, vec!["vdc", "vdb"]);
         assert_eq!(p.bandwidth_per_stream_mib, Some(50));
         assert!(p.virsh_command(&files(), None).contains("--bandwidth 50"));
+    }
+
+    #[test]
+    fn a_larger_block_target_gets_a_storage_slice_of_the_disks_size() {
+        let mut r = rules(&["/mnt/nfs=/x"], &["vdb=/dev/nvme1n7"]);
+        r.copy[0].slice = Some(64 << 20);
+        let p = plan(SEED, Some(SEED), "u", &r, &Default::default()).unwrap();
+        let want = "<source dev='/dev/nvme1n7'><slices><slice type='storage' offset='0' size='67108864'/></slices></source>";
+        assert!(p.dest_xml.contains(want), "{}", p.dest_xml);
+        assert!(p.persist_xml.unwrap().contains(want));
+        assert_eq!(p.disks[1].dest_slice, Some(64 << 20));
+        // Only raw data onto a block device can be sliced.
+        let mut r = rules(&["/dev=/dev"], &["vda=/dev/nvme1n7"]);
+        r.copy[0].slice = Some(1);
+        let e = plan(SEED, None, "u", &r, &Default::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("storage slice needs a raw disk"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -103,6 +103,46 @@ pub fn disk_edits(disk: &Disk, new: &NewSource) -> Result<Vec<Edit>, RewriteErro
     }
 }
 
+/// The edit that makes a disk's (path) source a storage slice of `size` bytes at offset 0 of
+/// its device: `<slices><slice type='storage' offset='0' size='N'/></slices>` inside `<source>`.
+/// libvirt then gives the guest exactly `size` bytes of a larger raw device.
+pub fn slice_edit(doc: &str, disk: &Disk, size: u64) -> Result<Edit, RewriteError> {
+    let pos = &disk.pos;
+    let (Some(span), Some(tag)) = (pos.source.clone(), pos.source_start_tag.clone()) else {
+        return Err(RewriteError::NoSource {
+            target: disk.target.clone(),
+        });
+    };
+    if disk.storage_slice.is_some() {
+        return Err(RewriteError::Unsupported {
+            target: disk.target.clone(),
+            from: "sliced".into(),
+            to: "re-sliced".into(),
+        });
+    }
+    let q = pos.quote;
+    let slices =
+        format!("<slices><slice type={q}storage{q} offset={q}0{q} size={q}{size}{q}/></slices>");
+    if tag == span {
+        // `<source …/>` becomes `<source …><slices>…</slices></source>`.
+        Ok(Edit {
+            range: span.end - 2..span.end,
+            text: format!(">{slices}</source>"),
+        })
+    } else {
+        let close = doc[span.clone()]
+            .rfind("</")
+            .map(|i| span.start + i)
+            .ok_or_else(|| RewriteError::NoSource {
+                target: disk.target.clone(),
+            })?;
+        Ok(Edit {
+            range: close..close,
+            text: slices,
+        })
+    }
+}
+
 /// What a disk's source will read after `new` is applied (for the plan and for checks).
 pub fn describe(new: &NewSource, old: Option<&DiskSource>) -> DiskSource {
     match (new, old) {
@@ -232,6 +272,22 @@ mod tests {
         );
         let pool = rewrite(doc, NewSource::Pool { pool: "q".into() });
         assert!(pool.contains("<source pool='q' volume='v'/>"), "{pool}");
+    }
+
+    #[test]
+    fn a_storage_slice_goes_inside_source_whatever_its_form() {
+        let empty = "<domain><name>g</name><devices><disk type='block'><source dev='/dev/a'/><target dev='vdb'/></disk></devices></domain>";
+        let d = first_disk(empty);
+        let out = apply(empty, &[slice_edit(empty, &d, 4096).unwrap()]).text;
+        assert!(out.contains("<source dev='/dev/a'><slices><slice type='storage' offset='0' size='4096'/></slices></source><target"), "{out}");
+        assert_eq!(first_disk(&out).storage_slice, Some((0, 4096)));
+        let full = "<domain><name>g</name><devices><disk type=\"block\"><source dev=\"/dev/a\">\n  <seclabel model=\"dac\"/>\n</source><target dev=\"vdb\"/></disk></devices></domain>";
+        let d = first_disk(full);
+        let out = apply(full, &[slice_edit(full, &d, 8192).unwrap()]).text;
+        assert!(out.contains("<seclabel model=\"dac\"/>\n<slices><slice type=\"storage\" offset=\"0\" size=\"8192\"/></slices></source>"), "{out}");
+        assert_eq!(first_disk(&out).storage_slice, Some((0, 8192)));
+        let sliced = &out;
+        assert!(slice_edit(sliced, &first_disk(sliced), 1).is_err());
     }
 
     #[test]

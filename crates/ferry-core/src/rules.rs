@@ -54,6 +54,10 @@ pub struct CopyRule {
     /// Where the copy goes on the target; `None` keeps the source path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// Set by Ferry when the target is a larger raw block device: the disk uses a storage
+    /// slice of exactly this many bytes at its start.
+    #[serde(skip)]
+    pub slice: Option<u64>,
 }
 
 /// Every rule for one migration.
@@ -134,6 +138,7 @@ impl FromStr for CopyRule {
         Ok(Self {
             disk: disk.to_string(),
             to: to.map(str::to_string),
+            slice: None,
         })
     }
 }

@@ -43,6 +43,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
             Some(DiskSource::Nvme { .. }) => rules.copy.push(CopyRule {
                 disk: d.target.clone(),
                 to: Some(format!("/dev/ferry-{}", d.target)),
+                slice: None,
             }),
             Some(_) if flip_copies && copyable => {
                 let to = if d.disk_type == DiskType::Block {
@@ -53,6 +54,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                 rules.copy.push(CopyRule {
                     disk: d.target.clone(),
                     to: Some(to),
+                    slice: None,
                 });
             }
             Some(DiskSource::Path { path }) => {

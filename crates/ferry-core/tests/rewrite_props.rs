@@ -14,6 +14,8 @@ enum Choice {
     Map(String),
     CopyKeep,
     CopyTo(String),
+    /// A copy onto a block device, into a storage slice of this many bytes.
+    CopyToSlice(String, u64),
 }
 
 fn path_part() -> impl Strategy<Value = String> {
@@ -28,6 +30,7 @@ fn choice() -> impl Strategy<Value = Choice> {
         Just(Choice::CopyKeep),
         path_part().prop_map(|p| Choice::CopyTo(format!("/var/{p}"))),
         path_part().prop_map(|p| Choice::CopyTo(format!("/dev/{p}"))),
+        (path_part(), 1u64..1 << 40).prop_map(|(p, n)| Choice::CopyToSlice(format!("/dev/{p}"), n)),
     ]
 }
 
@@ -51,11 +54,15 @@ proptest! {
                         rules.map.push(MapRule { from: p.to_string(), to: format!("{to}{p}") });
                     }
                 }
-                Choice::CopyKeep | Choice::CopyTo(_) => {
+                Choice::CopyKeep | Choice::CopyTo(_) | Choice::CopyToSlice(..) => {
                     if !d.target.is_empty() && rules.copy_for(&d.target).is_none() {
                         rules.copy.push(CopyRule {
                             disk: d.target.clone(),
-                            to: match c { Choice::CopyTo(t) => Some(t.clone()), _ => None },
+                            to: match c {
+                                Choice::CopyTo(t) | Choice::CopyToSlice(t, _) => Some(t.clone()),
+                                _ => None,
+                            },
+                            slice: match c { Choice::CopyToSlice(_, n) => Some(*n), _ => None },
                         });
                     }
                 }
@@ -73,7 +80,8 @@ proptest! {
                             }
                         }
                     }
-                    if planned.dest_source == before.source && planned.dest_type == planned.source_type {
+                    prop_assert_eq!(after.storage_slice, planned.dest_slice.map(|n| (0, n)).or(before.storage_slice));
+                    if planned.dest_source == before.source && planned.dest_type == planned.source_type && planned.dest_slice.is_none() {
                         // An unchanged disk is byte-identical.
                         prop_assert_eq!(
                             &text[before.pos.element.clone()],

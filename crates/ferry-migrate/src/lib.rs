@@ -172,7 +172,28 @@ pub fn run(
         step: "preflight",
         detail: format!("checking {} and {}", req.from, req.to),
     });
-    let checked = preflight::check(hv, &inv, &mut plan)?;
+    let mut checked = preflight::check(hv, &inv, &mut plan)?;
+    if !checked.slices.is_empty() && checked.problems.is_empty() {
+        // Larger raw block targets: plan again with storage slices of the disks' sizes.
+        let mut rules = req.rules.clone();
+        for (disk, size) in &checked.slices {
+            if let Some(c) = rules.copy.iter_mut().find(|c| &c.disk == disk) {
+                c.slice = Some(*size);
+            }
+        }
+        plan = ferry_core::plan(
+            &inv.live_xml,
+            inv.inactive_xml.as_deref(),
+            &req.to,
+            &rules,
+            &req.options,
+        )
+        .map_err(|source| MigrateError::Plan {
+            guest: req.guest.clone(),
+            source,
+        })?;
+        checked = preflight::check(hv, &inv, &mut plan)?;
+    }
     let plan_json = serde_json::to_string(&plan).unwrap_or_default();
     if !checked.problems.is_empty() {
         if !req.dry_run {

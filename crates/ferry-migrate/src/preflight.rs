@@ -57,6 +57,9 @@ pub struct Checked {
     /// The checks that passed, for the operator.
     pub passed: Vec<String>,
     pub to_create: Vec<ToCreate>,
+    /// Disks whose target is a larger raw block device: (disk, size) for a storage slice. The
+    /// plan must be made again with them.
+    pub slices: Vec<(String, u64)>,
 }
 
 /// Check both hosts against the plan. Fills in each copied disk's bytes to copy.
@@ -239,16 +242,30 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
                                 ),
                                 format!("give a target of exactly {} bytes, or a path Ferry creates", size.capacity),
                             ));
+                        } else if info.capacity > size.capacity && is_block && format == "raw" {
+                            // A larger raw device: the guest gets a storage slice of exactly
+                            // its disk's size at the device's start.
+                            if d.dest_slice == Some(size.capacity) {
+                                c.passed.push(format!(
+                                    "disk {disk}: copy into the first {} bytes of block device {dest} ({} bytes) as a storage slice",
+                                    size.capacity, info.capacity
+                                ));
+                            } else {
+                                c.slices.push((disk.to_string(), size.capacity));
+                            }
                         } else if info.capacity > size.capacity {
                             c.problems.push(problem(
                                 dst,
                                 Some(disk),
                                 Some(&dest),
                                 format!(
-                                    "the target is larger: {} bytes, the disk is {}; the copy needs the exact size",
+                                    "the target is larger: {} bytes, the {format} disk is {}; the copy needs the exact size",
                                     info.capacity, size.capacity
                                 ),
-                                format!("give a target of exactly {} bytes, or a path Ferry creates", size.capacity),
+                                format!(
+                                    "give a target of exactly {} bytes, or a path Ferry creates",
+                                    size.capacity
+                                ),
                             ));
                         } else if is_block && format != "raw" {
                             c.problems.push(problem(

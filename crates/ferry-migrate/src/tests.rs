@@ -474,6 +474,34 @@ fn bandwidth_is_split_across_mirrors_then_raised_for_memory() {
 }
 
 #[test]
+fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
+    let fake = lab();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths.insert("/dev/nvme1n7".into(), block(96 << 20));
+    fake.add_host(DST, h2);
+    let (r, _, _) = go(&fake, &request("vdb=/dev/nvme1n7"));
+    let Ok(Outcome::Migrated(s)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        s.verified
+            .iter()
+            .any(|v| v.contains("planned sources for all 2")),
+        "{:?}",
+        s.verified
+    );
+    let xml = &fake.host_snapshot(DST).domains["g"].live_xml;
+    assert!(
+        xml.contains("<source dev='/dev/nvme1n7'><slices><slice type='storage' offset='0' size='67108864'/></slices></source>"),
+        "{xml}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::CreateVolume { .. })));
+}
+
+#[test]
 fn dry_run_checks_and_touches_nothing() {
     let fake = lab();
     let mut req = request("vdb=/srv/store/vdb.raw");

@@ -37,6 +37,14 @@ fn compare(
         if got.is_none() {
             v.problems
                 .push(format!("{which}: disk {} is missing", want.target));
+        } else if got.and_then(|d| d.storage_slice).map(|s| s.1) != want.dest_slice
+            && want.dest_slice.is_some()
+        {
+            v.problems.push(format!(
+                "{which}: disk {} has no storage slice of {} bytes",
+                want.target,
+                want.dest_slice.unwrap_or(0)
+            ));
         } else if got_src != want.dest_source.as_ref() {
             v.problems.push(format!(
                 "{which}: disk {} has {}, the plan said {}",
