@@ -31,6 +31,15 @@ impl Terminal {
     }
 
     fn job_line(p: &Progress) -> String {
+        match p.phase {
+            ferry_core::convergence::Phase::Setup => {
+                return "setup: the target's QEMU is starting".into()
+            }
+            ferry_core::convergence::Phase::Switchover => {
+                return "switchover: guest paused; last pages and disk mirrors completing".into()
+            }
+            _ => {}
+        }
         let (done, total) = match p.phase {
             ferry_core::convergence::Phase::StorageCopy => (p.disk_processed, p.disk_total),
             _ => (p.mem_processed, p.mem_total),
