@@ -105,8 +105,43 @@ fn seed_migration_copies_only_vdb_and_the_guest_cold_starts_on_the_target() {
 }
 
 #[test]
-fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer() {
+fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer_over_tls() {
     let lab = Lab::up(&["--hosts", "3"]);
+    // TLS is really used: h2 with a certificate its QEMU rejects makes a --tls migration fail,
+    // and the guest stays on h1.
+    let pki = "/var/lib/ferry-lab/h2/pki";
+    let (ok, _, e) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ferry-lab-h2",
+        "-keyout",
+        &format!("{pki}/server-key.pem"),
+        "-out",
+        &format!("{pki}/server-cert.pem"),
+    ]));
+    assert!(ok, "{e}");
+    let (code, _, err) = migrate(&[
+        "--tls",
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/srv/ferry-store/vdb.raw",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("server-cert.pem"), "{err}");
+    assert!(
+        err.contains("the guest keeps running on the source"),
+        "{err}"
+    );
+    assert!(store("h2").is_empty());
+    assert_eq!(domstate(H1), "running");
+
     let (code, out, err) = ferry(&[
         "migrate",
         GUEST,
@@ -123,8 +158,9 @@ fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer() {
         "vdb=/srv/ferry-store/vdb.raw",
         "--bandwidth",
         "200",
-        // Peer-to-peer, with explicit streams for memory and disks.
+        // Peer-to-peer, over TLS, with explicit streams for memory and disks.
         "--p2p",
+        "--tls",
         "--migrate-uri",
         "tcp://10.77.0.3",
         "--disks-uri",

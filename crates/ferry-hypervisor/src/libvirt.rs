@@ -675,3 +675,45 @@ fn get_job_stats(
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against libvirt's `test:///default` driver (in-process, no daemon): lookups, states and
+    //! XML through the real bindings. Migration itself is proven in the lab.
+    use super::*;
+
+    #[test]
+    fn reads_domains_states_and_facts_through_the_bindings() {
+        let lv = Libvirt::new();
+        let h = lv.connect("test:///default").unwrap();
+        assert_eq!(lv.uri(h), "test:///default");
+        let facts = lv.host_facts(h).unwrap();
+        assert!(!facts.hostname.is_empty());
+        assert!(facts.libvirt_version >= 9_000_000, "{facts:?}");
+        assert_eq!(
+            lv.domain_state(h, "test").unwrap(),
+            Some(DomainState::Running)
+        );
+        assert_eq!(lv.domain_state(h, "no-such-guest").unwrap(), None);
+        assert!(lv.list_domains(h).unwrap().contains(&"test".to_string()));
+        let xml = lv.domain_xml(h, "test", false).unwrap();
+        assert_eq!(ferry_core::domain::parse(&xml).unwrap().name, "test");
+        assert!(matches!(
+            lv.domain_xml(h, "no-such-guest", true),
+            Err(HvError::NoDomain { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_uri() {
+        let lv = Libvirt::new();
+        let e = lv
+            .connect("qemu+unix:///system?socket=/nonexistent/sock")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot connect to qemu+unix:///system?socket=/nonexistent/sock"),
+            "{e}"
+        );
+    }
+}
