@@ -127,18 +127,20 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
         ));
     }
 
-    // Disks the target already has in use (by any other domain).
+    // Disks the target's other domains use, running or defined.
     let mut in_use: Vec<(String, String)> = Vec::new();
     for name in hv.list_domains(inv.dst)? {
         if name == inv.guest {
             continue;
         }
-        if let Ok(x) = hv.domain_xml(inv.dst, &name, false) {
-            if let Ok(d) = domain::parse(&x) {
-                for disk in d.disks {
-                    if let Some(p) = disk.path() {
-                        in_use.push((p.to_string(), name.clone()));
-                    }
+        for inactive in [false, true] {
+            let Ok(x) = hv.domain_xml(inv.dst, &name, inactive) else {
+                continue;
+            };
+            let Ok(d) = domain::parse(&x) else { continue };
+            for disk in d.disks {
+                if let Some(p) = disk.path() {
+                    in_use.push((p.to_string(), name.clone()));
                 }
             }
         }
