@@ -109,6 +109,7 @@ fn lab_up_virsh_migrate_verify_down() {
     std::thread::sleep(std::time::Duration::from_secs(8));
     lab.verify_guest("h2");
 
+    let _ = std::fs::remove_dir_all(&dir);
     let timings = std::mem::take(&mut lab.timings);
     let t0 = Instant::now();
     drop(lab);

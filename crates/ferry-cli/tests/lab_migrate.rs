@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const MIB: u64 = 1 << 20;
-const JOURNAL: &str = "/tmp/ferry-lab-test-journal.db";
+/// Inside the lab's directory: `lab down` removes it with everything else.
+const JOURNAL: &str = "/var/lib/ferry-lab/journal.db";
 
 /// `ferry migrate lab-guest` from h1 to h2 with the lab's flags and `extra`.
 fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -341,7 +342,6 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
 
 #[test]
 fn ferry_killed_mid_copy_leaves_a_journaled_volume_that_cleanup_deletes() {
-    let _ = std::fs::remove_file(JOURNAL);
     let (the_lab, child, ferry_pid) = start_slow_migration();
     assert!(run(Command::new("kill").args(["-KILL", &ferry_pid.to_string()])).0);
     let _ = child.wait_with_output();
