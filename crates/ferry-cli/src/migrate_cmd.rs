@@ -178,6 +178,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         options: a.migration.options(),
         dry_run: a.dry_run,
         timeout: a.timeout.map(Duration::from_secs),
+        abort_grace: ferry_migrate::ABORT_GRACE,
     };
     let journal = if a.dry_run {
         Journal::in_memory()?
@@ -199,7 +200,8 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
+        Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let mut reporter: Box<dyn Reporter> = if a.json {
         Box::new(JsonLines)
     } else {

@@ -77,6 +77,8 @@ pub enum MigrateOutcome {
     FailButMoved(String),
     /// The job runs until it is aborted, then fails with the guest on the source.
     RunUntilAborted,
+    /// The call does not return for 5 s, abort or not (a cut link), then fails.
+    HangEvenAfterAbort,
 }
 
 #[derive(Debug, Default)]
@@ -300,6 +302,9 @@ impl Hypervisor for Fake {
         name: &str,
         req: &MigrateRequest,
     ) -> Result<(), HvError> {
+        if matches!(self.lock().outcome, MigrateOutcome::HangEvenAfterAbort) {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         if matches!(self.lock().outcome, MigrateOutcome::RunUntilAborted) {
             // Bounded: a test that never aborts fails here instead of hanging.
             for _ in 0..1000 {
@@ -341,6 +346,12 @@ impl Hypervisor for Fake {
                 host: su,
                 what: format!("migrating {name}"),
                 message: m,
+                code: 1,
+            }),
+            MigrateOutcome::HangEvenAfterAbort => Err(HvError::Libvirt {
+                host: su,
+                what: format!("migrating {name}"),
+                message: "Unable to read from socket: Connection timed out".into(),
                 code: 1,
             }),
             MigrateOutcome::RunUntilAborted => Err(HvError::Libvirt {

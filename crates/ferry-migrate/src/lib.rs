@@ -12,6 +12,7 @@ pub mod rollback;
 pub mod verify;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::convergence::Progress;
@@ -35,7 +36,14 @@ pub struct Request {
     pub dry_run: bool,
     /// Abort the migration after this long.
     pub timeout: Option<Duration>,
+    /// How long to wait for libvirt's migration call to return after an abort. A job whose
+    /// streams hang on a cut link only ends when TCP gives up (~15 min by default); Ferry stops
+    /// waiting then, says so, and deletes nothing.
+    pub abort_grace: Duration,
 }
+
+/// The default [`Request::abort_grace`].
+pub const ABORT_GRACE: Duration = Duration::from_secs(60);
 
 /// What the flow tells the operator while it works.
 #[derive(Debug, Clone, Serialize)]
@@ -134,13 +142,14 @@ fn failure_text(guest: &str, cause: &str, loc: &GuestLocation, cleanup: &[String
 
 /// The whole flow.
 pub fn run(
-    hv: &dyn Hypervisor,
+    hv_arc: &Arc<dyn Hypervisor>,
     journal: &Journal,
     req: &Request,
     reporter: &mut dyn Reporter,
     cancel: &AtomicBool,
 ) -> Result<Outcome, MigrateError> {
     let t0 = Instant::now();
+    let hv = hv_arc.as_ref();
     reporter.report(Event::Step {
         step: "inventory",
         detail: format!("{} on {}", req.guest, req.from),
@@ -227,6 +236,7 @@ pub fn run(
                 &inv,
                 &created,
                 &e.to_string(),
+                None,
                 reporter,
             );
             return Err(r);
@@ -247,14 +257,15 @@ pub fn run(
             }
         ),
     });
-    let job = migrate::execute(hv, &inv, &plan, req, reporter, cancel);
+    let job = migrate::execute(hv_arc, &inv, &plan, req, reporter, cancel);
     let (last, result) = (job.last_sample, job.result);
     if let Err(cause) = result {
         // Where is the guest now? The truth decides what happens next.
         let loc = rollback::locate(hv, &inv);
-        if loc != GuestLocation::Target {
+        if loc != GuestLocation::Target || job.unfinished {
+            let keep = job.unfinished.then_some("libvirt's job has not ended");
             return Err(rollback::after_failure(
-                hv, journal, run_id, &inv, &created, &cause, reporter,
+                hv, journal, run_id, &inv, &created, &cause, keep, reporter,
             ));
         }
         reporter.report(Event::Note {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::convergence::{self, Phase, Progress, Sample};
@@ -21,6 +22,8 @@ pub struct JobResult {
     pub result: Result<(), String>,
     /// The last statistics polled while the job ran.
     pub last_sample: Option<JobStats>,
+    /// libvirt's call had not returned when Ferry stopped waiting: the job may still run.
+    pub unfinished: bool,
 }
 
 /// The request libvirt gets for this plan.
@@ -57,7 +60,7 @@ fn sample(s: &JobStats, paused: bool) -> Sample {
 
 /// Run the migration and watch it.
 pub fn execute(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     inv: &Inventory,
     plan: &Plan,
     req: &Request,
@@ -67,37 +70,54 @@ pub fn execute(
     let mreq = request(plan, &inv.dst_uri);
     let (tx, rx) = mpsc::channel();
     let t0 = Instant::now();
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let r = hv.migrate(inv.src, inv.dst, &inv.guest, &mreq);
-            let _ = tx.send(r);
-        });
-        let mut last: Option<JobStats> = None;
-        let mut prev: Option<Sample> = None;
-        let mut phase = Phase::Setup;
-        let mut aborted: Option<String> = None;
-        loop {
-            match rx.recv_timeout(POLL) {
-                Ok(r) => {
-                    let result = match (r, &aborted) {
-                        (Ok(()), _) => Ok(()),
-                        (Err(e), Some(why)) => Err(format!("{why} ({e})")),
-                        (Err(e), None) => Err(e.to_string()),
-                    };
-                    return JobResult {
-                        result,
-                        last_sample: last,
-                    };
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return JobResult {
-                        result: Err("the migration thread ended without a result".into()),
-                        last_sample: last,
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+    {
+        // Not a scoped thread: if libvirt's call never returns, Ferry must still be able to
+        // stop waiting for it.
+        let (hv, src, dst, name) = (Arc::clone(hv), inv.src, inv.dst, inv.guest.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ferry-migrate".into())
+            .spawn(move || {
+                let r = hv.migrate(src, dst, &name, &mreq);
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            return JobResult {
+                result: Err(format!("cannot start the migration thread: {e}")),
+                last_sample: None,
+                unfinished: false,
+            };
+        }
+    }
+    let hv = hv.as_ref();
+    let mut last: Option<JobStats> = None;
+    let mut prev: Option<Sample> = None;
+    let mut phase = Phase::Setup;
+    let mut aborted: Option<(String, Instant)> = None;
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(r) => {
+                let result = match (r, &aborted) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(e), Some((why, _))) => Err(format!("{why} ({e})")),
+                    (Err(e), None) => Err(e.to_string()),
+                };
+                return JobResult {
+                    result,
+                    last_sample: last,
+                    unfinished: false,
+                };
             }
-            if aborted.is_none() {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return JobResult {
+                    result: Err("the migration thread ended without a result".into()),
+                    last_sample: last,
+                    unfinished: false,
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        match &aborted {
+            None => {
                 let why = if cancel.load(Ordering::SeqCst) {
                     Some("cancelled by the operator".to_string())
                 } else {
@@ -114,42 +134,51 @@ pub fn execute(
                             message: format!("abort failed: {e}"),
                         });
                     }
-                    aborted = Some(why);
+                    aborted = Some((why, Instant::now()));
                 }
             }
-            let Ok(Some(stats)) = hv.job_stats(inv.src, &inv.guest) else {
-                continue;
-            };
-            let paused = matches!(
-                hv.domain_state(inv.src, &inv.guest),
-                Ok(Some(DomainState::Paused))
-            ) && inv.source_state == Some(DomainState::Running);
-            let now = sample(&stats, paused);
-            let p = Progress::from_samples(&now, prev.as_ref());
-            prev = Some(now);
-            if p.phase != phase {
-                if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
-                    if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {
-                        let mib =
-                            convergence::bandwidth_for(p.phase, total, plan.migrate_disks.len());
-                        match hv.set_max_speed(inv.src, &inv.guest, mib) {
-                            Ok(()) => reporter.report(Event::Note {
-                                message: format!(
-                                    "storage copied: bandwidth for memory raised to {mib} MiB/s"
-                                ),
-                            }),
-                            Err(e) => reporter.report(Event::Note {
-                                message: format!(
-                                    "could not raise the bandwidth to {mib} MiB/s: {e}"
-                                ),
-                            }),
-                        }
+            Some((why, at)) if at.elapsed() > req.abort_grace => {
+                return JobResult {
+                    result: Err(format!(
+                        "{why}; libvirt's migration call has not returned {} s after the abort \
+                         (a cut link holds it until TCP gives up)",
+                        req.abort_grace.as_secs()
+                    )),
+                    last_sample: last,
+                    unfinished: true,
+                };
+            }
+            Some(_) => {}
+        }
+        let Ok(Some(stats)) = hv.job_stats(inv.src, &inv.guest) else {
+            continue;
+        };
+        let paused = matches!(
+            hv.domain_state(inv.src, &inv.guest),
+            Ok(Some(DomainState::Paused))
+        ) && inv.source_state == Some(DomainState::Running);
+        let now = sample(&stats, paused);
+        let p = Progress::from_samples(&now, prev.as_ref());
+        prev = Some(now);
+        if p.phase != phase {
+            if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
+                if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {
+                    let mib = convergence::bandwidth_for(p.phase, total, plan.migrate_disks.len());
+                    match hv.set_max_speed(inv.src, &inv.guest, mib) {
+                        Ok(()) => reporter.report(Event::Note {
+                            message: format!(
+                                "storage copied: bandwidth for memory raised to {mib} MiB/s"
+                            ),
+                        }),
+                        Err(e) => reporter.report(Event::Note {
+                            message: format!("could not raise the bandwidth to {mib} MiB/s: {e}"),
+                        }),
                     }
                 }
-                phase = p.phase;
             }
-            reporter.report(Event::Job(p));
-            last = Some(stats);
+            phase = p.phase;
         }
-    })
+        reporter.report(Event::Job(p));
+        last = Some(stats);
+    }
 }

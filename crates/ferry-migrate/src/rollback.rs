@@ -54,6 +54,8 @@ pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
 }
 
 /// Handle a failure after preflight: locate the guest, clean up if (and only if) it is safe.
+/// `keep` gives a reason to delete nothing whatever the guest's place (a job still running).
+#[allow(clippy::too_many_arguments)]
 pub fn after_failure(
     hv: &dyn Hypervisor,
     journal: &Journal,
@@ -61,6 +63,7 @@ pub fn after_failure(
     inv: &Inventory,
     created: &[CreatedVolume],
     cause: &str,
+    keep: Option<&str>,
     reporter: &mut dyn Reporter,
 ) -> MigrateError {
     let _ = journal.set_phase(run, "rollback");
@@ -68,9 +71,23 @@ pub fn after_failure(
         step: "rollback",
         detail: cause.to_string(),
     });
-    let location = locate(hv, inv);
+    let location = match (locate(hv, inv), keep) {
+        (GuestLocation::Source, Some(_)) => GuestLocation::Unknown,
+        (l, _) => l,
+    };
     let mut cleanup = Vec::new();
-    if location == GuestLocation::Source {
+    if let Some(why) = keep {
+        cleanup.push(format!(
+            "{why}: watch it with virsh -c {} domjobinfo {}",
+            inv.src_uri, inv.guest
+        ));
+        for v in created {
+            cleanup.push(format!(
+                "left {} on {} in place; once the job has ended and the guest runs on the source, `ferry cleanup` deletes it",
+                v.path, inv.dst_uri
+            ));
+        }
+    } else if location == GuestLocation::Source {
         if created.is_empty() {
             cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
         }

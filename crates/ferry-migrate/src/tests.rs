@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use ferry_core::{MigrationOptions, Rules};
 use ferry_hypervisor::fake::{Call, Fake, FakeDomain, FakeHost, MigrateOutcome};
-use ferry_hypervisor::{DiskSize, DomainState, JobStats, PathInfo, PathKind};
+use ferry_hypervisor::{DiskSize, DomainState, Hypervisor, JobStats, PathInfo, PathKind};
 use ferry_journal::Journal;
 
 use crate::*;
@@ -54,8 +55,8 @@ fn block(capacity: u64) -> PathInfo {
 /// h1 runs the seed guest (vda shared qcow2 of 32 MiB, vdb a local 64 MiB block device); h2
 /// sees the share at /mnt/nfs_second_mount and has /dev/nvme1n5 (64 MiB), /dev/nvme1n6
 /// (32 MiB) and a directory /srv/store with 1 GiB free.
-fn lab() -> Fake {
-    let fake = Fake::new();
+fn lab() -> Arc<Fake> {
+    let fake = Arc::new(Fake::new());
     let disks = HashMap::from([
         (
             "vda".to_string(),
@@ -131,13 +132,24 @@ fn request(copy: &str) -> Request {
         },
         dry_run: false,
         timeout: None,
+        abort_grace: ABORT_GRACE,
     }
 }
 
-fn go(fake: &Fake, req: &Request) -> (Result<Outcome, MigrateError>, Vec<Event>, Journal) {
+fn hv(fake: &Arc<Fake>) -> Arc<dyn Hypervisor> {
+    fake.clone()
+}
+
+fn go(fake: &Arc<Fake>, req: &Request) -> (Result<Outcome, MigrateError>, Vec<Event>, Journal) {
     let journal = Journal::in_memory().unwrap();
     let mut events = Vec::new();
-    let r = run(fake, &journal, req, &mut events, &AtomicBool::new(false));
+    let r = run(
+        &hv(fake),
+        &journal,
+        req,
+        &mut events,
+        &AtomicBool::new(false),
+    );
     (r, events, journal)
 }
 
@@ -382,7 +394,7 @@ fn cancel_aborts_the_job_and_rolls_back() {
     let journal = Journal::in_memory().unwrap();
     let mut events = Vec::new();
     let r = run(
-        &fake,
+        &hv(&fake),
         &journal,
         &request("vdb=/srv/store/vdb.raw"),
         &mut events,
@@ -405,6 +417,45 @@ fn cancel_aborts_the_job_and_rolls_back() {
         "{calls:?}"
     );
     assert!(matches!(calls.last(), Some(Call::DeleteVolume { .. })));
+}
+
+#[test]
+fn a_job_that_outlives_its_abort_is_reported_uncertain_and_nothing_is_deleted() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::HangEvenAfterAbort);
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.timeout = Some(std::time::Duration::from_secs(1));
+    req.abort_grace = std::time::Duration::from_secs(1);
+    let t = std::time::Instant::now();
+    let (r, _, _) = go(&fake, &req);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "Ferry stopped waiting"
+    );
+    let Err(MigrateError::Failed {
+        location,
+        cause,
+        cleanup,
+        ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::Unknown);
+    assert!(
+        cause.contains("has not returned 1 s after the abort"),
+        "{cause}"
+    );
+    assert!(
+        cleanup
+            .iter()
+            .any(|c| c.contains("left /srv/store/vdb.raw")),
+        "{cleanup:?}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
 }
 
 #[test]
