@@ -431,3 +431,51 @@ fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
     drop(lab);
     assert_lab_gone();
 }
+
+#[test]
+fn a_cut_link_fails_the_copy_the_guest_stays_and_cleanup_finishes_after_the_link_returns() {
+    let (the_lab, mut child, _) = start_slow_migration();
+    let (ok, _, e) = lab(&["link", "h2", "down"]);
+    assert!(ok, "{e}");
+    // Bounded: the lab sets tcp_retries2=5, so the job fails within ~20 s of the cut.
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("ferry did not end within 180 s of the cut");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the guest keeps running on the source"),
+        "{err}"
+    );
+    assert!(
+        err.contains("could NOT delete /srv/ferry-store/vdb.raw"),
+        "{err}"
+    );
+    assert!(err.contains("ferry cleanup"), "{err}");
+    assert_eq!(domstate(H1), "running");
+
+    let (ok, _, e) = lab(&["link", "h2", "up"]);
+    assert!(ok, "{e}");
+    let t = Instant::now();
+    while !virsh(H2, &["version"]).0 || !domstate(H2).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "h2 did not come back clean"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(store("h2"), vec!["vdb.raw"]);
+    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deleted /srv/ferry-store/vdb.raw"), "{out}");
+    assert!(store("h2").is_empty());
+    the_lab.verify_guest("h1");
+    drop(the_lab);
+    assert_lab_gone();
+}
