@@ -182,8 +182,19 @@ pub struct DiskPos {
     pub source_start_tag: Option<Range<usize>>,
     /// The attributes of `<source>`.
     pub source_attrs: Vec<xml::Attr>,
+    /// The `<source>` of each `<backingStore>` in the chain, top first.
+    pub backing: Vec<BackingPos>,
     /// The quote character the document uses around attribute values here.
     pub quote: char,
+}
+
+/// Where a backing image's `<source>` stands.
+#[derive(Debug, Clone)]
+pub struct BackingPos {
+    pub disk_type: DiskType,
+    /// The whole `<source>` element.
+    pub source: Range<usize>,
+    pub source_attrs: Vec<xml::Attr>,
 }
 
 impl Disk {
@@ -381,11 +392,19 @@ fn read_disk(doc: &str, el: &Element) -> Disk {
     let source = source_el.and_then(|s| read_source(&disk_type, s));
     let target = el.child("target");
     let mut backing_chain = Vec::new();
+    let mut backing_pos = Vec::new();
     let mut bs = el.child("backingStore");
     while let Some(b) = bs {
         let t = DiskType::from_attr(b.attr("type"));
-        if let Some(s) = b.child("source").and_then(|s| read_source(&t, s)) {
-            backing_chain.push(s);
+        if let Some(src) = b.child("source") {
+            if let Some(s) = read_source(&t, src) {
+                backing_chain.push(s);
+            }
+            backing_pos.push(BackingPos {
+                disk_type: t,
+                source: src.span.clone(),
+                source_attrs: src.attrs.clone(),
+            });
         }
         bs = b.child("backingStore");
     }
@@ -440,6 +459,7 @@ fn read_disk(doc: &str, el: &Element) -> Disk {
             disk_name_end: el.span.start + "<disk".len(),
             source: source_el.map(|s| s.span.clone()),
             source_start_tag: source_el.map(|s| s.start_tag.clone()),
+            backing: backing_pos,
             source_attrs,
             quote,
         },

@@ -270,15 +270,16 @@ pub fn plan(
             warnings.push(format!("--map {}={} matches no disk", m.from, m.to));
         }
     }
-    for d in &live.disks {
-        if d.backing_chain
-            .iter()
-            .any(|b| matches!(b, DiskSource::Path { .. }))
-        {
+    for (d, p) in live.disks.iter().zip(&live_plan.disks) {
+        let (_, unmapped) = rewrite::backing_edits(d, |path| {
+            rules.map_for_path(path).and_then(|r| r.apply(path))
+        });
+        if p.decision == Decision::Shared && !unmapped.is_empty() {
             warnings.push(format!(
-                "disk {} has a backing chain; its images name their backing files themselves: \
-                 make sure those paths resolve on the target",
-                d.target
+                "disk {}: no --map covers its backing image(s) {}: the target must reach them at \
+                 the same path",
+                d.target,
+                unmapped.join(", ")
             ));
         }
     }
@@ -328,7 +329,19 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
     let mut disks = Vec::new();
     let mut edits: Vec<Edit> = Vec::new();
     for disk in &dom.disks {
-        let (decision, reason, new, slice) = decide(disk, rules)?;
+        let (decision, mut reason, new, slice) = decide(disk, rules)?;
+        if decision == Decision::Shared && new.is_some() {
+            // The images under a shared disk are shared too: same rules for their paths.
+            let (more, _) =
+                rewrite::backing_edits(disk, |p| rules.map_for_path(p).and_then(|r| r.apply(p)));
+            if !more.is_empty() {
+                reason.push_str(&format!(
+                    "; {} backing image path(s) rewritten too",
+                    more.len()
+                ));
+            }
+            edits.extend(more);
+        }
         if let Some(size) = slice {
             edits.push(rewrite::slice_edit(text, disk, size).map_err(|source| {
                 PlanError::Rewrite {
@@ -876,6 +889,30 @@ mod tests {
             e.to_string().contains("storage slice needs a raw disk"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_shared_overlays_backing_images_follow_the_map_or_are_warned_about() {
+        let doc = SEED.replace(
+            "<backingStore/>",
+            "<backingStore type='file' index='1'><format type='qcow2'/><source file='/mnt/nfs/base.qcow2'/>\
+             <backingStore type='file' index='2'><format type='raw'/><source file='/srv/gold.raw'/><backingStore/></backingStore></backingStore>",
+        );
+        let r = rules(&["/mnt/nfs=/mnt/nfs_second_mount"], &["vdb"]);
+        let p = plan(&doc, None, "u", &r, &Default::default()).unwrap();
+        assert!(p
+            .dest_xml
+            .contains("<source file='/mnt/nfs_second_mount/base.qcow2'/>"));
+        assert!(p.dest_xml.contains("<source file='/srv/gold.raw'/>"));
+        assert!(
+            p.disks[0]
+                .reason
+                .contains("1 backing image path(s) rewritten too"),
+            "{}",
+            p.disks[0].reason
+        );
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("/srv/gold.raw"), "{:?}", p.warnings);
     }
 
     #[test]

@@ -103,6 +103,34 @@ pub fn disk_edits(disk: &Disk, new: &NewSource) -> Result<Vec<Edit>, RewriteErro
     }
 }
 
+/// Edits for the backing chain of a shared disk: every backing image whose path `map` rewrites
+/// gets the new path (the target reaches the same images under the new names). Returns the
+/// edits and the backing paths `map` left alone.
+pub fn backing_edits(
+    disk: &Disk,
+    map: impl Fn(&str) -> Option<String>,
+) -> (Vec<Edit>, Vec<String>) {
+    let mut edits = Vec::new();
+    let mut unmapped = Vec::new();
+    for b in &disk.pos.backing {
+        let Some(attr) = b
+            .disk_type
+            .path_attr()
+            .and_then(|n| b.source_attrs.iter().find(|a| a.name == n))
+        else {
+            continue;
+        };
+        match map(&attr.value) {
+            Some(new) => edits.push(Edit {
+                range: attr.value_span.clone(),
+                text: escape_attr(&new, attr.quote),
+            }),
+            None => unmapped.push(attr.value.clone()),
+        }
+    }
+    (edits, unmapped)
+}
+
 /// The edit that makes a disk's (path) source a storage slice of `size` bytes at offset 0 of
 /// its device: `<slices><slice type='storage' offset='0' size='N'/></slices>` inside `<source>`.
 /// libvirt then gives the guest exactly `size` bytes of a larger raw device.
@@ -288,6 +316,25 @@ mod tests {
         assert_eq!(first_disk(&out).storage_slice, Some((0, 8192)));
         let sliced = &out;
         assert!(slice_edit(sliced, &first_disk(sliced), 1).is_err());
+    }
+
+    #[test]
+    fn backing_chain_sources_follow_the_map() {
+        let doc = "<domain><name>g</name><devices><disk type='file'><source file='/mnt/nfs/top.qcow2'/>\
+            <backingStore type='file' index='1'><format type='qcow2'/><source file='/mnt/nfs/base.qcow2'/>\
+            <backingStore type='file' index='2'><source file='/var/lib/gold.raw'/><backingStore/></backingStore>\
+            </backingStore><target dev='vda'/></disk></devices></domain>";
+        let d = first_disk(doc);
+        let (edits, unmapped) = backing_edits(&d, |p| {
+            p.strip_prefix("/mnt/nfs/")
+                .map(|r| format!("/mnt/nfs2/{r}"))
+        });
+        assert_eq!(unmapped, vec!["/var/lib/gold.raw"]);
+        let out = apply(doc, &edits).text;
+        assert_eq!(
+            out,
+            doc.replace("/mnt/nfs/base.qcow2", "/mnt/nfs2/base.qcow2")
+        );
     }
 
     #[test]

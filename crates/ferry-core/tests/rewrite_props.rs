@@ -12,6 +12,8 @@ use proptest::prelude::*;
 enum Choice {
     Nothing,
     Map(String),
+    /// A map of the first path component (`/mnt=/m/…/mnt`): it also covers backing images.
+    MapTop(String),
     CopyKeep,
     CopyTo(String),
     /// A copy onto a block device, into a storage slice of this many bytes.
@@ -27,6 +29,7 @@ fn choice() -> impl Strategy<Value = Choice> {
     prop_oneof![
         Just(Choice::Nothing),
         path_part().prop_map(|p| Choice::Map(format!("/m/{p}"))),
+        path_part().prop_map(|p| Choice::MapTop(format!("/m/{p}"))),
         Just(Choice::CopyKeep),
         path_part().prop_map(|p| Choice::CopyTo(format!("/var/{p}"))),
         path_part().prop_map(|p| Choice::CopyTo(format!("/dev/{p}"))),
@@ -43,7 +46,9 @@ proptest! {
         choices in proptest::collection::vec(choice(), 16),
     ) {
         let corpus = common::corpus();
-        let (name, text) = &corpus[file_idx % corpus.len()];
+        // One case in five: our own document with a backing chain (the corpus has none).
+        let chain = ("overlay-chain.xml".to_string(), include_str!("data/overlay-chain.xml").to_string());
+        let (name, text) = if file_idx % 5 == 0 { &chain } else { &corpus[file_idx % corpus.len()] };
         let dom = domain::parse(text).unwrap();
         let mut rules = Rules::default();
         for (d, c) in dom.disks.iter().zip(choices.iter().cycle()) {
@@ -52,6 +57,11 @@ proptest! {
                 Choice::Map(to) => {
                     if let Some(p) = d.path() {
                         rules.map.push(MapRule { from: p.to_string(), to: format!("{to}{p}") });
+                    }
+                }
+                Choice::MapTop(to) => {
+                    if let Some(top) = d.path().and_then(|p| p.split('/').nth(1)).filter(|t| !t.is_empty()) {
+                        rules.map.push(MapRule { from: format!("/{top}"), to: format!("{to}/{top}") });
                     }
                 }
                 Choice::CopyKeep | Choice::CopyTo(_) | Choice::CopyToSlice(..) => {
@@ -73,6 +83,15 @@ proptest! {
                 let out = common::check_byte_exact(text, &dom, &rw);
                 for ((before, after), planned) in dom.disks.iter().zip(&out.disks).zip(&rw.disks) {
                     prop_assert_eq!(&after.source, &planned.dest_source, "{}: {}", name, before.target);
+                    // Backing images of a shared disk follow the same rules.
+                    if planned.decision == Decision::Shared && planned.reason.starts_with("--map") {
+                        for (b, a) in before.backing_chain.iter().zip(&after.backing_chain) {
+                            if let DiskSource::Path { path } = b {
+                                let want = rules.map_for_path(path).and_then(|r| r.apply(path)).unwrap_or(path.clone());
+                                prop_assert_eq!(a, &DiskSource::Path { path: want });
+                            }
+                        }
+                    }
                     if planned.decision == Decision::Copy {
                         if let Some(DiskSource::Path { path }) = &planned.dest_source {
                             if before.source != planned.dest_source {

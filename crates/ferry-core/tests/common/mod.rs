@@ -54,8 +54,9 @@ pub fn check_byte_exact(input: &str, dom: &Domain, rw: &DomainRewrite) -> Domain
         let allowed = dom.disks.iter().any(|d| {
             let p = &d.pos;
             p.source
-                .as_ref()
-                .is_some_and(|s| s.start <= r.start && r.end <= s.end)
+                .iter()
+                .chain(p.backing.iter().map(|b| &b.source))
+                .any(|s| s.start <= r.start && r.end <= s.end)
                 || p.type_attr.as_ref().is_some_and(|t| t.value_span == *r)
                 || (r.start == p.disk_name_end && r.end == p.disk_name_end)
         });
