@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use ferry_core::domain;
-use ferry_hypervisor::Hypervisor;
-use ferry_journal::{Journal, RunId};
+use ferry_journal::Journal;
+use ferry_migrate::cleanup::Cleaned;
 
 use crate::args::{CleanupArgs, HistoryArgs};
 
@@ -36,52 +35,20 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
 
 pub fn cleanup(a: &CleanupArgs) -> anyhow::Result<ExitCode> {
     let j = Journal::open(&a.journal.journal)?;
-    let left = j.leftovers()?;
-    if left.is_empty() {
+    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let done = ferry_migrate::cleanup::run(&hv, &j, a.dry_run)?;
+    if done.is_empty() {
         println!(
             "nothing to clean: every volume Ferry created is in use by a migrated guest or deleted"
         );
-        return Ok(ExitCode::SUCCESS);
     }
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
     let mut failed = false;
-    for c in left {
-        let what = format!("{} on {} (run #{})", c.path, c.host, c.run);
-        if a.dry_run {
-            println!("would delete {what}");
-            continue;
-        }
-        let host = match hv.connect(&c.host) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("skipped {what}: {e}");
-                failed = true;
-                continue;
-            }
-        };
-        // Never delete what a domain uses, whoever created it.
-        let mut user = None;
-        for name in hv.list_domains(host)? {
-            let xml = hv.domain_xml(host, &name, false)?;
-            if domain::parse(&xml)
-                .map(|d| d.disks.iter().any(|k| k.path() == Some(c.path.as_str())))
-                .unwrap_or(true)
-            {
-                user = Some(name);
-            }
-        }
-        if let Some(u) = user {
-            eprintln!("kept {what}: domain {u} uses it");
-            failed = true;
-            continue;
-        }
-        match hv.delete_volume(host, &c.path) {
-            Ok(()) => {
-                j.record_deleted(RunId(c.run), &c.host, &c.path)?;
-                println!("deleted {what}");
-            }
-            Err(e) => {
-                eprintln!("could not delete {what}: {e}");
+    for c in done {
+        match c {
+            Cleaned::WouldDelete { what } => println!("would delete {what}"),
+            Cleaned::Deleted { what } => println!("deleted {what}"),
+            Cleaned::Kept { what, why } => {
+                eprintln!("kept {what}: {why}");
                 failed = true;
             }
         }

@@ -30,6 +30,14 @@ impl Terminal {
         }
     }
 
+    /// The bytes done and in all of the running phase's stream.
+    fn done_total(p: &Progress) -> (u64, u64) {
+        match p.phase {
+            ferry_core::convergence::Phase::StorageCopy => (p.disk_processed, p.disk_total),
+            _ => (p.mem_processed, p.mem_total.max(p.mem_processed)),
+        }
+    }
+
     fn job_line(p: &Progress) -> String {
         match p.phase {
             ferry_core::convergence::Phase::Setup => {
@@ -40,10 +48,7 @@ impl Terminal {
             }
             _ => {}
         }
-        let (done, total) = match p.phase {
-            ferry_core::convergence::Phase::StorageCopy => (p.disk_processed, p.disk_total),
-            _ => (p.mem_processed, p.mem_total),
-        };
+        let (done, total) = Self::done_total(p);
         let mut s = format!(
             "{:<14} {:>10} / {:<10} {:>10}/s",
             p.phase.to_string(),
@@ -90,12 +95,7 @@ impl Reporter for Terminal {
                         );
                         b
                     });
-                    let (done, total) = match p.phase {
-                        ferry_core::convergence::Phase::StorageCopy => {
-                            (p.disk_processed, p.disk_total)
-                        }
-                        _ => (p.mem_processed, p.mem_total.max(p.mem_processed)),
-                    };
+                    let (done, total) = Self::done_total(&p);
                     bar.set_length(total.max(1));
                     bar.set_position(done);
                     bar.set_message(line);
@@ -226,13 +226,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(Outcome::DryRun { plan, checks }) => {
-            let files = XmlFiles {
-                dest_xml: format!("{}-target.xml", plan.domain),
-                persist_xml: plan
-                    .persist_xml
-                    .as_ref()
-                    .map(|_| format!("{}-target-persistent.xml", plan.domain)),
-            };
+            let files = XmlFiles::for_plan(&plan, None, None);
             if a.json {
                 let mut v = plan.to_json(&files, Some(&a.from));
                 if let Some(o) = v.as_object_mut() {

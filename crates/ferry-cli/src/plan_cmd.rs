@@ -36,19 +36,13 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     if let (Some(p), Some(x)) = (&a.out_persistent_xml, &plan.persist_xml) {
         write(p, x, "destination persistent XML")?;
     }
-    let files = XmlFiles {
-        dest_xml: a
-            .out_xml
+    let files = XmlFiles::for_plan(
+        &plan,
+        a.out_xml.as_ref().map(|p| p.display().to_string()),
+        a.out_persistent_xml
             .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| format!("{}-target.xml", plan.domain)),
-        persist_xml: plan.persist_xml.as_ref().map(|_| {
-            a.out_persistent_xml
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| format!("{}-target-persistent.xml", plan.domain))
-        }),
-    };
+            .map(|p| p.display().to_string()),
+    );
     if a.json {
         println!("{}", plan.to_json(&files, None));
     } else {

@@ -191,6 +191,19 @@ pub struct XmlFiles {
     pub persist_xml: Option<String>,
 }
 
+impl XmlFiles {
+    /// The given file names, or `GUEST-target.xml` / `GUEST-target-persistent.xml`; the
+    /// persistent file only when the plan has a persistent XML.
+    pub fn for_plan(plan: &Plan, dest_xml: Option<String>, persist_xml: Option<String>) -> Self {
+        XmlFiles {
+            dest_xml: dest_xml.unwrap_or_else(|| format!("{}-target.xml", plan.domain)),
+            persist_xml: plan.persist_xml.as_ref().map(|_| {
+                persist_xml.unwrap_or_else(|| format!("{}-target-persistent.xml", plan.domain))
+            }),
+        }
+    }
+}
+
 /// One document's rewrite: the decisions for its disks and the edited text.
 #[derive(Debug, Clone)]
 pub struct DomainRewrite {

@@ -157,14 +157,6 @@ fn no_domain(uri: &str, name: &str) -> HvError {
     }
 }
 
-fn parent(path: &str) -> &str {
-    match path.rsplit_once('/') {
-        Some(("", _)) => "/",
-        Some((d, _)) => d,
-        None => ".",
-    }
-}
-
 impl Hypervisor for Fake {
     fn connect(&self, uri: &str) -> Result<HostId, HvError> {
         let mut s = self.lock();
@@ -233,7 +225,7 @@ impl Hypervisor for Fake {
 
     fn probe_path(&self, host: HostId, path: &str) -> Result<PathProbe, HvError> {
         self.with_host(host, |h, _, _| {
-            let dir = parent(path);
+            let (dir, _) = crate::split_path(path);
             Ok(PathProbe {
                 info: h.paths.get(path).cloned(),
                 parent_exists: h.dirs.contains_key(dir),

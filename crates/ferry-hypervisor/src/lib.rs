@@ -10,6 +10,15 @@ pub mod libvirt;
 
 use serde::Serialize;
 
+/// A path's directory and last component (`/a/b` → `/a`, `b`; `/b` → `/`, `b`).
+pub fn split_path(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", base)) => ("/", base),
+        Some((dir, base)) => (dir, base),
+        None => (".", path),
+    }
+}
+
 /// A connected host, as handed out by [`Hypervisor::connect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HostId(pub usize);

@@ -17,8 +17,8 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::{
-    DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats, MigrateRequest,
-    PathInfo, PathKind, PathProbe,
+    split_path, DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats,
+    MigrateRequest, PathInfo, PathKind, PathProbe,
 };
 
 /// The last job-completed statistics seen per domain name, filled by libvirt's event loop.
@@ -227,14 +227,6 @@ impl Drop for PoolGuard {
             // A transient dir pool: destroying it forgets the pool, never the files.
             let _ = self.pool.destroy();
         }
-    }
-}
-
-fn split_path(path: &str) -> (&str, &str) {
-    match path.rsplit_once('/') {
-        Some(("", base)) => ("/", base),
-        Some((dir, base)) => (dir, base),
-        None => (".", path),
     }
 }
 

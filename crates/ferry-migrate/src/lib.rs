@@ -4,6 +4,7 @@
 //! [`Hypervisor`] trait, so the flow's decisions are unit-tested against a recording fake, and
 //! proven end to end in the lab against real libvirt.
 
+pub mod cleanup;
 pub mod inventory;
 pub mod migrate;
 pub mod preflight;

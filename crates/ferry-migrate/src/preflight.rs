@@ -1,7 +1,7 @@
 //! Preflight: everything that can be checked before anything is created or moved. Each problem
 //! names the host, the disk, the path and the fix. Only reads.
 
-use ferry_core::domain::{self, DiskSource};
+use ferry_core::domain::DiskSource;
 use ferry_core::{Decision, Plan};
 use ferry_hypervisor::{DomainState, HvError, Hypervisor, PathKind};
 use serde::Serialize;
@@ -128,23 +128,7 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
     }
 
     // Disks the target's other domains use, running or defined.
-    let mut in_use: Vec<(String, String)> = Vec::new();
-    for name in hv.list_domains(inv.dst)? {
-        if name == inv.guest {
-            continue;
-        }
-        for inactive in [false, true] {
-            let Ok(x) = hv.domain_xml(inv.dst, &name, inactive) else {
-                continue;
-            };
-            let Ok(d) = domain::parse(&x) else { continue };
-            for disk in d.disks {
-                if let Some(p) = disk.path() {
-                    in_use.push((p.to_string(), name.clone()));
-                }
-            }
-        }
-    }
+    let in_use = crate::cleanup::paths_in_use(hv, inv.dst, Some(&inv.guest))?;
 
     for d in plan.disks.iter_mut() {
         let disk = d.target.as_str();

@@ -568,3 +568,61 @@ fn dry_run_checks_and_touches_nothing() {
     assert!(mutating(&fake.calls()).is_empty());
     assert!(journal.runs(10).unwrap().is_empty());
 }
+
+#[test]
+fn cleanup_deletes_journaled_leftovers_but_never_what_a_domain_uses() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/a.raw".into(), file(MIB64, "raw"));
+    h2.paths
+        .insert("/srv/store/b.raw".into(), file(MIB64, "raw"));
+    h2.domains.insert(
+        "other".into(),
+        FakeDomain {
+            state: DomainState::ShutOff,
+            live_xml: "<domain><name>other</name><devices><disk type='file'><source file='/srv/store/b.raw'/><target dev='vda'/></disk></devices></domain>".into(),
+            inactive_xml: String::new(),
+            disks: HashMap::new(),
+        },
+    );
+    fake.add_host(DST, h2);
+    journal
+        .record_created(run_id, DST, "/srv/store/a.raw", MIB64)
+        .unwrap();
+    journal
+        .record_created(run_id, DST, "/srv/store/b.raw", MIB64)
+        .unwrap();
+    let hv = hv(&fake);
+
+    let listed = cleanup::run(hv.as_ref(), &journal, true).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|c| matches!(c, cleanup::Cleaned::WouldDelete { .. })));
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+
+    let done = cleanup::run(hv.as_ref(), &journal, false).unwrap();
+    assert!(
+        matches!(&done[0], cleanup::Cleaned::Deleted { what } if what.starts_with("/srv/store/a.raw")),
+        "{done:?}"
+    );
+    assert!(
+        matches!(&done[1], cleanup::Cleaned::Kept { why, .. } if why == "domain other uses it"),
+        "{done:?}"
+    );
+    assert!(!fake
+        .host_snapshot(DST)
+        .paths
+        .contains_key("/srv/store/a.raw"));
+    assert!(fake
+        .host_snapshot(DST)
+        .paths
+        .contains_key("/srv/store/b.raw"));
+    assert_eq!(journal.leftovers().unwrap().len(), 1);
+}
