@@ -5,16 +5,24 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ferry_core::inventory::Inventory;
 use ferry_core::{CopyRule, MapRule, MigrationOptions, Rules};
 
 /// Ferry live-migrates libvirt guests whose disks mix shared storage (NFS, iSCSI, Ceph: the
 /// data stays, only its name on the target differs) and local storage (copied while the guest
 /// runs).
 ///
-/// Every disk needs a decision. Shared storage seen under another name on the target:
-/// `--map SRC=DST`. Local storage to copy: `--copy DEV[=DST]`. Network disks (rbd, iscsi,
+/// Every disk needs a decision. Ferry reads both hosts' storage pools and decides itself where
+/// it can: the same NFS export, iSCSI IQN or Ceph pool is shared; for directory pools, a canary
+/// (an empty volume created on the target and looked for on the source) tells. Local disks are
+/// copied into a local pool of the target. Flags override: shared storage seen under another
+/// name, `--map SRC=DST`; local storage to copy, `--copy DEV[=DST]`. Network disks (rbd, iscsi,
 /// gluster, nbd) and empty cdroms need no rule. Ferry refuses, before anything moves, a guest
 /// whose disks it cannot place.
+///
+/// With an inventory of hosts (--inventory FILE, FERRY_INVENTORY, /etc/ferry/inventory.toml),
+/// hosts are named by name (`--from kvm1 --to kvm2`), and without --to Ferry ranks every other
+/// host and picks the best, saying why not the others.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, propagate_version = true)]
 pub struct Cli {
@@ -24,9 +32,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a migration would do, from domain XML files, without any libvirt host.
+    /// Show what a migration would do: online from the hosts (GUEST --from HOST), or offline
+    /// from domain XML files.
     ///
-    /// Example (the seed: NFS mounted elsewhere on the target, a local NVMe namespace copied):
+    /// Online: Ferry reads both hosts (or, without --to, every inventory host), ranks the
+    /// possible targets with the reasons each other host cannot take the guest, and derives
+    /// each disk's rule from storage identity. Nothing is created except canaries (empty
+    /// volumes, deleted at once). Exit status 1 when no host can take the guest.
+    ///
+    ///   ferry plan myGuest --from kvm1 --inventory hosts.toml
+    ///
+    /// Offline example (the seed: NFS mounted elsewhere on the target, a local NVMe namespace
+    /// copied):
     ///
     ///   virsh dumpxml --migratable myGuest > live.xml
     ///   virsh dumpxml --inactive --migratable myGuest > inactive.xml
@@ -60,6 +77,11 @@ pub enum Command {
     /// target. On failure it asks both hosts where the guest runs and, if on the source,
     /// deletes what it created on the target — never anything else.
     ///
+    /// Without --to, Ferry ranks every other inventory host (memory with reserve, CPU, arch and
+    /// machine, versions, networks, shared stores seen, room for copies, draining) and picks
+    /// the best; with --to, the same constraints are checked for that host. Without --map or
+    /// --copy, each disk's rule comes from storage identity (pools, canaries).
+    ///
     /// Ctrl-C aborts the migration: the guest keeps running on the source.
     ///
     /// Exit status: 0 migrated and verified; 1 not migrated (refused, or failed with the guest
@@ -68,24 +90,80 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Migrate(MigrateArgs),
 
+    /// Every inventory host: reachable or why not, versions, CPU, memory, guests, pools, shared
+    /// stores, migrations running. Hosts are read concurrently. Exit status 0 when every host
+    /// answered, 2 when some did not.
+    Hosts(HostsArgs),
+
     /// List Ferry's latest runs from the journal.
     History(HistoryArgs),
 
     /// Delete volumes Ferry created for runs that did not migrate and could not clean up
     /// (e.g. Ferry was killed): only those the journal lists, and only when no domain uses them.
     Cleanup(CleanupArgs),
+
+    /// Print a shell completion script: ferry completions bash > /etc/bash_completion.d/ferry
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff): ferry man > /usr/local/share/man/man1/ferry.1
+    Man,
+}
+
+/// The inventory of hosts.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The inventory of hosts (TOML: [[host]] name, uri, state, reserve_memory,
+    /// migration_address, labels, [[host.local_store]] pool; [[shared_store]] name, paths).
+    /// Default: /etc/ferry/inventory.toml when it exists. See examples/inventory.toml.
+    #[arg(long, value_name = "FILE", env = "FERRY_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+}
+
+/// Where the inventory is read from when none is given.
+pub const DEFAULT_INVENTORY: &str = "/etc/ferry/inventory.toml";
+
+impl InventoryArgs {
+    /// The inventory, if one is given or the default exists.
+    pub fn load(&self) -> anyhow::Result<Option<Inventory>> {
+        let path = match &self.inventory {
+            Some(p) => p.clone(),
+            None if std::path::Path::new(DEFAULT_INVENTORY).exists() => {
+                PathBuf::from(DEFAULT_INVENTORY)
+            }
+            None => return Ok(None),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the inventory {}", path.display()))?;
+        let inv = Inventory::from_toml(&text)
+            .with_context(|| format!("in the inventory {}", path.display()))?;
+        Ok(Some(inv))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HostsArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The guest's name.
     pub guest: String,
-    /// The source host's libvirt URI.
-    #[arg(long, value_name = "URI", default_value = "qemu:///system")]
+    /// The source host: a libvirt URI or an inventory host's name.
+    #[arg(long, value_name = "HOST", default_value = "qemu:///system")]
     pub from: String,
-    /// The target host's libvirt URI.
-    #[arg(long, value_name = "URI")]
-    pub to: String,
+    /// The target host: a libvirt URI or an inventory host's name. Without it, Ferry ranks
+    /// every other inventory host and picks the best.
+    #[arg(long, value_name = "HOST")]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -138,17 +216,26 @@ pub struct CleanupArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The guest's live domain XML (`virsh dumpxml --migratable GUEST`).
-    #[arg(long, value_name = "LIVE.xml")]
-    pub domain_xml: PathBuf,
+    /// The guest's name, read from --from (online). Not with --domain-xml.
+    #[arg(conflicts_with = "domain_xml", requires = "from")]
+    pub guest: Option<String>,
+    /// The source host (online): a libvirt URI or an inventory host's name.
+    #[arg(long, value_name = "HOST")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
+    /// The guest's live domain XML (`virsh dumpxml --migratable GUEST`), offline.
+    #[arg(long, value_name = "LIVE.xml", required_unless_present = "guest")]
+    pub domain_xml: Option<PathBuf>,
     /// The guest's persistent XML (`virsh dumpxml --inactive --migratable GUEST`). The same
     /// rules are applied to it; libvirt defines it on the target (--persistent-xml), so the
     /// guest still boots there after its next cold start.
     #[arg(long, value_name = "INACTIVE.xml")]
     pub inactive_xml: Option<PathBuf>,
-    /// The target host's libvirt URI, e.g. qemu+ssh://host2/system or qemu+tcp://10.0.0.2/system.
-    #[arg(long, value_name = "URI")]
-    pub to: String,
+    /// The target host: a libvirt URI (qemu+ssh://host2/system) or an inventory host's name.
+    /// Offline, required; online, without it every other inventory host is ranked.
+    #[arg(long, value_name = "HOST", required_unless_present = "guest")]
+    pub to: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -156,8 +243,9 @@ pub struct PlanArgs {
     /// Write the destination live XML here (virsh's --xml).
     #[arg(long, value_name = "FILE")]
     pub out_xml: Option<PathBuf>,
-    /// Write the destination persistent XML here (virsh's --persistent-xml); needs --inactive-xml.
-    #[arg(long, value_name = "FILE", requires = "inactive_xml")]
+    /// Write the destination persistent XML here (virsh's --persistent-xml); offline it needs
+    /// --inactive-xml.
+    #[arg(long, value_name = "FILE")]
     pub out_persistent_xml: Option<PathBuf>,
     /// Print the plan as one JSON object (disks with decisions, migrate_disks, flags, virsh).
     #[arg(long)]

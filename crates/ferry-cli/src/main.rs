@@ -1,20 +1,31 @@
 //! `ferry`: the thin command line over Ferry's crates.
 
 mod args;
+mod hosts_cmd;
 mod journal_cmd;
 mod migrate_cmd;
 mod plan_cmd;
+mod target_cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Plan(a) => plan_cmd::run(&a).map(|()| ExitCode::SUCCESS),
+        Command::Plan(a) => plan_cmd::run(&a),
+        Command::Hosts(a) => hosts_cmd::run(&a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Migrate(a) => migrate_cmd::run(&a),
         Command::History(a) => journal_cmd::history(&a).map(|()| ExitCode::SUCCESS),
         Command::Cleanup(a) => journal_cmd::cleanup(&a),

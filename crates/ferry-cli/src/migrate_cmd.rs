@@ -83,6 +83,11 @@ impl Reporter for Terminal {
                 Some(b) => b.println(format!("    {message}")),
                 None => eprintln!("    {message}"),
             },
+            Event::Target(r) => {
+                for line in r.render().lines() {
+                    eprintln!("    {line}");
+                }
+            }
             Event::Job(p) => {
                 let line = Self::job_line(&p);
                 if self.tty {
@@ -169,17 +174,14 @@ fn print_summary(s: &Summary) {
 }
 
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let rules = a.storage.rules()?;
-    let req = Request {
-        guest: a.guest.clone(),
-        from: a.from.clone(),
-        to: a.to.clone(),
-        rules,
-        options: a.migration.options(),
-        dry_run: a.dry_run,
-        timeout: a.timeout.map(Duration::from_secs),
-        abort_grace: ferry_migrate::ABORT_GRACE,
-    };
+    let inv = a.inventory.load()?;
+    let sreq = crate::target_cmd::request(
+        inv.as_ref(),
+        &a.guest,
+        &a.from,
+        a.to.as_deref(),
+        a.storage.rules()?,
+    )?;
     let journal = if a.dry_run {
         Journal::in_memory()?
     } else {
@@ -211,7 +213,46 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             last_line: std::time::Instant::now() - Duration::from_secs(2),
         })
     };
-    let outcome = ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel);
+    reporter.report(Event::Step {
+        step: "target",
+        detail: match &a.to {
+            Some(t) => format!("checking {t} for {} on {}", a.guest, sreq.source.name),
+            None => format!(
+                "ranking {} host(s) for {} on {}",
+                sreq.candidates.len(),
+                a.guest,
+                sreq.source.name
+            ),
+        },
+    });
+    let outcome = ferry_migrate::target::select(hv.as_ref(), &sreq).and_then(|sel| {
+        // With --to, a refusal names the host's reasons in the error: no ranking to show.
+        if a.to.is_none() || a.json {
+            reporter.report(Event::Target(sel.ranking.clone()));
+        }
+        for w in &sel.warnings {
+            reporter.report(Event::Note {
+                message: format!("warning: {w}"),
+            });
+        }
+        let Some((target, derived)) = sel.chosen else {
+            return Err(MigrateError::NoTarget {
+                guest: a.guest.clone(),
+                ranking: sel.ranking,
+            });
+        };
+        let req = Request {
+            guest: a.guest.clone(),
+            from: sreq.source.uri.clone(),
+            to: target.uri.clone(),
+            rules: derived.rules,
+            options: crate::target_cmd::with_address(a.migration.options(), &target),
+            dry_run: a.dry_run,
+            timeout: a.timeout.map(Duration::from_secs),
+            abort_grace: ferry_migrate::ABORT_GRACE,
+        };
+        ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel)
+    });
     drop(reporter);
     match outcome {
         Ok(Outcome::Migrated(s)) => {
@@ -228,7 +269,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         Ok(Outcome::DryRun { plan, checks }) => {
             let files = XmlFiles::for_plan(&plan, None, None);
             if a.json {
-                let mut v = plan.to_json(&files, Some(&a.from));
+                let mut v = plan.to_json(&files, Some(&sreq.source.uri));
                 if let Some(o) = v.as_object_mut() {
                     o.insert("event".into(), "result".into());
                     o.insert("outcome".into(), "dry_run".into());
@@ -236,7 +277,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 }
                 println!("{v}");
             } else {
-                print!("{}", plan.render(&files, Some(&a.from), true));
+                print!("{}", plan.render(&files, Some(&sreq.source.uri), true));
                 println!("\nChecks passed:");
                 for c in checks {
                     println!("  {c}");
@@ -295,6 +336,9 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
         MigrateError::Host(h) => serde_json::json!({"kind": "host", "message": h.to_string()}),
         MigrateError::Journal(j) => {
             serde_json::json!({"kind": "journal", "message": j.to_string()})
+        }
+        MigrateError::NoTarget { ranking, .. } => {
+            serde_json::json!({"kind": "no_target", "hosts": ranking.hosts})
         }
     }
 }

@@ -195,6 +195,9 @@ fn copy_to_a_file_ferry_creates_on_a_third_host_peer_to_peer_over_tls() {
 #[test]
 fn refusals_create_nothing_and_leave_the_guest_running() {
     let lab = Lab::up(&[]);
+    // vdb's storage in no pool: nothing tells shared from local (the "no rule" case below).
+    let (ok, _, e) = virsh(H1, &["pool-destroy", "nvme-a"]);
+    assert!(ok, "{e}");
     let cases: &[(&[&str], &str)] = &[
         (
             &[

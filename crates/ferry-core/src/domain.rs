@@ -30,6 +30,11 @@ pub struct Domain {
     pub vcpus: Option<u32>,
     pub cpu_mode: Option<String>,
     pub cpu_model: Option<String>,
+    /// The `<cpu>` element as written, for the target's CPU comparison.
+    pub cpu_xml: Option<String>,
+    /// `<os><type arch>` and `<os><type machine>`.
+    pub arch: Option<String>,
+    pub machine: Option<String>,
     pub disks: Vec<Disk>,
     pub interfaces: Vec<Interface>,
     /// Devices that tie the guest to this host's hardware.
@@ -261,6 +266,7 @@ pub fn parse(doc: &str) -> Result<Domain, DomainError> {
         })
     });
     let cpu = root.child("cpu");
+    let os_type = root.child("os").and_then(|o| o.child("type"));
     let mut domain = Domain {
         name,
         uuid: root.child_text("uuid").map(str::to_string),
@@ -269,6 +275,9 @@ pub fn parse(doc: &str) -> Result<Domain, DomainError> {
         vcpus: root.child_text("vcpu").and_then(|v| v.parse().ok()),
         cpu_mode: cpu.and_then(|c| c.attr("mode")).map(str::to_string),
         cpu_model: cpu.and_then(|c| c.child_text("model")).map(str::to_string),
+        cpu_xml: cpu.map(|c| doc[c.span.clone()].to_string()),
+        arch: os_type.and_then(|t| t.attr("arch")).map(str::to_string),
+        machine: os_type.and_then(|t| t.attr("machine")).map(str::to_string),
         disks: Vec::new(),
         interfaces: Vec::new(),
         passthrough: Vec::new(),

@@ -7,11 +7,15 @@
 
 pub mod convergence;
 pub mod domain;
+pub mod facts;
+pub mod inventory;
+pub mod placement;
 pub mod plan;
 pub mod rewrite;
 pub mod rules;
+pub mod storage;
 pub mod xml;
 
 pub use domain::{Disk, DiskSource, DiskType, Domain};
 pub use plan::{plan, Decision, DiskPlan, MigrationOptions, Plan, PlanError, XmlFiles};
-pub use rules::{CopyRule, MapRule, Rules};
+pub use rules::{CopyRule, MapRule, Origin, Rules};

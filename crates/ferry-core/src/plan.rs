@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::convergence::{self, Phase};
 use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
 use crate::rewrite::{self, Edit, NewSource, RewriteError};
-use crate::rules::Rules;
+use crate::rules::{Origin, Rules};
 
 /// Why no plan can be made. Every message names the disk and says how to settle it.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,8 @@ pub struct DiskPlan {
     pub decision: Decision,
     /// Why: which rule (or fact) decided.
     pub reason: String,
+    /// Where the deciding rule came from: a flag, the inventory, pool identity, a canary.
+    pub origin: Origin,
     pub source_type: String,
     pub source: Option<DiskSource>,
     pub dest_type: String,
@@ -342,7 +344,7 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
     let mut disks = Vec::new();
     let mut edits: Vec<Edit> = Vec::new();
     for disk in &dom.disks {
-        let (decision, mut reason, new, slice) = decide(disk, rules)?;
+        let (decision, mut reason, new, slice, origin) = decide(disk, rules)?;
         if decision == Decision::Shared && new.is_some() {
             // The images under a shared disk are shared too: same rules for their paths.
             let (more, _) =
@@ -380,6 +382,7 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
             device: disk.device.clone(),
             decision,
             reason,
+            origin,
             source_type: disk.disk_type.as_str().to_string(),
             source: disk.source.clone(),
             dest_type,
@@ -407,7 +410,7 @@ pub fn kind_of_path(path: &str) -> DiskType {
     }
 }
 
-type Decided = (Decision, String, Option<NewSource>, Option<u64>);
+type Decided = (Decision, String, Option<NewSource>, Option<u64>, Origin);
 
 fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
     let copy = rules.copy_for(&disk.target);
@@ -422,7 +425,13 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                 why: format!("the {} has no media: there is nothing to copy", disk.device),
             });
         }
-        return Ok((Decision::NoMedia, "no media".into(), None, None));
+        return Ok((
+            Decision::NoMedia,
+            "no media".into(),
+            None,
+            None,
+            Origin::DiskKind,
+        ));
     };
     let map = match source {
         DiskSource::Path { path } => rules.map_for_path(path).and_then(|r| {
@@ -475,9 +484,11 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                 }
                 _ => {}
             }
-            let reason = match &c.to {
-                Some(to) => format!("--copy {}={to}", c.disk),
-                None => format!("--copy {} (same path on the target)", c.disk),
+            let reason = match (&c.to, &c.origin) {
+                (Some(to), Origin::Flag) => format!("--copy {}={to}", c.disk),
+                (None, Origin::Flag) => format!("--copy {} (same path on the target)", c.disk),
+                (Some(to), o) => format!("copied to {to} ({o})"),
+                (None, o) => format!("copied to the same path ({o})"),
             };
             let new = c.to.as_ref().map(|to| NewSource::Path {
                 kind: kind_of_path(to),
@@ -494,13 +505,17 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                     return not("a storage slice needs a raw disk copied onto a block device");
                 }
             }
-            Ok((Decision::Copy, reason, new, c.slice))
+            Ok((Decision::Copy, reason, new, c.slice, c.origin.clone()))
         }
         (None, Some((m, new))) => Ok((
             Decision::Shared,
-            format!("--map {}={} (not copied)", m.from, m.to),
+            match &m.origin {
+                Origin::Flag => format!("--map {}={} (not copied)", m.from, m.to),
+                o => format!("shared, {} seen as {} on the target ({o})", m.from, m.to),
+            },
             Some(new),
             None,
+            m.origin.clone(),
         )),
         (None, None) => match source {
             DiskSource::Network { protocol, .. } => Ok((
@@ -508,6 +523,7 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
                 format!("network disk ({protocol}): shared by nature, unchanged"),
                 None,
                 None,
+                Origin::DiskKind,
             )),
             _ => Err(PlanError::NoRule {
                 target: disk.target.clone(),

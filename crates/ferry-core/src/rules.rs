@@ -36,19 +36,75 @@ pub enum RuleError {
     CopyTwice(String),
 }
 
+/// Where a rule came from: the operator, or a fact Ferry established. The plan shows it for
+/// every disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Origin {
+    /// `--map`/`--copy` or a rules file.
+    #[default]
+    Flag,
+    /// The disk's own kind decides: a network disk, a drive without media.
+    DiskKind,
+    /// A `[[shared_store]]` of the inventory.
+    Inventory { store: String },
+    /// Both hosts' pool definitions name the same storage (NFS export, iSCSI IQN, Ceph pool).
+    PoolIdentity { evidence: String },
+    /// A canary volume created on the target appeared on the source.
+    Canary { evidence: String },
+    /// A local disk (its pool is storage only the source has), copied into a local store of
+    /// the target.
+    LocalStore { evidence: String },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag => f.write_str("flag"),
+            Origin::DiskKind => f.write_str("the disk's kind"),
+            Origin::Inventory { store } => write!(f, "inventory: shared store {store}"),
+            Origin::PoolIdentity { evidence } => write!(f, "pool identity: {evidence}"),
+            Origin::Canary { evidence } => write!(f, "canary: {evidence}"),
+            Origin::LocalStore { evidence } => write!(f, "local storage: {evidence}"),
+        }
+    }
+}
+
+/// `path`'s remainder below `prefix` when `prefix` is `path` or one of its directories, on
+/// whole components (`/mnt/nfs` holds `/mnt/nfs/a` but not `/mnt/nfs2/a`); "" when equal.
+pub fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let prefix = normalise(prefix);
+    if path == prefix {
+        return Some("");
+    }
+    let rest = path.strip_prefix(prefix)?;
+    if prefix == "/" {
+        return Some(rest);
+    }
+    rest.strip_prefix('/')
+}
+
 /// Shared storage the target sees under another name.
 ///
 /// For absolute paths the prefix matches whole path components: `/mnt/nfs` matches
 /// `/mnt/nfs/a.img` and `/mnt/nfs` but not `/mnt/nfs2/a.img`. A rule whose sides are not
 /// absolute paths maps a storage pool name (for `<disk type='volume'>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MapRule {
     pub from: String,
     pub to: String,
+    #[serde(skip_deserializing, skip_serializing_if = "is_flag")]
+    pub origin: Origin,
+}
+
+fn is_flag(o: &Origin) -> bool {
+    *o == Origin::Flag
 }
 
 /// A local disk to copy, named by its `<target dev>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CopyRule {
     pub disk: String,
     /// Where the copy goes on the target; `None` keeps the source path.
@@ -58,6 +114,8 @@ pub struct CopyRule {
     /// slice of exactly this many bytes at its start.
     #[serde(skip)]
     pub slice: Option<u64>,
+    #[serde(skip_deserializing, skip_serializing_if = "is_flag")]
+    pub origin: Origin,
 }
 
 /// Every rule for one migration.
@@ -86,16 +144,11 @@ impl MapRule {
 
     /// The rewritten path, if `path` lies under this rule's `from`.
     pub fn apply(&self, path: &str) -> Option<String> {
-        let from = normalise(&self.from);
+        let rest = under(path, &self.from)?;
         let to = normalise(&self.to);
-        if path == from {
+        if rest.is_empty() {
             return Some(to.to_string());
         }
-        let rest = path.strip_prefix(from)?;
-        if from == "/" {
-            return Some(format!("{}/{}", to.trim_end_matches('/'), rest));
-        }
-        let rest = rest.strip_prefix('/')?;
         Some(format!("{}/{rest}", to.trim_end_matches('/')))
     }
 
@@ -118,6 +171,7 @@ impl FromStr for MapRule {
         Ok(Self {
             from: from.to_string(),
             to: to.to_string(),
+            origin: Origin::Flag,
         })
     }
 }
@@ -139,6 +193,7 @@ impl FromStr for CopyRule {
             disk: disk.to_string(),
             to: to.map(str::to_string),
             slice: None,
+            origin: Origin::Flag,
         })
     }
 }

@@ -21,6 +21,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                         MapRule {
                             from: op.into(),
                             to: op.into(),
+                            origin: Default::default(),
                         }
                         .apply(p)
                         .is_some()
@@ -44,6 +45,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                 disk: d.target.clone(),
                 to: Some(format!("/dev/ferry-{}", d.target)),
                 slice: None,
+                origin: Default::default(),
             }),
             Some(_) if flip_copies && copyable => {
                 let to = if d.disk_type == DiskType::Block {
@@ -55,6 +57,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                     disk: d.target.clone(),
                     to: Some(to),
                     slice: None,
+                    origin: Default::default(),
                 });
             }
             Some(DiskSource::Path { path }) => {
@@ -62,6 +65,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                     rules.map.push(MapRule {
                         from: path.clone(),
                         to: mapped(path),
+                        origin: Default::default(),
                     });
                 }
             }
@@ -70,6 +74,7 @@ fn rules_for(dom: &ferry_core::Domain, flip_copies: bool) -> Rules {
                     rules.map.push(MapRule {
                         from: pool.clone(),
                         to: format!("{pool}-target"),
+                        origin: Default::default(),
                     });
                 }
             }

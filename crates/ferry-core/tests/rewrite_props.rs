@@ -56,12 +56,12 @@ proptest! {
                 Choice::Nothing => {}
                 Choice::Map(to) => {
                     if let Some(p) = d.path() {
-                        rules.map.push(MapRule { from: p.to_string(), to: format!("{to}{p}") });
+                        rules.map.push(MapRule { from: p.to_string(), to: format!("{to}{p}"), origin: Default::default() });
                     }
                 }
                 Choice::MapTop(to) => {
                     if let Some(top) = d.path().and_then(|p| p.split('/').nth(1)).filter(|t| !t.is_empty()) {
-                        rules.map.push(MapRule { from: format!("/{top}"), to: format!("{to}/{top}") });
+                        rules.map.push(MapRule { from: format!("/{top}"), to: format!("{to}/{top}"), origin: Default::default() });
                     }
                 }
                 Choice::CopyKeep | Choice::CopyTo(_) | Choice::CopyToSlice(..) => {
@@ -73,6 +73,7 @@ proptest! {
                                 _ => None,
                             },
                             slice: match c { Choice::CopyToSlice(_, n) => Some(*n), _ => None },
+                            origin: Default::default(),
                         });
                     }
                 }

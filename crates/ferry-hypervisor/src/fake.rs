@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::{
-    DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats, MigrateRequest,
-    PathInfo, PathKind, PathProbe,
+    CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError, Hypervisor,
+    JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
 };
 
 /// One recorded call.
@@ -42,6 +42,14 @@ pub enum Call {
         name: String,
         mib: u64,
     },
+    CanaryCreate {
+        host: String,
+        dir: String,
+    },
+    CanaryDelete {
+        host: String,
+        dir: String,
+    },
 }
 
 /// A domain on a fake host.
@@ -63,6 +71,12 @@ pub struct FakeHost {
     pub paths: HashMap<String, PathInfo>,
     /// Directories that exist, with their free bytes.
     pub dirs: HashMap<String, u64>,
+    pub pools: Vec<PoolFacts>,
+    pub networks: Vec<String>,
+    /// Free memory (default 8 GiB of 16).
+    pub memory_free: Option<u64>,
+    /// The answer to a CPU comparison (default identical).
+    pub cpu: Option<CpuCompat>,
 }
 
 /// How the scripted migration ends.
@@ -92,6 +106,10 @@ struct State {
     completed: Option<JobStats>,
     fail_connect: Vec<String>,
     aborted: bool,
+    /// Groups of (host URI, directory) that are one storage.
+    same_storage: Vec<Vec<(String, String)>>,
+    /// Canaries that exist, by the storage they are on.
+    canaries: Vec<(Vec<(String, String)>, String)>,
 }
 
 /// The fake hypervisor.
@@ -117,6 +135,16 @@ impl Fake {
         let mut s = self.lock();
         s.job_script = stats;
         s.completed = completed;
+    }
+
+    /// Declare directories on several hosts to be one storage (what a canary finds).
+    pub fn same_storage(&self, places: &[(&str, &str)]) {
+        self.lock().same_storage.push(
+            places
+                .iter()
+                .map(|(u, d)| (u.to_string(), d.to_string()))
+                .collect(),
+        );
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -150,6 +178,16 @@ impl Fake {
     }
 }
 
+/// The storage a directory of a host is: its group of same-storage places, or itself.
+fn storage_of(s: &State, host: HostId, dir: &str) -> Vec<(String, String)> {
+    let me = (s.uris[host.0].clone(), dir.to_string());
+    s.same_storage
+        .iter()
+        .find(|g| g.contains(&me))
+        .cloned()
+        .unwrap_or_else(|| vec![me])
+}
+
 fn no_domain(uri: &str, name: &str) -> HvError {
     HvError::NoDomain {
         host: uri.to_string(),
@@ -181,6 +219,20 @@ impl Hypervisor for Fake {
                 hostname: h.hostname.clone(),
                 uuid: Some(h.uuid.clone()),
                 libvirt_version: 9_000_000,
+                qemu_version: 7_002_000,
+                arch: "x86_64".into(),
+                cpu_model: Some("qemu64".into()),
+                cpu_xml: None,
+                memory_total: 16 << 30,
+                memory_free: h.memory_free.unwrap_or(8 << 30),
+                guest_types: ["qemu", "kvm"]
+                    .iter()
+                    .map(|t| ferry_core::facts::GuestType {
+                        arch: "x86_64".into(),
+                        domain_type: t.to_string(),
+                        machines: vec!["pc".into(), "pc-i440fx-7.2".into()],
+                    })
+                    .collect(),
             })
         })
     }
@@ -401,5 +453,74 @@ impl Hypervisor for Fake {
             });
             Ok(())
         })
+    }
+
+    fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
+        self.with_host(host, |h, _, _| {
+            let mut v: Vec<GuestFacts> = h
+                .domains
+                .iter()
+                .map(|(name, d)| GuestFacts {
+                    name: name.clone(),
+                    active: d.state.is_active(),
+                    memory: ferry_core::domain::parse(&d.live_xml)
+                        .ok()
+                        .and_then(|x| x.memory_kib)
+                        .unwrap_or(0)
+                        * 1024,
+                    job: false,
+                })
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(v)
+        })
+    }
+
+    fn pools(&self, host: HostId) -> Result<Vec<PoolFacts>, HvError> {
+        self.with_host(host, |h, _, _| Ok(h.pools.clone()))
+    }
+
+    fn networks(&self, host: HostId) -> Result<Vec<String>, HvError> {
+        self.with_host(host, |h, _, _| Ok(h.networks.clone()))
+    }
+
+    fn compare_cpu(&self, host: HostId, _q: &CpuQuery) -> Result<CpuCompat, HvError> {
+        self.with_host(host, |h, _, _| Ok(h.cpu.unwrap_or(CpuCompat::Identical)))
+    }
+
+    fn canary_create(&self, host: HostId, dir: &str) -> Result<Option<String>, HvError> {
+        let exists = self.with_host(host, |h, uri, calls| {
+            calls.push(Call::CanaryCreate {
+                host: uri.into(),
+                dir: dir.into(),
+            });
+            Ok(h.dirs.contains_key(dir))
+        })?;
+        if !exists {
+            return Ok(None);
+        }
+        let name = crate::canary_name();
+        let mut s = self.lock();
+        let place = storage_of(&s, host, dir);
+        s.canaries.push((place, name.clone()));
+        Ok(Some(name))
+    }
+
+    fn canary_seen(&self, host: HostId, dir: &str, name: &str) -> Result<bool, HvError> {
+        let s = self.lock();
+        let place = storage_of(&s, host, dir);
+        Ok(s.canaries.iter().any(|(p, n)| *p == place && n == name))
+    }
+
+    fn canary_delete(&self, host: HostId, dir: &str, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let uri = s.uris[host.0].clone();
+        s.calls.push(Call::CanaryDelete {
+            host: uri,
+            dir: dir.into(),
+        });
+        let place = storage_of(&s, host, dir);
+        s.canaries.retain(|(p, n)| !(*p == place && n == name));
+        Ok(())
     }
 }

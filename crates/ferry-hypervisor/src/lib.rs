@@ -60,14 +60,16 @@ impl DomainState {
     }
 }
 
-/// Facts about a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostFacts {
-    pub hostname: String,
-    /// The host UUID libvirt reports (libvirt refuses to migrate between equal ones).
-    pub uuid: Option<String>,
-    /// libvirt's version as major * 1_000_000 + minor * 1000 + micro.
-    pub libvirt_version: u64,
+pub use ferry_core::facts::{CpuCompat, GuestFacts, HostFacts, PoolFacts};
+
+/// What the target's hypervisor is asked about the guest's CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuQuery {
+    /// A `<cpu>` element: the guest's, or for host-passthrough the source host's.
+    pub cpu_xml: String,
+    pub arch: Option<String>,
+    pub machine: Option<String>,
+    pub domain_type: Option<String>,
 }
 
 /// What a path is on a host.
@@ -203,4 +205,35 @@ pub trait Hypervisor: Send + Sync {
     fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError>;
     /// Change the bandwidth of the running migration (MiB/s).
     fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError>;
+
+    /// Every domain on the host with its memory and whether a job runs for it.
+    fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError>;
+    /// Every storage pool on the host, with what its definition says about its storage.
+    fn pools(&self, host: HostId) -> Result<Vec<PoolFacts>, HvError>;
+    /// The names of the host's active virtual networks.
+    fn networks(&self, host: HostId) -> Result<Vec<String>, HvError>;
+    /// Whether the host's hypervisor can give a guest this CPU
+    /// (`virConnectCompareHypervisorCPU`).
+    fn compare_cpu(&self, host: HostId, q: &CpuQuery) -> Result<CpuCompat, HvError>;
+    /// Create a uniquely named empty volume (a canary) in directory `dir` through the storage
+    /// API; `None` when the directory does not exist there.
+    fn canary_create(&self, host: HostId, dir: &str) -> Result<Option<String>, HvError>;
+    /// Whether the volume `name` is in directory `dir` (after refreshing its pool).
+    fn canary_seen(&self, host: HostId, dir: &str, name: &str) -> Result<bool, HvError>;
+    /// Delete a canary created by [`Hypervisor::canary_create`].
+    fn canary_delete(&self, host: HostId, dir: &str, name: &str) -> Result<(), HvError>;
+}
+
+/// A canary's name: unique per process, call and time.
+pub fn canary_name() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "ferry-canary-{}-{}-{t}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }

@@ -17,8 +17,8 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::{
-    split_path, DiskSize, DomainState, HostFacts, HostId, HvError, Hypervisor, JobStats,
-    MigrateRequest, PathInfo, PathKind, PathProbe,
+    split_path, CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError,
+    Hypervisor, JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
 };
 
 /// The last job-completed statistics seen per domain name, filled by libvirt's event loop.
@@ -388,16 +388,26 @@ impl Hypervisor for Libvirt {
             .conn
             .capabilities()
             .map_err(|e| self.err(&h, "reading the capabilities", e))?;
-        let uuid = ferry_core::xml::parse(&caps).ok().and_then(|c| {
-            c.child("host")
-                .and_then(|x| x.child_text("uuid"))
-                .map(str::to_string)
-        });
-        let libvirt_version = h.conn.lib_version().unwrap_or(0) as u64;
+        let caps = ferry_core::facts::read_capabilities(&caps).unwrap_or_default();
+        let node = h
+            .conn
+            .node_info()
+            .map_err(|e| self.err(&h, "reading the node's memory", e))?;
+        let memory_free = h
+            .conn
+            .free_memory()
+            .map_err(|e| self.err(&h, "reading the node's free memory", e))?;
         Ok(HostFacts {
             hostname,
-            uuid,
-            libvirt_version,
+            uuid: caps.uuid,
+            libvirt_version: h.conn.lib_version().unwrap_or(0) as u64,
+            qemu_version: h.conn.hyp_version().unwrap_or(0) as u64,
+            arch: caps.arch,
+            cpu_model: caps.cpu_model,
+            cpu_xml: caps.cpu_xml,
+            memory_total: node.memory * 1024,
+            memory_free,
+            guest_types: caps.guest_types,
         })
     }
 
@@ -630,6 +640,144 @@ impl Hypervisor for Libvirt {
         let dom = self.lookup(&h, name)?;
         dom.migrate_set_max_speed(mib, 0)
             .map_err(|e| self.err(&h, format!("setting the bandwidth of {name}"), e))
+    }
+
+    fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
+        let h = self.host(host);
+        let doms = h
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| self.err(&h, "listing domains", e))?;
+        let mut out = vec![];
+        for d in &doms {
+            // A domain that goes away while we look is simply not listed.
+            let (Ok(name), Ok(info)) = (d.name(), d.info()) else {
+                continue;
+            };
+            let active = d.is_active().unwrap_or(false);
+            // job_info (virDomainGetJobInfo) is safe to call with no job running, unlike
+            // virt's job_stats.
+            let job = active
+                && d.job_info()
+                    .is_ok_and(|j| j.r#type != sys::VIR_DOMAIN_JOB_NONE as i32);
+            out.push(GuestFacts {
+                name,
+                active,
+                memory: info.memory * 1024,
+                job,
+            });
+        }
+        Ok(out)
+    }
+
+    fn pools(&self, host: HostId) -> Result<Vec<PoolFacts>, HvError> {
+        let h = self.host(host);
+        let pools = h
+            .conn
+            .list_all_storage_pools(0)
+            .map_err(|e| self.err(&h, "listing storage pools", e))?;
+        let mut out = vec![];
+        for p in &pools {
+            let Some(mut f) = p
+                .xml_desc(0)
+                .ok()
+                .and_then(|x| ferry_core::facts::read_pool(&x))
+            else {
+                continue;
+            };
+            // Transient pools Ferry opened for a directory are not the host's storage.
+            if f.name.starts_with("ferry-") {
+                continue;
+            }
+            f.active = p.is_active().unwrap_or(false);
+            if let Ok(i) = p.info() {
+                f.capacity = i.capacity;
+                f.available = i.available;
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn networks(&self, host: HostId) -> Result<Vec<String>, HvError> {
+        let h = self.host(host);
+        let nets = h
+            .conn
+            .list_all_networks(sys::VIR_CONNECT_LIST_NETWORKS_ACTIVE)
+            .map_err(|e| self.err(&h, "listing networks", e))?;
+        Ok(nets.iter().filter_map(|n| n.name().ok()).collect())
+    }
+
+    fn compare_cpu(&self, host: HostId, q: &CpuQuery) -> Result<CpuCompat, HvError> {
+        let h = self.host(host);
+        let bad = |what: &str| HvError::Libvirt {
+            host: h.uri.clone(),
+            what: "comparing the guest's CPU".into(),
+            message: format!("{what} contains a NUL byte"),
+            code: 0,
+        };
+        let cstr = |s: &Option<String>, what: &str| {
+            s.as_deref()
+                .map(|v| CString::new(v).map_err(|_| bad(what)))
+                .transpose()
+        };
+        let xml = CString::new(q.cpu_xml.as_str()).map_err(|_| bad("the CPU XML"))?;
+        let arch = cstr(&q.arch, "the arch")?;
+        let machine = cstr(&q.machine, "the machine type")?;
+        let virttype = cstr(&q.domain_type, "the domain type")?;
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: valid connection; every string is NUL-terminated and outlives the call, or
+        // null where libvirt documents null as "the default"; flags 0. virt 0.5 does not wrap
+        // virConnectCompareHypervisorCPU.
+        let r = unsafe {
+            sys::virConnectCompareHypervisorCPU(
+                h.conn.as_ptr(),
+                std::ptr::null(),
+                ptr(&arch),
+                ptr(&machine),
+                ptr(&virttype),
+                xml.as_ptr(),
+                0,
+            )
+        };
+        Ok(match r {
+            sys::VIR_CPU_COMPARE_IDENTICAL => CpuCompat::Identical,
+            sys::VIR_CPU_COMPARE_SUPERSET => CpuCompat::Superset,
+            sys::VIR_CPU_COMPARE_INCOMPATIBLE => CpuCompat::Incompatible,
+            _ => {
+                // An error: read it on this thread before anything else (and drop it: the
+                // comparison is then "not checked", not a refusal).
+                let _ = VirtError::last_error();
+                CpuCompat::NotChecked
+            }
+        })
+    }
+
+    fn canary_create(&self, host: HostId, dir: &str) -> Result<Option<String>, HvError> {
+        let h = self.host(host);
+        let Some(pool) = self.pool_for_dir(&h, dir)? else {
+            return Ok(None);
+        };
+        let name = crate::canary_name();
+        let xml = format!(
+            "<volume><name>{name}</name><capacity unit='bytes'>0</capacity>\
+             <target><format type='raw'/></target></volume>"
+        );
+        StorageVol::create_xml(&pool.pool, &xml, 0)
+            .map_err(|e| self.err(&h, format!("creating canary volume {name} in {dir}"), e))?;
+        Ok(Some(name))
+    }
+
+    fn canary_seen(&self, host: HostId, dir: &str, name: &str) -> Result<bool, HvError> {
+        let h = self.host(host);
+        let Some(pool) = self.pool_for_dir(&h, dir)? else {
+            return Ok(false);
+        };
+        Ok(pool.pool.lookup_storage_vol_by_name(name).is_ok())
+    }
+
+    fn canary_delete(&self, host: HostId, dir: &str, name: &str) -> Result<(), HvError> {
+        self.delete_volume(host, &format!("{}/{name}", dir.trim_end_matches('/')))
     }
 }
 

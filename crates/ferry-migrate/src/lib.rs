@@ -10,6 +10,7 @@ pub mod migrate;
 pub mod preflight;
 pub mod prepare;
 pub mod rollback;
+pub mod target;
 pub mod verify;
 
 use std::sync::atomic::AtomicBool;
@@ -56,6 +57,8 @@ pub enum Event {
     Job(Progress),
     /// Something done or found worth a line of its own.
     Note { message: String },
+    /// The target chosen, and every host's verdict.
+    Target(ferry_core::placement::Ranking),
 }
 
 /// Where the flow's events go (a terminal bar, JSON lines, a test's Vec).
@@ -125,11 +128,38 @@ pub enum MigrateError {
         location: GuestLocation,
         cleanup: Vec<String>,
     },
+    #[error("{}", no_target_text(.guest, .ranking))]
+    NoTarget {
+        guest: String,
+        ranking: ferry_core::placement::Ranking,
+    },
     #[error("the guest runs on the target, but verification found: {}", .problems.join("; "))]
     VerifyFailed {
         problems: Vec<String>,
         summary: Box<Summary>,
     },
+}
+
+fn no_target_text(guest: &str, r: &ferry_core::placement::Ranking) -> String {
+    let mut s = if r.hosts.len() == 1 {
+        format!(
+            "refused before anything was created or moved: {} cannot take {guest}:",
+            r.hosts[0].name
+        )
+    } else {
+        format!("no host can take {guest}:")
+    };
+    for v in &r.hosts {
+        for why in &v.reasons {
+            s.push_str(&format!(
+                "\n  - {} [{}]: {}",
+                v.name,
+                why.code.as_str(),
+                why.message
+            ));
+        }
+    }
+    s
 }
 
 fn failure_text(guest: &str, cause: &str, loc: &GuestLocation, cleanup: &[String]) -> String {

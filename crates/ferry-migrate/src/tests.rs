@@ -91,6 +91,7 @@ fn lab() -> Arc<Fake> {
             )]),
             paths: HashMap::from([("/mnt/nfs/test_img.img".to_string(), file(32 << 20, "qcow2"))]),
             dirs: HashMap::from([("/mnt/nfs".to_string(), 1 << 30)]),
+            ..Default::default()
         },
     );
     fake.add_host(
@@ -112,6 +113,7 @@ fn lab() -> Arc<Fake> {
                 ("/dev".to_string(), 0),
                 ("/srv/store".to_string(), 1 << 30),
             ]),
+            ..Default::default()
         },
     );
     fake
@@ -625,4 +627,144 @@ fn cleanup_deletes_journaled_leftovers_but_never_what_a_domain_uses() {
         .paths
         .contains_key("/srv/store/b.raw"));
     assert_eq!(journal.leftovers().unwrap().len(), 1);
+}
+
+fn dir_pool(name: &str, path: &str) -> ferry_core::facts::PoolFacts {
+    ferry_core::facts::PoolFacts {
+        name: name.into(),
+        kind: ferry_core::facts::PoolKind::Dir,
+        path: Some(path.into()),
+        source: ferry_core::facts::PoolSource::Directory,
+        active: true,
+        capacity: 2 << 30,
+        available: 1 << 30,
+    }
+}
+
+/// The seed's hosts with pools, a third host h3 that does not see the share, and h2's share
+/// and h1's one directory declared one storage (what a canary will find).
+fn pooled_lab() -> Arc<Fake> {
+    let fake = lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.pools = vec![dir_pool("shared-a", "/mnt/nfs"), dir_pool("nvme-a", "/dev")];
+    h1.dirs.insert("/dev".into(), 0);
+    fake.add_host(SRC, h1);
+    let mut h2 = fake.host_snapshot(DST);
+    h2.pools = vec![
+        dir_pool("shared-b", "/mnt/nfs_second_mount"),
+        dir_pool("store-b", "/srv/store"),
+    ];
+    fake.add_host(DST, h2);
+    fake.add_host(
+        H3,
+        FakeHost {
+            hostname: "h3".into(),
+            uuid: "u3".into(),
+            dirs: HashMap::from([("/srv/store".to_string(), 1 << 30)]),
+            pools: vec![dir_pool("store-c", "/srv/store")],
+            ..Default::default()
+        },
+    );
+    fake.same_storage(&[(SRC, "/mnt/nfs"), (DST, "/mnt/nfs_second_mount")]);
+    fake
+}
+
+const H3: &str = "qemu+tcp://h3/system";
+
+#[test]
+fn selection_derives_every_rule_ranks_hosts_and_leaves_no_canary() {
+    use crate::target::{select, HostSpec, SelectRequest};
+    let fake = pooled_lab();
+    let sel = select(
+        fake.as_ref(),
+        &SelectRequest {
+            guest: "g".into(),
+            source: HostSpec::uri(SRC),
+            candidates: vec![HostSpec::uri(H3), HostSpec::uri(DST)],
+            rules: Rules::default(),
+            inventory: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(sel.ranking.target.as_deref(), Some(DST));
+    let h3 = sel.ranking.hosts.iter().find(|v| v.name == H3).unwrap();
+    assert!(!h3.eligible);
+    assert_eq!(
+        h3.reasons[0].code,
+        ferry_core::placement::Code::SharedStore,
+        "{:?}",
+        h3.reasons
+    );
+    assert!(
+        h3.reasons[0].message.contains("disk vda"),
+        "{:?}",
+        h3.reasons
+    );
+    let (spec, derived) = sel.chosen.unwrap();
+    assert_eq!(spec.uri, DST);
+    assert_eq!(derived.rules.map[0].from, "/mnt/nfs");
+    assert_eq!(derived.rules.map[0].to, "/mnt/nfs_second_mount");
+    assert_eq!(
+        derived.rules.copy[0].to.as_deref(),
+        Some("/srv/store/g-vdb.img")
+    );
+    // Every canary created was deleted; nothing else was created or migrated.
+    let calls = fake.calls();
+    let created = calls
+        .iter()
+        .filter(|c| matches!(c, Call::CanaryCreate { .. }))
+        .count();
+    let deleted = calls
+        .iter()
+        .filter(|c| matches!(c, Call::CanaryDelete { .. }))
+        .count();
+    assert!(created > 0);
+    assert_eq!(created, deleted, "{calls:?}");
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::CreateVolume { .. } | Call::Migrate { .. })));
+    // The derived rules drive the flow to a verified migration.
+    let mut req = request("vdb");
+    req.rules = derived.rules;
+    let (r, _, _) = go(&fake, &req);
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+}
+
+#[test]
+fn selection_refuses_an_unknown_disk_and_a_copy_onto_the_shared_disk() {
+    use crate::target::{select, HostSpec, SelectRequest};
+    let fake = pooled_lab();
+    let sel = |rules: Rules| {
+        select(
+            fake.as_ref(),
+            &SelectRequest {
+                guest: "g".into(),
+                source: HostSpec::uri(SRC),
+                candidates: vec![HostSpec::uri(DST)],
+                rules,
+                inventory: None,
+            },
+        )
+    };
+    let unknown = Rules {
+        copy: vec!["vdz=/srv/store/z.img".parse().unwrap()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        sel(unknown),
+        Err(MigrateError::Plan {
+            source: ferry_core::PlanError::CopyUnknownDisk { .. },
+            ..
+        })
+    ));
+    let onto_itself = Rules {
+        copy: vec!["vda=/mnt/nfs_second_mount/test_img.img".parse().unwrap()],
+        ..Default::default()
+    };
+    let s = sel(onto_itself).unwrap();
+    assert_eq!(s.ranking.target, None);
+    assert_eq!(
+        s.ranking.hosts[0].reasons[0].code,
+        ferry_core::placement::Code::CopyOntoSource
+    );
 }

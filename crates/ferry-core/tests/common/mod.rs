@@ -8,11 +8,10 @@ use ferry_core::domain::{self, Domain};
 use ferry_core::plan::DomainRewrite;
 use ferry_core::rewrite::Applied;
 
-/// The shared corpus of real domain XML written by others (`../shared/corpus/` from the
-/// project root; CI has it too).
+/// The corpus of real domain XML written by others, kept in the repository
+/// (`tests/corpus/`, with its origin and licence in the README there).
 pub fn corpus() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/corpus/virt-manager-domains");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/virt-manager-domains");
     let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("the corpus is missing at {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -1,0 +1,154 @@
+//! `ferry hosts`: every inventory host, read concurrently.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ferry_core::plan::human_bytes;
+use ferry_core::storage::pool_holding;
+use ferry_migrate::target::{self, Gathered, HostSpec};
+
+use crate::args::HostsArgs;
+
+fn version(v: u64) -> String {
+    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
+/// The inventory's shared stores this host sees: an active pool of the host holds the path.
+fn stores_seen(inv: &ferry_core::inventory::Inventory, g: &Gathered) -> Vec<String> {
+    inv.shared_stores
+        .iter()
+        .filter(|s| {
+            s.paths
+                .get(&g.spec.name)
+                .is_some_and(|p| pool_holding(&g.report.pools, p).is_some())
+        })
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
+    let inv = a.inventory.load()?.context(
+        "ferry hosts lists the inventory's hosts: give one with --inventory FILE (or \
+         FERRY_INVENTORY, or /etc/ferry/inventory.toml); see examples/inventory.toml",
+    )?;
+    let specs: Vec<HostSpec> = inv.hosts.iter().map(HostSpec::from_entry).collect();
+    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let t = std::time::Instant::now();
+    let all = target::gather(&hv, &specs);
+    let total_ms = t.elapsed().as_millis() as u64;
+    let unreachable = all.iter().filter(|g| !g.report.reachable()).count();
+    if a.json {
+        let hosts: Vec<serde_json::Value> = all
+            .iter()
+            .map(|g| {
+                let mut v = serde_json::to_value(g).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("name".into(), g.spec.name.clone().into());
+                    o.insert("uri".into(), g.spec.uri.clone().into());
+                    o.insert("reachable".into(), g.report.reachable().into());
+                    o.insert("shared_stores_seen".into(), stores_seen(&inv, g).into());
+                    o.insert(
+                        "migrations".into(),
+                        g.report
+                            .migrations()
+                            .map(|m| m.name.clone())
+                            .collect::<Vec<_>>()
+                            .into(),
+                    );
+                }
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"hosts": hosts, "total_ms": total_ms})
+        );
+    } else {
+        for g in &all {
+            let s = &g.spec;
+            let Some(f) = &g.report.facts else {
+                println!(
+                    "{}  {}  UNREACHABLE: {}",
+                    s.name,
+                    s.uri,
+                    g.report.error.as_deref().unwrap_or("no answer")
+                );
+                continue;
+            };
+            println!(
+                "{}  {}  {}{}",
+                s.name,
+                s.uri,
+                f.hostname,
+                if s.state == ferry_core::inventory::HostState::Draining {
+                    "  [draining]"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "    uuid {}  libvirt {}  QEMU {}  {} {}",
+                f.uuid.as_deref().unwrap_or("?"),
+                version(f.libvirt_version),
+                version(f.qemu_version),
+                f.arch,
+                f.cpu_model.as_deref().unwrap_or("")
+            );
+            let running: Vec<_> = g.report.guests.iter().filter(|x| x.active).collect();
+            println!(
+                "    memory {} free of {} (reserve {}); {} running guest(s){}",
+                human_bytes(f.memory_free),
+                human_bytes(f.memory_total),
+                human_bytes(s.reserve_memory),
+                running.len(),
+                if running.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        running
+                            .iter()
+                            .map(|x| format!("{} ({})", x.name, human_bytes(x.memory)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+            for p in &g.report.pools {
+                println!(
+                    "    pool {} ({}{}){}: {} free",
+                    p.name,
+                    p.kind.as_str(),
+                    p.path
+                        .as_deref()
+                        .map(|x| format!(" {x}"))
+                        .unwrap_or_default(),
+                    if p.active { "" } else { " inactive" },
+                    human_bytes(p.available)
+                );
+            }
+            let seen = stores_seen(&inv, g);
+            if !seen.is_empty() {
+                println!("    shared stores seen: {}", seen.join(", "));
+            }
+            let migrations: Vec<_> = g.report.migrations().map(|m| m.name.as_str()).collect();
+            if !migrations.is_empty() {
+                println!("    migrations running: {}", migrations.join(", "));
+            }
+            if !g.report.networks.is_empty() {
+                println!("    networks: {}", g.report.networks.join(", "));
+            }
+        }
+        println!(
+            "{} host(s), {} unreachable; read in {} ms (concurrently)",
+            all.len(),
+            unreachable,
+            total_ms
+        );
+    }
+    Ok(if unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,334 @@
+//! The inventory: which hosts Ferry may use, and what it cannot learn from libvirt.
+//!
+//! A TOML file (`--inventory FILE`, `FERRY_INVENTORY`, or `/etc/ferry/inventory.toml`). The
+//! minimal form lists hosts by name and libvirt URI; everything else is optional:
+//!
+//! ```toml
+//! [[host]]
+//! name = "h1"
+//! uri = "qemu+ssh://h1.example/system"
+//! state = "active"              # or "draining": never chosen as a target
+//! reserve_memory = "2GiB"       # kept free for the host itself
+//! migration_address = "10.0.0.1" # the migration and disk streams go there
+//! labels = ["rack-a"]
+//!
+//! [[host.local_store]]          # where copies of local disks may be created on this host
+//! pool = "nvme-lvm"             # a libvirt pool (dir, fs, logical)
+//!
+//! [[shared_store]]              # storage every listed host sees, each under its own path
+//! name = "nfs"
+//! paths = { h1 = "/mnt/nfs", h2 = "/mnt/nfs_second_mount" }
+//! ```
+//!
+//! Shared and local stores are only needed where libvirt's storage pools do not already say it:
+//! Ferry reads every host's pools and decides shared or local from them (see
+//! [`crate::storage`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{MapRule, Origin};
+
+/// Why an inventory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("the inventory is not valid TOML for Ferry's inventory")]
+    Toml(#[source] toml::de::Error),
+    #[error("host {0:?} is listed twice in the inventory")]
+    DuplicateName(String),
+    #[error("the inventory lists {uri} twice (hosts {a} and {b})")]
+    DuplicateUri { uri: String, a: String, b: String },
+    #[error("host {0:?}: a host name is letters, digits, '-', '_' and '.'")]
+    BadName(String),
+    #[error("shared store {store:?} names host {host:?}, which is not in the inventory")]
+    UnknownHost { store: String, host: String },
+    #[error("shared store {store:?}: path {path:?} of host {host} must be absolute")]
+    RelativePath {
+        store: String,
+        host: String,
+        path: String,
+    },
+    #[error("the inventory has no [[host]]: list each host with name and uri")]
+    Empty,
+}
+
+/// A byte count, written as a number or with a unit: `2147483648`, `"2GiB"`, `"512 MiB"`,
+/// `"1.5G"` (K, M, G, T are powers of 1024, as in libvirt).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Bytes(pub u64);
+
+impl std::str::FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 2GiB, 512MiB, 1073741824)"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return Err(format!("{s:?}: unknown unit (use KiB, MiB, GiB or TiB)")),
+        };
+        Ok(Bytes((n * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Bytes(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Whether Ferry may move guests to a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    #[default]
+    Active,
+    /// Being emptied: never chosen as a target.
+    Draining,
+}
+
+/// A place on a host where Ferry creates the copies of local disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalStore {
+    /// A libvirt storage pool on that host (dir, fs or logical).
+    pub pool: String,
+}
+
+/// One host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub uri: String,
+    #[serde(default)]
+    pub state: HostState,
+    #[serde(default)]
+    pub reserve_memory: Bytes,
+    /// An address of this host for the migration streams (`--migrate-uri tcp://ADDR`,
+    /// `--disks-uri tcp://ADDR`) when it is the target.
+    #[serde(default)]
+    pub migration_address: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default, rename = "local_store")]
+    pub local_stores: Vec<LocalStore>,
+}
+
+/// Storage several hosts see, each under its own path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedStore {
+    pub name: String,
+    /// Host name → the path (a directory prefix, or a device path) it sees the store under.
+    pub paths: BTreeMap<String, String>,
+}
+
+/// The hosts Ferry may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostEntry>,
+    #[serde(default, rename = "shared_store")]
+    pub shared_stores: Vec<SharedStore>,
+}
+
+impl Inventory {
+    /// Read an inventory's text and check it.
+    pub fn from_toml(text: &str) -> Result<Self, InventoryError> {
+        let inv: Inventory = toml::from_str(text).map_err(InventoryError::Toml)?;
+        inv.check()?;
+        Ok(inv)
+    }
+
+    fn check(&self) -> Result<(), InventoryError> {
+        if self.hosts.is_empty() {
+            return Err(InventoryError::Empty);
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.name.is_empty()
+                || !h
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(InventoryError::BadName(h.name.clone()));
+            }
+            if let Some(o) = self.hosts[..i].iter().find(|o| o.name == h.name) {
+                return Err(InventoryError::DuplicateName(o.name.clone()));
+            }
+            if let Some(o) = self.hosts[..i].iter().find(|o| o.uri == h.uri) {
+                return Err(InventoryError::DuplicateUri {
+                    uri: h.uri.clone(),
+                    a: o.name.clone(),
+                    b: h.name.clone(),
+                });
+            }
+        }
+        for s in &self.shared_stores {
+            for (host, path) in &s.paths {
+                if self.host(host).is_none() {
+                    return Err(InventoryError::UnknownHost {
+                        store: s.name.clone(),
+                        host: host.clone(),
+                    });
+                }
+                if !path.starts_with('/') {
+                    return Err(InventoryError::RelativePath {
+                        store: s.name.clone(),
+                        host: host.clone(),
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host with this name.
+    pub fn host(&self, name: &str) -> Option<&HostEntry> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The host named `name_or_uri`, or listed with that URI.
+    pub fn resolve(&self, name_or_uri: &str) -> Option<&HostEntry> {
+        self.host(name_or_uri)
+            .or_else(|| self.hosts.iter().find(|h| h.uri == name_or_uri))
+    }
+
+    /// The map rules the shared stores give for a migration from host `from` to host `to`
+    /// (names): each store both hosts list maps the source's path to the target's.
+    pub fn store_maps(&self, from: &str, to: &str) -> Vec<MapRule> {
+        self.shared_stores
+            .iter()
+            .filter_map(|s| {
+                let (a, b) = (s.paths.get(from)?, s.paths.get(to)?);
+                Some(MapRule {
+                    from: a.clone(),
+                    to: b.clone(),
+                    origin: Origin::Inventory {
+                        store: s.name.clone(),
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::plan::human_bytes(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_and_without_units() {
+        assert_eq!("2GiB".parse::<Bytes>().unwrap(), Bytes(2 << 30));
+        assert_eq!("512 MiB".parse::<Bytes>().unwrap(), Bytes(512 << 20));
+        assert_eq!("1.5G".parse::<Bytes>().unwrap(), Bytes(3 << 29));
+        assert_eq!("4096".parse::<Bytes>().unwrap(), Bytes(4096));
+        assert!("2 parsecs".parse::<Bytes>().is_err());
+        assert!("GiB".parse::<Bytes>().is_err());
+    }
+
+    #[test]
+    fn the_minimal_inventory_is_a_list_of_hosts() {
+        let inv = Inventory::from_toml(
+            "[[host]]\nname = \"h1\"\nuri = \"qemu:///system\"\n\
+             [[host]]\nname = \"h2\"\nuri = \"qemu+ssh://h2/system\"\n",
+        )
+        .unwrap();
+        assert_eq!(inv.hosts.len(), 2);
+        assert_eq!(inv.hosts[1].state, HostState::Active);
+        assert_eq!(inv.hosts[1].reserve_memory, Bytes(0));
+        assert_eq!(inv.resolve("h2").unwrap().uri, "qemu+ssh://h2/system");
+        assert_eq!(inv.resolve("qemu+ssh://h2/system").unwrap().name, "h2");
+        assert!(inv.resolve("h3").is_none());
+    }
+
+    #[test]
+    fn mistakes_are_errors_that_say_what_is_wrong() {
+        let dup = "[[host]]\nname = \"a\"\nuri = \"u1\"\n[[host]]\nname = \"a\"\nuri = \"u2\"\n";
+        assert!(matches!(
+            Inventory::from_toml(dup),
+            Err(InventoryError::DuplicateName(_))
+        ));
+        let dup_uri = "[[host]]\nname = \"a\"\nuri = \"u\"\n[[host]]\nname = \"b\"\nuri = \"u\"\n";
+        assert!(matches!(
+            Inventory::from_toml(dup_uri),
+            Err(InventoryError::DuplicateUri { .. })
+        ));
+        // A typo in a key is not silently ignored.
+        let typo = "[[host]]\nname = \"a\"\nuri = \"u\"\nreserve_mem = \"1GiB\"\n";
+        let e = Inventory::from_toml(typo).unwrap_err();
+        assert!(format!("{:?}", e).contains("reserve_mem"), "{e:?}");
+        let store = "[[host]]\nname = \"a\"\nuri = \"u\"\n[[shared_store]]\nname = \"s\"\n\
+                     paths = { a = \"/x\", b = \"/y\" }\n";
+        assert!(matches!(
+            Inventory::from_toml(store),
+            Err(InventoryError::UnknownHost { .. })
+        ));
+        assert!(matches!(
+            Inventory::from_toml(""),
+            Err(InventoryError::Empty)
+        ));
+        assert!(matches!(
+            Inventory::from_toml("[[host]]\nname = \"a b\"\nuri = \"u\"\n"),
+            Err(InventoryError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn shared_stores_give_maps_between_the_two_hosts_only() {
+        let inv = Inventory::from_toml(
+            "[[host]]\nname = \"h1\"\nuri = \"u1\"\n[[host]]\nname = \"h2\"\nuri = \"u2\"\n\
+             [[host]]\nname = \"h3\"\nuri = \"u3\"\n\
+             [[shared_store]]\nname = \"nfs\"\npaths = { h1 = \"/mnt/nfs\", h2 = \"/mnt/b\" }\n",
+        )
+        .unwrap();
+        let m = inv.store_maps("h1", "h2");
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].from.as_str(), m[0].to.as_str()),
+            ("/mnt/nfs", "/mnt/b")
+        );
+        assert!(inv.store_maps("h1", "h3").is_empty());
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../../examples/inventory.toml");
+        let inv = Inventory::from_toml(text).unwrap();
+        assert!(inv.hosts.len() >= 3);
+        assert!(inv.hosts.iter().any(|h| h.state == HostState::Draining));
+        assert!(inv.hosts.iter().any(|h| h.reserve_memory.0 > 0));
+        assert!(!inv.shared_stores.is_empty());
+        assert!(inv.hosts.iter().any(|h| !h.local_stores.is_empty()));
+    }
+}

@@ -1,0 +1,386 @@
+//! Identify the target: gather every host's facts (concurrently), probe storage identity with
+//! canaries, then let the core decide — the rules for each disk ([`ferry_core::storage`]) and
+//! the ranking of hosts ([`ferry_core::placement`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use ferry_core::domain::{self, Domain};
+use ferry_core::facts::{Canary, CpuCompat, HostReport};
+use ferry_core::inventory::{HostEntry, HostState, Inventory};
+use ferry_core::placement::{self, Candidate, GuestNeeds, Ranking};
+use ferry_core::storage::{self, Derived, DiskBytes, StorageFacts};
+use ferry_core::{PlanError, Rules};
+use ferry_hypervisor::{CpuQuery, HostId, HvError, Hypervisor};
+use serde::Serialize;
+
+use crate::MigrateError;
+
+/// A host as the operator named it: from the inventory, or a bare URI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostSpec {
+    pub name: String,
+    pub uri: String,
+    pub state: HostState,
+    pub reserve_memory: u64,
+    pub migration_address: Option<String>,
+    /// Pools the inventory names as this host's local stores.
+    pub local_stores: Vec<String>,
+}
+
+impl HostSpec {
+    /// A host known only by its URI.
+    pub fn uri(uri: &str) -> Self {
+        HostSpec {
+            name: uri.to_string(),
+            uri: uri.to_string(),
+            state: HostState::Active,
+            reserve_memory: 0,
+            migration_address: None,
+            local_stores: vec![],
+        }
+    }
+
+    pub fn from_entry(e: &HostEntry) -> Self {
+        HostSpec {
+            name: e.name.clone(),
+            uri: e.uri.clone(),
+            state: e.state,
+            reserve_memory: e.reserve_memory.0,
+            migration_address: e.migration_address.clone(),
+            local_stores: e.local_stores.iter().map(|s| s.pool.clone()).collect(),
+        }
+    }
+
+    /// The inventory's host named (or with the URI) `name_or_uri`, or a bare URI.
+    pub fn resolve(inv: Option<&Inventory>, name_or_uri: &str) -> Self {
+        inv.and_then(|i| i.resolve(name_or_uri))
+            .map(Self::from_entry)
+            .unwrap_or_else(|| Self::uri(name_or_uri))
+    }
+}
+
+/// A host, connected or not, and what it said.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gathered {
+    pub spec: HostSpec,
+    #[serde(skip)]
+    pub id: Option<HostId>,
+    pub report: HostReport,
+    /// How long this host took to answer.
+    pub took_ms: u64,
+}
+
+/// Connect to every host at once and read its facts: the whole takes about as long as the
+/// slowest host. A host that cannot be read is reported with its error, not dropped.
+pub fn gather(hv: &dyn Hypervisor, specs: &[HostSpec]) -> Vec<Gathered> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|spec| s.spawn(move || gather_one(hv, spec)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(specs)
+            .map(|(h, spec)| {
+                h.join().unwrap_or_else(|_| Gathered {
+                    spec: spec.clone(),
+                    id: None,
+                    report: HostReport {
+                        error: Some("reading the host's facts failed (thread panicked)".into()),
+                        ..Default::default()
+                    },
+                    took_ms: 0,
+                })
+            })
+            .collect()
+    })
+}
+
+fn gather_one(hv: &dyn Hypervisor, spec: &HostSpec) -> Gathered {
+    let t = Instant::now();
+    let read = || -> Result<(HostId, HostReport), HvError> {
+        let id = hv.connect(&spec.uri)?;
+        Ok((
+            id,
+            HostReport {
+                facts: Some(hv.host_facts(id)?),
+                error: None,
+                guests: hv.guests(id)?,
+                pools: hv.pools(id)?,
+                networks: hv.networks(id)?,
+            },
+        ))
+    };
+    let (id, report) = match read() {
+        Ok((id, r)) => (Some(id), r),
+        Err(e) => (
+            None,
+            HostReport {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        ),
+    };
+    Gathered {
+        spec: spec.clone(),
+        id,
+        report,
+        took_ms: t.elapsed().as_millis() as u64,
+    }
+}
+
+/// What to choose a target for.
+#[derive(Debug, Clone)]
+pub struct SelectRequest<'a> {
+    pub guest: String,
+    pub source: HostSpec,
+    /// Every host that may be the target (with an explicit `--to`, just that one).
+    pub candidates: Vec<HostSpec>,
+    /// The operator's rules: they override whatever identity says.
+    pub rules: Rules,
+    pub inventory: Option<&'a Inventory>,
+}
+
+/// The outcome: every host's verdict, and for the chosen one the rules to migrate with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    pub ranking: Ranking,
+    /// The chosen host and the rules (operator's + derived) for it.
+    #[serde(skip)]
+    pub chosen: Option<(HostSpec, Derived)>,
+    /// Canaries created and looked for (all deleted again).
+    pub canaries: Vec<Canary>,
+    /// Milliseconds gathering every host's facts took, and the slowest single host.
+    pub gather_ms: u64,
+    pub slowest_host_ms: u64,
+    pub warnings: Vec<String>,
+    /// The guest's live and persistent migratable XML, as read from the source.
+    #[serde(skip)]
+    pub live_xml: String,
+    #[serde(skip)]
+    pub inactive_xml: Option<String>,
+}
+
+/// Gather, probe, decide.
+pub fn select(hv: &dyn Hypervisor, req: &SelectRequest) -> Result<Selection, MigrateError> {
+    let t = Instant::now();
+    let mut specs = vec![req.source.clone()];
+    specs.extend(req.candidates.iter().cloned());
+    let all = gather(hv, &specs);
+    let gather_ms = t.elapsed().as_millis() as u64;
+    let slowest_host_ms = all.iter().map(|g| g.took_ms).max().unwrap_or(0);
+    let (src, cands) = all.split_first().expect("the source is gathered first");
+    let Some(src_id) = src.id else {
+        return Err(MigrateError::Host(HvError::Connect {
+            uri: src.spec.uri.clone(),
+            message: src.report.error.clone().unwrap_or_default(),
+        }));
+    };
+    if hv.domain_state(src_id, &req.guest)?.is_none() {
+        return Err(MigrateError::Host(HvError::NoDomain {
+            host: src.spec.uri.clone(),
+            name: req.guest.clone(),
+        }));
+    }
+    let live = hv.domain_xml(src_id, &req.guest, false)?;
+    let dom = domain::parse(&live).map_err(|source| MigrateError::Plan {
+        guest: req.guest.clone(),
+        source: PlanError::Domain {
+            which: "live",
+            source,
+        },
+    })?;
+    if let Some(p) = dom.passthrough.first() {
+        return Err(MigrateError::Plan {
+            guest: req.guest.clone(),
+            source: PlanError::Passthrough {
+                device: p.to_string(),
+            },
+        });
+    }
+    if let Some(c) = req
+        .rules
+        .copy
+        .iter()
+        .find(|c| !dom.disks.iter().any(|d| d.target == c.disk))
+    {
+        return Err(MigrateError::Plan {
+            guest: req.guest.clone(),
+            source: PlanError::CopyUnknownDisk {
+                disk: c.disk.clone(),
+                known: dom
+                    .disks
+                    .iter()
+                    .map(|d| d.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        });
+    }
+    let disk_bytes = disk_bytes(hv, src_id, &req.guest, &dom);
+
+    // Canaries on every reachable candidate; which source pools some host shares.
+    let mut canaries: BTreeMap<usize, Vec<Canary>> = BTreeMap::new();
+    let mut warnings = vec![];
+    for (i, c) in cands.iter().enumerate() {
+        let Some(dst_id) = c.id else { continue };
+        let mut rules = req.rules.clone();
+        if let Some(inv) = req.inventory {
+            rules
+                .map
+                .extend(inv.store_maps(&src.spec.name, &c.spec.name));
+        }
+        let pairs = storage::canary_pairs(&dom, &rules, &src.report.pools, &c.report.pools);
+        canaries.insert(i, probe(hv, src_id, dst_id, &pairs, &mut warnings));
+    }
+    let shared_elsewhere: BTreeSet<String> = src
+        .report
+        .pools
+        .iter()
+        .filter(|p| {
+            canaries
+                .values()
+                .flatten()
+                .any(|k| k.seen && Some(&k.src_dir) == p.path.as_ref())
+        })
+        .map(|p| p.name.clone())
+        .collect();
+
+    let guest = GuestNeeds::of(&dom);
+    let cpu_query = cpu_query(
+        &dom,
+        src.report.facts.as_ref().and_then(|f| f.cpu_xml.clone()),
+    );
+    let mut derived: Vec<Derived> = vec![];
+    let mut cpus = vec![];
+    for (i, c) in cands.iter().enumerate() {
+        let probes = canaries.get(&i).map(Vec::as_slice).unwrap_or(&[]);
+        let inv_maps = req
+            .inventory
+            .map(|inv| inv.store_maps(&src.spec.name, &c.spec.name))
+            .unwrap_or_default();
+        let mut d = storage::derive(
+            &dom,
+            &req.rules,
+            &inv_maps,
+            &StorageFacts {
+                source_name: &src.spec.name,
+                target_name: &c.spec.name,
+                source_pools: &src.report.pools,
+                target_pools: &c.report.pools,
+                canaries: probes,
+                shared_elsewhere: &shared_elsewhere,
+                local_stores: &c.spec.local_stores,
+            },
+            &disk_bytes,
+        );
+        d.problems
+            .extend(storage::check_rules(&dom, &d.rules, probes));
+        derived.push(d);
+        cpus.push(match (c.id, &cpu_query) {
+            (Some(id), Some(q)) => hv.compare_cpu(id, q).unwrap_or(CpuCompat::NotChecked),
+            _ => CpuCompat::NotChecked,
+        });
+    }
+    let candidates: Vec<Candidate> = cands
+        .iter()
+        .zip(&derived)
+        .zip(&cpus)
+        .map(|((c, d), cpu)| Candidate {
+            name: &c.spec.name,
+            uri: &c.spec.uri,
+            state: c.spec.state,
+            reserve_memory: c.spec.reserve_memory,
+            report: &c.report,
+            cpu: *cpu,
+            storage: &d.problems,
+            copy_bytes: d.copy_bytes,
+        })
+        .collect();
+    let ranking = placement::rank(&guest, &src.report, &candidates);
+    let chosen = ranking.target.as_ref().and_then(|t| {
+        cands
+            .iter()
+            .position(|c| &c.spec.name == t)
+            .map(|i| (cands[i].spec.clone(), derived[i].clone()))
+    });
+    Ok(Selection {
+        ranking,
+        chosen,
+        canaries: canaries.into_values().flatten().collect(),
+        gather_ms,
+        slowest_host_ms,
+        warnings,
+        inactive_xml: hv.domain_xml(src_id, &req.guest, true).ok(),
+        live_xml: live,
+    })
+}
+
+/// Bytes a copy of each disk needs: a block device's whole size, a file's allocation.
+fn disk_bytes(hv: &dyn Hypervisor, src: HostId, guest: &str, dom: &Domain) -> DiskBytes {
+    dom.disks
+        .iter()
+        .filter(|d| d.path().is_some())
+        .filter_map(|d| {
+            let s = hv.disk_size(src, guest, &d.target).ok()?;
+            let block = d.disk_type == ferry_core::DiskType::Block;
+            Some((
+                d.target.clone(),
+                if block {
+                    s.capacity
+                } else {
+                    s.allocation.max(s.capacity.min(1))
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The CPU the target must provide: the guest's `<cpu>`, or for host-passthrough and
+/// host-model guests the source host's CPU.
+fn cpu_query(dom: &Domain, source_cpu: Option<String>) -> Option<CpuQuery> {
+    let xml = match dom.cpu_mode.as_deref() {
+        Some("host-passthrough") | Some("host-model") | Some("maximum") => source_cpu?,
+        _ => dom.cpu_xml.clone()?,
+    };
+    Some(CpuQuery {
+        cpu_xml: xml,
+        arch: dom.arch.clone(),
+        machine: dom.machine.clone(),
+        domain_type: dom.domain_type.clone(),
+    })
+}
+
+/// Run the canaries: one per target directory, looked for in each source directory paired
+/// with it, then deleted — whatever happened in between.
+fn probe(
+    hv: &dyn Hypervisor,
+    src: HostId,
+    dst: HostId,
+    pairs: &[(String, String)],
+    warnings: &mut Vec<String>,
+) -> Vec<Canary> {
+    let mut out = vec![];
+    let dst_dirs: BTreeSet<&str> = pairs.iter().map(|(_, d)| d.as_str()).collect();
+    for dd in dst_dirs {
+        let Ok(Some(name)) = hv.canary_create(dst, dd) else {
+            continue;
+        };
+        for (sd, _) in pairs.iter().filter(|(_, d)| d == dd) {
+            if let Ok(seen) = hv.canary_seen(src, sd, &name) {
+                out.push(Canary {
+                    src_dir: sd.clone(),
+                    dst_dir: dd.to_string(),
+                    name: name.clone(),
+                    seen,
+                });
+            }
+        }
+        // A canary left behind is an empty file: worth a warning, not a failure.
+        if let Err(e) = hv.canary_delete(dst, dd, &name) {
+            warnings.push(format!("could not delete canary {dd}/{name}: {e}"));
+        }
+    }
+    out
+}
