@@ -135,7 +135,12 @@ pub fn canary_pairs(
     target_pools: &[PoolFacts],
 ) -> Vec<(String, String)> {
     let mut pairs = BTreeSet::new();
-    let dir_pool = |p: &&PoolFacts| p.active && p.source == PoolSource::Directory;
+    // A directory of device nodes gets no canary: Ferry creates no file under /dev.
+    let dir_pool = |p: &&PoolFacts| {
+        p.active
+            && p.source == PoolSource::Directory
+            && !p.path.as_deref().is_some_and(|x| x.starts_with("/dev/"))
+    };
     let src_pool_dirs: BTreeSet<&str> = dom
         .disks
         .iter()
@@ -371,24 +376,9 @@ pub fn derive(
             continue;
         }
         let need = disk_bytes.get(&d.target).copied().unwrap_or(0);
-        let store = room.iter_mut().find(|(i, free)| {
-            let p = &f.target_pools[*i];
-            let allowed = if f.local_stores.is_empty() {
-                p.creates_volumes()
-                    && p.active
-                    && !p
-                        .path
-                        .as_deref()
-                        .is_some_and(|x| x.starts_with("/dev/") && p.kind != PoolKind::Logical)
-                    && !f
-                        .source_pools
-                        .iter()
-                        .any(|s| same_storage(s, p, f.canaries).is_some())
-            } else {
-                f.local_stores.contains(&p.name) && p.active
-            };
-            allowed && *free >= need
-        });
+        let store = room
+            .iter_mut()
+            .find(|(i, free)| is_local_store(f, &f.target_pools[*i]) && *free >= need);
         let Some((i, free)) = store else {
             out.problems.push(StorageProblem {
                 code: Code::LocalRoom,
@@ -448,17 +438,28 @@ fn describe(p: &PoolFacts) -> String {
     }
 }
 
+/// Whether copies may be created in target pool `p`: a pool the inventory names as a local
+/// store; without such names, any active pool that creates volumes, is not a directory of
+/// device nodes, and is not the same storage as one of the source's pools.
+fn is_local_store(f: &StorageFacts, p: &PoolFacts) -> bool {
+    if !f.local_stores.is_empty() {
+        return p.active && f.local_stores.contains(&p.name);
+    }
+    p.active
+        && p.creates_volumes()
+        && !(p.kind != PoolKind::Logical
+            && p.path.as_deref().is_some_and(|x| x.starts_with("/dev/")))
+        && !f
+            .source_pools
+            .iter()
+            .any(|s| same_storage(s, p, f.canaries).is_some())
+}
+
 fn local_store_list(f: &StorageFacts) -> String {
     let list: Vec<String> = f
         .target_pools
         .iter()
-        .filter(|p| {
-            if f.local_stores.is_empty() {
-                p.creates_volumes()
-            } else {
-                f.local_stores.contains(&p.name)
-            }
-        })
+        .filter(|p| is_local_store(f, p))
         .map(|p| {
             format!(
                 "{} ({} free)",
@@ -577,8 +578,20 @@ mod tests {
 
     #[test]
     fn the_seed_needs_no_rule_a_canary_maps_vda_and_vdb_goes_to_the_local_store() {
-        let d = World::seed().derive(&Rules::default());
+        let w = World::seed();
+        let d = w.derive(&Rules::default());
         assert!(d.problems.is_empty(), "{:?}", d.problems);
+        // The canaries asked for: the shared pool's directory against each target directory
+        // pool; none for the directory of device nodes.
+        let dom = domain::parse(GUEST).unwrap();
+        let pairs = canary_pairs(&dom, &Rules::default(), &w.src, &w.dst);
+        assert_eq!(
+            pairs,
+            vec![
+                ("/mnt/nfs".to_string(), "/mnt/nfs_second_mount".to_string()),
+                ("/mnt/nfs".to_string(), "/srv/store".to_string())
+            ]
+        );
         assert_eq!(d.rules.map.len(), 1);
         assert_eq!(d.rules.map[0].from, "/mnt/nfs");
         assert_eq!(d.rules.map[0].to, "/mnt/nfs_second_mount");
