@@ -222,7 +222,7 @@ fn three_hosts_ranked_by_storage_identity_draining_skipped_zero_config_migration
         .lines()
         .rev()
         .find(|l| l.contains("\"event\":\"result\""))
-        .map(|l| json(l))
+        .map(json)
         .unwrap();
     assert_eq!(result["outcome"], "migrated", "{result}");
     assert_eq!(result["summary"]["to"], H3);
