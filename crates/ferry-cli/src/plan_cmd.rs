@@ -76,11 +76,16 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let options = crate::target_cmd::with_address(a.migration.options(), target);
+    // A hook makes its volume only when the migration runs: the plan shows a placeholder.
+    let mut rules = derived.rules.clone();
+    rules
+        .copy
+        .extend(derived.hooked.iter().map(|h| h.placeholder(guest)));
     let plan = ferry_core::plan(
         &sel.live_xml,
         sel.inactive_xml.as_deref(),
         &target.uri,
-        &derived.rules,
+        &rules,
         &options,
     )?;
     output(a, &plan, Some(&req.source.uri), Some(&sel))?;

@@ -335,3 +335,78 @@ fn identity_refuses_a_copy_onto_the_source_disk_a_map_onto_another_file_and_a_fu
     drop(lab);
     assert_lab_gone();
 }
+
+#[test]
+fn a_hook_hands_out_an_nvme_namespace_takes_it_back_after_a_failure_and_the_copy_lands_on_it() {
+    let the_lab = Lab::up(&[]);
+    let hook = root().join("lab/nvme-hook");
+    let store = format!(
+        "[[host.local_store]]\nhook = [\"{}\"]\nname = \"lab-nvme\"\ntimeout = 30",
+        hook.canonicalize().unwrap().display()
+    );
+    let inv = inventory("hook.toml", &[("h2", &store)]);
+    let ns = "/dev/ferry-lab/ns-lab-guest-vdb";
+    let on_h2 = |args: &[&str]| {
+        let mut a = vec!["shell", "h2"];
+        a.extend_from_slice(args);
+        lab(&a)
+    };
+    let migrate = |extra: &[&str]| {
+        let mut a = vec![
+            "migrate",
+            GUEST,
+            "--from",
+            "h1",
+            "--to",
+            "h2",
+            "--inventory",
+            &inv,
+            "--unsafe",
+            "--journal",
+            JOURNAL,
+        ];
+        a.extend_from_slice(extra);
+        ferry(&a)
+    };
+
+    // A migration that fails (aborted by --timeout mid-copy): the namespace goes back.
+    let (code, out, err) = migrate(&["--bandwidth", "1", "--timeout", "4"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("hook lab-nvme created /dev/ferry-lab/ns-lab-guest-vdb (67108864 bytes)"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("deleted {ns}")), "{err}");
+    assert!(
+        !on_h2(&["test", "-e", ns]).0,
+        "the namespace is still there"
+    );
+    assert!(!Path::new(&format!("{DIR}/h2/ns-lab-guest-vdb.img")).exists());
+    let (_, loops, _) = run(std::process::Command::new("losetup").args(["-l", "-n"]));
+    assert!(!loops.contains("ns-lab-guest-vdb"), "{loops}");
+    assert_eq!(domstate(H1), "running");
+    assert_eq!(domstate(H2), "");
+
+    // No --map, no --copy: vda shared by canary, vdb copied onto a namespace the hook makes.
+    let (code, out, err) = migrate(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("hook lab-nvme created"), "{err}");
+    let (ok, size, e) = on_h2(&["blockdev", "--getsize64", ns]);
+    assert!(ok, "{e}");
+    assert_eq!(
+        size.trim(),
+        (64u64 << 20).to_string(),
+        "exactly the disk's size"
+    );
+    let v = the_lab.verify_guest("h2");
+    assert!(
+        v.contains("vda is /mnt/nfs_second_mount/test_img.img"),
+        "{v}"
+    );
+    assert!(
+        v.contains(&format!("ok vdb {ns}: static region intact")),
+        "{v}"
+    );
+    drop(the_lab);
+    assert_lab_gone();
+}

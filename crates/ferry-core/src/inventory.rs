@@ -52,6 +52,11 @@ pub enum InventoryError {
     },
     #[error("the inventory has no [[host]]: list each host with name and uri")]
     Empty,
+    #[error(
+        "host {0}: each [[host.local_store]] has either pool = \"POOL\" or hook = [\"COMMAND\", \
+         ...], not both or neither"
+    )]
+    StoreKind(String),
 }
 
 /// A byte count, written as a number or with a unit: `2147483648`, `"2GiB"`, `"512 MiB"`,
@@ -108,12 +113,69 @@ pub enum HostState {
     Draining,
 }
 
-/// A place on a host where Ferry creates the copies of local disks.
+/// A place on a host where Ferry creates the copies of local disks: a libvirt pool, or a hook
+/// command for what libvirt cannot create (NVMe namespaces, SAN LUNs).
+///
+/// A hook is run where Ferry runs, with one JSON request on stdin and, for `create`, one JSON
+/// answer on stdout:
+/// `{"action":"create","host":NAME,"guest":G,"disk":D,"bytes":N}` → `{"path":"/dev/…"}` (a
+/// block device of exactly N bytes, or larger: the guest then gets a storage slice), and
+/// `{"action":"delete","host":NAME,"path":P}` to give it back. A non-zero exit is a failure,
+/// reported with the hook's stderr; a hook that outlives `timeout` seconds is killed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalStore {
     /// A libvirt storage pool on that host (dir, fs or logical).
-    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// A hook: the command and its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Vec<String>>,
+    /// The hook's name in plans and messages (default: its command's file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Seconds a hook call may take.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    60
+}
+
+/// A hook that creates and deletes volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub name: String,
+    pub command: Vec<String>,
+    pub timeout_s: u64,
+}
+
+/// What a [`LocalStore`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    Pool(String),
+    Hook(Hook),
+}
+
+impl LocalStore {
+    /// The store's kind (the inventory's check makes sure exactly one is given).
+    pub fn store(&self) -> Store {
+        match (&self.pool, &self.hook) {
+            (Some(p), _) => Store::Pool(p.clone()),
+            (None, Some(cmd)) => Store::Hook(Hook {
+                name: self.name.clone().unwrap_or_else(|| {
+                    std::path::Path::new(cmd.first().map(String::as_str).unwrap_or("hook"))
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "hook".into())
+                }),
+                command: cmd.clone(),
+                timeout_s: self.timeout,
+            }),
+            (None, None) => Store::Pool(String::new()),
+        }
+    }
 }
 
 /// One host.
@@ -178,6 +240,11 @@ impl Inventory {
             }
             if let Some(o) = self.hosts[..i].iter().find(|o| o.name == h.name) {
                 return Err(InventoryError::DuplicateName(o.name.clone()));
+            }
+            if h.local_stores.iter().any(|l| {
+                l.pool.is_some() == l.hook.is_some() || l.hook.as_ref().is_some_and(Vec::is_empty)
+            }) {
+                return Err(InventoryError::StoreKind(h.name.clone()));
             }
             if let Some(o) = self.hosts[..i].iter().find(|o| o.uri == h.uri) {
                 return Err(InventoryError::DuplicateUri {
@@ -330,5 +397,36 @@ mod tests {
         assert!(inv.hosts.iter().any(|h| h.reserve_memory.0 > 0));
         assert!(!inv.shared_stores.is_empty());
         assert!(inv.hosts.iter().any(|h| !h.local_stores.is_empty()));
+        let hook = inv
+            .hosts
+            .iter()
+            .flat_map(|h| &h.local_stores)
+            .find_map(|l| match l.store() {
+                Store::Hook(h) => Some(h),
+                Store::Pool(_) => None,
+            })
+            .expect("the example shows a hook");
+        assert_eq!(hook.name, "nvme-namespaces");
+        assert_eq!(hook.timeout_s, 30);
+    }
+
+    #[test]
+    fn a_local_store_is_a_pool_or_a_hook() {
+        let h = "[[host]]\nname = \"a\"\nuri = \"u\"\n[[host.local_store]]\n";
+        let inv =
+            Inventory::from_toml(&format!("{h}hook = [\"/usr/lib/x/mk-ns\", \"-v\"]\n")).unwrap();
+        let Store::Hook(hook) = inv.hosts[0].local_stores[0].store() else {
+            panic!("not a hook")
+        };
+        assert_eq!((hook.name.as_str(), hook.timeout_s), ("mk-ns", 60));
+        for bad in ["", "pool = \"p\"\nhook = [\"x\"]\n", "hook = []\n"] {
+            assert!(
+                matches!(
+                    Inventory::from_toml(&format!("{h}{bad}")),
+                    Err(InventoryError::StoreKind(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -89,9 +89,9 @@ pub struct DiskPlan {
     pub reason: String,
     /// Where the deciding rule came from: a flag, the inventory, pool identity, a canary.
     pub origin: Origin,
-    pub source_type: String,
+    pub source_type: DiskType,
     pub source: Option<DiskSource>,
-    pub dest_type: String,
+    pub dest_type: DiskType,
     pub dest_source: Option<DiskSource>,
     /// The image format (`raw`, `qcow2`), which a created copy target must have.
     pub format: Option<String>,
@@ -374,8 +374,8 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
             );
         }
         let dest_type = match &new {
-            Some(NewSource::Path { kind, .. }) => kind.as_str().to_string(),
-            _ => disk.disk_type.as_str().to_string(),
+            Some(NewSource::Path { kind, .. }) => kind.clone(),
+            _ => disk.disk_type.clone(),
         };
         disks.push(DiskPlan {
             target: disk.target.clone(),
@@ -383,7 +383,7 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
             decision,
             reason,
             origin,
-            source_type: disk.disk_type.as_str().to_string(),
+            source_type: disk.disk_type.clone(),
             source: disk.source.clone(),
             dest_type,
             dest_source: match &new {
@@ -867,7 +867,7 @@ mod tests {
         assert!(p
             .dest_xml
             .contains("<disk type='file' device='disk'>\n      <driver name='qemu' type='raw' cache='none' />\n      <source file='/var/lib/ferry/vdb.raw'/>"));
-        assert_eq!(p.disks[1].dest_type, "file");
+        assert_eq!(p.disks[1].dest_type, DiskType::File);
     }
 
     #[test]

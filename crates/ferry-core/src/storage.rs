@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::domain::{Disk, DiskSource, DiskType, Domain};
 use crate::facts::{Canary, PoolFacts, PoolKind, PoolSource};
+use crate::inventory::{Hook, Store};
 use crate::placement::Code;
 use crate::rules::{CopyRule, MapRule, Origin, Rules};
 
@@ -49,9 +50,9 @@ pub struct StorageFacts<'a> {
     pub canaries: &'a [Canary],
     /// Source pools (by name) some host's canary showed to be shared storage.
     pub shared_elsewhere: &'a BTreeSet<String>,
-    /// The inventory's local stores for the target (pool names); empty: any local pool that
-    /// can create volumes.
-    pub local_stores: &'a [String],
+    /// The inventory's local stores for the target, in order; empty: any local pool that can
+    /// create volumes.
+    pub local_stores: &'a [Store],
 }
 
 /// Bytes a copy of each disk needs on the target, by target dev.
@@ -65,6 +66,52 @@ pub struct Derived {
     pub problems: Vec<StorageProblem>,
     /// Bytes to copy onto the target.
     pub copy_bytes: u64,
+    /// Copies whose volume a hook creates: their rule is made once the hook names the path.
+    pub hooked: Vec<HookCopy>,
+}
+
+/// A copy into a volume a hook creates on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookCopy {
+    pub disk: String,
+    pub bytes: u64,
+    pub hook: Hook,
+    /// Why the disk is local and where its copy goes.
+    pub evidence: String,
+}
+
+/// Where the plan shows a hook's volume before the hook has made it (plans and dry runs).
+pub const HOOK_PLACEHOLDER: &str = "/dev/ferry-hook";
+
+impl HookCopy {
+    /// The copy rule once the hook created `path`.
+    pub fn rule(&self, path: &str) -> CopyRule {
+        CopyRule {
+            disk: self.disk.clone(),
+            to: Some(path.to_string()),
+            slice: None,
+            origin: Origin::LocalStore {
+                evidence: self.evidence.clone(),
+            },
+        }
+    }
+
+    /// The copy rule before the hook ran: a placeholder path under [`HOOK_PLACEHOLDER`].
+    pub fn placeholder(&self, guest: &str) -> CopyRule {
+        let mut r = self.rule(&format!(
+            "{HOOK_PLACEHOLDER}/{}/{guest}-{}",
+            self.hook.name, self.disk
+        ));
+        if let Origin::LocalStore { evidence } = &mut r.origin {
+            evidence.push_str(" (the path is known once it has)");
+        }
+        r
+    }
+}
+
+enum Placed {
+    Pool(usize),
+    Hook(Hook),
 }
 
 /// The pool among `pools` holding `path` (the longest target path wins).
@@ -269,12 +316,7 @@ pub fn derive(
         ..Default::default()
     };
     // Room left in each target pool as copies are placed.
-    let mut room: Vec<(usize, u64)> = f
-        .target_pools
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i, p.available))
-        .collect();
+    let mut room: Vec<u64> = f.target_pools.iter().map(|p| p.available).collect();
     for d in &dom.disks {
         let Some(source) = &d.source else { continue };
         if let Some(c) = user.copy_for(&d.target) {
@@ -376,51 +418,84 @@ pub fn derive(
             continue;
         }
         let need = disk_bytes.get(&d.target).copied().unwrap_or(0);
-        let store = room
-            .iter_mut()
-            .find(|(i, free)| is_local_store(f, &f.target_pools[*i]) && *free >= need);
-        let Some((i, free)) = store else {
-            out.problems.push(StorageProblem {
-                code: Code::LocalRoom,
-                disk: d.target.clone(),
-                message: format!(
-                    "disk {}: local to {} (pool {}), and {} has no local store with {} free{}",
-                    d.target,
-                    f.source_name,
-                    sp.name,
-                    f.target_name,
-                    crate::plan::human_bytes(need),
-                    local_store_list(f)
-                ),
-            });
-            continue;
+        let raw = d.format.as_deref().unwrap_or("raw") == "raw";
+        let why_local = format!(
+            "pool {} on {} is {}",
+            sp.name,
+            f.source_name,
+            match sp.source {
+                PoolSource::Directory => "a directory no other host sees".to_string(),
+                _ => format!("local ({})", sp.kind.as_str()),
+            }
+        );
+        // The inventory's stores in their order; without any, every pool that may hold copies.
+        let fits = |i: usize, room: &[u64]| room[i] >= need;
+        let placed = if f.local_stores.is_empty() {
+            (0..f.target_pools.len())
+                .find(|&i| is_local_store(f, &f.target_pools[i]) && fits(i, &room))
+                .map(Placed::Pool)
+        } else {
+            f.local_stores.iter().find_map(|s| match s {
+                Store::Pool(name) => (0..f.target_pools.len())
+                    .find(|&i| {
+                        let p = &f.target_pools[i];
+                        p.active && &p.name == name && fits(i, &room)
+                    })
+                    .map(Placed::Pool),
+                // A hook makes block devices: they hold raw data only.
+                Store::Hook(h) if raw => Some(Placed::Hook(h.clone())),
+                Store::Hook(_) => None,
+            })
         };
-        *free -= need;
-        let tp = &f.target_pools[*i];
-        let Some(dir) = tp.path.as_deref() else {
-            continue;
-        };
-        let name = copy_name(&dom.name, d, &tp.kind);
         out.copy_bytes += need;
-        out.rules.copy.push(CopyRule {
-            disk: d.target.clone(),
-            to: Some(format!("{}/{name}", dir.trim_end_matches('/'))),
-            slice: None,
-            origin: Origin::LocalStore {
+        match placed {
+            None => {
+                out.copy_bytes -= need;
+                out.problems.push(StorageProblem {
+                    code: Code::LocalRoom,
+                    disk: d.target.clone(),
+                    message: format!(
+                        "disk {}: local to {} (pool {}), and {} has no local store with {} free{}",
+                        d.target,
+                        f.source_name,
+                        sp.name,
+                        f.target_name,
+                        crate::plan::human_bytes(need),
+                        local_store_list(f)
+                    ),
+                });
+            }
+            Some(Placed::Hook(hook)) => out.hooked.push(HookCopy {
+                disk: d.target.clone(),
+                bytes: need,
                 evidence: format!(
-                    "pool {} on {} is {}; pool {} on {} has {} free",
-                    sp.name,
-                    f.source_name,
-                    match sp.source {
-                        PoolSource::Directory => "a directory no other host sees".to_string(),
-                        _ => format!("local ({})", sp.kind.as_str()),
-                    },
-                    tp.name,
-                    f.target_name,
-                    crate::plan::human_bytes(tp.available)
+                    "{why_local}; hook {} of {} creates its volume",
+                    hook.name, f.target_name
                 ),
-            },
-        });
+                hook,
+            }),
+            Some(Placed::Pool(i)) => {
+                room[i] -= need;
+                let tp = &f.target_pools[i];
+                let Some(dir) = tp.path.as_deref() else {
+                    continue;
+                };
+                let name = copy_name(&dom.name, d, &tp.kind);
+                out.rules.copy.push(CopyRule {
+                    disk: d.target.clone(),
+                    to: Some(format!("{}/{name}", dir.trim_end_matches('/'))),
+                    slice: None,
+                    origin: Origin::LocalStore {
+                        evidence: format!(
+                            "{why_local}; pool {} on {} has {} free",
+                            tp.name,
+                            f.target_name,
+                            crate::plan::human_bytes(tp.available)
+                        ),
+                    },
+                });
+            }
+        }
     }
     out
 }
@@ -438,13 +513,10 @@ fn describe(p: &PoolFacts) -> String {
     }
 }
 
-/// Whether copies may be created in target pool `p`: a pool the inventory names as a local
-/// store; without such names, any active pool that creates volumes, is not a directory of
-/// device nodes, and is not the same storage as one of the source's pools.
+/// Whether copies may be created in target pool `p` when the inventory names no local store:
+/// an active pool that creates volumes, is not a directory of device nodes, and is not the
+/// same storage as one of the source's pools.
 fn is_local_store(f: &StorageFacts, p: &PoolFacts) -> bool {
-    if !f.local_stores.is_empty() {
-        return p.active && f.local_stores.contains(&p.name);
-    }
     p.active
         && p.creates_volumes()
         && !(p.kind != PoolKind::Logical
@@ -456,18 +528,33 @@ fn is_local_store(f: &StorageFacts, p: &PoolFacts) -> bool {
 }
 
 fn local_store_list(f: &StorageFacts) -> String {
-    let list: Vec<String> = f
-        .target_pools
-        .iter()
-        .filter(|p| is_local_store(f, p))
-        .map(|p| {
-            format!(
-                "{} ({} free)",
-                p.name,
-                crate::plan::human_bytes(p.available)
-            )
-        })
-        .collect();
+    let pool = |p: &PoolFacts| {
+        format!(
+            "{} ({} free)",
+            p.name,
+            crate::plan::human_bytes(p.available)
+        )
+    };
+    let list: Vec<String> = if f.local_stores.is_empty() {
+        f.target_pools
+            .iter()
+            .filter(|p| is_local_store(f, p))
+            .map(pool)
+            .collect()
+    } else {
+        f.local_stores
+            .iter()
+            .map(|s| match s {
+                Store::Pool(n) => f
+                    .target_pools
+                    .iter()
+                    .find(|p| &p.name == n)
+                    .map(pool)
+                    .unwrap_or_else(|| format!("{n} (no such pool there)")),
+                Store::Hook(h) => format!("hook {} (raw disks only)", h.name),
+            })
+            .collect()
+    };
     if list.is_empty() {
         " (it has no pool Ferry can create volumes in)".into()
     } else {
@@ -534,7 +621,7 @@ mod tests {
         dst: Vec<PoolFacts>,
         canaries: Vec<Canary>,
         shared: BTreeSet<String>,
-        stores: Vec<String>,
+        stores: Vec<Store>,
     }
 
     impl World {
@@ -685,6 +772,49 @@ mod tests {
             .copy
             .iter()
             .any(|c| c.to.as_deref().unwrap_or("").starts_with("/mnt")));
+    }
+
+    #[test]
+    fn inventory_stores_are_tried_in_order_and_a_hook_takes_raw_disks_only() {
+        let mut w = World::seed();
+        let hook = Hook {
+            name: "nvme".into(),
+            command: vec!["/usr/lib/ferry/hook".into()],
+            timeout_s: 5,
+        };
+        w.stores = vec![Store::Pool("store-b".into()), Store::Hook(hook.clone())];
+        // store-b has room: it comes first.
+        let d = w.derive(&Rules::default());
+        assert!(d.hooked.is_empty());
+        assert_eq!(d.rules.copy[0].to.as_deref(), Some("/srv/store/g-vdb.img"));
+        // Too small: the hook creates vdb's volume (raw).
+        w.dst[1].available = 10 << 20;
+        let d = w.derive(&Rules::default());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert!(d.rules.copy.is_empty());
+        assert_eq!(d.hooked.len(), 1);
+        assert_eq!(
+            (d.hooked[0].disk.as_str(), d.hooked[0].bytes),
+            ("vdb", 64 << 20)
+        );
+        assert_eq!(d.copy_bytes, 64 << 20);
+        let r = d.hooked[0].placeholder("g");
+        assert_eq!(r.to.as_deref(), Some("/dev/ferry-hook/nvme/g-vdb"));
+        assert_eq!(
+            d.hooked[0].rule("/dev/nvme1n9").to.as_deref(),
+            Some("/dev/nvme1n9")
+        );
+        // vda is qcow2: never given to a hook (a block device holds raw data only).
+        w.shared.clear();
+        w.canaries.clear();
+        let d = w.derive(&Rules::default());
+        let vda = d.problems.iter().find(|p| p.disk == "vda").unwrap();
+        assert_eq!(vda.code, Code::LocalRoom);
+        assert!(
+            vda.message.contains("hook nvme (raw disks only)"),
+            "{}",
+            vda.message
+        );
     }
 
     #[test]

@@ -104,8 +104,7 @@ fn run_corpus(flip_copies: bool) {
                 before.target
             );
             assert_eq!(
-                after.disk_type.as_str(),
-                planned.dest_type,
+                after.disk_type, planned.dest_type,
                 "{name}: {}",
                 before.target
             );

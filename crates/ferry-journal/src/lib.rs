@@ -45,6 +45,8 @@ pub struct Created {
     pub host: String,
     pub path: String,
     pub bytes: u64,
+    /// Who created it, as the flow recorded it (JSON); `None`: libvirt's storage API.
+    pub provider: Option<String>,
 }
 
 /// The journal, an SQLite database.
@@ -79,9 +81,19 @@ CREATE TABLE IF NOT EXISTS created (
     path TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     created INTEGER NOT NULL,
-    deleted INTEGER
+    deleted INTEGER,
+    provider TEXT
 );
 ";
+
+/// Journals written before a column existed get it.
+fn upgrade(db: &Connection) -> rusqlite::Result<()> {
+    let has_provider = db.prepare("SELECT provider FROM created LIMIT 0").is_ok();
+    if !has_provider {
+        db.execute_batch("ALTER TABLE created ADD COLUMN provider TEXT")?;
+    }
+    Ok(())
+}
 
 impl Journal {
     /// Open (or create) the journal at `path`.
@@ -97,6 +109,7 @@ impl Journal {
         db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         db.execute_batch(SCHEMA).map_err(open_err)?;
+        upgrade(&db).map_err(open_err)?;
         Ok(Self { db })
     }
 
@@ -121,6 +134,15 @@ impl Journal {
         Ok(RunId(self.db.last_insert_rowid()))
     }
 
+    /// Replace a run's plan (a run begun before its plan was made).
+    pub fn set_plan(&self, run: RunId, plan_json: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE runs SET plan = ?1 WHERE id = ?2",
+            params![plan_json, run.0],
+        )?;
+        Ok(())
+    }
+
     pub fn set_phase(&self, run: RunId, phase: &str) -> Result<(), JournalError> {
         self.db.execute(
             "UPDATE runs SET phase = ?1 WHERE id = ?2",
@@ -137,9 +159,22 @@ impl Journal {
         path: &str,
         bytes: u64,
     ) -> Result<(), JournalError> {
+        self.record_created_by(run, host, path, bytes, None)
+    }
+
+    /// Record a volume made by someone other than libvirt's storage API (`provider`: how to
+    /// delete it, as JSON the flow understands).
+    pub fn record_created_by(
+        &self,
+        run: RunId,
+        host: &str,
+        path: &str,
+        bytes: u64,
+        provider: Option<&str>,
+    ) -> Result<(), JournalError> {
         self.db.execute(
-            "INSERT INTO created (run, host, path, bytes, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run.0, host, path, bytes as i64, now()],
+            "INSERT INTO created (run, host, path, bytes, created, provider) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![run.0, host, path, bytes as i64, now(), provider],
         )?;
         Ok(())
     }
@@ -186,7 +221,7 @@ impl Journal {
     /// Volumes created by runs that did not end in a migration and were never deleted.
     pub fn leftovers(&self) -> Result<Vec<Created>, JournalError> {
         let mut st = self.db.prepare(
-            "SELECT c.run, c.host, c.path, c.bytes FROM created c JOIN runs r ON r.id = c.run
+            "SELECT c.run, c.host, c.path, c.bytes, c.provider FROM created c JOIN runs r ON r.id = c.run
              WHERE c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome != 'migrated')
              ORDER BY c.run, c.path",
         )?;
@@ -196,6 +231,7 @@ impl Journal {
                 host: r.get(1)?,
                 path: r.get(2)?,
                 bytes: r.get::<_, i64>(3)? as u64,
+                provider: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -258,6 +294,36 @@ mod tests {
         }
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.leftovers().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_journal_from_before_providers_is_upgraded_and_keeps_its_rows() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-old-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("j.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(&SCHEMA.replace(",\n    provider TEXT", ""))
+                .unwrap();
+            db.execute_batch(
+                "INSERT INTO runs (guest, source, target, started, phase) VALUES ('g','a','b',1,'prepare');
+                 INSERT INTO created (run, host, path, bytes, created) VALUES (1,'b','/old',7,1);",
+            )
+            .unwrap();
+            assert!(db.prepare("SELECT provider FROM created").is_err());
+        }
+        let j = Journal::open(&path).unwrap();
+        let r = j.begin_run("g", "a", "b", "{}").unwrap();
+        j.record_created_by(r, "b", "/dev/ns1", 9, Some("{\"by\":\"hook\"}"))
+            .unwrap();
+        let left = j.leftovers().unwrap();
+        assert_eq!(left.len(), 2);
+        assert_eq!(
+            (left[0].path.as_str(), left[0].provider.as_deref()),
+            ("/old", None)
+        );
+        assert_eq!(left[1].provider.as_deref(), Some("{\"by\":\"hook\"}"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -80,7 +80,15 @@ pub fn run(
             Err(e) => out.push(kept(e.to_string())),
             Ok(users) => match users.iter().find(|(p, _)| *p == c.path) {
                 Some((_, user)) => out.push(kept(format!("domain {user} uses it"))),
-                None => match hv.delete_volume(host, &c.path) {
+                None => match crate::provision::give_back(
+                    hv,
+                    host,
+                    &c.path,
+                    &c.provider
+                        .as_deref()
+                        .and_then(|p| serde_json::from_str(p).ok())
+                        .unwrap_or(crate::provision::Provider::Libvirt),
+                ) {
                     Ok(()) => {
                         journal.record_deleted(RunId(c.run), &c.host, &c.path)?;
                         out.push(Cleaned::Deleted { what });

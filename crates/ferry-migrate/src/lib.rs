@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod migrate;
 pub mod preflight;
 pub mod prepare;
+pub mod provision;
 pub mod rollback;
 pub mod target;
 pub mod verify;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use ferry_core::convergence::Progress;
 use ferry_core::{MigrationOptions, Plan, PlanError, Rules};
 use ferry_hypervisor::{HvError, Hypervisor, JobStats};
-use ferry_journal::{Journal, JournalError};
+use ferry_journal::{Journal, JournalError, RunId};
 use serde::Serialize;
 
 pub use preflight::Problem;
@@ -32,7 +33,11 @@ pub struct Request {
     pub guest: String,
     pub from: String,
     pub to: String,
+    /// The target's name in the inventory (what a hook is told), or its URI.
+    pub to_name: String,
     pub rules: Rules,
+    /// Copies whose volume a hook creates on the target, before the plan is made.
+    pub provision: Vec<ferry_core::storage::HookCopy>,
     pub options: MigrationOptions,
     /// Plan and check only: create nothing, move nothing.
     pub dry_run: bool,
@@ -186,6 +191,67 @@ pub fn run(
         detail: format!("{} on {}", req.guest, req.from),
     });
     let inv = inventory::read(hv, req)?;
+    // Volumes a hook makes come first: their paths go into the plan.
+    let mut rules = req.rules.clone();
+    let mut run_id: Option<RunId> = None;
+    let mut provisioned: Vec<prepare::CreatedVolume> = vec![];
+    if req.dry_run {
+        rules
+            .copy
+            .extend(req.provision.iter().map(|h| h.placeholder(&req.guest)));
+    } else if !req.provision.is_empty() {
+        let id = journal.begin_run(&req.guest, &req.from, &req.to, "{}")?;
+        run_id = Some(id);
+        journal.set_phase(id, "prepare")?;
+        reporter.report(Event::Step {
+            step: "prepare",
+            detail: format!(
+                "{} volume(s) from a hook for {}",
+                req.provision.len(),
+                req.to_name
+            ),
+        });
+        for h in &req.provision {
+            match provision::create(&h.hook, &req.to_name, &req.guest, &h.disk, h.bytes) {
+                Ok(path) => {
+                    let provider = provision::Provider::Hook {
+                        hook: h.hook.clone(),
+                        host: req.to_name.clone(),
+                    };
+                    let json = serde_json::to_string(&provider).ok();
+                    if let Err(e) =
+                        journal.record_created_by(id, &req.to, &path, h.bytes, json.as_deref())
+                    {
+                        reporter.report(Event::Note {
+                            message: format!("warning: could not journal {path}: {e}"),
+                        });
+                    }
+                    reporter.report(Event::Note {
+                        message: format!(
+                            "hook {} created {path} ({} bytes) on {} for disk {}",
+                            h.hook.name, h.bytes, req.to_name, h.disk
+                        ),
+                    });
+                    rules.copy.push(h.rule(&path));
+                    provisioned.push(prepare::CreatedVolume {
+                        path,
+                        capacity: h.bytes,
+                        provider,
+                    });
+                }
+                Err(e) => {
+                    let cleanup = give_back(hv, journal, id, &inv, &provisioned);
+                    let _ = journal.finish(id, "refused", &e.to_string());
+                    return Err(MigrateError::Failed {
+                        guest: req.guest.clone(),
+                        cause: e.to_string(),
+                        location: GuestLocation::Source,
+                        cleanup,
+                    });
+                }
+            }
+        }
+    }
     reporter.report(Event::Step {
         step: "plan",
         detail: format!("to {} ({})", req.to, inv.target_facts.hostname),
@@ -194,7 +260,7 @@ pub fn run(
         &inv.live_xml,
         inv.inactive_xml.as_deref(),
         &req.to,
-        &req.rules,
+        &rules,
         &req.options,
     )
     .map_err(|source| MigrateError::Plan {
@@ -208,7 +274,7 @@ pub fn run(
     let mut checked = preflight::check(hv, &inv, &mut plan)?;
     if !checked.slices.is_empty() && checked.problems.is_empty() {
         // Larger raw block targets: plan again with storage slices of the disks' sizes.
-        let mut rules = req.rules.clone();
+        let mut rules = rules.clone();
         for (disk, size) in &checked.slices {
             if let Some(c) = rules.copy.iter_mut().find(|c| &c.disk == disk) {
                 c.slice = Some(*size);
@@ -230,7 +296,13 @@ pub fn run(
     let plan_json = serde_json::to_string(&plan).unwrap_or_default();
     if !checked.problems.is_empty() {
         if !req.dry_run {
-            let run = journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?;
+            let run = match run_id {
+                Some(id) => id,
+                None => journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?,
+            };
+            for line in give_back(hv, journal, run, &inv, &provisioned) {
+                reporter.report(Event::Note { message: line });
+            }
             journal.finish(run, "refused", &preflight::render(&checked.problems))?;
         }
         return Err(MigrateError::Refused {
@@ -247,7 +319,13 @@ pub fn run(
         reporter.report(Event::Note { message: c.clone() });
     }
 
-    let run_id = journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?;
+    let run_id = match run_id {
+        Some(id) => {
+            journal.set_plan(id, &plan_json)?;
+            id
+        }
+        None => journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?,
+    };
     journal.set_phase(run_id, "prepare")?;
     reporter.report(Event::Step {
         step: "prepare",
@@ -258,8 +336,9 @@ pub fn run(
         ),
     });
     let created = match prepare::create(hv, journal, run_id, &inv, &checked.to_create, reporter) {
-        Ok(c) => c,
-        Err((e, created)) => {
+        Ok(c) => [provisioned, c].concat(),
+        Err((e, made)) => {
+            let created = [provisioned, made].concat();
             let r = rollback::after_failure(
                 hv,
                 journal,
@@ -335,6 +414,33 @@ pub fn run(
     }
     let _ = journal.finish(run_id, "migrated", "verified");
     Ok(Outcome::Migrated(Box::new(summary)))
+}
+
+/// Give back volumes made before the plan was refused: the guest never left the source.
+fn give_back(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    run: RunId,
+    inv: &inventory::Inventory,
+    made: &[prepare::CreatedVolume],
+) -> Vec<String> {
+    made.iter()
+        .map(
+            |v| match provision::give_back(hv, inv.dst, &v.path, &v.provider) {
+                Ok(()) => {
+                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
+                    format!(
+                        "gave back {} on {} (Ferry had it created)",
+                        v.path, inv.dst_uri
+                    )
+                }
+                Err(e) => format!(
+                    "could NOT give back {} on {}: {e}; `ferry cleanup` retries",
+                    v.path, inv.dst_uri
+                ),
+            },
+        )
+        .collect()
 }
 
 fn summarise(

@@ -1,7 +1,7 @@
 //! Preflight: everything that can be checked before anything is created or moved. Each problem
 //! names the host, the disk, the path and the fix. Only reads.
 
-use ferry_core::domain::DiskSource;
+use ferry_core::domain::{DiskSource, DiskType};
 use ferry_core::{Decision, Plan};
 use ferry_hypervisor::{DomainState, HvError, Hypervisor, PathKind};
 use serde::Serialize;
@@ -171,6 +171,17 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
             }
             Decision::Copy => {
                 let dest = match (&d.dest_source, &d.source) {
+                    (Some(DiskSource::Path { path }), _)
+                        if path.starts_with(ferry_core::storage::HOOK_PLACEHOLDER) =>
+                    {
+                        // A dry run: the hook has not made the volume yet.
+                        c.passed.push(format!(
+                            "disk {disk}: a hook creates its volume on the target before the \
+                             migration ({})",
+                            d.reason
+                        ));
+                        continue;
+                    }
                     (Some(DiskSource::Path { path }), _) => path.clone(),
                     _ => {
                         c.problems.push(problem(
@@ -184,7 +195,7 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
                     }
                 };
                 let size = hv.disk_size(inv.src, &inv.guest, disk)?;
-                d.bytes_to_copy = Some(if d.source_type == "block" {
+                d.bytes_to_copy = Some(if d.source_type == DiskType::Block {
                     size.capacity
                 } else {
                     size.allocation
@@ -201,7 +212,7 @@ pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &mut Plan) -> Result<Ch
                     continue;
                 }
                 let probe = hv.probe_path(inv.dst, &dest)?;
-                let want_block = d.dest_type == "block";
+                let want_block = d.dest_type == DiskType::Block;
                 match probe.info {
                     Some(info) => {
                         let is_block = info.kind == PathKind::Block;

@@ -6,6 +6,7 @@ use ferry_journal::{Journal, RunId};
 
 use crate::inventory::Inventory;
 use crate::preflight::ToCreate;
+use crate::provision::Provider;
 use crate::{Event, Reporter};
 
 /// A volume Ferry created on the target.
@@ -13,6 +14,7 @@ use crate::{Event, Reporter};
 pub struct CreatedVolume {
     pub path: String,
     pub capacity: u64,
+    pub provider: Provider,
 }
 
 /// Create every volume in `todo`. On failure, returns the error and what was created so far.
@@ -32,6 +34,7 @@ pub fn create(
         created.push(CreatedVolume {
             path: t.path.clone(),
             capacity: t.capacity,
+            provider: Provider::Libvirt,
         });
         if let Err(e) = journal.record_created(run, &inv.dst_uri, &t.path, t.capacity) {
             reporter.report(Event::Note {

@@ -92,7 +92,7 @@ pub fn after_failure(
             cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
         }
         for v in created {
-            match hv.delete_volume(inv.dst, &v.path) {
+            match crate::provision::give_back(hv, inv.dst, &v.path, &v.provider) {
                 Ok(()) => {
                     let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
                     cleanup.push(format!("deleted {} on {} (Ferry had created it)", v.path, inv.dst_uri));

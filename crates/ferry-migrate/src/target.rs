@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ferry_core::domain::{self, Domain};
 use ferry_core::facts::{Canary, CpuCompat, HostReport};
-use ferry_core::inventory::{HostEntry, HostState, Inventory};
+use ferry_core::inventory::{HostEntry, HostState, Inventory, Store};
 use ferry_core::placement::{self, Candidate, GuestNeeds, Ranking};
 use ferry_core::storage::{self, Derived, DiskBytes, StorageFacts};
 use ferry_core::{PlanError, Rules};
@@ -24,8 +24,9 @@ pub struct HostSpec {
     pub state: HostState,
     pub reserve_memory: u64,
     pub migration_address: Option<String>,
-    /// Pools the inventory names as this host's local stores.
-    pub local_stores: Vec<String>,
+    /// The inventory's local stores of this host (pools, hooks), in order.
+    #[serde(skip)]
+    pub local_stores: Vec<Store>,
 }
 
 impl HostSpec {
@@ -48,7 +49,7 @@ impl HostSpec {
             state: e.state,
             reserve_memory: e.reserve_memory.0,
             migration_address: e.migration_address.clone(),
-            local_stores: e.local_stores.iter().map(|s| s.pool.clone()).collect(),
+            local_stores: e.local_stores.iter().map(|s| s.store()).collect(),
         }
     }
 

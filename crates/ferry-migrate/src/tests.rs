@@ -124,6 +124,8 @@ fn request(copy: &str) -> Request {
         guest: "g".into(),
         from: SRC.into(),
         to: DST.into(),
+        to_name: "h2".into(),
+        provision: vec![],
         rules: Rules {
             map: vec!["/mnt/nfs=/mnt/nfs_second_mount".parse().unwrap()],
             copy: vec![copy.parse().unwrap()],
@@ -766,5 +768,93 @@ fn selection_refuses_an_unknown_disk_and_a_copy_onto_the_shared_disk() {
     assert_eq!(
         s.ranking.hosts[0].reasons[0].code,
         ferry_core::placement::Code::CopyOntoSource
+    );
+}
+
+/// A hook (a real process) that hands out h2's /dev/nvme1n5 and logs every request it gets.
+fn logging_hook(log: &std::path::Path) -> ferry_core::storage::HookCopy {
+    ferry_core::storage::HookCopy {
+        disk: "vdb".into(),
+        bytes: MIB64,
+        hook: ferry_core::inventory::Hook {
+            name: "ns".into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "read -r req; echo \"$req\" >> {}; case \"$req\" in \
+                     *create*) echo '{{\"path\": \"/dev/nvme1n5\"}}' ;; esac",
+                    log.display()
+                ),
+            ],
+            timeout_s: 10,
+        },
+        evidence: "test".into(),
+    }
+}
+
+#[test]
+fn a_hook_volume_is_made_before_the_plan_journaled_and_given_back_by_the_hook_on_failure() {
+    let log = std::env::temp_dir().join(format!("ferry-hook-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::FailOnSource("target QEMU died".into()));
+    let mut req = request("vdb");
+    req.rules.copy.clear();
+    req.provision = vec![logging_hook(&log)];
+    let (r, events, journal) = go(&fake, &req);
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(location, GuestLocation::Source);
+    let said = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].contains("\"action\":\"create\"") && lines[0].contains("\"bytes\":67108864"));
+    assert!(lines[0].contains("\"host\":\"h2\"") && lines[0].contains("\"disk\":\"vdb\""));
+    assert!(lines[1].contains("\"action\":\"delete\"") && lines[1].contains("/dev/nvme1n5"));
+    assert!(
+        cleanup.iter().any(|c| c.contains("deleted /dev/nvme1n5")),
+        "{cleanup:?}"
+    );
+    // Given back by the hook, never through libvirt; the migration used the hook's device.
+    let calls = fake.calls();
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::DeleteVolume { .. })),
+        "{calls:?}"
+    );
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { migrate_disks, .. } if migrate_disks == &["vdb"])));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Note { message } if message.contains("hook ns created /dev/nvme1n5"))
+    ));
+    assert!(journal.leftovers().unwrap().is_empty());
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_dry_run_never_calls_the_hook() {
+    let log = std::env::temp_dir().join(format!("ferry-hook-dry-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let fake = lab();
+    let mut req = request("vdb");
+    req.rules.copy.clear();
+    req.provision = vec![logging_hook(&log)];
+    req.dry_run = true;
+    let (r, _, _) = go(&fake, &req);
+    let Ok(Outcome::DryRun { plan, checks }) = r else {
+        panic!("{r:?}")
+    };
+    assert!(!log.exists(), "the hook ran in a dry run");
+    assert_eq!(plan.disks[1].dest_path(), Some("/dev/ferry-hook/ns/g-vdb"));
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.contains("a hook creates its volume")),
+        "{checks:?}"
     );
 }
