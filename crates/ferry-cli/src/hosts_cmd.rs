@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ferry_core::plan::human_bytes;
+use ferry_core::render::human_bytes;
 use ferry_core::storage::pool_holding;
 use ferry_migrate::target::{self, Gathered, HostSpec};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::convergence::Progress;
-use ferry_core::plan::human_bytes;
+use ferry_core::render::human_bytes;
 use ferry_core::XmlFiles;
 use ferry_journal::Journal;
 use ferry_migrate::{Event, MigrateError, Outcome, Reporter, Request, Summary};

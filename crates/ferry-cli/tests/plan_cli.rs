@@ -53,7 +53,7 @@ fn seed_plan_writes_the_target_xml_and_a_runnable_virsh_line() {
     assert_eq!(std::fs::read_to_string(&out_xml).unwrap(), expected);
     assert_eq!(std::fs::read_to_string(&out_p).unwrap(), expected);
     let virsh = format!(
-        "virsh migrate --live --persistent --undefinesource --abort-on-error --copy-storage-all \
+        "virsh migrate --live --persistent --undefinesource --copy-storage-all --abort-on-error \
          --migrate-disks vdb --xml {} --persistent-xml {} myGuest qemu+ssh://192.168.1.2/system",
         out_xml.display(),
         out_p.display()

@@ -6,6 +6,92 @@
 
 use serde::Serialize;
 
+/// The state of a domain on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff,
+    /// Blocked, shutting down, crashed, suspended to memory, or unknown.
+    Other,
+}
+
+impl DomainState {
+    /// Running or paused: a QEMU process exists for it.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// What the target's hypervisor is asked about the guest's CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuQuery {
+    /// A `<cpu>` element: the guest's, or for host-passthrough the source host's.
+    pub cpu_xml: String,
+    pub arch: Option<String>,
+    pub machine: Option<String>,
+    pub domain_type: Option<String>,
+}
+
+/// What a path is on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    File,
+    Block,
+    Dir,
+    Other,
+}
+
+/// A path on a host, as libvirt's storage API sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathInfo {
+    pub kind: PathKind,
+    /// The virtual size (a qcow2's guest-visible size; a block device's size).
+    pub capacity: u64,
+    /// Bytes allocated on the storage.
+    pub allocation: u64,
+    /// The image format libvirt detected (`raw`, `qcow2`, ...).
+    pub format: Option<String>,
+}
+
+/// A path probed on a host: what is there, and what its directory offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathProbe {
+    pub info: Option<PathInfo>,
+    pub parent_exists: bool,
+    /// Free bytes where the parent directory lives.
+    pub parent_free: Option<u64>,
+}
+
+/// A disk's size as the running guest's QEMU sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiskSize {
+    pub capacity: u64,
+    pub allocation: u64,
+    pub physical: u64,
+}
+
+/// What preflight needs to know about one migration, gathered from both hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MigrationFacts {
+    pub guest: String,
+    pub source_uri: String,
+    pub target_uri: String,
+    /// The guest's state on the source, and on the target (`None`: not there).
+    pub source_state: Option<DomainState>,
+    pub target_state: Option<DomainState>,
+    pub source_uuid: Option<String>,
+    pub target_uuid: Option<String>,
+    /// The guest's disk sizes on the source, by target dev.
+    pub disk_sizes: std::collections::BTreeMap<String, DiskSize>,
+    /// What each planned target path is on the target.
+    pub probes: std::collections::BTreeMap<String, PathProbe>,
+    /// Paths other domains on the target use (live or defined), with the domain's name.
+    pub in_use: Vec<(String, String)>,
+}
+
 /// What a host is and has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostFacts {

@@ -306,7 +306,7 @@ impl Inventory {
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::plan::human_bytes(self.0))
+        f.write_str(&crate::render::human_bytes(self.0))
     }
 }
 

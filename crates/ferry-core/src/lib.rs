@@ -11,11 +11,14 @@ pub mod facts;
 pub mod inventory;
 pub mod placement;
 pub mod plan;
+pub mod preflight;
+pub mod render;
 pub mod rewrite;
 pub mod rules;
 pub mod storage;
 pub mod xml;
 
 pub use domain::{Disk, DiskSource, DiskType, Domain};
-pub use plan::{plan, Decision, DiskPlan, MigrationOptions, Plan, PlanError, XmlFiles};
+pub use plan::{plan, Decision, DiskPlan, MigrationOptions, Plan, PlanError};
+pub use render::XmlFiles;
 pub use rules::{CopyRule, MapRule, Origin, Rules};

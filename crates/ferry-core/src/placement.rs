@@ -317,7 +317,7 @@ pub fn rank(guest: &GuestNeeds, source: &HostReport, candidates: &[Candidate]) -
 }
 
 fn hb(b: u64) -> String {
-    crate::plan::human_bytes(b)
+    crate::render::human_bytes(b)
 }
 
 fn version(v: u64) -> String {

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::convergence::{self, Phase};
 use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
+use crate::render::unified_diff;
 use crate::rewrite::{self, Edit, NewSource, RewriteError};
 use crate::rules::{Origin, Rules};
 
@@ -143,23 +144,83 @@ pub struct Flags {
     pub unsafe_: bool,
 }
 
+/// One migration flag: its libvirt name, its value in `virDomainMigrateFlags` (libvirt's ABI),
+/// the virsh option that sets it, and where [`Flags`] keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct FlagDef {
+    pub name: &'static str,
+    pub bit: u32,
+    pub virsh: &'static str,
+    pub get: fn(&Flags) -> bool,
+}
+
+/// Every flag Ferry sets, in libvirt's (bit) order: the one table the plan's names, the virsh
+/// line and the libvirt call are made from.
+pub const FLAG_TABLE: [FlagDef; 8] = [
+    FlagDef {
+        name: "LIVE",
+        bit: 1,
+        virsh: "--live",
+        get: |f| f.live,
+    },
+    FlagDef {
+        name: "PEER2PEER",
+        bit: 1 << 1,
+        virsh: "--p2p",
+        get: |f| f.peer2peer,
+    },
+    FlagDef {
+        name: "PERSIST_DEST",
+        bit: 1 << 3,
+        virsh: "--persistent",
+        get: |f| f.persist_dest,
+    },
+    FlagDef {
+        name: "UNDEFINE_SOURCE",
+        bit: 1 << 4,
+        virsh: "--undefinesource",
+        get: |f| f.undefine_source,
+    },
+    FlagDef {
+        name: "NON_SHARED_DISK",
+        bit: 1 << 6,
+        virsh: "--copy-storage-all",
+        get: |f| f.non_shared_disk,
+    },
+    FlagDef {
+        name: "UNSAFE",
+        bit: 1 << 9,
+        virsh: "--unsafe",
+        get: |f| f.unsafe_,
+    },
+    FlagDef {
+        name: "ABORT_ON_ERROR",
+        bit: 1 << 12,
+        virsh: "--abort-on-error",
+        get: |f| f.abort_on_error,
+    },
+    FlagDef {
+        name: "TLS",
+        bit: 1 << 16,
+        virsh: "--tls",
+        get: |f| f.tls,
+    },
+];
+
 impl Flags {
+    /// The flags that are set, in libvirt's order.
+    pub fn set(&self) -> impl Iterator<Item = &'static FlagDef> + '_ {
+        FLAG_TABLE.iter().filter(|d| (d.get)(self))
+    }
+
     /// The flags' libvirt names, in libvirt's order.
     pub fn names(&self) -> Vec<&'static str> {
-        [
-            (self.live, "LIVE"),
-            (self.peer2peer, "PEER2PEER"),
-            (self.persist_dest, "PERSIST_DEST"),
-            (self.undefine_source, "UNDEFINE_SOURCE"),
-            (self.non_shared_disk, "NON_SHARED_DISK"),
-            (self.unsafe_, "UNSAFE"),
-            (self.abort_on_error, "ABORT_ON_ERROR"),
-            (self.tls, "TLS"),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, n)| n)
-        .collect()
+        self.set().map(|d| d.name).collect()
+    }
+
+    /// The `virDomainMigrateFlags` value.
+    pub fn bits(&self) -> u32 {
+        self.set().fold(0, |b, d| b | d.bit)
     }
 }
 
@@ -184,26 +245,6 @@ pub struct Plan {
     pub persist_xml: Option<String>,
     pub diff: String,
     pub persist_diff: Option<String>,
-}
-
-/// The files the equivalent virsh command reads.
-#[derive(Debug, Clone)]
-pub struct XmlFiles {
-    pub dest_xml: String,
-    pub persist_xml: Option<String>,
-}
-
-impl XmlFiles {
-    /// The given file names, or `GUEST-target.xml` / `GUEST-target-persistent.xml`; the
-    /// persistent file only when the plan has a persistent XML.
-    pub fn for_plan(plan: &Plan, dest_xml: Option<String>, persist_xml: Option<String>) -> Self {
-        XmlFiles {
-            dest_xml: dest_xml.unwrap_or_else(|| format!("{}-target.xml", plan.domain)),
-            persist_xml: plan.persist_xml.as_ref().map(|_| {
-                persist_xml.unwrap_or_else(|| format!("{}-target-persistent.xml", plan.domain))
-            }),
-        }
-    }
 }
 
 /// One document's rewrite: the decisions for its disks and the edited text.
@@ -401,6 +442,44 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
     })
 }
 
+/// Where a disk goes, decided from the rules alone: what preflight must ask the target about
+/// before the plan is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    pub disk: String,
+    pub decision: Decision,
+    /// The path the target must provide (or that Ferry must create), for path-backed disks.
+    pub path: Option<String>,
+    pub kind: DiskType,
+    pub format: Option<String>,
+}
+
+/// Every disk's decision and target path under `rules`, without rewriting anything.
+pub fn destinations(live_xml: &str, rules: &Rules) -> Result<Vec<Destination>, PlanError> {
+    let dom = domain::parse(live_xml).map_err(|source| PlanError::Domain {
+        which: "live",
+        source,
+    })?;
+    dom.disks
+        .iter()
+        .map(|d| {
+            let (decision, _, new, _, _) = decide(d, rules)?;
+            let (path, kind) = match new {
+                Some(NewSource::Path { kind, path }) => (Some(path), kind),
+                Some(NewSource::Pool { .. }) => (None, d.disk_type.clone()),
+                None => (d.path().map(str::to_string), d.disk_type.clone()),
+            };
+            Ok(Destination {
+                disk: d.target.clone(),
+                decision,
+                path,
+                kind,
+                format: d.format.clone(),
+            })
+        })
+        .collect()
+}
+
 /// The kind of disk a destination path makes: a block device under `/dev`, else a file.
 pub fn kind_of_path(path: &str) -> DiskType {
     if path.starts_with("/dev/") {
@@ -541,69 +620,12 @@ fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
     }
 }
 
-fn unified_diff(a: &str, b: &str, from: &str, to: &str) -> String {
-    similar::TextDiff::from_lines(a, b)
-        .unified_diff()
-        .context_radius(2)
-        .header(from, to)
-        .to_string()
-}
-
-/// Quote `s` for a POSIX shell when it needs it.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 impl Plan {
-    /// The `virsh migrate` command that does what this plan does, runnable as printed once the
-    /// XML files exist. `source_uri` adds `-c URI` when the source is not the default.
-    pub fn virsh_command(&self, files: &XmlFiles, source_uri: Option<&str>) -> String {
-        let mut a: Vec<String> = vec!["virsh".into()];
-        if let Some(u) = source_uri {
-            a.extend(["-c".into(), shell_quote(u)]);
+    /// Record the bytes each copied disk moves (from the source's facts), for the operator.
+    pub fn record_copy_bytes(&mut self, bytes: &[(String, u64)]) {
+        for d in self.disks.iter_mut() {
+            d.bytes_to_copy = bytes.iter().find(|(t, _)| *t == d.target).map(|(_, b)| *b);
         }
-        a.push("migrate".into());
-        let f = &self.flags;
-        for (on, flag) in [
-            (f.live, "--live"),
-            (f.peer2peer, "--p2p"),
-            (f.persist_dest, "--persistent"),
-            (f.undefine_source, "--undefinesource"),
-            (f.abort_on_error, "--abort-on-error"),
-            (f.non_shared_disk, "--copy-storage-all"),
-            (f.unsafe_, "--unsafe"),
-            (f.tls, "--tls"),
-        ] {
-            if on {
-                a.push(flag.into());
-            }
-        }
-        if !self.migrate_disks.is_empty() {
-            a.extend(["--migrate-disks".into(), self.migrate_disks.join(",")]);
-        }
-        a.extend(["--xml".into(), shell_quote(&files.dest_xml)]);
-        if let Some(p) = &files.persist_xml {
-            a.extend(["--persistent-xml".into(), shell_quote(p)]);
-        }
-        if let Some(b) = self.bandwidth_per_stream_mib {
-            a.extend(["--bandwidth".into(), b.to_string()]);
-        }
-        if let Some(u) = &self.options.migrate_uri {
-            a.extend(["--migrateuri".into(), shell_quote(u)]);
-        }
-        if let Some(u) = &self.options.disks_uri {
-            a.extend(["--disks-uri".into(), shell_quote(u)]);
-        }
-        a.push(shell_quote(&self.domain));
-        a.push(shell_quote(&self.dest_uri));
-        a.join(" ")
     }
 
     /// Total bytes the copies move, where every copied disk's size is known.
@@ -614,112 +636,12 @@ impl Plan {
             .map(|d| d.bytes_to_copy)
             .sum()
     }
-
-    /// The plan as a person reads it.
-    pub fn render(&self, files: &XmlFiles, source_uri: Option<&str>, with_diff: bool) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "Plan: migrate guest '{}' to {}",
-            self.domain, self.dest_uri
-        );
-        let _ = writeln!(s, "\nDisks:");
-        for d in &self.disks {
-            let src = d.source.as_ref().map(|x| x.to_string()).unwrap_or_default();
-            let dst = d
-                .dest_source
-                .as_ref()
-                .map(|x| x.to_string())
-                .unwrap_or_default();
-            let arrow = if d.decision == Decision::NoMedia {
-                String::new()
-            } else if src == dst && d.source_type == d.dest_type {
-                format!("{} {src} (unchanged)", d.source_type)
-            } else {
-                format!("{} {src} -> {} {dst}", d.source_type, d.dest_type)
-            };
-            let mut size = d
-                .bytes_to_copy
-                .map(|b| format!(", {}", human_bytes(b)))
-                .unwrap_or_default();
-            if let Some(n) = d.dest_slice {
-                size.push_str(&format!(", into a storage slice of the first {n} bytes"));
-            }
-            let _ = writeln!(
-                s,
-                "  {:<6} {:<8} {arrow}\n  {:<6} {:<8} why: {}{size}",
-                d.target,
-                d.decision.as_str(),
-                "",
-                "",
-                d.reason
-            );
-        }
-        let md = if self.migrate_disks.is_empty() {
-            "(none: no disk is copied)".to_string()
-        } else {
-            self.migrate_disks.join(", ")
-        };
-        let _ = writeln!(s, "\nmigrate_disks: {md}");
-        let _ = writeln!(s, "flags: {}", self.flags.names().join(" | "));
-        if let (Some(total), Some(per)) =
-            (self.options.bandwidth_mib, self.bandwidth_per_stream_mib)
-        {
-            let _ = writeln!(
-                s,
-                "bandwidth: {total} MiB/s in all ({per} MiB/s per stream: libvirt applies the cap \
-                 to each of the {} disk mirror(s))",
-                self.migrate_disks.len().max(1)
-            );
-        }
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning: {w}");
-        }
-        let _ = writeln!(
-            s,
-            "\nEquivalent virsh command:\n  {}",
-            self.virsh_command(files, source_uri)
-        );
-        if with_diff {
-            let _ = writeln!(s, "\nChanges to the live XML:\n{}", self.diff);
-            if let Some(d) = &self.persist_diff {
-                let _ = writeln!(s, "Changes to the persistent XML:\n{d}");
-            }
-        }
-        s
-    }
-
-    /// The plan as one JSON object, with the virsh command line.
-    pub fn to_json(&self, files: &XmlFiles, source_uri: Option<&str>) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("flag_names".into(), self.flags.names().into());
-            o.insert("virsh".into(), self.virsh_command(files, source_uri).into());
-        }
-        v
-    }
-}
-
-/// Bytes in the largest binary unit that keeps the figure at least 1.
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::{shell_quote, XmlFiles};
     use crate::rules::{CopyRule, MapRule};
 
     const SEED: &str = include_str!("../tests/data/seed-source.xml");
@@ -773,8 +695,8 @@ mod tests {
         );
         assert_eq!(
             p.virsh_command(&files(), None),
-            "virsh migrate --live --persistent --undefinesource --abort-on-error \
-             --copy-storage-all --migrate-disks vdb --xml target.xml --persistent-xml \
+            "virsh migrate --live --persistent --undefinesource --copy-storage-all \
+             --abort-on-error --migrate-disks vdb --xml target.xml --persistent-xml \
              target-persistent.xml myGuest qemu+ssh://192.168.1.2/system"
         );
         assert!(

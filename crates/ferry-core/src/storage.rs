@@ -460,7 +460,7 @@ pub fn derive(
                         f.source_name,
                         sp.name,
                         f.target_name,
-                        crate::plan::human_bytes(need),
+                        crate::render::human_bytes(need),
                         local_store_list(f)
                     ),
                 });
@@ -490,7 +490,7 @@ pub fn derive(
                             "{why_local}; pool {} on {} has {} free",
                             tp.name,
                             f.target_name,
-                            crate::plan::human_bytes(tp.available)
+                            crate::render::human_bytes(tp.available)
                         ),
                     },
                 });
@@ -532,7 +532,7 @@ fn local_store_list(f: &StorageFacts) -> String {
         format!(
             "{} ({} free)",
             p.name,
-            crate::plan::human_bytes(p.available)
+            crate::render::human_bytes(p.available)
         )
     };
     let list: Vec<String> = if f.local_stores.is_empty() {

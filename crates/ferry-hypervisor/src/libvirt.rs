@@ -564,22 +564,7 @@ impl Hypervisor for Libvirt {
         let s = self.host(src);
         let d = self.host(dst);
         let dom = self.lookup(&s, name)?;
-        let f = &req.flags;
-        let mut flags: u32 = 0;
-        for (on, bit) in [
-            (f.live, sys::VIR_MIGRATE_LIVE),
-            (f.peer2peer, sys::VIR_MIGRATE_PEER2PEER),
-            (f.persist_dest, sys::VIR_MIGRATE_PERSIST_DEST),
-            (f.undefine_source, sys::VIR_MIGRATE_UNDEFINE_SOURCE),
-            (f.non_shared_disk, sys::VIR_MIGRATE_NON_SHARED_DISK),
-            (f.unsafe_, sys::VIR_MIGRATE_UNSAFE),
-            (f.abort_on_error, sys::VIR_MIGRATE_ABORT_ON_ERROR),
-            (f.tls, sys::VIR_MIGRATE_TLS),
-        ] {
-            if on {
-                flags |= bit;
-            }
-        }
+        let flags = req.flags.bits();
         let params = MigrateParameters {
             migrate_disks: req.migrate_disks.clone(),
             dest_xml: Some(req.dest_xml.clone()),
@@ -590,7 +575,7 @@ impl Hypervisor for Libvirt {
             ..Default::default()
         };
         let what = format!("migrating {name} to {}", d.uri);
-        if f.peer2peer {
+        if req.flags.peer2peer {
             dom.migrate_to_uri3(Some(&req.dest_uri), params, flags)
                 .map_err(|e| self.err(&s, what, e))
         } else {
@@ -842,6 +827,25 @@ mod tests {
             lv.domain_xml(h, "no-such-guest", true),
             Err(HvError::NoDomain { .. })
         ));
+    }
+
+    #[test]
+    fn the_flag_table_has_libvirts_values() {
+        use ferry_core::plan::FLAG_TABLE;
+        let want = [
+            ("LIVE", sys::VIR_MIGRATE_LIVE),
+            ("PEER2PEER", sys::VIR_MIGRATE_PEER2PEER),
+            ("PERSIST_DEST", sys::VIR_MIGRATE_PERSIST_DEST),
+            ("UNDEFINE_SOURCE", sys::VIR_MIGRATE_UNDEFINE_SOURCE),
+            ("NON_SHARED_DISK", sys::VIR_MIGRATE_NON_SHARED_DISK),
+            ("UNSAFE", sys::VIR_MIGRATE_UNSAFE),
+            ("ABORT_ON_ERROR", sys::VIR_MIGRATE_ABORT_ON_ERROR),
+            ("TLS", sys::VIR_MIGRATE_TLS),
+        ];
+        assert_eq!(FLAG_TABLE.len(), want.len());
+        for (d, (name, bit)) in FLAG_TABLE.iter().zip(want) {
+            assert_eq!((d.name, d.bit), (name, bit));
+        }
     }
 
     #[test]

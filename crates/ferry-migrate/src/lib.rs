@@ -252,6 +252,23 @@ pub fn run(
             }
         }
     }
+    // Facts first: where each disk goes under the rules, then what both hosts say about it;
+    // storage slices follow from the answers, so the plan is made once.
+    let plan_err = |source| MigrateError::Plan {
+        guest: req.guest.clone(),
+        source,
+    };
+    reporter.report(Event::Step {
+        step: "preflight",
+        detail: format!("asking {} and {}", req.from, req.to),
+    });
+    let dests = ferry_core::plan::destinations(&inv.live_xml, &rules).map_err(plan_err)?;
+    let facts = preflight::gather(hv, &inv, &dests)?;
+    for (disk, size) in ferry_core::preflight::slices(&dests, &facts) {
+        if let Some(c) = rules.copy.iter_mut().find(|c| c.disk == disk) {
+            c.slice = Some(size);
+        }
+    }
     reporter.report(Event::Step {
         step: "plan",
         detail: format!("to {} ({})", req.to, inv.target_facts.hostname),
@@ -263,36 +280,9 @@ pub fn run(
         &rules,
         &req.options,
     )
-    .map_err(|source| MigrateError::Plan {
-        guest: req.guest.clone(),
-        source,
-    })?;
-    reporter.report(Event::Step {
-        step: "preflight",
-        detail: format!("checking {} and {}", req.from, req.to),
-    });
-    let mut checked = preflight::check(hv, &inv, &mut plan)?;
-    if !checked.slices.is_empty() && checked.problems.is_empty() {
-        // Larger raw block targets: plan again with storage slices of the disks' sizes.
-        let mut rules = rules.clone();
-        for (disk, size) in &checked.slices {
-            if let Some(c) = rules.copy.iter_mut().find(|c| &c.disk == disk) {
-                c.slice = Some(*size);
-            }
-        }
-        plan = ferry_core::plan(
-            &inv.live_xml,
-            inv.inactive_xml.as_deref(),
-            &req.to,
-            &rules,
-            &req.options,
-        )
-        .map_err(|source| MigrateError::Plan {
-            guest: req.guest.clone(),
-            source,
-        })?;
-        checked = preflight::check(hv, &inv, &mut plan)?;
-    }
+    .map_err(plan_err)?;
+    plan.record_copy_bytes(&ferry_core::preflight::copy_bytes(&plan, &facts));
+    let checked = ferry_core::preflight::check(&plan, &facts);
     let plan_json = serde_json::to_string(&plan).unwrap_or_default();
     if !checked.problems.is_empty() {
         if !req.dry_run {

@@ -1,0 +1,560 @@
+//! Preflight, decided: everything that can be checked before anything is created or moved, as
+//! a pure function of the plan and the facts both hosts gave ([`MigrationFacts`]). Each problem
+//! names the host, the disk, the path and the fix.
+//!
+//! The facts come first: [`crate::plan::destinations`] says which paths the target must
+//! answer for; the flow asks the hosts; [`slices`] decides storage slices from the answers, so
+//! the plan is made once, with them; [`check`] judges it.
+
+use serde::Serialize;
+
+use crate::domain::{DiskSource, DiskType};
+use crate::facts::{DomainState, MigrationFacts, PathKind};
+use crate::plan::{Decision, Destination, Plan};
+use crate::storage::HOOK_PLACEHOLDER;
+
+/// One reason the migration cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub host: String,
+    pub disk: Option<String>,
+    pub path: Option<String>,
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.host)?;
+        if let Some(d) = &self.disk {
+            write!(f, ", disk {d}")?;
+        }
+        if let Some(p) = &self.path {
+            write!(f, ", {p}")?;
+        }
+        write!(f, ": {} — {}", self.what, self.fix)
+    }
+}
+
+/// The problems as a list an operator reads.
+pub fn render(problems: &[Problem]) -> String {
+    let mut s = format!("{} problem(s)", problems.len());
+    for p in problems {
+        s.push_str("\n  - ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+/// A copy target Ferry must create on the target host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToCreate {
+    pub disk: String,
+    pub path: String,
+    pub capacity: u64,
+    pub format: String,
+}
+
+/// What preflight found.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub problems: Vec<Problem>,
+    /// The checks that passed, for the operator.
+    pub passed: Vec<String>,
+    pub to_create: Vec<ToCreate>,
+}
+
+/// The paths the target must answer for: every planned path except a hook's placeholder.
+pub fn paths_to_probe(dests: &[Destination]) -> Vec<String> {
+    dests
+        .iter()
+        .filter(|d| d.decision != Decision::NoMedia)
+        .filter_map(|d| d.path.clone())
+        .filter(|p| !p.starts_with(HOOK_PLACEHOLDER))
+        .collect()
+}
+
+/// Storage slices: a raw disk copied onto a block device larger than it uses the device's
+/// first bytes, exactly its size. `(disk, size)` for each.
+pub fn slices(dests: &[Destination], f: &MigrationFacts) -> Vec<(String, u64)> {
+    dests
+        .iter()
+        .filter(|d| d.decision == Decision::Copy && d.kind == DiskType::Block)
+        .filter(|d| d.format.as_deref().unwrap_or("raw") == "raw")
+        .filter_map(|d| {
+            let size = f.disk_sizes.get(&d.disk)?.capacity;
+            let info = f.probes.get(d.path.as_deref()?)?.info.as_ref()?;
+            (info.kind == PathKind::Block && info.capacity > size).then(|| (d.disk.clone(), size))
+        })
+        .collect()
+}
+
+/// Bytes each copied disk moves: a block device's whole size, a file's allocation.
+pub fn copy_bytes(plan: &Plan, f: &MigrationFacts) -> Vec<(String, u64)> {
+    plan.disks
+        .iter()
+        .filter(|d| d.decision == Decision::Copy)
+        .filter_map(|d| {
+            let s = f.disk_sizes.get(&d.target)?;
+            Some((
+                d.target.clone(),
+                if d.source_type == DiskType::Block {
+                    s.capacity
+                } else {
+                    s.allocation
+                },
+            ))
+        })
+        .collect()
+}
+
+fn state_name(s: Option<DomainState>) -> &'static str {
+    match s {
+        None => "not defined",
+        Some(DomainState::Running) => "running",
+        Some(DomainState::Paused) => "paused",
+        Some(DomainState::ShutOff) => "shut off",
+        Some(DomainState::Other) => "in another state",
+    }
+}
+
+fn kind_name(k: PathKind) -> &'static str {
+    match k {
+        PathKind::File => "file",
+        PathKind::Block => "block device",
+        PathKind::Dir => "directory",
+        PathKind::Other => "special file",
+    }
+}
+
+/// Judge the plan against the facts.
+pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
+    let mut c = Checked::default();
+    let (src, dst, guest) = (&f.source_uri, &f.target_uri, &f.guest);
+    let problem =
+        |host: &str, disk: Option<&str>, path: Option<&str>, what: String, fix: String| Problem {
+            host: host.to_string(),
+            disk: disk.map(str::to_string),
+            path: path.map(str::to_string),
+            what,
+            fix,
+        };
+
+    // The guest runs on the source and not on the target.
+    match f.source_state {
+        Some(s @ (DomainState::Running | DomainState::Paused)) => c
+            .passed
+            .push(format!("{src}: {guest} is {}", state_name(Some(s)))),
+        s => c.problems.push(problem(
+            src,
+            None,
+            None,
+            format!("{guest} is not running ({})", state_name(s)),
+            format!("start it (virsh -c {src} start {guest}) or move it cold"),
+        )),
+    }
+    if let Some(s) = f.target_state {
+        c.problems.push(problem(
+            dst,
+            None,
+            None,
+            format!(
+                "a domain named {guest} already exists there ({})",
+                state_name(Some(s))
+            ),
+            format!("if it is a stale definition, remove it: virsh -c {dst} undefine {guest}"),
+        ));
+    }
+    if f.source_uuid.is_some() && f.source_uuid == f.target_uuid {
+        c.problems.push(problem(
+            dst,
+            None,
+            None,
+            format!(
+                "it reports the same host UUID as the source ({})",
+                f.source_uuid.as_deref().unwrap_or("")
+            ),
+            "libvirt refuses to migrate to the same host: give each host its own host_uuid in libvirtd.conf".into(),
+        ));
+    }
+
+    for d in &plan.disks {
+        let disk = d.target.as_str();
+        let size = f.disk_sizes.get(disk);
+        let no_size = || {
+            problem(
+                src,
+                Some(disk),
+                None,
+                "its size could not be read on the source".into(),
+                "check that the guest runs and the disk is attached (virsh domblkinfo)".into(),
+            )
+        };
+        match d.decision {
+            Decision::NoMedia => {}
+            Decision::Shared => {
+                let Some(dest) = d.dest_path() else {
+                    c.passed.push(format!("disk {disk}: {}", d.reason));
+                    continue;
+                };
+                let Some(info) = f.probes.get(dest).and_then(|p| p.info.as_ref()) else {
+                    c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(dest),
+                        "the shared disk's path does not exist there".to_string(),
+                        "mount the shared storage on the target, or correct --map".into(),
+                    ));
+                    continue;
+                };
+                let Some(size) = size else {
+                    c.problems.push(no_size());
+                    continue;
+                };
+                if info.capacity != size.capacity {
+                    c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(dest),
+                        format!(
+                            "it is {} bytes, the guest's disk is {} bytes: not the same data",
+                            info.capacity, size.capacity
+                        ),
+                        "check --map: it must point at the same shared image".into(),
+                    ));
+                    continue;
+                }
+                c.passed.push(format!(
+                    "disk {disk}: shared, {dest} exists on the target with the same size ({} bytes)",
+                    size.capacity
+                ));
+            }
+            Decision::Copy => {
+                let dest = match &d.dest_source {
+                    Some(DiskSource::Path { path }) if path.starts_with(HOOK_PLACEHOLDER) => {
+                        // A dry run: the hook has not made the volume yet.
+                        c.passed.push(format!(
+                            "disk {disk}: a hook creates its volume on the target before the \
+                             migration ({})",
+                            d.reason
+                        ));
+                        continue;
+                    }
+                    Some(DiskSource::Path { path }) => path.clone(),
+                    _ => {
+                        c.problems.push(problem(
+                            dst,
+                            Some(disk),
+                            None,
+                            "Ferry can only copy to a file or block device path".into(),
+                            format!("name one: --copy {disk}=/path"),
+                        ));
+                        continue;
+                    }
+                };
+                let Some(size) = size else {
+                    c.problems.push(no_size());
+                    continue;
+                };
+                let format = d.format.clone().unwrap_or_else(|| "raw".into());
+                if let Some((_, user)) = f.in_use.iter().find(|(p, _)| *p == dest) {
+                    c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(&dest),
+                        format!("it is in use by domain {user}"),
+                        format!("choose a free target: --copy {disk}=OTHER_PATH"),
+                    ));
+                    continue;
+                }
+                let Some(probe) = f.probes.get(&dest) else {
+                    c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(&dest),
+                        "the target was not asked about this path".into(),
+                        "this is a bug in Ferry: report it".into(),
+                    ));
+                    continue;
+                };
+                let want_block = d.dest_type == DiskType::Block;
+                match &probe.info {
+                    Some(info) => {
+                        let is_block = info.kind == PathKind::Block;
+                        if is_block != want_block {
+                            c.problems.push(problem(
+                                dst,
+                                Some(disk),
+                                Some(&dest),
+                                format!(
+                                    "it is a {} but the plan writes a {} disk",
+                                    kind_name(info.kind),
+                                    d.dest_type
+                                ),
+                                "block devices go under /dev; files elsewhere".into(),
+                            ));
+                        } else if info.capacity < size.capacity {
+                            c.problems.push(problem(
+                                dst,
+                                Some(disk),
+                                Some(&dest),
+                                format!(
+                                    "the target is too small: {} bytes, the disk needs exactly {}",
+                                    info.capacity, size.capacity
+                                ),
+                                format!("give a target of exactly {} bytes, or a path Ferry creates", size.capacity),
+                            ));
+                        } else if info.capacity > size.capacity
+                            && d.dest_slice == Some(size.capacity)
+                        {
+                            c.passed.push(format!(
+                                "disk {disk}: copy into the first {} bytes of block device {dest} ({} bytes) as a storage slice",
+                                size.capacity, info.capacity
+                            ));
+                        } else if info.capacity > size.capacity {
+                            c.problems.push(problem(
+                                dst,
+                                Some(disk),
+                                Some(&dest),
+                                format!(
+                                    "the target is larger: {} bytes, the {format} disk is {}; the copy needs the exact size",
+                                    info.capacity, size.capacity
+                                ),
+                                format!(
+                                    "give a target of exactly {} bytes, or a path Ferry creates",
+                                    size.capacity
+                                ),
+                            ));
+                        } else if is_block && format != "raw" {
+                            c.problems.push(problem(
+                                dst,
+                                Some(disk),
+                                Some(&dest),
+                                format!("the disk is {format}; a block device target holds raw data only"),
+                                format!("copy it to a file instead: --copy {disk}=/path/{disk}.{format}"),
+                            ));
+                        } else {
+                            c.passed.push(format!(
+                                "disk {disk}: copy to existing {} {dest} of exactly {} bytes",
+                                kind_name(info.kind),
+                                size.capacity
+                            ));
+                        }
+                    }
+                    None if want_block => c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(&dest),
+                        "the block device does not exist".into(),
+                        "create it on the target (a namespace, an LV) at the disk's exact size, or copy to a file".into(),
+                    )),
+                    None if !probe.parent_exists => c.problems.push(problem(
+                        dst,
+                        Some(disk),
+                        Some(&dest),
+                        "its directory does not exist".into(),
+                        "create the directory on the target, or choose another --copy destination".into(),
+                    )),
+                    None => {
+                        let need = size.allocation.max(1);
+                        match probe.parent_free {
+                            Some(free) if free < need => c.problems.push(problem(
+                                dst,
+                                Some(disk),
+                                Some(&dest),
+                                format!("not enough free space: {free} bytes free, the disk holds {need}"),
+                                "free space there, or copy elsewhere".into(),
+                            )),
+                            _ => {
+                                c.passed.push(format!(
+                                    "disk {disk}: Ferry will create {dest} ({format}, exactly {} bytes)",
+                                    size.capacity
+                                ));
+                                c.to_create.push(ToCreate {
+                                    disk: disk.to_string(),
+                                    path: dest.clone(),
+                                    capacity: size.capacity,
+                                    format,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{DiskSize, PathInfo, PathProbe};
+    use crate::{plan, MigrationOptions, Rules};
+
+    const GUEST: &str = "<domain type='qemu'><name>g</name><devices>\
+        <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+        <source file='/mnt/nfs/a.img'/><target dev='vda'/></disk>\
+        <disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+        <source dev='/dev/nvme2n2'/><target dev='vdb'/></disk></devices></domain>";
+    const MIB: u64 = 1 << 20;
+
+    fn rules(copy: &str) -> Rules {
+        Rules {
+            map: vec!["/mnt/nfs=/mnt/b".parse().unwrap()],
+            copy: vec![copy.parse().unwrap()],
+        }
+    }
+
+    fn probe(kind: PathKind, capacity: u64) -> PathProbe {
+        PathProbe {
+            info: Some(PathInfo {
+                kind,
+                capacity,
+                allocation: capacity,
+                format: None,
+            }),
+            parent_exists: true,
+            parent_free: Some(1 << 30),
+        }
+    }
+
+    fn facts() -> MigrationFacts {
+        let size = |c| DiskSize {
+            capacity: c,
+            allocation: c / 2,
+            physical: c,
+        };
+        MigrationFacts {
+            guest: "g".into(),
+            source_uri: "h1".into(),
+            target_uri: "h2".into(),
+            source_state: Some(DomainState::Running),
+            source_uuid: Some("u1".into()),
+            target_uuid: Some("u2".into()),
+            disk_sizes: [
+                ("vda".into(), size(32 * MIB)),
+                ("vdb".into(), size(64 * MIB)),
+            ]
+            .into(),
+            probes: [
+                ("/mnt/b/a.img".into(), probe(PathKind::File, 32 * MIB)),
+                ("/dev/n5".into(), probe(PathKind::Block, 64 * MIB)),
+                ("/dev/n6".into(), probe(PathKind::Block, 32 * MIB)),
+                ("/dev/n7".into(), probe(PathKind::Block, 96 * MIB)),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    /// The flow's order: destinations, facts, slices, one plan, the check.
+    fn judge(copy: &str, f: &MigrationFacts) -> (Plan, Checked) {
+        let mut r = rules(copy);
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        for (disk, size) in slices(&dests, f) {
+            r.copy.iter_mut().find(|c| c.disk == disk).unwrap().slice = Some(size);
+        }
+        let p = plan(GUEST, None, "h2", &r, &MigrationOptions::default()).unwrap();
+        let c = check(&p, f);
+        (p, c)
+    }
+
+    fn whats(c: &Checked) -> Vec<&str> {
+        c.problems.iter().map(|p| p.what.as_str()).collect()
+    }
+
+    #[test]
+    fn the_seed_passes_and_asks_only_about_the_planned_paths() {
+        let r = rules("vdb=/dev/n5");
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        assert_eq!(paths_to_probe(&dests), vec!["/mnt/b/a.img", "/dev/n5"]);
+        let (p, c) = judge("vdb=/dev/n5", &facts());
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert!(c.to_create.is_empty());
+        assert_eq!(c.passed.len(), 3, "{:?}", c.passed);
+        assert_eq!(
+            copy_bytes(&p, &facts()),
+            vec![("vdb".to_string(), 64 * MIB)]
+        );
+    }
+
+    #[test]
+    fn a_larger_raw_device_gets_a_slice_in_the_one_plan_a_smaller_one_is_refused() {
+        let (p, c) = judge("vdb=/dev/n7", &facts());
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(p.disks[1].dest_slice, Some(64 * MIB));
+        assert!(p
+            .dest_xml
+            .contains("<slice type='storage' offset='0' size='67108864'/>"));
+        let (_, c) = judge("vdb=/dev/n6", &facts());
+        assert_eq!(
+            whats(&c),
+            vec!["the target is too small: 33554432 bytes, the disk needs exactly 67108864"]
+        );
+    }
+
+    #[test]
+    fn every_refusal_names_the_host_disk_and_path() {
+        let mut f = facts();
+        f.probes.remove("/mnt/b/a.img");
+        f.in_use.push(("/dev/n5".into(), "other".into()));
+        f.target_state = Some(DomainState::ShutOff);
+        f.target_uuid = Some("u1".into());
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        let w = whats(&c);
+        assert!(
+            w.contains(&"a domain named g already exists there (shut off)"),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|x| x.starts_with("it reports the same host UUID")),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&"the shared disk's path does not exist there"),
+            "{w:?}"
+        );
+        assert!(w.contains(&"it is in use by domain other"), "{w:?}");
+        let shared = c
+            .problems
+            .iter()
+            .find(|p| p.disk.as_deref() == Some("vda"))
+            .unwrap();
+        assert_eq!(
+            (shared.host.as_str(), shared.path.as_deref()),
+            ("h2", Some("/mnt/b/a.img"))
+        );
+        // A guest that does not run, a size the source could not give.
+        let mut f = facts();
+        f.source_state = Some(DomainState::ShutOff);
+        f.disk_sizes.remove("vdb");
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        assert!(whats(&c).contains(&"g is not running (shut off)"));
+        assert!(whats(&c).contains(&"its size could not be read on the source"));
+    }
+
+    #[test]
+    fn a_missing_file_is_created_when_its_directory_has_room() {
+        let mut f = facts();
+        let absent = |free| PathProbe {
+            info: None,
+            parent_exists: true,
+            parent_free: Some(free),
+        };
+        f.probes.insert("/srv/vdb.img".into(), absent(1 << 30));
+        let (_, c) = judge("vdb=/srv/vdb.img", &f);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.to_create[0].capacity, 64 * MIB);
+        assert_eq!(c.to_create[0].format, "raw");
+        f.probes.insert("/srv/vdb.img".into(), absent(MIB));
+        let (_, c) = judge("vdb=/srv/vdb.img", &f);
+        assert!(
+            whats(&c)[0].starts_with("not enough free space"),
+            "{:?}",
+            whats(&c)
+        );
+        assert!(c.to_create.is_empty());
+    }
+}

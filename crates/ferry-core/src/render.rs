@@ -1,0 +1,177 @@
+//! Presenting a plan: the human text, the JSON, the equivalent `virsh migrate` line, the XML
+//! diff. The planner ([`crate::plan`]) decides; this module only shows what it decided.
+
+use crate::plan::{Decision, Plan};
+
+/// The files the equivalent virsh command reads.
+#[derive(Debug, Clone)]
+pub struct XmlFiles {
+    pub dest_xml: String,
+    pub persist_xml: Option<String>,
+}
+
+impl XmlFiles {
+    /// The given file names, or `GUEST-target.xml` / `GUEST-target-persistent.xml`; the
+    /// persistent file only when the plan has a persistent XML.
+    pub fn for_plan(plan: &Plan, dest_xml: Option<String>, persist_xml: Option<String>) -> Self {
+        XmlFiles {
+            dest_xml: dest_xml.unwrap_or_else(|| format!("{}-target.xml", plan.domain)),
+            persist_xml: plan.persist_xml.as_ref().map(|_| {
+                persist_xml.unwrap_or_else(|| format!("{}-target-persistent.xml", plan.domain))
+            }),
+        }
+    }
+}
+
+pub(crate) fn unified_diff(a: &str, b: &str, from: &str, to: &str) -> String {
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(2)
+        .header(from, to)
+        .to_string()
+}
+
+/// Quote `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl Plan {
+    /// The `virsh migrate` command that does what this plan does, runnable as printed once the
+    /// XML files exist. `source_uri` adds `-c URI` when the source is not the default.
+    pub fn virsh_command(&self, files: &XmlFiles, source_uri: Option<&str>) -> String {
+        let mut a: Vec<String> = vec!["virsh".into()];
+        if let Some(u) = source_uri {
+            a.extend(["-c".into(), shell_quote(u)]);
+        }
+        a.push("migrate".into());
+        a.extend(self.flags.set().map(|d| d.virsh.to_string()));
+        if !self.migrate_disks.is_empty() {
+            a.extend(["--migrate-disks".into(), self.migrate_disks.join(",")]);
+        }
+        a.extend(["--xml".into(), shell_quote(&files.dest_xml)]);
+        if let Some(p) = &files.persist_xml {
+            a.extend(["--persistent-xml".into(), shell_quote(p)]);
+        }
+        if let Some(b) = self.bandwidth_per_stream_mib {
+            a.extend(["--bandwidth".into(), b.to_string()]);
+        }
+        if let Some(u) = &self.options.migrate_uri {
+            a.extend(["--migrateuri".into(), shell_quote(u)]);
+        }
+        if let Some(u) = &self.options.disks_uri {
+            a.extend(["--disks-uri".into(), shell_quote(u)]);
+        }
+        a.push(shell_quote(&self.domain));
+        a.push(shell_quote(&self.dest_uri));
+        a.join(" ")
+    }
+
+    /// The plan as a person reads it.
+    pub fn render(&self, files: &XmlFiles, source_uri: Option<&str>, with_diff: bool) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Plan: migrate guest '{}' to {}",
+            self.domain, self.dest_uri
+        );
+        let _ = writeln!(s, "\nDisks:");
+        for d in &self.disks {
+            let src = d.source.as_ref().map(|x| x.to_string()).unwrap_or_default();
+            let dst = d
+                .dest_source
+                .as_ref()
+                .map(|x| x.to_string())
+                .unwrap_or_default();
+            let arrow = if d.decision == Decision::NoMedia {
+                String::new()
+            } else if src == dst && d.source_type == d.dest_type {
+                format!("{} {src} (unchanged)", d.source_type)
+            } else {
+                format!("{} {src} -> {} {dst}", d.source_type, d.dest_type)
+            };
+            let mut size = d
+                .bytes_to_copy
+                .map(|b| format!(", {}", human_bytes(b)))
+                .unwrap_or_default();
+            if let Some(n) = d.dest_slice {
+                size.push_str(&format!(", into a storage slice of the first {n} bytes"));
+            }
+            let _ = writeln!(
+                s,
+                "  {:<6} {:<8} {arrow}\n  {:<6} {:<8} why: {}{size}",
+                d.target,
+                d.decision.as_str(),
+                "",
+                "",
+                d.reason
+            );
+        }
+        let md = if self.migrate_disks.is_empty() {
+            "(none: no disk is copied)".to_string()
+        } else {
+            self.migrate_disks.join(", ")
+        };
+        let _ = writeln!(s, "\nmigrate_disks: {md}");
+        let _ = writeln!(s, "flags: {}", self.flags.names().join(" | "));
+        if let (Some(total), Some(per)) =
+            (self.options.bandwidth_mib, self.bandwidth_per_stream_mib)
+        {
+            let _ = writeln!(
+                s,
+                "bandwidth: {total} MiB/s in all ({per} MiB/s per stream: libvirt applies the cap \
+                 to each of the {} disk mirror(s))",
+                self.migrate_disks.len().max(1)
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(
+            s,
+            "\nEquivalent virsh command:\n  {}",
+            self.virsh_command(files, source_uri)
+        );
+        if with_diff {
+            let _ = writeln!(s, "\nChanges to the live XML:\n{}", self.diff);
+            if let Some(d) = &self.persist_diff {
+                let _ = writeln!(s, "Changes to the persistent XML:\n{d}");
+            }
+        }
+        s
+    }
+
+    /// The plan as one JSON object, with the virsh command line.
+    pub fn to_json(&self, files: &XmlFiles, source_uri: Option<&str>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("flag_names".into(), self.flags.names().into());
+            o.insert("virsh".into(), self.virsh_command(files, source_uri).into());
+        }
+        v
+    }
+}
+
+/// Bytes in the largest binary unit that keeps the figure at least 1.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
