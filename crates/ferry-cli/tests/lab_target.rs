@@ -62,6 +62,25 @@ fn files(dir: &str) -> Vec<String> {
     v
 }
 
+/// `ferry migrate lab-guest --from h1 --to h2` with an inventory, the lab's journal and `extra`.
+fn migrate_h1_to_h2(inv: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut a = vec![
+        "migrate",
+        GUEST,
+        "--from",
+        "h1",
+        "--to",
+        "h2",
+        "--inventory",
+        inv,
+        "--unsafe",
+        "--journal",
+        JOURNAL,
+    ];
+    a.extend_from_slice(extra);
+    ferry(&a)
+}
+
 fn no_canary_left() {
     for d in ["shared", "h1/store", "h2/store", "h3/store"] {
         let left: Vec<String> = files(&format!("{DIR}/{d}"))
@@ -252,23 +271,7 @@ fn three_hosts_ranked_by_storage_identity_draining_skipped_zero_config_migration
 fn identity_refuses_a_copy_onto_the_source_disk_a_map_onto_another_file_and_a_full_host() {
     let lab = Lab::up(&[]);
     let inv = inventory("inv.toml", &[]);
-    let migrate = |extra: &[&str]| {
-        let mut a = vec![
-            "migrate",
-            GUEST,
-            "--from",
-            "h1",
-            "--to",
-            "h2",
-            "--inventory",
-            &inv,
-            "--unsafe",
-            "--journal",
-            JOURNAL,
-        ];
-        a.extend_from_slice(extra);
-        ferry(&a)
-    };
+    let migrate = |extra: &[&str]| migrate_h1_to_h2(&inv, extra);
     let untouched = |what: &str| {
         assert_eq!(domstate(H1), "running", "{what}");
         assert_eq!(domstate(H2), "", "{what}");
@@ -303,19 +306,7 @@ fn identity_refuses_a_copy_onto_the_source_disk_a_map_onto_another_file_and_a_fu
 
     // h2's reserve leaves too little memory: the numbers are shown, with --to and without.
     let inv = inventory("full.toml", &[("h2", "reserve_memory = \"1000GiB\"")]);
-    let (code, out, err) = ferry(&[
-        "migrate",
-        GUEST,
-        "--from",
-        "h1",
-        "--to",
-        "h2",
-        "--inventory",
-        &inv,
-        "--unsafe",
-        "--journal",
-        JOURNAL,
-    ]);
+    let (code, out, err) = migrate_h1_to_h2(&inv, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("h2 [memory]"), "{err}");
     assert!(
@@ -351,23 +342,7 @@ fn a_hook_hands_out_an_nvme_namespace_takes_it_back_after_a_failure_and_the_copy
         a.extend_from_slice(args);
         lab(&a)
     };
-    let migrate = |extra: &[&str]| {
-        let mut a = vec![
-            "migrate",
-            GUEST,
-            "--from",
-            "h1",
-            "--to",
-            "h2",
-            "--inventory",
-            &inv,
-            "--unsafe",
-            "--journal",
-            JOURNAL,
-        ];
-        a.extend_from_slice(extra);
-        ferry(&a)
-    };
+    let migrate = |extra: &[&str]| migrate_h1_to_h2(&inv, extra);
 
     // A migration that fails (aborted by --timeout mid-copy): the namespace goes back.
     let (code, out, err) = migrate(&["--bandwidth", "1", "--timeout", "4"]);

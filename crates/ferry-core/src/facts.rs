@@ -63,6 +63,9 @@ pub struct PathProbe {
     pub parent_exists: bool,
     /// Free bytes where the parent directory lives.
     pub parent_free: Option<u64>,
+    /// The kind of the host's storage pool whose directory the parent is (`None`: no pool of
+    /// the host's own; Ferry reads such a directory through a transient one).
+    pub parent_pool: Option<PoolKind>,
 }
 
 /// A disk's size as the running guest's QEMU sees it.
@@ -289,6 +292,17 @@ pub enum CpuCompat {
     /// The guest lets QEMU pick a CPU the target offers anyway (no `<cpu>`, or a model the
     /// target's QEMU emulates), or the comparison is not available.
     NotChecked,
+}
+
+impl CpuCompat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identical => "identical",
+            Self::Superset => "compatible",
+            Self::Incompatible => "incompatible",
+            Self::NotChecked => "not checked",
+        }
+    }
 }
 
 /// A canary probe between two directories: a uniquely named empty volume created in `dst_dir`

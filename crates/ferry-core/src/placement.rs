@@ -137,6 +137,8 @@ pub struct Verdict {
     pub eligible: bool,
     /// Higher is better; only meaningful for eligible hosts.
     pub score: i64,
+    /// What the host's hypervisor said of the guest's CPU.
+    pub cpu: CpuCompat,
     pub reasons: Vec<Reason>,
 }
 
@@ -158,6 +160,7 @@ pub fn judge(guest: &GuestNeeds, source: &HostReport, c: &Candidate) -> Verdict 
         uri: c.uri.to_string(),
         eligible: reasons.is_empty(),
         score,
+        cpu: c.cpu,
         reasons,
     };
     let Some(f) = &c.report.facts else {
@@ -333,7 +336,12 @@ impl Ranking {
         };
         for v in &self.hosts {
             if v.eligible {
-                s.push_str(&format!("  {:<12} eligible, score {}\n", v.name, v.score));
+                s.push_str(&format!(
+                    "  {:<12} eligible, score {} (CPU {})\n",
+                    v.name,
+                    v.score,
+                    v.cpu.as_str()
+                ));
             } else {
                 s.push_str(&format!("  {:<12} not eligible:\n", v.name));
                 for r in &v.reasons {

@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::domain::{DiskSource, DiskType};
-use crate::facts::{DomainState, MigrationFacts, PathKind};
+use crate::facts::{DomainState, MigrationFacts, PathKind, PoolKind};
 use crate::plan::{Decision, Destination, Plan};
 use crate::storage::HOOK_PLACEHOLDER;
 
@@ -83,8 +83,15 @@ pub fn slices(dests: &[Destination], f: &MigrationFacts) -> Vec<(String, u64)> {
         .filter(|d| d.format.as_deref().unwrap_or("raw") == "raw")
         .filter_map(|d| {
             let size = f.disk_sizes.get(&d.disk)?.capacity;
-            let info = f.probes.get(d.path.as_deref()?)?.info.as_ref()?;
-            (info.kind == PathKind::Block && info.capacity > size).then(|| (d.disk.clone(), size))
+            let probe = f.probes.get(d.path.as_deref()?)?;
+            match &probe.info {
+                Some(info) => (info.kind == PathKind::Block && info.capacity > size)
+                    .then(|| (d.disk.clone(), size)),
+                // An LV Ferry creates: LVM rounds it up to the extent size.
+                None => {
+                    (probe.parent_pool == Some(PoolKind::Logical)).then(|| (d.disk.clone(), size))
+                }
+            }
         })
         .collect()
 }
@@ -341,7 +348,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                             ));
                         }
                     }
-                    None if want_block => c.problems.push(problem(
+                    None if want_block && probe.parent_pool != Some(PoolKind::Logical) => c.problems.push(problem(
                         dst,
                         Some(disk),
                         Some(&dest),
@@ -356,7 +363,12 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                         "create the directory on the target, or choose another --copy destination".into(),
                     )),
                     None => {
-                        let need = size.allocation.max(1);
+                        // A file may be sparse; an LV takes its whole size.
+                        let need = if want_block {
+                            size.capacity
+                        } else {
+                            size.allocation.max(1)
+                        };
                         match probe.parent_free {
                             Some(free) if free < need => c.problems.push(problem(
                                 dst,
@@ -366,10 +378,18 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                                 "free space there, or copy elsewhere".into(),
                             )),
                             _ => {
-                                c.passed.push(format!(
-                                    "disk {disk}: Ferry will create {dest} ({format}, exactly {} bytes)",
-                                    size.capacity
-                                ));
+                                c.passed.push(if want_block {
+                                    format!(
+                                        "disk {disk}: Ferry will create the logical volume {dest} ({} bytes, \
+                                         rounded up by LVM; the guest uses a storage slice of exactly that)",
+                                        size.capacity
+                                    )
+                                } else {
+                                    format!(
+                                        "disk {disk}: Ferry will create {dest} ({format}, exactly {} bytes)",
+                                        size.capacity
+                                    )
+                                });
                                 c.to_create.push(ToCreate {
                                     disk: disk.to_string(),
                                     path: dest.clone(),
@@ -416,6 +436,7 @@ mod tests {
             }),
             parent_exists: true,
             parent_free: Some(1 << 30),
+            parent_pool: None,
         }
     }
 
@@ -536,12 +557,36 @@ mod tests {
     }
 
     #[test]
+    fn an_lv_is_created_in_a_logical_pool_and_used_through_a_slice_a_missing_device_is_refused() {
+        let mut f = facts();
+        let lv = |pool| PathProbe {
+            info: None,
+            parent_exists: true,
+            parent_free: Some(1 << 30),
+            parent_pool: pool,
+        };
+        f.probes
+            .insert("/dev/vg0/g-vdb".into(), lv(Some(PoolKind::Logical)));
+        let (p, c) = judge("vdb=/dev/vg0/g-vdb", &f);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(p.disks[1].dest_slice, Some(64 * MIB));
+        assert_eq!(c.to_create[0].path, "/dev/vg0/g-vdb");
+        assert_eq!(c.to_create[0].capacity, 64 * MIB);
+        // Not in a logical pool: a block device Ferry cannot make.
+        f.probes.insert("/dev/vg0/g-vdb".into(), lv(None));
+        let (_, c) = judge("vdb=/dev/vg0/g-vdb", &f);
+        assert_eq!(whats(&c), vec!["the block device does not exist"]);
+        assert!(c.to_create.is_empty());
+    }
+
+    #[test]
     fn a_missing_file_is_created_when_its_directory_has_room() {
         let mut f = facts();
         let absent = |free| PathProbe {
             info: None,
             parent_exists: true,
             parent_free: Some(free),
+            parent_pool: None,
         };
         f.probes.insert("/srv/vdb.img".into(), absent(1 << 30));
         let (_, c) = judge("vdb=/srv/vdb.img", &f);

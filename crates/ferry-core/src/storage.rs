@@ -818,6 +818,26 @@ mod tests {
     }
 
     #[test]
+    fn an_lvm_pool_takes_a_copy_as_a_logical_volume_named_after_guest_and_disk() {
+        let mut w = World::seed();
+        w.dst[1] = pool(
+            "vg0",
+            PoolKind::Logical,
+            "/dev/vg0",
+            PoolSource::Local {
+                device: Some("/dev/nvme0n1p3".into()),
+            },
+            1 << 30,
+        );
+        let d = w.derive(&Rules::default());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.rules.copy[0].to.as_deref(), Some("/dev/vg0/g-vdb"));
+        // A block destination: the plan turns vdb into a block disk on the new LV.
+        let plan = crate::plan(GUEST, None, "u", &d.rules, &Default::default()).unwrap();
+        assert_eq!(plan.disks[1].dest_type, DiskType::Block);
+    }
+
+    #[test]
     fn a_disk_in_no_pool_is_not_guessed() {
         let mut w = World::seed();
         w.src.remove(1);

@@ -282,6 +282,11 @@ impl Hypervisor for Fake {
                 info: h.paths.get(path).cloned(),
                 parent_exists: h.dirs.contains_key(dir),
                 parent_free: h.dirs.get(dir).copied(),
+                parent_pool: h
+                    .pools
+                    .iter()
+                    .find(|p| p.path.as_deref() == Some(dir))
+                    .map(|p| p.kind.clone()),
             })
         })
     }

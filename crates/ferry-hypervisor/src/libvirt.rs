@@ -16,6 +16,8 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
+use ferry_core::facts::PoolKind;
+
 use crate::{
     split_path, CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError,
     Hypervisor, JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
@@ -219,6 +221,20 @@ impl Libvirt {
 struct PoolGuard {
     pool: StoragePool,
     transient: bool,
+}
+
+impl PoolGuard {
+    /// The kind of the host's own pool (`None` for a transient one Ferry opened).
+    fn kind(&self) -> Option<PoolKind> {
+        if self.transient {
+            return None;
+        }
+        self.pool
+            .xml_desc(0)
+            .ok()
+            .and_then(|x| ferry_core::facts::read_pool(&x))
+            .map(|p| p.kind)
+    }
 }
 
 impl Drop for PoolGuard {
@@ -495,6 +511,7 @@ impl Hypervisor for Libvirt {
                 info: None,
                 parent_exists: false,
                 parent_free: None,
+                parent_pool: None,
             });
         };
         let parent_free = pool.pool.info().ok().map(|i| i.available);
@@ -514,6 +531,7 @@ impl Hypervisor for Libvirt {
             info,
             parent_exists: true,
             parent_free,
+            parent_pool: pool.kind(),
         })
     }
 
@@ -526,12 +544,22 @@ impl Hypervisor for Libvirt {
     ) -> Result<(), HvError> {
         let h = self.host(host);
         let (pool, base) = self.pool_of(&h, path, "creating")?;
-        let xml = format!(
-            "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
-             <allocation unit='bytes'>0</allocation><target><format type='{}'/></target></volume>",
-            ferry_core::xml::escape_attr(base, '\''),
-            ferry_core::xml::escape_attr(format, '\'')
-        );
+        let name = ferry_core::xml::escape_attr(base, '\'');
+        let xml = if pool.kind() == Some(PoolKind::Logical) {
+            // An LV: fully allocated, raw; LVM rounds its size up to the extent size (the plan
+            // gives the guest a storage slice of the disk's exact size).
+            format!(
+                "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>\
+                 <allocation unit='bytes'>{capacity}</allocation></volume>"
+            )
+        } else {
+            format!(
+                "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>\
+                 <allocation unit='bytes'>0</allocation><target><format type='{}'/></target>\
+                 </volume>",
+                ferry_core::xml::escape_attr(format, '\'')
+            )
+        };
         StorageVol::create_xml(&pool.pool, &xml, 0)
             .map(|_| ())
             .map_err(|e| {
