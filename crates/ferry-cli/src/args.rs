@@ -265,7 +265,9 @@ pub struct StorageArgs {
     #[arg(long = "map", value_name = "SRC=DST")]
     pub map: Vec<MapRule>,
     /// Copy the disk whose <target dev> is DEV to DST on the target (a file, or a block device
-    /// under /dev); without =DST the path stays the same. Repeatable.
+    /// under /dev). Without =DST, Ferry places the copy in a local store of the target with room
+    /// (GUEST-DISK.img in a pool, an LV, or a hook's volume); offline (--domain-xml) the path
+    /// stays the same. Repeatable.
     #[arg(long = "copy", value_name = "DEV[=DST]")]
     pub copy: Vec<CopyRule>,
     /// A TOML file of rules with the same meaning: [[map]] from/to, [[copy]] disk/to.

@@ -319,92 +319,30 @@ pub fn derive(
     let mut room: Vec<u64> = f.target_pools.iter().map(|p| p.available).collect();
     for d in &dom.disks {
         let Some(source) = &d.source else { continue };
-        if let Some(c) = user.copy_for(&d.target) {
-            out.copy_bytes += disk_bytes.get(&c.disk).copied().unwrap_or(0);
-            continue;
-        }
         let path = match source {
             DiskSource::Path { path } => path.as_str(),
             // Network disks need no rule; volume disks follow pool maps the operator gives.
-            _ => continue,
-        };
-        if user.map_for_path(path).is_some() {
-            continue;
-        }
-        if let Some(m) = inventory_maps
-            .iter()
-            .filter_map(|m| m.match_len(path).map(|n| (n, m)))
-            .max_by_key(|(n, _)| *n)
-            .map(|(_, m)| m)
-        {
-            if out.rules.map_for_path(path) != Some(m) {
-                out.rules.map.push(m.clone());
-            }
-            continue;
-        }
-        if d.readonly && d.device == "cdrom" {
-            // Install media: the target must have it at the same path (preflight checks).
-            continue;
-        }
-        let Some(sp) = pool_holding(f.source_pools, path) else {
-            out.problems.push(StorageProblem {
-                code: Code::StorageUnknown,
-                disk: d.target.clone(),
-                message: format!(
-                    "disk {} ({} {path}) has no storage rule and is in no storage pool on {}, so \
-                     Ferry cannot tell shared from local: if the target sees it as shared \
-                     storage under another path, add --map SRC=DST (or a shared store to the \
-                     inventory); if it is local, add --copy {}[=DST]; or define a libvirt pool \
-                     for its storage",
-                    d.target,
-                    d.disk_type.as_str(),
-                    f.source_name,
-                    d.target
-                ),
-            });
-            continue;
-        };
-        let same = f
-            .target_pools
-            .iter()
-            .filter(|t| t.active)
-            .find_map(|t| same_storage(sp, t, f.canaries).map(|o| (t, o)));
-        if let Some((tp, origin)) = same {
-            let (Some(from), Some(to)) = (sp.path.clone(), tp.path.clone()) else {
+            _ => {
+                if let Some(c) = user.copy_for(&d.target) {
+                    out.copy_bytes += disk_bytes.get(&c.disk).copied().unwrap_or(0);
+                }
                 continue;
-            };
-            let rule = MapRule { from, to, origin };
-            if !out.rules.map.iter().any(|m| m.from == rule.from) {
-                out.rules.map.push(rule);
             }
-            continue;
-        }
-        let local = match &sp.source {
-            PoolSource::Local { .. } => true,
-            PoolSource::Directory => !f.shared_elsewhere.contains(&sp.name),
-            _ => false,
         };
-        if !local {
-            out.problems.push(StorageProblem {
-                code: Code::SharedStore,
-                disk: d.target.clone(),
-                message: format!(
-                    "disk {}: {path} is on shared storage (pool {} on {}, {}) that {} does not \
-                     see: no pool there is the same storage{}",
-                    d.target,
-                    sp.name,
-                    f.source_name,
-                    describe(sp),
-                    f.target_name,
-                    if sp.source == PoolSource::Directory {
-                        " (no canary created in its pools appeared in it)"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-            continue;
-        }
+        let why_local = if let Some(c) = user.copy_for(&d.target) {
+            if c.to.is_some() {
+                out.copy_bytes += disk_bytes.get(&c.disk).copied().unwrap_or(0);
+                continue;
+            }
+            // `--copy DEV`: local by the operator's word; Ferry places the copy.
+            out.rules.copy.retain(|r| r.disk != d.target);
+            format!("--copy {} says it is local", d.target)
+        } else {
+            match identity(d, path, user, inventory_maps, f, &mut out) {
+                Some(why) => why,
+                None => continue,
+            }
+        };
         if d.readonly || d.shareable || d.disk_type == DiskType::Dir {
             out.problems.push(StorageProblem {
                 code: Code::StorageUnknown,
@@ -417,87 +355,187 @@ pub fn derive(
             });
             continue;
         }
-        let need = disk_bytes.get(&d.target).copied().unwrap_or(0);
-        let raw = d.format.as_deref().unwrap_or("raw") == "raw";
-        let why_local = format!(
-            "pool {} on {} is {}",
-            sp.name,
-            f.source_name,
-            match sp.source {
-                PoolSource::Directory => "a directory no other host sees".to_string(),
-                _ => format!("local ({})", sp.kind.as_str()),
-            }
-        );
-        // The inventory's stores in their order; without any, every pool that may hold copies.
-        let fits = |i: usize, room: &[u64]| room[i] >= need;
-        let placed = if f.local_stores.is_empty() {
-            (0..f.target_pools.len())
-                .find(|&i| is_local_store(f, &f.target_pools[i]) && fits(i, &room))
-                .map(Placed::Pool)
-        } else {
-            f.local_stores.iter().find_map(|s| match s {
-                Store::Pool(name) => (0..f.target_pools.len())
-                    .find(|&i| {
-                        let p = &f.target_pools[i];
-                        p.active && &p.name == name && fits(i, &room)
-                    })
-                    .map(Placed::Pool),
-                // A hook makes block devices: they hold raw data only.
-                Store::Hook(h) if raw => Some(Placed::Hook(h.clone())),
-                Store::Hook(_) => None,
-            })
-        };
-        out.copy_bytes += need;
-        match placed {
-            None => {
-                out.copy_bytes -= need;
-                out.problems.push(StorageProblem {
-                    code: Code::LocalRoom,
-                    disk: d.target.clone(),
-                    message: format!(
-                        "disk {}: local to {} (pool {}), and {} has no local store with {} free{}",
-                        d.target,
-                        f.source_name,
-                        sp.name,
-                        f.target_name,
-                        crate::render::human_bytes(need),
-                        local_store_list(f)
-                    ),
-                });
-            }
-            Some(Placed::Hook(hook)) => out.hooked.push(HookCopy {
-                disk: d.target.clone(),
-                bytes: need,
-                evidence: format!(
-                    "{why_local}; hook {} of {} creates its volume",
-                    hook.name, f.target_name
-                ),
-                hook,
-            }),
-            Some(Placed::Pool(i)) => {
-                room[i] -= need;
-                let tp = &f.target_pools[i];
-                let Some(dir) = tp.path.as_deref() else {
-                    continue;
-                };
-                let name = copy_name(&dom.name, d, &tp.kind);
-                out.rules.copy.push(CopyRule {
-                    disk: d.target.clone(),
-                    to: Some(format!("{}/{name}", dir.trim_end_matches('/'))),
-                    slice: None,
-                    origin: Origin::LocalStore {
-                        evidence: format!(
-                            "{why_local}; pool {} on {} has {} free",
-                            tp.name,
-                            f.target_name,
-                            crate::render::human_bytes(tp.available)
-                        ),
-                    },
-                });
-            }
-        }
+        place(dom, d, why_local, f, disk_bytes, &mut room, &mut out);
     }
     out
+}
+
+/// What storage identity says of a disk no flag decided: a map it pushes into `out` (or a
+/// problem), `None`; or why the disk is local, for [`place`].
+fn identity(
+    d: &Disk,
+    path: &str,
+    user: &Rules,
+    inventory_maps: &[MapRule],
+    f: &StorageFacts,
+    out: &mut Derived,
+) -> Option<String> {
+    if user.map_for_path(path).is_some() {
+        return None;
+    }
+    if let Some(m) = inventory_maps
+        .iter()
+        .filter_map(|m| m.match_len(path).map(|n| (n, m)))
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, m)| m)
+    {
+        if out.rules.map_for_path(path) != Some(m) {
+            out.rules.map.push(m.clone());
+        }
+        return None;
+    }
+    if d.readonly && d.device == "cdrom" {
+        // Install media: the target must have it at the same path (preflight checks).
+        return None;
+    }
+    let Some(sp) = pool_holding(f.source_pools, path) else {
+        out.problems.push(StorageProblem {
+            code: Code::StorageUnknown,
+            disk: d.target.clone(),
+            message: format!(
+                "disk {} ({} {path}) has no storage rule and is in no storage pool on {}, so \
+                     Ferry cannot tell shared from local: if the target sees it as shared \
+                     storage under another path, add --map SRC=DST (or a shared store to the \
+                     inventory); if it is local, add --copy {}[=DST]; or define a libvirt pool \
+                     for its storage",
+                d.target,
+                d.disk_type.as_str(),
+                f.source_name,
+                d.target
+            ),
+        });
+        return None;
+    };
+    let same = f
+        .target_pools
+        .iter()
+        .filter(|t| t.active)
+        .find_map(|t| same_storage(sp, t, f.canaries).map(|o| (t, o)));
+    if let Some((tp, origin)) = same {
+        let (Some(from), Some(to)) = (sp.path.clone(), tp.path.clone()) else {
+            return None;
+        };
+        let rule = MapRule { from, to, origin };
+        if !out.rules.map.iter().any(|m| m.from == rule.from) {
+            out.rules.map.push(rule);
+        }
+        return None;
+    }
+    let local = match &sp.source {
+        PoolSource::Local { .. } => true,
+        PoolSource::Directory => !f.shared_elsewhere.contains(&sp.name),
+        _ => false,
+    };
+    if !local {
+        out.problems.push(StorageProblem {
+            code: Code::SharedStore,
+            disk: d.target.clone(),
+            message: format!(
+                "disk {}: {path} is on shared storage (pool {} on {}, {}) that {} does not \
+                     see: no pool there is the same storage{}",
+                d.target,
+                sp.name,
+                f.source_name,
+                describe(sp),
+                f.target_name,
+                if sp.source == PoolSource::Directory {
+                    " (no canary created in its pools appeared in it)"
+                } else {
+                    ""
+                }
+            ),
+        });
+        return None;
+    }
+    Some(format!(
+        "pool {} on {} is {}",
+        sp.name,
+        f.source_name,
+        match sp.source {
+            PoolSource::Directory => "a directory no other host sees".to_string(),
+            _ => format!("local ({})", sp.kind.as_str()),
+        }
+    ))
+}
+
+/// Place a local disk's copy: the inventory's stores in their order, or any local pool with room.
+fn place(
+    dom: &Domain,
+    d: &Disk,
+    why_local: String,
+    f: &StorageFacts,
+    disk_bytes: &DiskBytes,
+    room: &mut [u64],
+    out: &mut Derived,
+) {
+    let need = disk_bytes.get(&d.target).copied().unwrap_or(0);
+    let raw = d.format.as_deref().unwrap_or("raw") == "raw";
+    // The inventory's stores in their order; without any, every pool that may hold copies.
+    let fits = |i: usize, room: &[u64]| room[i] >= need;
+    let placed = if f.local_stores.is_empty() {
+        (0..f.target_pools.len())
+            .find(|&i| is_local_store(f, &f.target_pools[i]) && fits(i, room))
+            .map(Placed::Pool)
+    } else {
+        f.local_stores.iter().find_map(|s| match s {
+            Store::Pool(name) => (0..f.target_pools.len())
+                .find(|&i| {
+                    let p = &f.target_pools[i];
+                    p.active && &p.name == name && fits(i, room)
+                })
+                .map(Placed::Pool),
+            // A hook makes block devices: they hold raw data only.
+            Store::Hook(h) if raw => Some(Placed::Hook(h.clone())),
+            Store::Hook(_) => None,
+        })
+    };
+    out.copy_bytes += need;
+    match placed {
+        None => {
+            out.copy_bytes -= need;
+            out.problems.push(StorageProblem {
+                code: Code::LocalRoom,
+                disk: d.target.clone(),
+                message: format!(
+                    "disk {}: {why_local}, and {} has no local store with {} free{}",
+                    d.target,
+                    f.target_name,
+                    crate::render::human_bytes(need),
+                    local_store_list(f)
+                ),
+            });
+        }
+        Some(Placed::Hook(hook)) => out.hooked.push(HookCopy {
+            disk: d.target.clone(),
+            bytes: need,
+            evidence: format!(
+                "{why_local}; hook {} of {} creates its volume",
+                hook.name, f.target_name
+            ),
+            hook,
+        }),
+        Some(Placed::Pool(i)) => {
+            room[i] -= need;
+            let tp = &f.target_pools[i];
+            let Some(dir) = tp.path.as_deref() else {
+                return;
+            };
+            let name = copy_name(&dom.name, d, &tp.kind);
+            out.rules.copy.push(CopyRule {
+                disk: d.target.clone(),
+                to: Some(format!("{}/{name}", dir.trim_end_matches('/'))),
+                slice: None,
+                origin: Origin::LocalStore {
+                    evidence: format!(
+                        "{why_local}; pool {} on {} has {} free",
+                        tp.name,
+                        f.target_name,
+                        crate::render::human_bytes(tp.available)
+                    ),
+                },
+            });
+        }
+    }
 }
 
 fn describe(p: &PoolFacts) -> String {
@@ -835,6 +873,35 @@ mod tests {
         // A block destination: the plan turns vdb into a block disk on the new LV.
         let plan = crate::plan(GUEST, None, "u", &d.rules, &Default::default()).unwrap();
         assert_eq!(plan.disks[1].dest_type, DiskType::Block);
+    }
+
+    #[test]
+    fn a_bare_copy_flag_says_local_and_ferry_places_the_copy() {
+        let mut w = World::seed();
+        // Even with vdb's pool gone: the operator's word makes it local.
+        w.src.remove(1);
+        let user = Rules {
+            copy: vec!["vdb".parse().unwrap()],
+            ..Default::default()
+        };
+        let d = w.derive(&user);
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.rules.copy.len(), 1);
+        assert_eq!(d.rules.copy[0].to.as_deref(), Some("/srv/store/g-vdb.img"));
+        let Origin::LocalStore { evidence } = &d.rules.copy[0].origin else {
+            panic!("{:?}", d.rules.copy[0].origin)
+        };
+        assert!(
+            evidence.starts_with("--copy vdb says it is local"),
+            "{evidence}"
+        );
+        // No room anywhere: said so, with the flag as the reason it is local.
+        w.dst[1].available = 0;
+        let d = w.derive(&user);
+        assert_eq!(d.problems[0].code, Code::LocalRoom);
+        assert!(d.problems[0]
+            .message
+            .contains("--copy vdb says it is local"));
     }
 
     #[test]
