@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate lab-down
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts lab-down
 
 test: setup lint unit-test lab-test
 
@@ -36,6 +36,11 @@ RATE ?= 200
 bench-migrate: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench --rate $(RATE) target/release/ferry
+
+# `ferry hosts` on a 4-host lab: the whole call against the sum of the per-host times.
+bench-hosts: setup
+	$(CARGO) build --release -p ferry-cli
+	lab/bench-hosts 10 target/release/ferry
 
 lab-down:
 	lab/lab down

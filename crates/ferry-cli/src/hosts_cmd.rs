@@ -76,7 +76,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                 continue;
             };
             println!(
-                "{}  {}  {}{}",
+                "{}  {}  {}{}{}",
                 s.name,
                 s.uri,
                 f.hostname,
@@ -84,6 +84,11 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                     "  [draining]"
                 } else {
                     ""
+                },
+                if s.labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("  labels: {}", s.labels.join(", "))
                 }
             );
             println!(

@@ -24,6 +24,7 @@ pub struct HostSpec {
     pub state: HostState,
     pub reserve_memory: u64,
     pub migration_address: Option<String>,
+    pub labels: Vec<String>,
     /// The inventory's local stores of this host (pools, hooks), in order.
     #[serde(skip)]
     pub local_stores: Vec<Store>,
@@ -38,6 +39,7 @@ impl HostSpec {
             state: HostState::Active,
             reserve_memory: 0,
             migration_address: None,
+            labels: vec![],
             local_stores: vec![],
         }
     }
@@ -49,6 +51,7 @@ impl HostSpec {
             state: e.state,
             reserve_memory: e.reserve_memory.0,
             migration_address: e.migration_address.clone(),
+            labels: e.labels.clone(),
             local_stores: e.local_stores.iter().map(|s| s.store()).collect(),
         }
     }
