@@ -8,7 +8,7 @@ use ferry_migrate::cleanup::Cleaned;
 use crate::args::{CleanupArgs, HistoryArgs};
 
 pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
-    let j = Journal::open(&a.journal.journal)?;
+    let j = Journal::open_existing(&a.journal.journal)?;
     let runs = j.runs(a.last)?;
     if a.json {
         println!("{}", serde_json::to_string(&runs)?);

@@ -9,12 +9,109 @@ use ferry_core::{Plan, XmlFiles};
 
 use crate::args::PlanArgs;
 
+/// The largest domain XML Ferry reads: libvirt's are kilobytes; this leaves room for guests
+/// with thousands of disks and stops `/dev/urandom` at once.
+const MAX_INPUT: u64 = 64 << 20;
+
 fn read(p: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    use std::io::Read;
+    let cannot = || format!("cannot read the {what} {}", p.display());
+    let mut buf = Vec::new();
+    std::fs::File::open(p)
+        .with_context(cannot)?
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut buf)
+        .with_context(cannot)?;
+    if buf.len() as u64 > MAX_INPUT {
+        bail!(
+            "the {what} {} is larger than {} MiB: not a libvirt domain XML",
+            p.display(),
+            MAX_INPUT >> 20
+        );
+    }
+    String::from_utf8(buf).with_context(|| format!("the {what} {} is not UTF-8 text", p.display()))
 }
 
-fn write(p: &Path, text: &str, what: &str) -> anyhow::Result<()> {
-    std::fs::write(p, text).with_context(|| format!("cannot write the {what} to {}", p.display()))
+/// The path as the filesystem resolves it (its directory, for a file not yet there).
+fn resolved(p: &Path) -> std::path::PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (dir.canonicalize(), p.file_name()) {
+        (Ok(d), Some(n)) => d.join(n),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// No output file may be an input, nor the other output.
+fn check_outputs(a: &PlanArgs) -> anyhow::Result<()> {
+    let inputs = [&a.domain_xml, &a.inactive_xml];
+    let outputs = [
+        ("--out-xml", &a.out_xml),
+        ("--out-persistent-xml", &a.out_persistent_xml),
+    ];
+    for (flag, out) in outputs {
+        let Some(out) = out else { continue };
+        for input in inputs.iter().copied().flatten() {
+            if resolved(out) == resolved(input) {
+                bail!(
+                    "{flag} {} is the input {}: Ferry does not overwrite what it reads; write \
+                     the plan elsewhere",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    if let (Some(x), Some(p)) = (&a.out_xml, &a.out_persistent_xml) {
+        if resolved(x) == resolved(p) {
+            bail!(
+                "--out-xml and --out-persistent-xml are one file ({}): the live and the \
+                 persistent XML need a file each",
+                x.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Write every file or none: each goes to a temporary file in its own directory, synced; only
+/// when all are written are they renamed into place. A full disk leaves the old files intact.
+fn write_all(files: &[(&Path, &str, &str)]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut temps: Vec<std::path::PathBuf> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (p, text, what) in files {
+            let name = p
+                .file_name()
+                .with_context(|| format!("the {what} path {} names no file", p.display()))?;
+            let tmp = p.with_file_name(format!(
+                ".{}.ferry-{}.tmp",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            temps.push(tmp.clone());
+            let cannot = || format!("cannot write the {what} to {}", p.display());
+            let mut f = std::fs::File::create(&tmp).with_context(cannot)?;
+            f.write_all(text.as_bytes()).with_context(cannot)?;
+            f.sync_all().with_context(cannot)?;
+        }
+        for ((p, _, what), tmp) in files.iter().zip(&temps) {
+            std::fs::rename(tmp, p)
+                .with_context(|| format!("cannot write the {what} to {}", p.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for t in &temps {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+    result
 }
 
 pub fn run(a: &PlanArgs) -> anyhow::Result<ExitCode> {
@@ -29,6 +126,7 @@ fn offline(a: &PlanArgs, live_path: &Path) -> anyhow::Result<()> {
     let Some(to) = &a.to else {
         bail!("--to is needed with --domain-xml: the target's libvirt URI")
     };
+    check_outputs(a)?;
     if a.out_persistent_xml.is_some() && a.inactive_xml.is_none() {
         bail!("--out-persistent-xml needs --inactive-xml offline (the persistent definition)");
     }
@@ -53,6 +151,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     let Some(from) = &a.from else {
         bail!("--from HOST is needed to read {guest} online")
     };
+    check_outputs(a)?;
     let inv = a.inventory.load()?;
     let req = crate::target_cmd::request(
         inv.as_ref(),
@@ -98,12 +197,14 @@ fn output(
     source_uri: Option<&str>,
     sel: Option<&ferry_migrate::target::Selection>,
 ) -> anyhow::Result<()> {
+    let mut files: Vec<(&Path, &str, &str)> = vec![];
     if let Some(p) = &a.out_xml {
-        write(p, &plan.dest_xml, "destination XML")?;
+        files.push((p, &plan.dest_xml, "destination XML"));
     }
     if let (Some(p), Some(x)) = (&a.out_persistent_xml, &plan.persist_xml) {
-        write(p, x, "destination persistent XML")?;
+        files.push((p, x, "destination persistent XML"));
     }
+    write_all(&files)?;
     let files = XmlFiles::for_plan(
         plan,
         a.out_xml.as_ref().map(|p| p.display().to_string()),

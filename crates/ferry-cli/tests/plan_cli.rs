@@ -161,3 +161,87 @@ fn a_missing_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn output_files_never_overwrite_an_input_and_are_written_whole_or_not_at_all() {
+    let src = tmp("in.xml");
+    std::fs::copy(data("seed-source.xml"), &src).unwrap();
+    let before = std::fs::read_to_string(&src).unwrap();
+    let plan = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "--domain-xml",
+            src.to_str().unwrap(),
+            "--inactive-xml",
+            src.to_str().unwrap(),
+            "--to",
+            "qemu+ssh://h2/system",
+            "--map",
+            "/mnt/nfs=/mnt/nfs_second_mount",
+            "--copy",
+            "vdb=/dev/nvme1n5",
+        ];
+        a.extend_from_slice(extra);
+        ferry(&a)
+    };
+    // The input, spelled another way.
+    let same = format!("{}/./in.xml", src.parent().unwrap().display());
+    let (code, _, err) = plan(&["--out-xml", &same]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("Ferry does not overwrite what it reads"),
+        "{err}"
+    );
+    let (code, _, err) = plan(&[
+        "--out-xml",
+        &tmp("o.xml").display().to_string(),
+        "--out-persistent-xml",
+        &tmp("o.xml").display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("need a file each"), "{err}");
+    assert_eq!(std::fs::read_to_string(&src).unwrap(), before);
+    // The second file cannot be written (its directory does not exist): the first is not
+    // written either, and no temporary file is left.
+    let first = tmp("first.xml");
+    std::fs::write(&first, "old").unwrap();
+    let (code, _, err) = plan(&[
+        "--out-xml",
+        first.to_str().unwrap(),
+        "--out-persistent-xml",
+        "/nonexistent-dir/p.xml",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot write the destination persistent XML to /nonexistent-dir/p.xml"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&first).unwrap(), "old");
+    let left: Vec<_> = std::fs::read_dir(first.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_endless_input_is_refused_at_its_bound() {
+    let (code, _, err) = ferry(&["plan", "--domain-xml", "/dev/zero", "--to", "u"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is larger than 64 MiB: not a libvirt domain XML"),
+        "{err}"
+    );
+}
+
+#[test]
+fn history_of_a_missing_or_foreign_journal_creates_nothing() {
+    let dir = tmp("nothing-here").with_file_name("no-such-dir");
+    let j = dir.join("j.db");
+    let (code, _, err) = ferry(&["history", "--journal", j.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot read the journal"), "{err}");
+    assert!(err.contains("no-such-dir/j.db"), "{err}");
+    assert!(!dir.exists(), "ferry history created {}", dir.display());
+}

@@ -288,7 +288,8 @@ pub fn parse(doc: &str) -> Result<Domain, DomainError> {
         interfaces: Vec::new(),
         passthrough: Vec::new(),
     };
-    if let Some(devices) = root.child("devices") {
+    // libvirt reads every <devices> block.
+    for devices in root.children_named("devices") {
         for dev in &devices.children {
             match dev.name.as_str() {
                 "disk" => domain.disks.push(read_disk(doc, dev)),
@@ -462,7 +463,8 @@ fn read_disk(doc: &str, el: &Element) -> Disk {
         backing_chain,
         target: target.and_then(|t| t.attr("dev")).unwrap_or("").to_string(),
         bus: target.and_then(|t| t.attr("bus")).map(str::to_string),
-        readonly: el.child("readonly").is_some(),
+        // libvirt makes every cdrom read-only, written or not.
+        readonly: el.child("readonly").is_some() || el.attr("device") == Some("cdrom"),
         shareable: el.child("shareable").is_some(),
         transient: el.child("transient").is_some(),
         serial: el.child_text("serial").map(str::to_string),

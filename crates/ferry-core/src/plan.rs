@@ -49,6 +49,19 @@ pub enum PlanError {
          (virsh detach-device), migrate, and attach the target's own device afterwards"
     )]
     Passthrough { device: String },
+    #[error(
+        "two disks have <target dev='{dev}'>: libvirt refuses such a domain, and a copy of one \
+         would be named for both; fix the domain XML"
+    )]
+    DuplicateTarget { dev: String },
+    #[error("{}", clash_text(.disk, .other, .path, *.shared))]
+    DestinationClash {
+        disk: String,
+        other: String,
+        path: String,
+        /// The other disk is shared (its target path), not another copy.
+        shared: bool,
+    },
     #[error("cannot rewrite the {which} XML")]
     Rewrite {
         which: &'static str,
@@ -286,7 +299,11 @@ pub fn plan(
             });
         }
     }
+    if let Some(dev) = duplicate_target(&live) {
+        return Err(PlanError::DuplicateTarget { dev });
+    }
     let live_plan = rewrite_domain(live_xml, &live, rules)?;
+    check_destinations(&live_plan.disks)?;
     let dest_xml = live_plan.applied.text;
 
     let mut warnings = Vec::new();
@@ -440,6 +457,60 @@ pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainR
         disks,
         applied: rewrite::apply(text, &edits),
     })
+}
+
+fn clash_text(disk: &str, other: &str, path: &str, shared: bool) -> String {
+    let (what, consequence) = if shared {
+        (
+            "the target path of shared",
+            "the copy would overwrite the shared disk",
+        )
+    } else {
+        (
+            "the copy destination of",
+            "two copies would write one device",
+        )
+    };
+    format!(
+        "disk {disk} would be copied onto {path}, which is also {what} disk {other}: \
+         {consequence}. Give each copy its own destination"
+    )
+}
+
+/// The first `<target dev>` two disks share.
+fn duplicate_target(dom: &Domain) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    dom.disks
+        .iter()
+        .map(|d| d.target.as_str())
+        .filter(|t| !t.is_empty())
+        .find(|t| !seen.insert(*t))
+        .map(str::to_string)
+}
+
+/// Every copy goes to a destination of its own: not another copy's, not a shared disk's target
+/// path (mirroring onto it would destroy that disk). Paths compare after normalisation.
+fn check_destinations(disks: &[DiskPlan]) -> Result<(), PlanError> {
+    let mut taken: std::collections::HashMap<String, &DiskPlan> = Default::default();
+    for d in disks.iter().filter(|d| d.decision == Decision::Shared) {
+        if let Some(p) = d.dest_path() {
+            taken.insert(crate::rules::normalise_path(p), d);
+        }
+    }
+    for d in disks.iter().filter(|d| d.decision == Decision::Copy) {
+        let Some(p) = d.dest_path() else { continue };
+        let key = crate::rules::normalise_path(p);
+        if let Some(o) = taken.get(&key) {
+            return Err(PlanError::DestinationClash {
+                disk: d.target.clone(),
+                other: o.target.clone(),
+                path: p.to_string(),
+                shared: o.decision == Decision::Shared,
+            });
+        }
+        taken.insert(key, d);
+    }
+    Ok(())
 }
 
 /// Where a disk goes, decided from the rules alone: what preflight must ask the target about

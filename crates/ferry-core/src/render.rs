@@ -49,29 +49,33 @@ impl Plan {
     pub fn virsh_command(&self, files: &XmlFiles, source_uri: Option<&str>) -> String {
         let mut a: Vec<String> = vec!["virsh".into()];
         if let Some(u) = source_uri {
-            a.extend(["-c".into(), shell_quote(u)]);
+            a.extend(["-c".into(), u.into()]);
         }
         a.push("migrate".into());
         a.extend(self.flags.set().map(|d| d.virsh.to_string()));
         if !self.migrate_disks.is_empty() {
             a.extend(["--migrate-disks".into(), self.migrate_disks.join(",")]);
         }
-        a.extend(["--xml".into(), shell_quote(&files.dest_xml)]);
+        a.extend(["--xml".into(), files.dest_xml.clone()]);
         if let Some(p) = &files.persist_xml {
-            a.extend(["--persistent-xml".into(), shell_quote(p)]);
+            a.extend(["--persistent-xml".into(), p.clone()]);
         }
         if let Some(b) = self.bandwidth_per_stream_mib {
             a.extend(["--bandwidth".into(), b.to_string()]);
         }
         if let Some(u) = &self.options.migrate_uri {
-            a.extend(["--migrateuri".into(), shell_quote(u)]);
+            a.extend(["--migrateuri".into(), u.clone()]);
         }
         if let Some(u) = &self.options.disks_uri {
-            a.extend(["--disks-uri".into(), shell_quote(u)]);
+            a.extend(["--disks-uri".into(), u.clone()]);
         }
-        a.push(shell_quote(&self.domain));
-        a.push(shell_quote(&self.dest_uri));
-        a.join(" ")
+        a.push(self.domain.clone());
+        a.push(self.dest_uri.clone());
+        // Every argument quoted where a shell would read it otherwise: the line is pasted.
+        a.iter()
+            .map(|x| shell_quote(x))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The plan as a person reads it.

@@ -37,6 +37,15 @@ pub enum RewriteError {
         from: String,
         to: String,
     },
+    #[error(
+        "disk {target}: its <source> has both {old}= and {new}=; turning {old}= into {new}= \
+         would give it {new}= twice: remove the stray {new}= attribute"
+    )]
+    AttributeClash {
+        target: String,
+        old: String,
+        new: String,
+    },
 }
 
 /// The edits that give `disk` the source `new`.
@@ -76,6 +85,13 @@ pub fn disk_edits(disk: &Disk, new: &NewSource) -> Result<Vec<Edit>, RewriteErro
             }
             match old_attr {
                 Some(a) => {
+                    if a.name != new_attr && src_attr(new_attr).is_some() {
+                        return Err(RewriteError::AttributeClash {
+                            target: disk.target.clone(),
+                            old: a.name.clone(),
+                            new: new_attr.to_string(),
+                        });
+                    }
                     if a.name != new_attr {
                         edits.push(Edit {
                             range: a.name_span.clone(),

@@ -34,6 +34,15 @@ pub enum RuleError {
     Toml(#[source] toml::de::Error),
     #[error("--copy {0} is given twice")]
     CopyTwice(String),
+    #[error("--map {from} is given twice, to {a} and to {b}: keep one")]
+    MapTwice { from: String, a: String, b: String },
+    #[error(
+        "--map {0:?}: a relative path is not a pool name (pool names have no '/'); write the \
+         absolute path"
+    )]
+    MapRelative(String),
+    #[error("{0:?} holds a control character: no disk path or pool has one")]
+    ControlChar(String),
 }
 
 /// Where a rule came from: the operator, or a fact Ferry established. The plan shows it for
@@ -67,6 +76,26 @@ impl std::fmt::Display for Origin {
             Origin::Canary { evidence } => write!(f, "canary: {evidence}"),
             Origin::LocalStore { evidence } => write!(f, "local storage: {evidence}"),
         }
+    }
+}
+
+/// `p` with `//`, `.` and `..` resolved lexically and no trailing `/` (`/a//b/../c/` → `/a/c`),
+/// to compare paths as the filesystem would (symbolic links aside).
+pub fn normalise_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    if p.starts_with('/') {
+        format!("/{}", parts.join("/"))
+    } else {
+        parts.join("/")
     }
 }
 
@@ -168,6 +197,12 @@ impl FromStr for MapRule {
         if from.starts_with('/') != to.starts_with('/') {
             return Err(RuleError::MapMixed(s.to_string()));
         }
+        if !from.starts_with('/') && (from.contains('/') || to.contains('/')) {
+            return Err(RuleError::MapRelative(s.to_string()));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(RuleError::ControlChar(s.to_string()));
+        }
         Ok(Self {
             from: from.to_string(),
             to: to.to_string(),
@@ -188,6 +223,9 @@ impl FromStr for CopyRule {
         }
         if to.is_some_and(|t| !t.starts_with('/')) {
             return Err(RuleError::CopyRelative(s.to_string()));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(RuleError::ControlChar(s.to_string()));
         }
         Ok(Self {
             disk: disk.to_string(),
@@ -227,6 +265,18 @@ impl Rules {
         for (i, c) in self.copy.iter().enumerate() {
             if self.copy[..i].iter().any(|o| o.disk == c.disk) {
                 return Err(RuleError::CopyTwice(c.disk.clone()));
+            }
+        }
+        for (i, m) in self.map.iter().enumerate() {
+            if let Some(o) = self.map[..i]
+                .iter()
+                .find(|o| normalise_path(&o.from) == normalise_path(&m.from) && o.to != m.to)
+            {
+                return Err(RuleError::MapTwice {
+                    from: m.from.clone(),
+                    a: o.to.clone(),
+                    b: m.to.clone(),
+                });
             }
         }
         Ok(())

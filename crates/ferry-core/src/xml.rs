@@ -69,9 +69,34 @@ pub struct XmlError {
     pub what: String,
 }
 
+/// How deep elements may nest. libvirt's domain XML nests a dozen levels; a document nested
+/// deeper is refused instead of exhausting the stack.
+pub const MAX_DEPTH: usize = 256;
+
+/// Whether XML 1.0 allows the character at all (raw or as a character reference).
+fn allowed(c: char) -> bool {
+    !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+}
+
 /// Read a whole document and return its root element.
+///
+/// Attribute values are read as an XML processor (libxml2, which libvirt uses) reads them:
+/// literal tabs, newlines and carriage returns become spaces, character references are kept.
+/// Refused: a DOCTYPE (Ferry expands no entities; libvirt never writes one), nesting deeper than
+/// [`MAX_DEPTH`], an attribute given twice, and characters XML 1.0 does not allow.
 pub fn parse(doc: &str) -> Result<Element, XmlError> {
-    Parser { src: doc, pos: 0 }.document()
+    let p = Parser {
+        src: doc,
+        pos: 0,
+        depth: 0,
+    };
+    if let Some((i, c)) = doc.char_indices().find(|(_, c)| !allowed(*c)) {
+        return Err(p.err(
+            i,
+            format!("character U+{:04X} is not allowed in XML", c as u32),
+        ));
+    }
+    p.document()
 }
 
 /// Escape `s` for use inside an attribute value quoted with `quote`.
@@ -84,6 +109,10 @@ pub fn escape_attr(s: &str, quote: char) -> String {
             '>' => out.push_str("&gt;"),
             '\'' if quote == '\'' => out.push_str("&apos;"),
             '"' if quote == '"' => out.push_str("&quot;"),
+            // Written raw, these would be read back as spaces (attribute-value normalisation).
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
             c => out.push(c),
         }
     }
@@ -93,6 +122,7 @@ pub fn escape_attr(s: &str, quote: char) -> String {
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -143,7 +173,11 @@ impl<'a> Parser<'a> {
             } else if r.starts_with("<?") {
                 self.skip_past("?>", "processing instruction")?;
             } else if r.starts_with("<!DOCTYPE") {
-                self.skip_past(">", "doctype")?;
+                return Err(self.err(
+                    self.pos,
+                    "a DOCTYPE is not accepted: libvirt never writes one, and Ferry expands no \
+                     entities (remove the <!DOCTYPE …> declaration)",
+                ));
             } else {
                 return Ok(());
             }
@@ -183,6 +217,19 @@ impl<'a> Parser<'a> {
 
     fn element(&mut self) -> Result<Element, XmlError> {
         let start = self.pos;
+        if self.depth >= MAX_DEPTH {
+            return Err(self.err(
+                start,
+                format!("elements nest more than {MAX_DEPTH} deep: not a libvirt domain"),
+            ));
+        }
+        self.depth += 1;
+        let e = self.element_inner(start);
+        self.depth -= 1;
+        e
+    }
+
+    fn element_inner(&mut self, start: usize) -> Result<Element, XmlError> {
         self.pos += 1; // '<'
         let name = self.name()?;
         let mut attrs = Vec::new();
@@ -207,7 +254,14 @@ impl<'a> Parser<'a> {
             if r.is_empty() {
                 return Err(self.err(start, format!("unterminated start tag <{name}>")));
             }
-            attrs.push(self.attribute()?);
+            let a = self.attribute()?;
+            if attrs.iter().any(|o: &Attr| o.name == a.name) {
+                return Err(self.err(
+                    a.name_span.start,
+                    format!("attribute {} is given twice in <{name}>", a.name),
+                ));
+            }
+            attrs.push(a);
         }
         let start_tag = start..self.pos;
         let mut children = Vec::new();
@@ -283,7 +337,15 @@ impl<'a> Parser<'a> {
         if raw.contains('<') {
             return Err(self.err(vstart, format!("'<' in the value of attribute {name}")));
         }
-        let value = self.unescape(raw, vstart)?;
+        // Attribute-value normalisation: literal whitespace characters read as spaces.
+        let value = if raw.contains(['\t', '\n', '\r']) {
+            self.unescape(
+                &raw.replace("\r\n", " ").replace(['\t', '\n', '\r'], " "),
+                vstart,
+            )?
+        } else {
+            self.unescape(raw, vstart)?
+        };
         self.pos = vstart + len + 1;
         Ok(Attr {
             name,
@@ -320,7 +382,12 @@ impl<'a> Parser<'a> {
                 _ => None,
             };
             match ch {
-                Some(c) => out.push(c),
+                Some(c) if allowed(c) => out.push(c),
+                Some(_) => {
+                    return Err(
+                        self.err(at, format!("&{ent}; names a character XML does not allow"))
+                    )
+                }
                 None => return Err(self.err(at, format!("unknown entity &{ent};"))),
             }
             rest = &tail[end + 1..];

@@ -18,6 +18,8 @@ pub enum JournalError {
     },
     #[error("cannot write to the journal")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot read the journal {path}: {why}")]
+    Read { path: String, why: String },
 }
 
 /// A run's id in the journal.
@@ -110,6 +112,32 @@ impl Journal {
             .map_err(open_err)?;
         db.execute_batch(SCHEMA).map_err(open_err)?;
         upgrade(&db).map_err(open_err)?;
+        Ok(Self { db })
+    }
+
+    /// Open an existing journal to read it: nothing is created — no directory, no file, no
+    /// table — and a file that is not Ferry's journal is refused.
+    pub fn open_existing(path: &Path) -> Result<Self, JournalError> {
+        let read_err = |why: String| JournalError::Read {
+            path: path.display().to_string(),
+            why,
+        };
+        if !path.is_file() {
+            return Err(read_err(
+                "there is no such file (Ferry writes it at its first migration; give another \
+                 with --journal)"
+                    .into(),
+            ));
+        }
+        let db = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| read_err(e.to_string()))?;
+        for table in ["runs", "created"] {
+            db.prepare(&format!("SELECT * FROM {table} LIMIT 0"))
+                .map_err(|_| read_err(format!("it is not Ferry's journal (no {table} table)")))?;
+        }
         Ok(Self { db })
     }
 
@@ -281,6 +309,49 @@ mod tests {
         assert!(j.leftovers().unwrap().is_empty());
         assert_eq!(j.outcome(r).unwrap().as_deref(), Some("migrated"));
         assert_eq!(j.runs(10).unwrap()[0].phase, "done");
+    }
+
+    #[test]
+    fn reading_a_missing_or_foreign_file_creates_nothing() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-ro-{}", std::process::id()));
+        let missing = dir.join("sub/j.db");
+        let e = Journal::open_existing(&missing).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read the journal"), "{e}");
+        assert!(e.contains("sub/j.db"), "{e}");
+        assert!(!dir.exists(), "a directory was created");
+        std::fs::create_dir_all(&dir).unwrap();
+        let foreign = dir.join("other.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let e = Journal::open_existing(&foreign).unwrap_err().to_string();
+        assert!(
+            e.contains("it is not Ferry's journal (no runs table)"),
+            "{e}"
+        );
+        let tables: i64 = Connection::open(&foreign)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 1, "a table was added to a foreign file");
+        let real = dir.join("j.db");
+        let j = Journal::open(&real).unwrap();
+        j.begin_run("g", "a", "b", "{}").unwrap();
+        drop(j);
+        assert_eq!(
+            Journal::open_existing(&real)
+                .unwrap()
+                .runs(5)
+                .unwrap()
+                .len(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

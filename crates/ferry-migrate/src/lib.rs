@@ -118,7 +118,7 @@ pub enum MigrateError {
     Plan {
         guest: String,
         #[source]
-        source: PlanError,
+        source: Box<PlanError>,
     },
     #[error(transparent)]
     Host(#[from] HvError),
@@ -256,7 +256,7 @@ pub fn run(
     // storage slices follow from the answers, so the plan is made once.
     let plan_err = |source| MigrateError::Plan {
         guest: req.guest.clone(),
-        source,
+        source: Box::new(source),
     };
     reporter.report(Event::Step {
         step: "preflight",

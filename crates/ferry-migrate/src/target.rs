@@ -190,17 +190,17 @@ pub fn select(hv: &dyn Hypervisor, req: &SelectRequest) -> Result<Selection, Mig
     let live = hv.domain_xml(src_id, &req.guest, false)?;
     let dom = domain::parse(&live).map_err(|source| MigrateError::Plan {
         guest: req.guest.clone(),
-        source: PlanError::Domain {
+        source: Box::new(PlanError::Domain {
             which: "live",
             source,
-        },
+        }),
     })?;
     if let Some(p) = dom.passthrough.first() {
         return Err(MigrateError::Plan {
             guest: req.guest.clone(),
-            source: PlanError::Passthrough {
+            source: Box::new(PlanError::Passthrough {
                 device: p.to_string(),
-            },
+            }),
         });
     }
     if let Some(c) = req
@@ -211,7 +211,7 @@ pub fn select(hv: &dyn Hypervisor, req: &SelectRequest) -> Result<Selection, Mig
     {
         return Err(MigrateError::Plan {
             guest: req.guest.clone(),
-            source: PlanError::CopyUnknownDisk {
+            source: Box::new(PlanError::CopyUnknownDisk {
                 disk: c.disk.clone(),
                 known: dom
                     .disks
@@ -219,7 +219,7 @@ pub fn select(hv: &dyn Hypervisor, req: &SelectRequest) -> Result<Selection, Mig
                     .map(|d| d.target.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-            },
+            }),
         });
     }
     let disk_bytes = disk_bytes(hv, src_id, &req.guest, &dom);

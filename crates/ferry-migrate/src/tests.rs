@@ -752,12 +752,12 @@ fn selection_refuses_an_unknown_disk_and_a_copy_onto_the_shared_disk() {
         copy: vec!["vdz=/srv/store/z.img".parse().unwrap()],
         ..Default::default()
     };
+    let Err(MigrateError::Plan { source, .. }) = sel(unknown) else {
+        panic!("an unknown disk was not refused")
+    };
     assert!(matches!(
-        sel(unknown),
-        Err(MigrateError::Plan {
-            source: ferry_core::PlanError::CopyUnknownDisk { .. },
-            ..
-        })
+        *source,
+        ferry_core::PlanError::CopyUnknownDisk { .. }
     ));
     let onto_itself = Rules {
         copy: vec!["vda=/mnt/nfs_second_mount/test_img.img".parse().unwrap()],
