@@ -143,7 +143,21 @@ fn offline(a: &PlanArgs, live_path: &Path) -> anyhow::Result<()> {
         to,
         &rules,
         &a.migration.options(),
-    )?;
+    )
+    .map_err(|e| {
+        // A document that cannot be read: say which file.
+        let file = match &e {
+            ferry_core::PlanError::Domain {
+                which: "inactive", ..
+            } => a.inactive_xml.as_deref(),
+            ferry_core::PlanError::Domain { .. } => Some(live_path),
+            _ => None,
+        };
+        match file {
+            Some(f) => anyhow::Error::new(e).context(format!("in {}", f.display())),
+            None => e.into(),
+        }
+    })?;
     output(a, &plan, None, None)
 }
 

@@ -311,8 +311,10 @@ fn start_slow_migration() -> (Lab, std::process::Child, u32) {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    // The ferry process itself (its command name), not the `lab client` wrapper around it.
-    let (_, out, _) = run(Command::new("pgrep").args(["-x", "ferry"]));
+    // The ferry process itself: the child of the `lab client` wrapper this test started (other
+    // ferry processes on the machine are none of this test's business).
+    let (_, out, _) =
+        run(Command::new("pgrep").args(["-x", "ferry", "-P", &child.id().to_string()]));
     let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
     (the_lab, child, pids[0])

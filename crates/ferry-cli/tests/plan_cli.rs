@@ -245,3 +245,17 @@ fn history_of_a_missing_or_foreign_journal_creates_nothing() {
     assert!(err.contains("no-such-dir/j.db"), "{err}");
     assert!(!dir.exists(), "ferry history created {}", dir.display());
 }
+
+#[test]
+fn a_document_that_cannot_be_read_is_named() {
+    let bad = tmp("bad.xml");
+    std::fs::write(
+        &bad,
+        "<domain><name>g</name><devices><disk></devices></domain>",
+    )
+    .unwrap();
+    let (code, _, err) = ferry(&["plan", "--domain-xml", bad.to_str().unwrap(), "--to", "u"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("in {}", bad.display())), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+}

@@ -288,11 +288,13 @@ pub fn parse(doc: &str) -> Result<Domain, DomainError> {
         interfaces: Vec::new(),
         passthrough: Vec::new(),
     };
+    // The document's quote style, guessed (once) for disks with no attribute to copy it from.
+    let doc_quote = std::cell::OnceCell::new();
     // libvirt reads every <devices> block.
     for devices in root.children_named("devices") {
         for dev in &devices.children {
             match dev.name.as_str() {
-                "disk" => domain.disks.push(read_disk(doc, dev)),
+                "disk" => domain.disks.push(read_disk(doc, dev, &doc_quote)),
                 "interface" => {
                     let iface = read_interface(dev);
                     if iface.iface_type == "hostdev" || iface.iface_type == "vdpa" {
@@ -401,7 +403,7 @@ fn read_source(disk_type: &DiskType, src: &Element) -> Option<DiskSource> {
     }
 }
 
-fn read_disk(doc: &str, el: &Element) -> Disk {
+fn read_disk(doc: &str, el: &Element, doc_quote: &std::cell::OnceCell<char>) -> Disk {
     let disk_type = DiskType::from_attr(el.attr("type"));
     let driver = el.child("driver");
     let source_el = el.child("source");
@@ -451,7 +453,7 @@ fn read_disk(doc: &str, el: &Element) -> Disk {
         .map(|a| a.quote)
         .or(el.attrs.first().map(|a| a.quote))
         .or(source_attrs.first().map(|a| a.quote))
-        .unwrap_or_else(|| guess_quote(doc));
+        .unwrap_or_else(|| *doc_quote.get_or_init(|| guess_quote(doc)));
     Disk {
         device: el.attr("device").unwrap_or("disk").to_string(),
         driver_name: driver.and_then(|d| d.attr("name")).map(str::to_string),

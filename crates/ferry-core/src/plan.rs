@@ -5,9 +5,9 @@ use serde::Serialize;
 
 use crate::convergence::{self, Phase};
 use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
-use crate::render::unified_diff;
+use crate::render::edits_diff;
 use crate::rewrite::{self, Edit, NewSource, RewriteError};
-use crate::rules::{Origin, Rules};
+use crate::rules::{CopyRule, Origin, Rules};
 
 /// Why no plan can be made. Every message names the disk and says how to settle it.
 #[derive(Debug, thiserror::Error)]
@@ -286,8 +286,10 @@ pub fn plan(
             device: p.to_string(),
         });
     }
+    let live_targets: std::collections::HashSet<&str> =
+        live.disks.iter().map(|d| d.target.as_str()).collect();
     for c in &rules.copy {
-        if !live.disks.iter().any(|d| d.target == c.disk) {
+        if !live_targets.contains(c.disk.as_str()) {
             return Err(PlanError::CopyUnknownDisk {
                 disk: c.disk.clone(),
                 known: live
@@ -305,6 +307,7 @@ pub fn plan(
     let live_plan = rewrite_domain(live_xml, &live, rules)?;
     check_destinations(&live_plan.disks)?;
     let dest_xml = live_plan.applied.text;
+    let live_ranges = live_plan.applied.ranges;
 
     let mut warnings = Vec::new();
     let persist_xml = match inactive_xml {
@@ -322,14 +325,14 @@ pub fn plan(
             }
             let p = rewrite_domain(text, &inactive, rules)?;
             for d in &p.disks {
-                if !live.disks.iter().any(|l| l.target == d.target) {
+                if !live_targets.contains(d.target.as_str()) {
                     warnings.push(format!(
                         "disk {} is only in the persistent definition (not attached now)",
                         d.target
                     ));
                 }
             }
-            Some(p.applied.text)
+            Some((p.applied.text, p.applied.ranges))
         }
     };
 
@@ -376,10 +379,17 @@ pub fn plan(
     let bandwidth_per_stream_mib = options
         .bandwidth_mib
         .map(|b| convergence::bandwidth_for(Phase::StorageCopy, b, migrate_disks.len()));
-    let diff = unified_diff(live_xml, &dest_xml, "source (live)", "target (live)");
+    let diff = edits_diff(
+        live_xml,
+        &dest_xml,
+        &live_ranges,
+        "source (live)",
+        "target (live)",
+    );
     let persist_diff = inactive_xml
-        .zip(persist_xml.as_deref())
-        .map(|(a, b)| unified_diff(a, b, "source (persistent)", "target (persistent)"));
+        .zip(persist_xml.as_ref())
+        .map(|(a, (b, r))| edits_diff(a, b, r, "source (persistent)", "target (persistent)"));
+    let persist_xml = persist_xml.map(|(text, _)| text);
     Ok(Plan {
         domain: live.name.clone(),
         uuid: live.uuid.clone(),
@@ -401,8 +411,10 @@ pub fn plan(
 pub fn rewrite_domain(text: &str, dom: &Domain, rules: &Rules) -> Result<DomainRewrite, PlanError> {
     let mut disks = Vec::new();
     let mut edits: Vec<Edit> = Vec::new();
+    let copies = rules.copy_index();
     for disk in &dom.disks {
-        let (decision, mut reason, new, slice, origin) = decide(disk, rules)?;
+        let copy = copies.get(disk.target.as_str()).copied();
+        let (decision, mut reason, new, slice, origin) = decide(disk, copy, rules)?;
         if decision == Decision::Shared && new.is_some() {
             // The images under a shared disk are shared too: same rules for their paths.
             let (more, _) =
@@ -531,10 +543,12 @@ pub fn destinations(live_xml: &str, rules: &Rules) -> Result<Vec<Destination>, P
         which: "live",
         source,
     })?;
+    let copies = rules.copy_index();
     dom.disks
         .iter()
         .map(|d| {
-            let (decision, _, new, _, _) = decide(d, rules)?;
+            let copy = copies.get(d.target.as_str()).copied();
+            let (decision, _, new, _, _) = decide(d, copy, rules)?;
             let (path, kind) = match new {
                 Some(NewSource::Path { kind, path }) => (Some(path), kind),
                 Some(NewSource::Pool { .. }) => (None, d.disk_type.clone()),
@@ -562,8 +576,8 @@ pub fn kind_of_path(path: &str) -> DiskType {
 
 type Decided = (Decision, String, Option<NewSource>, Option<u64>, Origin);
 
-fn decide(disk: &Disk, rules: &Rules) -> Result<Decided, PlanError> {
-    let copy = rules.copy_for(&disk.target);
+/// Decide one disk; `copy` is the copy rule naming it, if any.
+fn decide(disk: &Disk, copy: Option<&CopyRule>, rules: &Rules) -> Result<Decided, PlanError> {
     let source_desc = || match &disk.source {
         Some(s) => format!("{} {s}", disk.disk_type.as_str()),
         None => format!("{} without media", disk.device),

@@ -262,21 +262,26 @@ impl Rules {
     }
 
     fn check(&self) -> Result<(), RuleError> {
-        for (i, c) in self.copy.iter().enumerate() {
-            if self.copy[..i].iter().any(|o| o.disk == c.disk) {
+        let mut disks = std::collections::HashSet::new();
+        for c in &self.copy {
+            if !disks.insert(c.disk.as_str()) {
                 return Err(RuleError::CopyTwice(c.disk.clone()));
             }
         }
-        for (i, m) in self.map.iter().enumerate() {
-            if let Some(o) = self.map[..i]
-                .iter()
-                .find(|o| normalise_path(&o.from) == normalise_path(&m.from) && o.to != m.to)
-            {
-                return Err(RuleError::MapTwice {
-                    from: m.from.clone(),
-                    a: o.to.clone(),
-                    b: m.to.clone(),
-                });
+        let mut froms: std::collections::HashMap<String, &MapRule> = Default::default();
+        for m in &self.map {
+            match froms.get(&normalise_path(&m.from)) {
+                Some(o) if o.to != m.to => {
+                    return Err(RuleError::MapTwice {
+                        from: m.from.clone(),
+                        a: o.to.clone(),
+                        b: m.to.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    froms.insert(normalise_path(&m.from), m);
+                }
             }
         }
         Ok(())
@@ -294,6 +299,11 @@ impl Rules {
     /// The map rule for a storage pool name.
     pub fn map_for_pool(&self, pool: &str) -> Option<&MapRule> {
         self.map.iter().find(|r| r.from == pool)
+    }
+
+    /// The copy rules by disk, for looking many up.
+    pub fn copy_index(&self) -> std::collections::HashMap<&str, &CopyRule> {
+        self.copy.iter().map(|c| (c.disk.as_str(), c)).collect()
     }
 
     /// The copy rule for the disk whose target is `dev`.

@@ -123,6 +123,12 @@ fn run_corpus(flip_copies: bool) {
             }
         }
         edits_seen += rw.applied.ranges.len();
+        // The diff made from the edits (linear) is the general diff algorithm's.
+        assert_eq!(
+            ferry_core::render::edits_diff(&text, &rw.applied.text, &rw.applied.ranges, "a", "b"),
+            ferry_core::render::unified_diff(&text, &rw.applied.text, "a", "b"),
+            "{name}"
+        );
     }
     assert!(disks_seen > 200, "only {disks_seen} disks");
     assert!(edits_seen > 150, "only {edits_seen} edits");
