@@ -173,7 +173,79 @@ fn print_summary(s: &Summary) {
     }
 }
 
+/// Passes every event on, remembering the flow's step for the watchdog.
+struct Watched {
+    inner: Box<dyn Reporter>,
+    step: Arc<std::sync::Mutex<&'static str>>,
+}
+
+impl Reporter for Watched {
+    fn report(&mut self, event: Event) {
+        if let Event::Step { step, .. } = &event {
+            // Once past the read-only steps (a hook may create a volume before `preflight`),
+            // never back: the watchdog must not stop a run that has created something.
+            let mut now = self.step.lock().unwrap_or_else(|p| p.into_inner());
+            if READ_ONLY_STEPS.contains(&*now) {
+                *now = step;
+            }
+        }
+        self.inner.report(event);
+    }
+}
+
+/// Steps in which Ferry only reads the hosts: nothing created, nothing moved, so stopping the
+/// process is a clean stop. (From `prepare` on, the flow answers Ctrl-C and `--timeout` itself,
+/// and rolls back.)
+const READ_ONLY_STEPS: [&str; 4] = ["target", "inventory", "preflight", "plan"];
+
+/// A host that accepts the connection and never answers blocks libvirt's calls for good. While
+/// Ferry only reads, Ctrl-C and `--timeout` end the run at once, naming the host it waits on.
+fn watchdog(
+    hv: Arc<dyn ferry_hypervisor::Hypervisor>,
+    step: Arc<std::sync::Mutex<&'static str>>,
+    cancel: Arc<AtomicBool>,
+    timeout: Option<Duration>,
+    started: std::time::Instant,
+    json: bool,
+) {
+    let _ = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = *step.lock().unwrap_or_else(|p| p.into_inner());
+            if !READ_ONLY_STEPS.contains(&now) {
+                continue;
+            }
+            let why = if cancel.load(Ordering::SeqCst) {
+                "cancelled by the operator (Ctrl-C)".to_string()
+            } else if let Some(t) = timeout.filter(|t| started.elapsed() > *t) {
+                format!("timed out after {} s (--timeout)", t.as_secs())
+            } else {
+                continue;
+            };
+            let waiting = hv.waiting_on();
+            let msg = format!(
+                "{why} in step {now}{}; nothing was created or moved",
+                if waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!(": no answer from {}", waiting.join(", "))
+                }
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "result", "outcome": "error", "exit": 1,
+                        "message": msg, "error": {"kind": "no_answer", "waiting_on": waiting}})
+                );
+            }
+            eprintln!("ferry: error: {msg}");
+            std::process::exit(1);
+        });
+}
+
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let inv = a.inventory.load()?;
     let sreq = crate::target_cmd::request(
         inv.as_ref(),
@@ -204,7 +276,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
-    let mut reporter: Box<dyn Reporter> = if a.json {
+    let inner: Box<dyn Reporter> = if a.json {
         Box::new(JsonLines)
     } else {
         Box::new(Terminal {
@@ -213,6 +285,19 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             last_line: std::time::Instant::now() - Duration::from_secs(2),
         })
     };
+    let step = Arc::new(std::sync::Mutex::new("target"));
+    let mut reporter: Box<dyn Reporter> = Box::new(Watched {
+        inner,
+        step: step.clone(),
+    });
+    watchdog(
+        hv.clone(),
+        step,
+        cancel.clone(),
+        a.timeout.map(Duration::from_secs),
+        started,
+        a.json,
+    );
     reporter.report(Event::Step {
         step: "target",
         detail: match &a.to {
@@ -251,6 +336,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             options: crate::target_cmd::with_address(a.migration.options(), &target),
             dry_run: a.dry_run,
             timeout: a.timeout.map(Duration::from_secs),
+            started,
             abort_grace: ferry_migrate::ABORT_GRACE,
         };
         ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel)

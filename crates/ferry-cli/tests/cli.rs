@@ -91,3 +91,52 @@ fn plan_is_online_with_a_guest_or_offline_with_files_not_both() {
     assert_eq!(code, 2, "online needs --from: {err}");
     assert!(err.contains("--from"), "{err}");
 }
+
+#[test]
+fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run() {
+    // A listener on loopback that accepts connections and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = vec![];
+        for c in listener.incoming().take(4) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(conns);
+    });
+    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "migrate",
+            "g",
+            "--from",
+            &uri,
+            "--to",
+            "test:///default",
+            "--timeout",
+            "3",
+        ])
+        .args(["--journal", "/nonexistent-dir/j.db", "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a ferry that hangs is killed and the test fails.
+    let mut waited = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(waited < 600, "ferry did not end: it hangs on a silent host");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("timed out after 3 s (--timeout)"), "{err}");
+    assert!(err.contains(&format!("no answer from {uri}")), "{err}");
+    assert!(err.contains("nothing was created or moved"), "{err}");
+    drop(held);
+}

@@ -158,6 +158,12 @@ pub trait Hypervisor: Send + Sync {
     fn canary_seen(&self, host: HostId, dir: &str, name: &str) -> Result<bool, HvError>;
     /// Delete a canary created by [`Hypervisor::canary_create`].
     fn canary_delete(&self, host: HostId, dir: &str, name: &str) -> Result<(), HvError>;
+
+    /// The hosts a call is waiting on right now (connections being opened), to name a host
+    /// that does not answer.
+    fn waiting_on(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A canary's name: unique per process, call and time.

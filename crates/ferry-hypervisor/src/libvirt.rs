@@ -52,6 +52,8 @@ impl Drop for HostConn {
 #[derive(Default)]
 pub struct Libvirt {
     hosts: Mutex<Vec<Arc<HostConn>>>,
+    /// URIs whose connection is being opened.
+    connecting: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Libvirt {
@@ -335,7 +337,18 @@ unsafe extern "C" fn free_completed(opaque: *mut c_void) {
 impl Hypervisor for Libvirt {
     fn connect(&self, uri: &str) -> Result<HostId, HvError> {
         start_event_loop();
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
+        self.connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(uri.to_string());
+        let opened = Connect::open(Some(uri));
+        {
+            let mut c = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = c.iter().position(|u| u == uri) {
+                c.remove(i);
+            }
+        }
+        let conn = opened.map_err(|e| HvError::Connect {
             uri: uri.to_string(),
             message: e.message().to_string(),
         })?;
@@ -392,6 +405,13 @@ impl Hypervisor for Libvirt {
 
     fn uri(&self, host: HostId) -> String {
         self.host(host).uri.clone()
+    }
+
+    fn waiting_on(&self) -> Vec<String> {
+        self.connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError> {

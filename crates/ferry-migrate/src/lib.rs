@@ -41,8 +41,11 @@ pub struct Request {
     pub options: MigrationOptions,
     /// Plan and check only: create nothing, move nothing.
     pub dry_run: bool,
-    /// Abort the migration after this long.
+    /// Abort the migration if the whole run has not finished after this long (counted from
+    /// `started`).
     pub timeout: Option<Duration>,
+    /// When the operator's run began (the `--timeout` clock).
+    pub started: Instant,
     /// How long to wait for libvirt's migration call to return after an abort. A job whose
     /// streams hang on a cut link only ends when TCP gives up (~15 min by default); Ferry stops
     /// waiting then, says so, and deletes nothing.

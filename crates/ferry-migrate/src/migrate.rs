@@ -69,7 +69,7 @@ pub fn execute(
 ) -> JobResult {
     let mreq = request(plan, &inv.dst_uri);
     let (tx, rx) = mpsc::channel();
-    let t0 = Instant::now();
+
     {
         // Not a scoped thread: if libvirt's call never returns, Ferry must still be able to
         // stop waiting for it.
@@ -122,7 +122,7 @@ pub fn execute(
                     Some("cancelled by the operator".to_string())
                 } else {
                     req.timeout
-                        .filter(|t| t0.elapsed() > *t)
+                        .filter(|t| req.started.elapsed() > *t)
                         .map(|t| format!("timed out after {} s (--timeout)", t.as_secs()))
                 };
                 if let Some(why) = why {
