@@ -175,9 +175,16 @@ pub struct MigrateArgs {
     /// JSON lines on stdout: one object per event, then one with the result.
     #[arg(long)]
     pub json: bool,
-    /// Abort the migration if it has not finished after this many seconds.
+    /// Abort the migration if it has not finished after this many seconds (counted from the
+    /// start of the run). Before anything is created, Ferry stops at once, naming the host it
+    /// waits on.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
+    /// Give up on a host whose libvirt connection does not open within this many seconds (a
+    /// host that accepts TCP and never answers would otherwise block for good).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

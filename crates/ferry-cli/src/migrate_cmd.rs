@@ -205,6 +205,7 @@ fn watchdog(
     step: Arc<std::sync::Mutex<&'static str>>,
     cancel: Arc<AtomicBool>,
     timeout: Option<Duration>,
+    connect_timeout: Duration,
     started: std::time::Instant,
     json: bool,
 ) {
@@ -216,14 +217,19 @@ fn watchdog(
             if !READ_ONLY_STEPS.contains(&now) {
                 continue;
             }
+            let waiting: Vec<String> = hv.waiting_on().into_iter().map(|(u, _)| u).collect();
             let why = if cancel.load(Ordering::SeqCst) {
                 "cancelled by the operator (Ctrl-C)".to_string()
             } else if let Some(t) = timeout.filter(|t| started.elapsed() > *t) {
                 format!("timed out after {} s (--timeout)", t.as_secs())
+            } else if hv.waiting_on().iter().any(|(_, w)| *w > connect_timeout) {
+                format!(
+                    "a libvirt connection did not open within {} s (--connect-timeout)",
+                    connect_timeout.as_secs()
+                )
             } else {
                 continue;
             };
-            let waiting = hv.waiting_on();
             let msg = format!(
                 "{why} in step {now}{}; nothing was created or moved",
                 if waiting.is_empty() {
@@ -295,6 +301,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         step,
         cancel.clone(),
         a.timeout.map(Duration::from_secs),
+        Duration::from_secs(a.connect_timeout),
         started,
         a.json,
     );

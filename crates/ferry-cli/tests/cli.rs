@@ -92,6 +92,29 @@ fn plan_is_online_with_a_guest_or_offline_with_files_not_both() {
     assert!(err.contains("--from"), "{err}");
 }
 
+/// Run ferry, killing it (and failing) if it has not ended after a minute: a hang fails the
+/// test instead of blocking the suite.
+fn ferry_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("ferry {args:?} did not end: it hangs on a silent host");
+}
+
 #[test]
 fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run() {
     // A listener on loopback that accepts connections and never says a word.
@@ -106,37 +129,38 @@ fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run(
         drop(conns);
     });
     let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "migrate",
-            "g",
-            "--from",
-            &uri,
-            "--to",
-            "test:///default",
-            "--timeout",
-            "3",
-        ])
-        .args(["--journal", "/nonexistent-dir/j.db", "--dry-run"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Bounded: a ferry that hangs is killed and the test fails.
-    let mut waited = 0;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(waited < 600, "ferry did not end: it hangs on a silent host");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        waited += 1;
-    };
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = ferry_bounded(&[
+        "migrate",
+        "g",
+        "--from",
+        &uri,
+        "--to",
+        "test:///default",
+        "--timeout",
+        "3",
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("timed out after 3 s (--timeout)"), "{err}");
     assert!(err.contains(&format!("no answer from {uri}")), "{err}");
     assert!(err.contains("nothing was created or moved"), "{err}");
+    // Without --timeout: the connection deadline.
+    let (code, err) = ferry_bounded(&[
+        "migrate",
+        "g",
+        "--from",
+        &uri,
+        "--to",
+        "test:///default",
+        "--connect-timeout",
+        "2",
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("did not open within 2 s (--connect-timeout)"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("no answer from {uri}")), "{err}");
     drop(held);
 }

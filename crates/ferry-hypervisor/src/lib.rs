@@ -159,9 +159,9 @@ pub trait Hypervisor: Send + Sync {
     /// Delete a canary created by [`Hypervisor::canary_create`].
     fn canary_delete(&self, host: HostId, dir: &str, name: &str) -> Result<(), HvError>;
 
-    /// The hosts a call is waiting on right now (connections being opened), to name a host
-    /// that does not answer.
-    fn waiting_on(&self) -> Vec<String> {
+    /// The hosts a call is waiting on right now (connections being opened), with how long it
+    /// has waited: to name a host that does not answer.
+    fn waiting_on(&self) -> Vec<(String, std::time::Duration)> {
         Vec::new()
     }
 }

@@ -52,8 +52,8 @@ impl Drop for HostConn {
 #[derive(Default)]
 pub struct Libvirt {
     hosts: Mutex<Vec<Arc<HostConn>>>,
-    /// URIs whose connection is being opened.
-    connecting: Mutex<Vec<String>>,
+    /// URIs whose connection is being opened, since when.
+    connecting: Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Libvirt {
@@ -340,11 +340,11 @@ impl Hypervisor for Libvirt {
         self.connecting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(uri.to_string());
+            .push((uri.to_string(), std::time::Instant::now()));
         let opened = Connect::open(Some(uri));
         {
             let mut c = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = c.iter().position(|u| u == uri) {
+            if let Some(i) = c.iter().position(|(u, _)| u == uri) {
                 c.remove(i);
             }
         }
@@ -407,11 +407,13 @@ impl Hypervisor for Libvirt {
         self.host(host).uri.clone()
     }
 
-    fn waiting_on(&self) -> Vec<String> {
+    fn waiting_on(&self) -> Vec<(String, std::time::Duration)> {
         self.connecting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .map(|(u, t)| (u.clone(), t.elapsed()))
+            .collect()
     }
 
     fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError> {
