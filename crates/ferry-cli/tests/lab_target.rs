@@ -345,7 +345,7 @@ fn a_hook_hands_out_an_nvme_namespace_takes_it_back_after_a_failure_and_the_copy
     let migrate = |extra: &[&str]| migrate_h1_to_h2(&inv, extra);
 
     // A migration that fails (aborted by --timeout mid-copy): the namespace goes back.
-    let (code, out, err) = migrate(&["--bandwidth", "1", "--timeout", "4"]);
+    let (code, out, err) = migrate(&["--bandwidth", "1", "--timeout", "8"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("hook lab-nvme created /dev/ferry-lab/ns-lab-guest-vdb (67108864 bytes)"),
