@@ -147,6 +147,10 @@ impl InventoryArgs {
 pub struct HostsArgs {
     #[arg(long)]
     pub json: bool,
+    /// A host not read within this many seconds is reported as not answering.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub inventory: InventoryArgs,
 }
@@ -260,6 +264,10 @@ pub struct PlanArgs {
     /// Leave the XML diff out of the printed plan.
     #[arg(long)]
     pub no_diff: bool,
+    /// Online: a host not read within this many seconds is reported as not answering.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
 }
 
 /// Storage rules: how the target host sees each disk.

@@ -32,9 +32,14 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
          FERRY_INVENTORY, or /etc/ferry/inventory.toml); see examples/inventory.toml",
     )?;
     let specs: Vec<HostSpec> = inv.hosts.iter().map(HostSpec::from_entry).collect();
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
+        std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let t = std::time::Instant::now();
-    let all = target::gather(&hv, &specs);
+    let all = target::gather(
+        &hv,
+        &specs,
+        std::time::Duration::from_secs(a.connect_timeout),
+    );
     let total_ms = t.elapsed().as_millis() as u64;
     let unreachable = all.iter().filter(|g| !g.report.reachable()).count();
     if a.json {

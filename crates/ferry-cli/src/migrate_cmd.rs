@@ -259,6 +259,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         &a.from,
         a.to.as_deref(),
         a.storage.rules()?,
+        Duration::from_secs(a.connect_timeout),
     )?;
     let journal = if a.dry_run {
         Journal::in_memory()?
@@ -317,7 +318,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     });
-    let outcome = ferry_migrate::target::select(hv.as_ref(), &sreq).and_then(|sel| {
+    let outcome = ferry_migrate::target::select(&hv, &sreq).and_then(|sel| {
         // With --to, a refusal names the host's reasons in the error: no ranking to show.
         if a.to.is_none() || a.json {
             reporter.report(Event::Target(sel.ranking.clone()));

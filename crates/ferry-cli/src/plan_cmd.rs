@@ -173,8 +173,10 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         from,
         a.to.as_deref(),
         a.storage.rules()?,
+        std::time::Duration::from_secs(a.connect_timeout),
     )?;
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
+        std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let sel = ferry_migrate::target::select(&hv, &req)?;
     let Some((target, derived)) = &sel.chosen else {
         if a.json {

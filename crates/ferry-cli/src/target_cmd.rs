@@ -13,6 +13,7 @@ pub fn request<'a>(
     from: &str,
     to: Option<&str>,
     rules: Rules,
+    answer_deadline: std::time::Duration,
 ) -> anyhow::Result<SelectRequest<'a>> {
     let source = HostSpec::resolve(inv, from);
     let candidates = match (to, inv) {
@@ -42,6 +43,7 @@ pub fn request<'a>(
         candidates,
         rules,
         inventory: inv,
+        answer_deadline,
     })
 }
 

@@ -3,7 +3,8 @@
 //! the ranking of hosts ([`ferry_core::placement`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry_core::domain::{self, Domain};
 use ferry_core::facts::{Canary, CpuCompat, HostReport};
@@ -75,30 +76,68 @@ pub struct Gathered {
     pub took_ms: u64,
 }
 
+/// How long a host may take to be connected and read before it counts as not answering.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Connect to every host at once and read its facts: the whole takes about as long as the
-/// slowest host. A host that cannot be read is reported with its error, not dropped.
-pub fn gather(hv: &dyn Hypervisor, specs: &[HostSpec]) -> Vec<Gathered> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = specs
-            .iter()
-            .map(|spec| s.spawn(move || gather_one(hv, spec)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(specs)
-            .map(|(h, spec)| {
-                h.join().unwrap_or_else(|_| Gathered {
-                    spec: spec.clone(),
-                    id: None,
-                    report: HostReport {
-                        error: Some("reading the host's facts failed (thread panicked)".into()),
-                        ..Default::default()
-                    },
-                    took_ms: 0,
-                })
+/// slowest host, not the sum. A host that cannot be read is reported with its error, not
+/// dropped; one that has not answered within `deadline` (it accepts TCP and never speaks, say)
+/// is reported as not answering, and its thread is left behind: libvirt's call cannot be
+/// interrupted.
+pub fn gather(hv: &Arc<dyn Hypervisor>, specs: &[HostSpec], deadline: Duration) -> Vec<Gathered> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, spec) in specs.iter().enumerate() {
+        let (hv, spec, t) = (hv.clone(), spec.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("facts {}", spec.name))
+            .spawn(move || {
+                let _ = t.send((i, gather_one(hv.as_ref(), &spec)));
+            });
+        if let Err(e) = spawned {
+            let _ = tx.send((
+                i,
+                unanswered(&specs[i], format!("cannot start a thread: {e}")),
+            ));
+        }
+    }
+    drop(tx);
+    let mut out: Vec<Option<Gathered>> = vec![None; specs.len()];
+    let end = Instant::now() + deadline;
+    while out.iter().any(Option::is_none) {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, g)) => out[i] = Some(g),
+            Err(_) => break,
+        }
+    }
+    out.into_iter()
+        .zip(specs)
+        .map(|(g, spec)| {
+            g.unwrap_or_else(|| {
+                unanswered(
+                    spec,
+                    format!(
+                        "no answer from {} within {} s (it may accept connections and never \
+                         answer)",
+                        spec.uri,
+                        deadline.as_secs()
+                    ),
+                )
             })
-            .collect()
-    })
+        })
+        .collect()
+}
+
+fn unanswered(spec: &HostSpec, why: String) -> Gathered {
+    Gathered {
+        spec: spec.clone(),
+        id: None,
+        report: HostReport {
+            error: Some(why),
+            ..Default::default()
+        },
+        took_ms: 0,
+    }
 }
 
 fn gather_one(hv: &dyn Hypervisor, spec: &HostSpec) -> Gathered {
@@ -144,6 +183,8 @@ pub struct SelectRequest<'a> {
     /// The operator's rules: they override whatever identity says.
     pub rules: Rules,
     pub inventory: Option<&'a Inventory>,
+    /// How long each host may take to be read ([`ANSWER_DEADLINE`] by default).
+    pub answer_deadline: Duration,
 }
 
 /// The outcome: every host's verdict, and for the chosen one the rules to migrate with.
@@ -167,11 +208,15 @@ pub struct Selection {
 }
 
 /// Gather, probe, decide.
-pub fn select(hv: &dyn Hypervisor, req: &SelectRequest) -> Result<Selection, MigrateError> {
+pub fn select(
+    hv_arc: &Arc<dyn Hypervisor>,
+    req: &SelectRequest,
+) -> Result<Selection, MigrateError> {
+    let hv = hv_arc.as_ref();
     let t = Instant::now();
     let mut specs = vec![req.source.clone()];
     specs.extend(req.candidates.iter().cloned());
-    let all = gather(hv, &specs);
+    let all = gather(hv_arc, &specs, req.answer_deadline);
     let gather_ms = t.elapsed().as_millis() as u64;
     let slowest_host_ms = all.iter().map(|g| g.took_ms).max().unwrap_or(0);
     let (src, cands) = all.split_first().expect("the source is gathered first");

@@ -678,14 +678,16 @@ const H3: &str = "qemu+tcp://h3/system";
 fn selection_derives_every_rule_ranks_hosts_and_leaves_no_canary() {
     use crate::target::{select, HostSpec, SelectRequest};
     let fake = pooled_lab();
+    let hv: Arc<dyn Hypervisor> = fake.clone();
     let sel = select(
-        fake.as_ref(),
+        &hv,
         &SelectRequest {
             guest: "g".into(),
             source: HostSpec::uri(SRC),
             candidates: vec![HostSpec::uri(H3), HostSpec::uri(DST)],
             rules: Rules::default(),
             inventory: None,
+            answer_deadline: crate::target::ANSWER_DEADLINE,
         },
     )
     .unwrap();
@@ -738,14 +740,16 @@ fn selection_refuses_an_unknown_disk_and_a_copy_onto_the_shared_disk() {
     use crate::target::{select, HostSpec, SelectRequest};
     let fake = pooled_lab();
     let sel = |rules: Rules| {
+        let hv: Arc<dyn Hypervisor> = fake.clone();
         select(
-            fake.as_ref(),
+            &hv,
             &SelectRequest {
                 guest: "g".into(),
                 source: HostSpec::uri(SRC),
                 candidates: vec![HostSpec::uri(DST)],
                 rules,
                 inventory: None,
+                answer_deadline: crate::target::ANSWER_DEADLINE,
             },
         )
     };
