@@ -81,6 +81,22 @@ fn migrate_h1_to_h2(inv: &str, extra: &[&str]) -> (i32, String, String) {
     ferry(&a)
 }
 
+/// `ferry plan lab-guest --from h1 --json` with an inventory: the plan, which must be made.
+fn plan_from_h1(inv: &str) -> serde_json::Value {
+    let (code, out, err) = ferry(&[
+        "plan",
+        GUEST,
+        "--from",
+        "h1",
+        "--inventory",
+        inv,
+        "--unsafe",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    json(&out)
+}
+
 fn no_canary_left() {
     for d in ["shared", "h1/store", "h2/store", "h3/store"] {
         let left: Vec<String> = files(&format!("{DIR}/{d}"))
@@ -149,18 +165,7 @@ fn three_hosts_ranked_by_storage_identity_draining_skipped_zero_config_migration
     assert!(virsh(H3, &["pool-destroy", "shared-c"]).0);
     let (ok, _, e) = lab(&["shell", "h3", "umount", "/mnt/nfs_third_mount"]);
     assert!(ok, "{e}");
-    let (code, out, err) = ferry(&[
-        "plan",
-        GUEST,
-        "--from",
-        "h1",
-        "--inventory",
-        &inv,
-        "--unsafe",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let p = json(&out);
+    let p = plan_from_h1(&inv);
     assert_eq!(p["target"], "h2", "{p}");
     let h3 = verdict(&p, "h3");
     assert_eq!(h3["eligible"], false);
@@ -209,18 +214,7 @@ fn three_hosts_ranked_by_storage_identity_draining_skipped_zero_config_migration
             ("h3", "migration_address = \"10.77.0.3\""),
         ],
     );
-    let (code, out, err) = ferry(&[
-        "plan",
-        GUEST,
-        "--from",
-        "h1",
-        "--inventory",
-        &inv,
-        "--unsafe",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let p = json(&out);
+    let p = plan_from_h1(&inv);
     assert_eq!(p["target"], "h3", "{p}");
     assert_eq!(codes(verdict(&p, "h2")), vec!["draining"]);
     assert_eq!(p["options"]["migrate_uri"], "tcp://10.77.0.3", "{p}");
