@@ -102,13 +102,17 @@ pub enum Command {
     /// (e.g. Ferry was killed): only those the journal lists, and only when no domain uses them.
     Cleanup(CleanupArgs),
 
-    /// Print a shell completion script: ferry completions bash > /etc/bash_completion.d/ferry
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: ferry completions bash > /etc/bash_completion.d/ferry
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
 
-    /// Print the manual page (roff): ferry man > /usr/local/share/man/man1/ferry.1
+    /// Print the manual page (roff).
+    ///
+    /// Example: ferry man > /usr/local/share/man/man1/ferry.1
     Man,
 }
 
@@ -116,7 +120,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InventoryArgs {
     /// The inventory of hosts (TOML: [[host]] name, uri, state, reserve_memory,
-    /// migration_address, labels, [[host.local_store]] pool; [[shared_store]] name, paths).
+    /// migration_address, labels, [[host.local_store]] pool or hook; [[shared_store]] name,
+    /// paths).
     /// Default: /etc/ferry/inventory.toml when it exists. See examples/inventory.toml.
     #[arg(long, value_name = "FILE", env = "FERRY_INVENTORY")]
     pub inventory: Option<PathBuf>,
