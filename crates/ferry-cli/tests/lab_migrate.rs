@@ -484,3 +484,71 @@ fn a_cut_link_fails_the_copy_the_guest_stays_and_cleanup_finishes_after_the_link
     drop(the_lab);
     assert_lab_gone();
 }
+
+/// Progress stays live through the whole job: at least one sample a second in the storage
+/// copy and in the memory passes (libvirt's own elapsed time gives each phase's span).
+#[test]
+fn progress_has_a_sample_every_second_in_every_phase() {
+    let lab = Lab::up(&[]);
+    let (code, out, err) = migrate(&[
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n5",
+        "--bandwidth",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut phases: Vec<(String, Vec<u64>)> = vec![];
+    for l in out.lines().filter(|l| l.contains("\"event\":\"job\"")) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let phase = match v["phase"].as_str().unwrap() {
+            "memory" => "memory".to_string(),
+            p => p.to_string(),
+        };
+        let at = v["elapsed_ms"].as_u64().unwrap();
+        match phases.last_mut() {
+            Some((p, times)) if *p == phase => times.push(at),
+            _ => phases.push((phase, vec![at])),
+        }
+    }
+    let summary: Vec<String> = phases
+        .iter()
+        .map(|(p, t)| {
+            format!(
+                "{p}: {} samples over {} ms",
+                t.len(),
+                t.last().unwrap() - t[0]
+            )
+        })
+        .collect();
+    eprintln!("progress: {summary:?}");
+    let copy = phases
+        .iter()
+        .find(|(p, _)| p == "storage_copy")
+        .unwrap_or_else(|| panic!("no storage copy samples: {summary:?}"));
+    assert!(
+        copy.1.last().unwrap() - copy.1[0] >= 3000,
+        "the copy at 8 MiB/s should last seconds: {summary:?}"
+    );
+    for (p, t) in phases
+        .iter()
+        .filter(|(p, _)| p == "storage_copy" || p == "memory")
+    {
+        let span_s = (t.last().unwrap() - t[0]) / 1000;
+        assert!(
+            t.len() as u64 > span_s,
+            "phase {p}: {} samples over {span_s} s: progress went dark ({summary:?})",
+            t.len()
+        );
+        let gap = t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        assert!(
+            gap <= 2500,
+            "phase {p}: a gap of {gap} ms between samples ({summary:?})"
+        );
+    }
+    lab.verify_guest("h2");
+    drop(lab);
+    assert_lab_gone();
+}

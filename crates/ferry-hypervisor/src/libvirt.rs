@@ -31,6 +31,12 @@ struct HostConn {
     /// Never dropped through `virt`'s `Drop`, which panics when the peer is gone: closed in
     /// [`HostConn::drop`] with the result ignored.
     conn: ManuallyDrop<Connect>,
+    /// A second connection for what must answer while `conn` carries a long call (the
+    /// migration): job statistics, the domain's state, abort, bandwidth. On the migration's own
+    /// connection these waited for libvirt's keepalive round trips: progress went dark for
+    /// seconds during the disk copy. Opened on first use; `None` if it could not be opened (the
+    /// main connection serves then).
+    monitor: std::sync::OnceLock<Option<ManuallyDrop<Connect>>>,
     completed: Arc<CompletedJobs>,
     callback_id: Option<c_int>,
 }
@@ -45,6 +51,10 @@ impl Drop for HostConn {
         // SAFETY: we own one reference to the connection (taken by Connect::open); this gives
         // it back exactly once. `conn` is ManuallyDrop, so virt's Drop never closes it again.
         unsafe { sys::virConnectClose(self.conn.as_ptr()) };
+        if let Some(Some(m)) = self.monitor.get() {
+            // SAFETY: as above, for the monitor connection we opened and own.
+            unsafe { sys::virConnectClose(m.as_ptr()) };
+        }
     }
 }
 
@@ -127,7 +137,24 @@ impl Libvirt {
     }
 
     fn lookup(&self, h: &HostConn, name: &str) -> Result<Domain, HvError> {
-        h.conn.lookup_domain_by_name(name).map_err(|e| {
+        self.lookup_on(h, &h.conn, name)
+    }
+
+    /// The host's monitor connection (see [`HostConn::monitor`]).
+    fn monitor<'h>(&self, h: &'h HostConn) -> &'h Connect {
+        h.monitor
+            .get_or_init(|| {
+                Connect::open(Some(&h.uri)).ok().map(|c| {
+                    let _ = c.set_keep_alive(5, 3);
+                    ManuallyDrop::new(c)
+                })
+            })
+            .as_deref()
+            .unwrap_or(&h.conn)
+    }
+
+    fn lookup_on(&self, h: &HostConn, conn: &Connect, name: &str) -> Result<Domain, HvError> {
+        conn.lookup_domain_by_name(name).map_err(|e| {
             if is_code(&e, sys::VIR_ERR_NO_DOMAIN) {
                 HvError::NoDomain {
                     host: h.uri.clone(),
@@ -397,6 +424,7 @@ impl Hypervisor for Libvirt {
         hosts.push(Arc::new(HostConn {
             uri: uri.to_string(),
             conn,
+            monitor: std::sync::OnceLock::new(),
             completed,
             callback_id,
         }));
@@ -451,7 +479,7 @@ impl Hypervisor for Libvirt {
 
     fn domain_state(&self, host: HostId, name: &str) -> Result<Option<DomainState>, HvError> {
         let h = self.host(host);
-        let dom = match self.lookup(&h, name) {
+        let dom = match self.lookup_on(&h, self.monitor(&h), name) {
             Ok(d) => d,
             Err(HvError::NoDomain { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -638,7 +666,7 @@ impl Hypervisor for Libvirt {
 
     fn job_stats(&self, host: HostId, name: &str) -> Result<Option<JobStats>, HvError> {
         let h = self.host(host);
-        let dom = self.lookup(&h, name)?;
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
         get_job_stats(self, &h, &dom, 0)
     }
 
@@ -657,7 +685,7 @@ impl Hypervisor for Libvirt {
 
     fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError> {
         let h = self.host(host);
-        let dom = self.lookup(&h, name)?;
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
         // SAFETY: `dom` is a valid domain handle for the duration of the call.
         let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
         if r < 0 {
@@ -672,7 +700,7 @@ impl Hypervisor for Libvirt {
 
     fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError> {
         let h = self.host(host);
-        let dom = self.lookup(&h, name)?;
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
         dom.migrate_set_max_speed(mib, 0)
             .map_err(|e| self.err(&h, format!("setting the bandwidth of {name}"), e))
     }
