@@ -318,6 +318,25 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     });
+    // One guest, one migration: the lock comes before anything else touches the hosts.
+    let lock = if a.dry_run {
+        None
+    } else {
+        match ferry_migrate::lock(
+            &journal,
+            &a.guest,
+            &sreq.source.uri,
+            a.to.as_deref().unwrap_or("(ranked)"),
+            reporter.as_mut(),
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                drop(reporter);
+                return Ok(report_error(a, e));
+            }
+        }
+    };
+    let run_id = lock.as_ref().map(|l| l.run);
     let outcome = ferry_migrate::target::select(&hv, &sreq).and_then(|sel| {
         // With --to, a refusal names the host's reasons in the error: no ranking to show.
         if a.to.is_none() || a.json {
@@ -345,11 +364,22 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             dry_run: a.dry_run,
             timeout: a.timeout.map(Duration::from_secs),
             started,
+            run: run_id,
             abort_grace: ferry_migrate::ABORT_GRACE,
         };
+        if let Some(r) = run_id {
+            let _ = journal.set_target(r, &target.uri);
+        }
         ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel)
     });
     drop(reporter);
+    // A refusal before the flow began (no target, a host unread) ends the run in the journal.
+    if let (Some(r), Err(e)) = (run_id, &outcome) {
+        if journal.outcome(r).ok().flatten().is_none() {
+            let _ = journal.finish(r, "refused", &e.to_string());
+        }
+    }
+    drop(lock);
     match outcome {
         Ok(Outcome::Migrated(s)) => {
             if a.json {
@@ -382,32 +412,36 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            let code = match &e {
-                MigrateError::VerifyFailed { .. } => 3,
-                MigrateError::Failed { location, .. }
-                    if *location != ferry_migrate::GuestLocation::Source =>
-                {
-                    3
-                }
-                _ => 1,
-            };
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "result", "outcome": "error", "exit": code, "message": format!("{e:#}"),
-                        "error": error_json(&e)})
-                );
-            }
-            eprintln!("ferry: error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                eprintln!("  because: {s}");
-                src = s.source();
-            }
-            Ok(ExitCode::from(code))
-        }
+        Err(e) => Ok(report_error(a, e)),
     }
+}
+
+/// Say why the run failed (and where the guest is), as text and with `--json` as JSON; the
+/// exit status: 3 when the guest may be on the target, else 1.
+fn report_error(a: &MigrateArgs, e: MigrateError) -> ExitCode {
+    let code = match &e {
+        MigrateError::VerifyFailed { .. } => 3,
+        MigrateError::Failed { location, .. }
+            if *location != ferry_migrate::GuestLocation::Source =>
+        {
+            3
+        }
+        _ => 1,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "result", "outcome": "error", "exit": code, "message": format!("{e:#}"),
+                "error": error_json(&e)})
+        );
+    }
+    eprintln!("ferry: error: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        eprintln!("  because: {s}");
+        src = s.source();
+    }
+    ExitCode::from(code)
 }
 
 fn error_json(e: &MigrateError) -> serde_json::Value {
@@ -433,6 +467,7 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
         MigrateError::Journal(j) => {
             serde_json::json!({"kind": "journal", "message": j.to_string()})
         }
+        MigrateError::Busy(b) => serde_json::json!({"kind": "busy", "message": b.to_string()}),
         MigrateError::NoTarget { ranking, .. } => {
             serde_json::json!({"kind": "no_target", "hosts": ranking.hosts})
         }

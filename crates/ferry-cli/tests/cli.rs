@@ -190,3 +190,77 @@ fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run(
     assert_eq!(hosts[1]["reachable"], true, "{}", hosts[1]);
     drop(held);
 }
+
+#[test]
+fn one_guest_one_migration_across_ferry_processes() {
+    // The first migration waits on a silent host, holding the guest's lock.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = vec![];
+        for c in listener.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(conns);
+    });
+    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    let journal = tmp("lock.db", "");
+    std::fs::remove_file(&journal).unwrap();
+    let args = |timeout: &'static str| {
+        vec![
+            "migrate".to_string(),
+            "g".into(),
+            "--from".into(),
+            uri.clone(),
+            "--to".into(),
+            "test:///default".into(),
+            "--journal".into(),
+            journal.clone(),
+            "--connect-timeout".into(),
+            timeout.into(),
+        ]
+    };
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args("60"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until its run is in the journal.
+    let mut seen = false;
+    for _ in 0..300 {
+        let (code, out, _) = ferry(&["history", "--journal", &journal]);
+        if code == 0 && out.contains("unfinished") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "the first migration never began its run");
+    let refs: Vec<String> = args("2");
+    let second: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let (code, _, err) = ferry_bounded(&second);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("g is being migrated by run #1"), "{err}");
+    assert!(err.contains(&format!("ferry pid {}", first.id())), "{err}");
+    assert!(
+        err.contains("refused before anything was created or moved"),
+        "{err}"
+    );
+    // The first Ferry dies without giving the lock back: the next one takes it over, says so.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (code, _, err) = ferry_bounded(&second);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "took over the lock of run #1 (ferry pid {} is gone)",
+            first.id()
+        )),
+        "{err}"
+    );
+    let (_, hist, _) = ferry(&["history", "--journal", &journal]);
+    assert!(hist.contains("refused"), "{hist}");
+    drop(held);
+}

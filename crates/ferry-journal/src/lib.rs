@@ -20,6 +20,11 @@ pub enum JournalError {
     Sql(#[from] rusqlite::Error),
     #[error("cannot read the journal {path}: {why}")]
     Read { path: String, why: String },
+    #[error(
+        "{guest} is being migrated by run #{} (ferry pid {} on {}): one migration per guest; \
+         wait for it, or stop it (Ctrl-C in its terminal)", .holder.run, .holder.pid, .holder.host
+    )]
+    Locked { guest: String, holder: Holder },
 }
 
 /// A run's id in the journal.
@@ -86,7 +91,25 @@ CREATE TABLE IF NOT EXISTS created (
     deleted INTEGER,
     provider TEXT
 );
+CREATE TABLE IF NOT EXISTS locks (
+    guest TEXT PRIMARY KEY,
+    run INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
 ";
+
+/// Who holds a guest's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub run: i64,
+    pub pid: u32,
+    /// The machine the holding Ferry runs on.
+    pub host: String,
+    /// Seconds since the epoch.
+    pub since: i64,
+}
 
 /// Journals written before a column existed get it.
 fn upgrade(db: &Connection) -> rusqlite::Result<()> {
@@ -160,6 +183,15 @@ impl Journal {
             params![guest, source, target, now(), plan_json],
         )?;
         Ok(RunId(self.db.last_insert_rowid()))
+    }
+
+    /// Set a run's target (a run begun before its target was chosen).
+    pub fn set_target(&self, run: RunId, target: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE runs SET target = ?1 WHERE id = ?2",
+            params![target, run.0],
+        )?;
+        Ok(())
     }
 
     /// Replace a run's plan (a run begun before its plan was made).
@@ -265,6 +297,70 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Take `guest`'s lock for `run`, held by process `pid` on machine `host`. A holder on the
+    /// same machine whose process is gone (`alive` says no) is taken over: its holder is
+    /// returned, to be said. A live holder, or one on another machine (whose process Ferry
+    /// cannot see), refuses with [`JournalError::Locked`].
+    pub fn lock_guest(
+        &self,
+        guest: &str,
+        run: RunId,
+        pid: u32,
+        host: &str,
+        alive: impl Fn(u32) -> bool,
+    ) -> Result<Option<Holder>, JournalError> {
+        // IMMEDIATE: two Ferry processes cannot both read "free" and both take it.
+        self.db.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let holder: Option<Holder> = self
+                .db
+                .query_row(
+                    "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
+                    params![guest],
+                    |r| {
+                        Ok(Holder {
+                            run: r.get(0)?,
+                            pid: r.get(1)?,
+                            host: r.get(2)?,
+                            since: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let taken_over = match holder {
+                Some(h) if h.host != host || alive(h.pid) => {
+                    return Err(JournalError::Locked {
+                        guest: guest.to_string(),
+                        holder: h,
+                    })
+                }
+                other => other,
+            };
+            self.db.execute(
+                "INSERT OR REPLACE INTO locks (guest, run, pid, host, since) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![guest, run.0, pid, host, now()],
+            )?;
+            Ok(taken_over)
+        })();
+        match &result {
+            Ok(_) => self.db.execute_batch("COMMIT")?,
+            Err(_) => {
+                let _ = self.db.execute_batch("ROLLBACK");
+            }
+        }
+        result
+    }
+
+    /// Give `guest`'s lock back (only if `run` holds it).
+    pub fn unlock_guest(&self, guest: &str, run: RunId) -> Result<(), JournalError> {
+        self.db.execute(
+            "DELETE FROM locks WHERE guest = ?1 AND run = ?2",
+            params![guest, run.0],
+        )?;
+        Ok(())
+    }
+
     /// The outcome of a run, if it has ended.
     pub fn outcome(&self, run: RunId) -> Result<Option<String>, JournalError> {
         Ok(self
@@ -309,6 +405,42 @@ mod tests {
         assert!(j.leftovers().unwrap().is_empty());
         assert_eq!(j.outcome(r).unwrap().as_deref(), Some("migrated"));
         assert_eq!(j.runs(10).unwrap()[0].phase, "done");
+    }
+
+    #[test]
+    fn one_guest_one_lock_a_dead_holder_on_this_machine_is_taken_over() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-lock-{}", std::process::id()));
+        let path = dir.join("j.db");
+        let (a, b) = (Journal::open(&path).unwrap(), Journal::open(&path).unwrap());
+        let r1 = a.begin_run("g", "h1", "h2", "{}").unwrap();
+        let r2 = b.begin_run("g", "h1", "h3", "{}").unwrap();
+        assert_eq!(a.lock_guest("g", r1, 100, "m1", |_| true).unwrap(), None);
+        // A second Ferry (another process, the same journal) is refused with the first's run.
+        let e = b.lock_guest("g", r2, 200, "m1", |_| true).unwrap_err();
+        let JournalError::Locked { holder, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            (holder.run, holder.pid, holder.host.as_str()),
+            (r1.0, 100, "m1")
+        );
+        assert!(e.to_string().contains(&format!("run #{}", r1.0)), "{e}");
+        // Another guest is free.
+        b.lock_guest("other", r2, 200, "m1", |_| true).unwrap();
+        // A holder on another machine cannot be seen dead: still refused.
+        assert!(b.lock_guest("g", r2, 200, "m2", |_| false).is_err());
+        // On this machine, a holder whose process is gone is taken over, and said.
+        let old = b
+            .lock_guest("g", r2, 200, "m1", |_| false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.run, r1.0);
+        // Unlock gives back only one's own lock.
+        a.unlock_guest("g", r1).unwrap();
+        assert!(a.lock_guest("g", r1, 100, "m1", |_| true).is_err());
+        b.unlock_guest("g", r2).unwrap();
+        a.lock_guest("g", r1, 100, "m1", |_| true).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Request {
     pub timeout: Option<Duration>,
     /// When the operator's run began (the `--timeout` clock).
     pub started: Instant,
+    /// The journal's run, when the caller began it (with the guest's lock: [`lock`]).
+    pub run: Option<RunId>,
     /// How long to wait for libvirt's migration call to return after an abort. A job whose
     /// streams hang on a cut link only ends when TCP gives up (~15 min by default); Ferry stops
     /// waiting then, says so, and deletes nothing.
@@ -127,6 +129,8 @@ pub enum MigrateError {
     Host(#[from] HvError),
     #[error("the journal failed")]
     Journal(#[from] JournalError),
+    #[error("refused before anything was created or moved: {0}")]
+    Busy(JournalError),
     #[error("refused before anything was created or moved: {}", preflight::render(.problems))]
     Refused { problems: Vec<Problem> },
     #[error("{}", failure_text(.guest, .cause, .location, .cleanup))]
@@ -179,6 +183,67 @@ fn failure_text(guest: &str, cause: &str, loc: &GuestLocation, cleanup: &[String
     s
 }
 
+/// A guest's lock in the journal, for one run: given back when dropped.
+#[derive(Debug)]
+pub struct GuestLock<'j> {
+    journal: &'j Journal,
+    guest: String,
+    pub run: RunId,
+}
+
+impl Drop for GuestLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.journal.unlock_guest(&self.guest, self.run);
+    }
+}
+
+/// This machine's name, for the lock's holder.
+fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether process `pid` on this machine is a running Ferry.
+fn ferry_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
+}
+
+/// One guest, one migration: begin the run in the journal and take the guest's lock across
+/// every Ferry process sharing the journal. A live holder refuses ([`MigrateError::Busy`], with
+/// its run, pid and machine); a dead one on this machine is taken over, and said.
+pub fn lock<'j>(
+    journal: &'j Journal,
+    guest: &str,
+    from: &str,
+    to: &str,
+    reporter: &mut dyn Reporter,
+) -> Result<GuestLock<'j>, MigrateError> {
+    let run = journal.begin_run(guest, from, to, "{}")?;
+    match journal.lock_guest(guest, run, std::process::id(), &this_machine(), ferry_alive) {
+        Ok(taken) => {
+            if let Some(h) = taken {
+                reporter.report(Event::Note {
+                    message: format!(
+                        "took over the lock of run #{} (ferry pid {} is gone)",
+                        h.run, h.pid
+                    ),
+                });
+            }
+            Ok(GuestLock {
+                journal,
+                guest: guest.to_string(),
+                run,
+            })
+        }
+        Err(e @ JournalError::Locked { .. }) => {
+            let _ = journal.finish(run, "refused", &e.to_string());
+            Err(MigrateError::Busy(e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The whole flow.
 pub fn run(
     hv_arc: &Arc<dyn Hypervisor>,
@@ -196,14 +261,17 @@ pub fn run(
     let inv = inventory::read(hv, req)?;
     // Volumes a hook makes come first: their paths go into the plan.
     let mut rules = req.rules.clone();
-    let mut run_id: Option<RunId> = None;
+    let mut run_id: Option<RunId> = req.run;
     let mut provisioned: Vec<prepare::CreatedVolume> = vec![];
     if req.dry_run {
         rules
             .copy
             .extend(req.provision.iter().map(|h| h.placeholder(&req.guest)));
     } else if !req.provision.is_empty() {
-        let id = journal.begin_run(&req.guest, &req.from, &req.to, "{}")?;
+        let id = match run_id {
+            Some(id) => id,
+            None => journal.begin_run(&req.guest, &req.from, &req.to, "{}")?,
+        };
         run_id = Some(id);
         journal.set_phase(id, "prepare")?;
         reporter.report(Event::Step {

@@ -127,6 +127,7 @@ fn request(copy: &str) -> Request {
         to_name: "h2".into(),
         provision: vec![],
         started: std::time::Instant::now(),
+        run: None,
         rules: Rules {
             map: vec!["/mnt/nfs=/mnt/nfs_second_mount".parse().unwrap()],
             copy: vec![copy.parse().unwrap()],
