@@ -33,9 +33,9 @@ struct HostConn {
     conn: ManuallyDrop<Connect>,
     /// A second connection for what must answer while `conn` carries a long call (the
     /// migration): job statistics, the domain's state, abort, bandwidth. On the migration's own
-    /// connection these waited for libvirt's keepalive round trips: progress went dark for
-    /// seconds during the disk copy. Opened on first use; `None` if it could not be opened (the
-    /// main connection serves then).
+    /// connection their answers came in bursts seconds apart: progress went dark during the
+    /// disk copy. Opened on first use; `None` if it could not be opened (the main connection
+    /// serves then).
     monitor: std::sync::OnceLock<Option<ManuallyDrop<Connect>>>,
     completed: Arc<CompletedJobs>,
     callback_id: Option<c_int>,
