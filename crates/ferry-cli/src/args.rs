@@ -128,7 +128,7 @@ pub struct InventoryArgs {
 }
 
 /// Where the inventory is read from when none is given.
-pub const DEFAULT_INVENTORY: &str = "/etc/ferry/inventory.toml";
+pub const DEFAULT_INVENTORY: &str = ferry_core::inventory::DEFAULT_PATH;
 
 impl InventoryArgs {
     /// The inventory, if one is given or the default exists.

@@ -3,28 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_core::facts::version_text;
 use ferry_core::render::human_bytes;
-use ferry_core::storage::pool_holding;
-use ferry_migrate::target::{self, Gathered, HostSpec};
+use ferry_migrate::target::{self, HostSpec};
 
 use crate::args::HostsArgs;
-
-fn version(v: u64) -> String {
-    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
-}
-
-/// The inventory's shared stores this host sees: an active pool of the host holds the path.
-fn stores_seen(inv: &ferry_core::inventory::Inventory, g: &Gathered) -> Vec<String> {
-    inv.shared_stores
-        .iter()
-        .filter(|s| {
-            s.paths
-                .get(&g.spec.name)
-                .is_some_and(|p| pool_holding(&g.report.pools, p).is_some())
-        })
-        .map(|s| s.name.clone())
-        .collect()
-}
 
 pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
     let inv = a.inventory.load()?.context(
@@ -51,7 +34,10 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                     o.insert("name".into(), g.spec.name.clone().into());
                     o.insert("uri".into(), g.spec.uri.clone().into());
                     o.insert("reachable".into(), g.report.reachable().into());
-                    o.insert("shared_stores_seen".into(), stores_seen(&inv, g).into());
+                    o.insert(
+                        "shared_stores_seen".into(),
+                        inv.stores_seen(&g.spec.name, &g.report.pools).into(),
+                    );
                     o.insert(
                         "migrations".into(),
                         g.report
@@ -99,8 +85,8 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "    uuid {}  libvirt {}  QEMU {}  {} {}",
                 f.uuid.as_deref().unwrap_or("?"),
-                version(f.libvirt_version),
-                version(f.qemu_version),
+                version_text(f.libvirt_version),
+                version_text(f.qemu_version),
                 f.arch,
                 f.cpu_model.as_deref().unwrap_or("")
             );
@@ -137,7 +123,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                     human_bytes(p.available)
                 );
             }
-            let seen = stores_seen(&inv, g);
+            let seen = inv.stores_seen(&g.spec.name, &g.report.pools);
             if !seen.is_empty() {
                 println!("    shared stores seen: {}", seen.join(", "));
             }

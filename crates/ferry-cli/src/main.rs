@@ -5,7 +5,6 @@ mod hosts_cmd;
 mod journal_cmd;
 mod migrate_cmd;
 mod plan_cmd;
-mod target_cmd;
 
 use std::process::ExitCode;
 

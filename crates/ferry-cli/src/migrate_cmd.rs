@@ -11,7 +11,8 @@ use ferry_core::convergence::Progress;
 use ferry_core::render::human_bytes;
 use ferry_core::XmlFiles;
 use ferry_journal::Journal;
-use ferry_migrate::{Event, MigrateError, Outcome, Reporter, Request, Summary};
+use ferry_migrate::target::SelectRequest;
+use ferry_migrate::{Ask, Event, MigrateError, Outcome, Reporter, Summary, READ_ONLY_STEPS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::MigrateArgs;
@@ -21,6 +22,8 @@ struct Terminal {
     bar: Option<ProgressBar>,
     tty: bool,
     last_line: std::time::Instant,
+    /// Print the ranking of targets (not when the operator named the target).
+    show_ranking: bool,
 }
 
 impl Terminal {
@@ -83,11 +86,12 @@ impl Reporter for Terminal {
                 Some(b) => b.println(format!("    {message}")),
                 None => eprintln!("    {message}"),
             },
-            Event::Target(r) => {
+            Event::Target(r) if self.show_ranking => {
                 for line in r.render().lines() {
                     eprintln!("    {line}");
                 }
             }
+            Event::Target(_) => {}
             Event::Job(p) => {
                 let line = Self::job_line(&p);
                 if self.tty {
@@ -193,11 +197,6 @@ impl Reporter for Watched {
     }
 }
 
-/// Steps in which Ferry only reads the hosts: nothing created, nothing moved, so stopping the
-/// process is a clean stop. (From `prepare` on, the flow answers Ctrl-C and `--timeout` itself,
-/// and rolls back.)
-const READ_ONLY_STEPS: [&str; 4] = ["target", "inventory", "preflight", "plan"];
-
 /// A host that accepts the connection and never answers blocks libvirt's calls for good. While
 /// Ferry only reads, Ctrl-C and `--timeout` end the run at once, naming the host it waits on.
 fn watchdog(
@@ -253,7 +252,7 @@ fn watchdog(
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let inv = a.inventory.load()?;
-    let sreq = crate::target_cmd::request(
+    let select = SelectRequest::new(
         inv.as_ref(),
         &a.guest,
         &a.from,
@@ -290,6 +289,8 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             bar: None,
             tty: std::io::stderr().is_terminal(),
             last_line: std::time::Instant::now() - Duration::from_secs(2),
+            // With --to, a refusal names the host's reasons in the error: no ranking to show.
+            show_ranking: a.to.is_none(),
         })
     };
     let step = Arc::new(std::sync::Mutex::new("target"));
@@ -306,80 +307,17 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         started,
         a.json,
     );
-    reporter.report(Event::Step {
-        step: "target",
-        detail: match &a.to {
-            Some(t) => format!("checking {t} for {} on {}", a.guest, sreq.source.name),
-            None => format!(
-                "ranking {} host(s) for {} on {}",
-                sreq.candidates.len(),
-                a.guest,
-                sreq.source.name
-            ),
-        },
-    });
-    // One guest, one migration: the lock comes before anything else touches the hosts.
-    let lock = if a.dry_run {
-        None
-    } else {
-        match ferry_migrate::lock(
-            &journal,
-            &a.guest,
-            &sreq.source.uri,
-            a.to.as_deref().unwrap_or("(ranked)"),
-            reporter.as_mut(),
-        ) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                drop(reporter);
-                return Ok(report_error(a, e));
-            }
-        }
+    let source_uri = select.source.uri.clone();
+    let ask = Ask {
+        select,
+        options: a.migration.options(),
+        dry_run: a.dry_run,
+        timeout: a.timeout.map(Duration::from_secs),
+        started,
+        abort_grace: ferry_migrate::ABORT_GRACE,
     };
-    let run_id = lock.as_ref().map(|l| l.run);
-    let outcome = ferry_migrate::target::select(&hv, &sreq).and_then(|sel| {
-        // With --to, a refusal names the host's reasons in the error: no ranking to show.
-        if a.to.is_none() || a.json {
-            reporter.report(Event::Target(sel.ranking.clone()));
-        }
-        for w in &sel.warnings {
-            reporter.report(Event::Note {
-                message: format!("warning: {w}"),
-            });
-        }
-        let Some((target, derived)) = sel.chosen else {
-            return Err(MigrateError::NoTarget {
-                guest: a.guest.clone(),
-                ranking: sel.ranking,
-            });
-        };
-        let req = Request {
-            guest: a.guest.clone(),
-            from: sreq.source.uri.clone(),
-            to: target.uri.clone(),
-            to_name: target.name.clone(),
-            rules: derived.rules,
-            provision: derived.hooked,
-            options: crate::target_cmd::with_address(a.migration.options(), &target),
-            dry_run: a.dry_run,
-            timeout: a.timeout.map(Duration::from_secs),
-            started,
-            run: run_id,
-            abort_grace: ferry_migrate::ABORT_GRACE,
-        };
-        if let Some(r) = run_id {
-            let _ = journal.set_target(r, &target.uri);
-        }
-        ferry_migrate::run(&hv, &journal, &req, reporter.as_mut(), &cancel)
-    });
+    let outcome = ferry_migrate::migrate(&hv, &journal, &ask, reporter.as_mut(), &cancel);
     drop(reporter);
-    // A refusal before the flow began (no target, a host unread) ends the run in the journal.
-    if let (Some(r), Err(e)) = (run_id, &outcome) {
-        if journal.outcome(r).ok().flatten().is_none() {
-            let _ = journal.finish(r, "refused", &e.to_string());
-        }
-    }
-    drop(lock);
     match outcome {
         Ok(Outcome::Migrated(s)) => {
             if a.json {
@@ -395,7 +333,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         Ok(Outcome::DryRun { plan, checks }) => {
             let files = XmlFiles::for_plan(&plan, None, None);
             if a.json {
-                let mut v = plan.to_json(&files, Some(&sreq.source.uri));
+                let mut v = plan.to_json(&files, Some(&source_uri));
                 if let Some(o) = v.as_object_mut() {
                     o.insert("event".into(), "result".into());
                     o.insert("outcome".into(), "dry_run".into());
@@ -403,7 +341,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 }
                 println!("{v}");
             } else {
-                print!("{}", plan.render(&files, Some(&sreq.source.uri), true));
+                print!("{}", plan.render(&files, Some(&source_uri), true));
                 println!("\nChecks passed:");
                 for c in checks {
                     println!("  {c}");

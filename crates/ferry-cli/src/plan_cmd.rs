@@ -167,7 +167,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     };
     check_outputs(a)?;
     let inv = a.inventory.load()?;
-    let req = crate::target_cmd::request(
+    let req = ferry_migrate::target::SelectRequest::new(
         inv.as_ref(),
         guest,
         from,
@@ -190,7 +190,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         eprintln!("ferry: error: no host can take {guest}: each host's reasons are above");
         return Ok(ExitCode::FAILURE);
     };
-    let options = crate::target_cmd::with_address(a.migration.options(), target);
+    let options = target.stream_options(a.migration.options());
     // A hook makes its volume only when the migration runs: the plan shows a placeholder.
     let mut rules = derived.rules.clone();
     rules

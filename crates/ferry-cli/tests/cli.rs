@@ -92,6 +92,22 @@ fn plan_is_online_with_a_guest_or_offline_with_files_not_both() {
     assert!(err.contains("--from"), "{err}");
 }
 
+/// A libvirt URI on loopback whose listener accepts connections and never says a word (for the
+/// rest of the test process).
+fn silent_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut conns = vec![];
+        for c in listener.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(conns);
+    });
+    format!("qemu+tcp://127.0.0.1:{port}/system")
+}
+
 /// Run ferry, killing it (and failing) if it has not ended after a minute: a hang fails the
 /// test instead of blocking the suite.
 fn ferry_bounded(args: &[&str]) -> (Option<i32>, String, String) {
@@ -119,17 +135,7 @@ fn ferry_bounded(args: &[&str]) -> (Option<i32>, String, String) {
 #[test]
 fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run() {
     // A listener on loopback that accepts connections and never says a word.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let held = std::thread::spawn(move || {
-        let mut conns = vec![];
-        for c in listener.incoming().take(8) {
-            conns.push(c);
-        }
-        std::thread::sleep(std::time::Duration::from_secs(120));
-        drop(conns);
-    });
-    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    let uri = silent_host();
     let (code, _, err) = ferry_bounded(&[
         "migrate",
         "g",
@@ -188,23 +194,12 @@ fn a_host_that_accepts_and_never_answers_is_named_when_the_timeout_ends_the_run(
         "{why}"
     );
     assert_eq!(hosts[1]["reachable"], true, "{}", hosts[1]);
-    drop(held);
 }
 
 #[test]
 fn one_guest_one_migration_across_ferry_processes() {
     // The first migration waits on a silent host, holding the guest's lock.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let held = std::thread::spawn(move || {
-        let mut conns = vec![];
-        for c in listener.incoming().take(8) {
-            conns.push(c);
-        }
-        std::thread::sleep(std::time::Duration::from_secs(120));
-        drop(conns);
-    });
-    let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
+    let uri = silent_host();
     let journal = tmp("lock.db", "");
     std::fs::remove_file(&journal).unwrap();
     let args = |timeout: &'static str| {
@@ -262,5 +257,4 @@ fn one_guest_one_migration_across_ferry_processes() {
     );
     let (_, hist, _) = ferry(&["history", "--journal", &journal]);
     assert!(hist.contains("refused"), "{hist}");
-    drop(held);
 }

@@ -76,6 +76,22 @@ pub struct DiskSize {
     pub physical: u64,
 }
 
+impl DiskSize {
+    /// Bytes a copy of the disk moves: a block device's whole size, a file's allocation.
+    pub fn copy_bytes(&self, block: bool) -> u64 {
+        if block {
+            self.capacity
+        } else {
+            self.allocation
+        }
+    }
+}
+
+/// A libvirt or QEMU version number (major × 1,000,000 + minor × 1,000 + micro) as text.
+pub fn version_text(v: u64) -> String {
+    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
 /// What preflight needs to know about one migration, gathered from both hosts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MigrationFacts {
@@ -93,6 +109,9 @@ pub struct MigrationFacts {
     pub probes: std::collections::BTreeMap<String, PathProbe>,
     /// Paths other domains on the target use (live or defined), with the domain's name.
     pub in_use: Vec<(String, String)>,
+    /// Disks whose volume a hook makes only when the migration runs (a dry run): there is no
+    /// path to ask the target about yet.
+    pub hooked: std::collections::BTreeSet<String>,
 }
 
 /// What a host is and has.

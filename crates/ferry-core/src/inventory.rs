@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{MapRule, Origin};
 
+/// Where the inventory is read from when none is given.
+pub const DEFAULT_PATH: &str = "/etc/ferry/inventory.toml";
+
 /// Why an inventory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -283,6 +286,19 @@ impl Inventory {
     pub fn resolve(&self, name_or_uri: &str) -> Option<&HostEntry> {
         self.host(name_or_uri)
             .or_else(|| self.hosts.iter().find(|h| h.uri == name_or_uri))
+    }
+
+    /// The shared stores host `name` sees: one of its active pools holds the store's path there.
+    pub fn stores_seen(&self, name: &str, pools: &[crate::facts::PoolFacts]) -> Vec<String> {
+        self.shared_stores
+            .iter()
+            .filter(|s| {
+                s.paths
+                    .get(name)
+                    .is_some_and(|p| crate::storage::pool_holding(pools, p).is_some())
+            })
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// The map rules the shared stores give for a migration from host `from` to host `to`

@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 use crate::domain::Domain;
-use crate::facts::{CpuCompat, HostReport};
+use crate::facts::{version_text, CpuCompat, HostReport};
 use crate::inventory::HostState;
 use crate::storage::StorageProblem;
 
@@ -275,8 +275,8 @@ pub fn judge(guest: &GuestNeeds, source: &HostReport, c: &Candidate) -> Verdict 
                 Code::LibvirtVersion,
                 format!(
                     "libvirt {} is older than the source's {}",
-                    version(f.libvirt_version),
-                    version(s.libvirt_version)
+                    version_text(f.libvirt_version),
+                    version_text(s.libvirt_version)
                 ),
             );
         }
@@ -285,8 +285,8 @@ pub fn judge(guest: &GuestNeeds, source: &HostReport, c: &Candidate) -> Verdict 
                 Code::QemuVersion,
                 format!(
                     "QEMU {} is older than the source's {}",
-                    version(f.qemu_version),
-                    version(s.qemu_version)
+                    version_text(f.qemu_version),
+                    version_text(s.qemu_version)
                 ),
             );
         }
@@ -321,10 +321,6 @@ pub fn rank(guest: &GuestNeeds, source: &HostReport, candidates: &[Candidate]) -
 
 fn hb(b: u64) -> String {
     crate::render::human_bytes(b)
-}
-
-fn version(v: u64) -> String {
-    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }
 
 impl Ranking {

@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::domain::{DiskSource, DiskType};
 use crate::facts::{DomainState, MigrationFacts, PathKind, PoolKind};
 use crate::plan::{Decision, Destination, Plan};
-use crate::storage::HOOK_PLACEHOLDER;
 
 /// One reason the migration cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,13 +63,16 @@ pub struct Checked {
     pub to_create: Vec<ToCreate>,
 }
 
-/// The paths the target must answer for: every planned path except a hook's placeholder.
-pub fn paths_to_probe(dests: &[Destination]) -> Vec<String> {
+/// The paths the target must answer for: every planned path, except those of disks whose
+/// volume a hook has yet to make (`hooked`).
+pub fn paths_to_probe(
+    dests: &[Destination],
+    hooked: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
     dests
         .iter()
-        .filter(|d| d.decision != Decision::NoMedia)
+        .filter(|d| d.decision != Decision::NoMedia && !hooked.contains(&d.disk))
         .filter_map(|d| d.path.clone())
-        .filter(|p| !p.starts_with(HOOK_PLACEHOLDER))
         .collect()
 }
 
@@ -105,11 +107,7 @@ pub fn copy_bytes(plan: &Plan, f: &MigrationFacts) -> Vec<(String, u64)> {
             let s = f.disk_sizes.get(&d.target)?;
             Some((
                 d.target.clone(),
-                if d.source_type == DiskType::Block {
-                    s.capacity
-                } else {
-                    s.allocation
-                },
+                s.copy_bytes(d.source_type == DiskType::Block),
             ))
         })
         .collect()
@@ -237,16 +235,16 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                 ));
             }
             Decision::Copy => {
-                let dest = match &d.dest_source {
-                    Some(DiskSource::Path { path }) if path.starts_with(HOOK_PLACEHOLDER) => {
-                        // A dry run: the hook has not made the volume yet.
-                        c.passed.push(format!(
-                            "disk {disk}: a hook creates its volume on the target before the \
+                if f.hooked.contains(disk) {
+                    // A dry run: the hook has not made the volume yet.
+                    c.passed.push(format!(
+                        "disk {disk}: a hook creates its volume on the target before the \
                              migration ({})",
-                            d.reason
-                        ));
-                        continue;
-                    }
+                        d.reason
+                    ));
+                    continue;
+                }
+                let dest = match &d.dest_source {
                     Some(DiskSource::Path { path }) => path.clone(),
                     _ => {
                         c.problems.push(problem(
@@ -489,7 +487,10 @@ mod tests {
     fn the_seed_passes_and_asks_only_about_the_planned_paths() {
         let r = rules("vdb=/dev/n5");
         let dests = crate::plan::destinations(GUEST, &r).unwrap();
-        assert_eq!(paths_to_probe(&dests), vec!["/mnt/b/a.img", "/dev/n5"]);
+        assert_eq!(
+            paths_to_probe(&dests, &Default::default()),
+            vec!["/mnt/b/a.img", "/dev/n5"]
+        );
         let (p, c) = judge("vdb=/dev/n5", &facts());
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert!(c.to_create.is_empty());

@@ -244,6 +244,98 @@ pub fn lock<'j>(
     }
 }
 
+/// Steps in which the flow only reads the hosts: nothing created, nothing moved, so stopping
+/// the process there is a clean stop. From `prepare` on, the flow answers Ctrl-C and the
+/// timeout itself, and rolls back.
+pub const READ_ONLY_STEPS: [&str; 4] = ["target", "inventory", "preflight", "plan"];
+
+/// What the operator asked for, before a target is chosen.
+#[derive(Debug)]
+pub struct Ask<'a> {
+    pub select: target::SelectRequest<'a>,
+    pub options: MigrationOptions,
+    pub dry_run: bool,
+    pub timeout: Option<Duration>,
+    pub started: Instant,
+    pub abort_grace: Duration,
+}
+
+/// `ferry migrate`: take the guest's lock, choose (or check) the target, migrate there — and a
+/// refusal before the flow began still ends the run in the journal.
+pub fn migrate(
+    hv: &Arc<dyn Hypervisor>,
+    journal: &Journal,
+    ask: &Ask,
+    reporter: &mut dyn Reporter,
+    cancel: &AtomicBool,
+) -> Result<Outcome, MigrateError> {
+    let s = &ask.select;
+    reporter.report(Event::Step {
+        step: "target",
+        detail: if s.explicit {
+            let to = s.candidates.first().map_or("", |c| c.name.as_str());
+            format!("checking {to} for {} on {}", s.guest, s.source.name)
+        } else {
+            format!(
+                "ranking {} host(s) for {} on {}",
+                s.candidates.len(),
+                s.guest,
+                s.source.name
+            )
+        },
+    });
+    // One guest, one migration: the lock comes before anything else touches the hosts.
+    let guard = if ask.dry_run {
+        None
+    } else {
+        let to = match (s.explicit, s.candidates.first()) {
+            (true, Some(c)) => c.uri.as_str(),
+            _ => "(ranked)",
+        };
+        Some(lock(journal, &s.guest, &s.source.uri, to, reporter)?)
+    };
+    let run_id = guard.as_ref().map(|l| l.run);
+    let outcome = target::select(hv, s).and_then(|sel| {
+        reporter.report(Event::Target(sel.ranking.clone()));
+        for w in &sel.warnings {
+            reporter.report(Event::Note {
+                message: format!("warning: {w}"),
+            });
+        }
+        let Some((target, derived)) = sel.chosen else {
+            return Err(MigrateError::NoTarget {
+                guest: s.guest.clone(),
+                ranking: sel.ranking,
+            });
+        };
+        if let Some(r) = run_id {
+            let _ = journal.set_target(r, &target.uri);
+        }
+        let req = Request {
+            guest: s.guest.clone(),
+            from: s.source.uri.clone(),
+            to: target.uri.clone(),
+            to_name: target.name.clone(),
+            rules: derived.rules,
+            provision: derived.hooked,
+            options: target.stream_options(ask.options.clone()),
+            dry_run: ask.dry_run,
+            timeout: ask.timeout,
+            started: ask.started,
+            run: run_id,
+            abort_grace: ask.abort_grace,
+        };
+        run(hv, journal, &req, reporter, cancel)
+    });
+    // A refusal before the flow began (no target, a host unread) ends the run in the journal.
+    if let (Some(r), Err(e)) = (run_id, &outcome) {
+        if journal.outcome(r).ok().flatten().is_none() {
+            let _ = journal.finish(r, "refused", &e.to_string());
+        }
+    }
+    outcome
+}
+
 /// The whole flow.
 pub fn run(
     hv_arc: &Arc<dyn Hypervisor>,
@@ -311,7 +403,7 @@ pub fn run(
                     });
                 }
                 Err(e) => {
-                    let cleanup = give_back(hv, journal, id, &inv, &provisioned);
+                    let cleanup = rollback::delete_created(hv, journal, id, &inv, &provisioned);
                     let _ = journal.finish(id, "refused", &e.to_string());
                     return Err(MigrateError::Failed {
                         guest: req.guest.clone(),
@@ -334,7 +426,13 @@ pub fn run(
         detail: format!("asking {} and {}", req.from, req.to),
     });
     let dests = ferry_core::plan::destinations(&inv.live_xml, &rules).map_err(plan_err)?;
-    let facts = preflight::gather(hv, &inv, &dests)?;
+    // In a dry run, no hook has made its volume: nothing to ask the target about those disks.
+    let hooked = if req.dry_run {
+        req.provision.iter().map(|h| h.disk.clone()).collect()
+    } else {
+        Default::default()
+    };
+    let facts = preflight::gather(hv, &inv, &dests, hooked)?;
     for (disk, size) in ferry_core::preflight::slices(&dests, &facts) {
         if let Some(c) = rules.copy.iter_mut().find(|c| c.disk == disk) {
             c.slice = Some(size);
@@ -361,7 +459,7 @@ pub fn run(
                 Some(id) => id,
                 None => journal.begin_run(&req.guest, &req.from, &req.to, &plan_json)?,
             };
-            for line in give_back(hv, journal, run, &inv, &provisioned) {
+            for line in rollback::delete_created(hv, journal, run, &inv, &provisioned) {
                 reporter.report(Event::Note { message: line });
             }
             journal.finish(run, "refused", &preflight::render(&checked.problems))?;
@@ -475,33 +573,6 @@ pub fn run(
     }
     let _ = journal.finish(run_id, "migrated", "verified");
     Ok(Outcome::Migrated(Box::new(summary)))
-}
-
-/// Give back volumes made before the plan was refused: the guest never left the source.
-fn give_back(
-    hv: &dyn Hypervisor,
-    journal: &Journal,
-    run: RunId,
-    inv: &inventory::Inventory,
-    made: &[prepare::CreatedVolume],
-) -> Vec<String> {
-    made.iter()
-        .map(
-            |v| match provision::give_back(hv, inv.dst, &v.path, &v.provider) {
-                Ok(()) => {
-                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
-                    format!(
-                        "gave back {} on {} (Ferry had it created)",
-                        v.path, inv.dst_uri
-                    )
-                }
-                Err(e) => format!(
-                    "could NOT give back {} on {}: {e}; `ferry cleanup` retries",
-                    v.path, inv.dst_uri
-                ),
-            },
-        )
-        .collect()
 }
 
 fn summarise(

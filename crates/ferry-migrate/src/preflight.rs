@@ -11,11 +11,13 @@ use crate::inventory::Inventory;
 
 pub use ferry_core::preflight::{render, Checked, Problem, ToCreate};
 
-/// Gather the facts preflight decides from, for the disks going to `dests`.
+/// Gather the facts preflight decides from, for the disks going to `dests`; `hooked` names the
+/// disks whose volume a hook has yet to make.
 pub fn gather(
     hv: &dyn Hypervisor,
     inv: &Inventory,
     dests: &[Destination],
+    hooked: std::collections::BTreeSet<String>,
 ) -> Result<MigrationFacts, HvError> {
     let mut f = MigrationFacts {
         guest: inv.guest.clone(),
@@ -26,6 +28,7 @@ pub fn gather(
         source_uuid: inv.source_facts.uuid.clone(),
         target_uuid: inv.target_facts.uuid.clone(),
         in_use: crate::cleanup::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
+        hooked,
         ..Default::default()
     };
     for d in dests.iter().filter(|d| d.decision != Decision::NoMedia) {
@@ -34,7 +37,7 @@ pub fn gather(
                 .insert(d.disk.clone(), hv.disk_size(inv.src, &inv.guest, &d.disk)?);
         }
     }
-    for p in ferry_core::preflight::paths_to_probe(dests) {
+    for p in ferry_core::preflight::paths_to_probe(dests, &f.hooked) {
         if let std::collections::btree_map::Entry::Vacant(e) = f.probes.entry(p) {
             let probe = hv.probe_path(inv.dst, e.key())?;
             e.insert(probe);

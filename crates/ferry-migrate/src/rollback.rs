@@ -53,6 +53,36 @@ pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
     }
 }
 
+/// Delete what Ferry created on the target, each through whoever made it (libvirt or a hook),
+/// journaling each deletion; a line per volume for the operator.
+pub fn delete_created(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    run: RunId,
+    inv: &Inventory,
+    created: &[CreatedVolume],
+) -> Vec<String> {
+    created
+        .iter()
+        .map(
+            |v| match crate::provision::give_back(hv, inv.dst, &v.path, &v.provider) {
+                Ok(()) => {
+                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
+                    format!(
+                        "deleted {} on {} (Ferry had created it)",
+                        v.path, inv.dst_uri
+                    )
+                }
+                Err(e) => format!(
+                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry cleanup` \
+                     later",
+                    v.path, inv.dst_uri
+                ),
+            },
+        )
+        .collect()
+}
+
 /// Handle a failure after preflight: locate the guest, clean up if (and only if) it is safe.
 /// `keep` gives a reason to delete nothing whatever the guest's place (a job still running).
 #[allow(clippy::too_many_arguments)]
@@ -91,18 +121,7 @@ pub fn after_failure(
         if created.is_empty() {
             cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
         }
-        for v in created {
-            match crate::provision::give_back(hv, inv.dst, &v.path, &v.provider) {
-                Ok(()) => {
-                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
-                    cleanup.push(format!("deleted {} on {} (Ferry had created it)", v.path, inv.dst_uri));
-                }
-                Err(e) => cleanup.push(format!(
-                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry cleanup` later",
-                    v.path, inv.dst_uri
-                )),
-            }
-        }
+        cleanup.extend(delete_created(hv, journal, run, inv, created));
     } else {
         for v in created {
             cleanup.push(format!(

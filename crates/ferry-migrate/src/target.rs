@@ -11,7 +11,7 @@ use ferry_core::facts::{Canary, CpuCompat, HostReport};
 use ferry_core::inventory::{HostEntry, HostState, Inventory, Store};
 use ferry_core::placement::{self, Candidate, GuestNeeds, Ranking};
 use ferry_core::storage::{self, Derived, DiskBytes, StorageFacts};
-use ferry_core::{PlanError, Rules};
+use ferry_core::{MigrationOptions, PlanError, Rules};
 use ferry_hypervisor::{CpuQuery, HostId, HvError, Hypervisor};
 use serde::Serialize;
 
@@ -55,6 +55,17 @@ impl HostSpec {
             labels: e.labels.clone(),
             local_stores: e.local_stores.iter().map(|s| s.store()).collect(),
         }
+    }
+
+    /// The migration options for streams to this host: its inventory migration address
+    /// (`tcp://ADDR`) for the memory and disk streams the operator did not direct.
+    pub fn stream_options(&self, mut o: MigrationOptions) -> MigrationOptions {
+        if let Some(addr) = &self.migration_address {
+            let uri = format!("tcp://{addr}");
+            o.migrate_uri.get_or_insert_with(|| uri.clone());
+            o.disks_uri.get_or_insert(uri);
+        }
+        o
     }
 
     /// The inventory's host named (or with the URI) `name_or_uri`, or a bare URI.
@@ -185,6 +196,58 @@ pub struct SelectRequest<'a> {
     pub inventory: Option<&'a Inventory>,
     /// How long each host may take to be read ([`ANSWER_DEADLINE`] by default).
     pub answer_deadline: Duration,
+    /// The operator named the target (`--to`): its constraints are checked, nothing ranked.
+    pub explicit: bool,
+}
+
+/// Why no selection can be asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "no target: give --to (a libvirt URI or a host name), or an inventory of hosts for Ferry \
+         to choose from (--inventory FILE, FERRY_INVENTORY or {}; see examples/inventory.toml)",
+        ferry_core::inventory::DEFAULT_PATH
+    )]
+    NoTarget,
+    #[error("the inventory lists no host other than the source {0}")]
+    OnlySource(String),
+}
+
+impl<'a> SelectRequest<'a> {
+    /// The selection for `guest` on `from`: the `to` host alone (checked against the same
+    /// constraints), or every other inventory host.
+    pub fn new(
+        inv: Option<&'a Inventory>,
+        guest: &str,
+        from: &str,
+        to: Option<&str>,
+        rules: Rules,
+        answer_deadline: Duration,
+    ) -> Result<Self, RequestError> {
+        let source = HostSpec::resolve(inv, from);
+        let candidates = match (to, inv) {
+            (Some(t), _) => vec![HostSpec::resolve(inv, t)],
+            (None, Some(inv)) => inv
+                .hosts
+                .iter()
+                .filter(|h| h.name != source.name && h.uri != source.uri)
+                .map(HostSpec::from_entry)
+                .collect(),
+            (None, None) => return Err(RequestError::NoTarget),
+        };
+        if candidates.is_empty() {
+            return Err(RequestError::OnlySource(source.name));
+        }
+        Ok(SelectRequest {
+            guest: guest.to_string(),
+            source,
+            candidates,
+            rules,
+            inventory: inv,
+            answer_deadline,
+            explicit: to.is_some(),
+        })
+    }
 }
 
 /// The outcome: every host's verdict, and for the chosen one the rules to migrate with.
@@ -219,7 +282,12 @@ pub fn select(
     let all = gather(hv_arc, &specs, req.answer_deadline);
     let gather_ms = t.elapsed().as_millis() as u64;
     let slowest_host_ms = all.iter().map(|g| g.took_ms).max().unwrap_or(0);
-    let (src, cands) = all.split_first().expect("the source is gathered first");
+    let Some((src, cands)) = all.split_first() else {
+        return Err(MigrateError::Host(HvError::Connect {
+            uri: req.source.uri.clone(),
+            message: "no host was read".into(),
+        }));
+    };
     let Some(src_id) = src.id else {
         return Err(MigrateError::Host(HvError::Connect {
             uri: src.spec.uri.clone(),
@@ -373,15 +441,9 @@ fn disk_bytes(hv: &dyn Hypervisor, src: HostId, guest: &str, dom: &Domain) -> Di
         .filter(|d| d.path().is_some())
         .filter_map(|d| {
             let s = hv.disk_size(src, guest, &d.target).ok()?;
-            let block = d.disk_type == ferry_core::DiskType::Block;
-            Some((
-                d.target.clone(),
-                if block {
-                    s.capacity
-                } else {
-                    s.allocation.max(s.capacity.min(1))
-                },
-            ))
+            let bytes = s.copy_bytes(d.disk_type == ferry_core::DiskType::Block);
+            // An empty file still needs a place: count it as one byte.
+            Some((d.target.clone(), bytes.max(s.capacity.min(1))))
         })
         .collect()
 }

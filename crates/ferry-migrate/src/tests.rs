@@ -689,6 +689,7 @@ fn selection_derives_every_rule_ranks_hosts_and_leaves_no_canary() {
             rules: Rules::default(),
             inventory: None,
             answer_deadline: crate::target::ANSWER_DEADLINE,
+            explicit: false,
         },
     )
     .unwrap();
@@ -751,6 +752,7 @@ fn selection_refuses_an_unknown_disk_and_a_copy_onto_the_shared_disk() {
                 rules,
                 inventory: None,
                 answer_deadline: crate::target::ANSWER_DEADLINE,
+                explicit: false,
             },
         )
     };
