@@ -80,21 +80,30 @@ pub fn run(
             Err(e) => out.push(kept(e.to_string())),
             Ok(users) => match users.iter().find(|(p, _)| *p == c.path) {
                 Some((_, user)) => out.push(kept(format!("domain {user} uses it"))),
-                None => match crate::provision::give_back(
-                    hv,
-                    host,
-                    &c.path,
-                    &c.provider
-                        .as_deref()
-                        .and_then(|p| serde_json::from_str(p).ok())
-                        .unwrap_or(crate::provision::Provider::Libvirt),
-                ) {
-                    Ok(()) => {
-                        journal.record_deleted(RunId(c.run), &c.host, &c.path)?;
-                        out.push(Cleaned::Deleted { what });
+                None => {
+                    // No record: libvirt's storage API made it. A record Ferry cannot read
+                    // (another Ferry's, damaged): keep it rather than delete it the wrong way.
+                    let provider = match c.provider.as_deref() {
+                        None => Some(crate::provision::Provider::Libvirt),
+                        Some(p) => serde_json::from_str(p).ok(),
+                    };
+                    match provider {
+                        None => out.push(kept(format!(
+                            "the journal's record of who made it cannot be read ({}); delete it \
+                             by hand",
+                            c.provider.as_deref().unwrap_or("")
+                        ))),
+                        Some(provider) => {
+                            match crate::provision::give_back(hv, host, &c.path, &provider) {
+                                Ok(()) => {
+                                    journal.record_deleted(RunId(c.run), &c.host, &c.path)?;
+                                    out.push(Cleaned::Deleted { what });
+                                }
+                                Err(e) => out.push(kept(e.to_string())),
+                            }
+                        }
                     }
-                    Err(e) => out.push(kept(e.to_string())),
-                },
+                }
             },
         }
     }

@@ -866,3 +866,32 @@ fn a_dry_run_never_calls_the_hook() {
         "{checks:?}"
     );
 }
+
+#[test]
+fn cleanup_keeps_a_volume_whose_maker_it_cannot_read() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths.insert("/dev/nvme1n9".into(), block(MIB64));
+    fake.add_host(DST, h2);
+    journal
+        .record_created_by(
+            run_id,
+            DST,
+            "/dev/nvme1n9",
+            MIB64,
+            Some("{\"by\":\"future\"}"),
+        )
+        .unwrap();
+    let hv = hv(&fake);
+    let done = cleanup::run(hv.as_ref(), &journal, false).unwrap();
+    assert!(
+        matches!(&done[0], cleanup::Cleaned::Kept { why, .. } if why.contains("cannot be read")),
+        "{done:?}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+}
