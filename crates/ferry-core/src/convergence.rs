@@ -3,23 +3,32 @@
 
 use serde::Serialize;
 
-/// A sample of a job's statistics (the subset Ferry reads; all optional, as libvirt gives them).
+/// A migration job's statistics (`virDomainGetJobStats`, or the job-completed event): the one
+/// model of a job sample, read by the hypervisor boundary and interpreted here. Every figure is
+/// optional, as libvirt gives them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Sample {
-    pub elapsed_ms: Option<u64>,
-    pub disk_total: Option<u64>,
-    pub disk_processed: Option<u64>,
-    pub disk_remaining: Option<u64>,
-    pub disk_bps: Option<u64>,
+pub struct JobStats {
+    pub time_elapsed_ms: Option<u64>,
+    pub time_remaining_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub setup_time_ms: Option<u64>,
+    pub data_total: Option<u64>,
+    pub data_processed: Option<u64>,
+    pub data_remaining: Option<u64>,
     pub mem_total: Option<u64>,
     pub mem_processed: Option<u64>,
     pub mem_remaining: Option<u64>,
     pub mem_bps: Option<u64>,
-    pub mem_dirty_rate_pages: Option<u64>,
+    /// Pages per second the guest dirties.
+    pub mem_dirty_rate: Option<u64>,
     pub mem_page_size: Option<u64>,
     pub mem_iteration: Option<u64>,
-    /// The source guest is paused for the switchover.
-    pub paused: bool,
+    pub disk_total: Option<u64>,
+    pub disk_processed: Option<u64>,
+    pub disk_remaining: Option<u64>,
+    pub disk_bps: Option<u64>,
+    pub success: Option<bool>,
+    pub error_message: Option<String>,
 }
 
 /// Where a migration is.
@@ -67,16 +76,16 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Read a sample; where libvirt gives no rate (QEMU 7.2 reports none for disk mirrors),
-    /// derive it from the previous sample.
-    pub fn from_samples(s: &Sample, prev: Option<&Sample>) -> Progress {
-        let mut p = Self::from_sample(s);
+    /// Read a sample (`paused`: the source guest is paused for the switchover); where libvirt
+    /// gives no rate (QEMU 7.2 reports none for disk mirrors), derive it from the previous one.
+    pub fn from_samples(s: &JobStats, paused: bool, prev: Option<&JobStats>) -> Progress {
+        let mut p = Self::from_sample(s, paused);
         if p.rate_bps == 0 {
             if let Some(prev) = prev {
                 let dt = s
-                    .elapsed_ms
+                    .time_elapsed_ms
                     .unwrap_or(0)
-                    .saturating_sub(prev.elapsed_ms.unwrap_or(0));
+                    .saturating_sub(prev.time_elapsed_ms.unwrap_or(0));
                 let (now, before) = match p.phase {
                     Phase::StorageCopy => (s.disk_processed, prev.disk_processed),
                     Phase::Memory { .. } => (s.mem_processed, prev.mem_processed),
@@ -96,12 +105,12 @@ impl Progress {
     }
 
     /// Read a sample.
-    pub fn from_sample(s: &Sample) -> Progress {
+    pub fn from_sample(s: &JobStats, paused: bool) -> Progress {
         let disk_total = s.disk_total.unwrap_or(0);
         let disk_remaining = s
             .disk_remaining
             .unwrap_or_else(|| disk_total.saturating_sub(s.disk_processed.unwrap_or(0)));
-        let phase = if s.paused {
+        let phase = if paused {
             Phase::Switchover
         } else if disk_total > 0 && disk_remaining > 0 && s.mem_iteration.unwrap_or(0) == 0 {
             Phase::StorageCopy
@@ -119,7 +128,7 @@ impl Progress {
             Phase::Memory { .. } => (s.mem_bps.unwrap_or(0), s.mem_remaining.unwrap_or(0)),
             _ => (0, 0),
         };
-        let dirty_rate_bps = s.mem_dirty_rate_pages.unwrap_or(0) * s.mem_page_size.unwrap_or(4096);
+        let dirty_rate_bps = s.mem_dirty_rate.unwrap_or(0) * s.mem_page_size.unwrap_or(4096);
         let eta_s = match phase {
             Phase::StorageCopy | Phase::Memory { .. } if rate > 0 => {
                 // Memory converges only while the link outruns the guest's dirtying.
@@ -134,7 +143,7 @@ impl Progress {
         };
         Progress {
             phase,
-            elapsed_ms: s.elapsed_ms.unwrap_or(0),
+            elapsed_ms: s.time_elapsed_ms.unwrap_or(0),
             disk_processed: s.disk_processed.unwrap_or(0),
             disk_total,
             mem_processed: s.mem_processed.unwrap_or(0),
@@ -163,13 +172,13 @@ mod tests {
 
     #[test]
     fn phases_follow_the_job() {
-        let mut s = Sample::default();
-        assert_eq!(Progress::from_sample(&s).phase, Phase::Setup);
+        let mut s = JobStats::default();
+        assert_eq!(Progress::from_sample(&s, false).phase, Phase::Setup);
         s.disk_total = Some(100);
         s.disk_processed = Some(40);
         s.disk_remaining = Some(60);
         s.disk_bps = Some(20);
-        let p = Progress::from_sample(&s);
+        let p = Progress::from_sample(&s, false);
         assert_eq!(p.phase, Phase::StorageCopy);
         assert_eq!(p.eta_s, Some(3));
         s.disk_remaining = Some(0);
@@ -177,46 +186,45 @@ mod tests {
         s.mem_iteration = Some(2);
         s.mem_remaining = Some(1000);
         s.mem_bps = Some(300);
-        s.mem_dirty_rate_pages = Some(0);
-        let p = Progress::from_sample(&s);
+        s.mem_dirty_rate = Some(0);
+        let p = Progress::from_sample(&s, false);
         assert_eq!(p.phase, Phase::Memory { iteration: 2 });
         assert_eq!(p.eta_s, Some(4));
-        s.paused = true;
-        assert_eq!(Progress::from_sample(&s).phase, Phase::Switchover);
+        assert_eq!(Progress::from_sample(&s, true).phase, Phase::Switchover);
     }
 
     #[test]
     fn a_missing_rate_is_derived_from_the_previous_sample() {
-        let prev = Sample {
-            elapsed_ms: Some(1000),
+        let prev = JobStats {
+            time_elapsed_ms: Some(1000),
             disk_total: Some(100 << 20),
             disk_processed: Some(10 << 20),
             disk_remaining: Some(90 << 20),
-            ..Sample::default()
+            ..JobStats::default()
         };
-        let now = Sample {
-            elapsed_ms: Some(1500),
+        let now = JobStats {
+            time_elapsed_ms: Some(1500),
             disk_processed: Some(20 << 20),
             disk_remaining: Some(80 << 20),
             ..prev.clone()
         };
-        let p = Progress::from_samples(&now, Some(&prev));
+        let p = Progress::from_samples(&now, false, Some(&prev));
         assert_eq!(p.rate_bps, 20 << 20);
         assert_eq!(p.eta_s, Some(4));
-        assert_eq!(Progress::from_samples(&now, None).rate_bps, 0);
+        assert_eq!(Progress::from_samples(&now, false, None).rate_bps, 0);
     }
 
     #[test]
     fn memory_that_dirties_faster_than_the_link_has_no_eta() {
-        let s = Sample {
+        let s = JobStats {
             mem_iteration: Some(5),
             mem_remaining: Some(1 << 20),
             mem_bps: Some(4096 * 10),
-            mem_dirty_rate_pages: Some(20),
+            mem_dirty_rate: Some(20),
             mem_page_size: Some(4096),
-            ..Sample::default()
+            ..JobStats::default()
         };
-        let p = Progress::from_sample(&s);
+        let p = Progress::from_sample(&s, false);
         assert_eq!(p.dirty_rate_bps, 4096 * 20);
         assert_eq!(p.eta_s, None);
     }

@@ -8,7 +8,6 @@
 pub mod fake;
 pub mod libvirt;
 
-use serde::Serialize;
 
 /// A path's directory and last component (`/a/b` → `/a`, `b`; `/b` → `/`, `b`).
 pub fn split_path(path: &str) -> (&str, &str) {
@@ -47,30 +46,7 @@ pub use ferry_core::facts::{
     PathProbe, PoolFacts,
 };
 
-/// Statistics of a migration job (`virDomainGetJobStats`, or the job-completed event).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct JobStats {
-    pub time_elapsed_ms: Option<u64>,
-    pub time_remaining_ms: Option<u64>,
-    pub downtime_ms: Option<u64>,
-    pub setup_time_ms: Option<u64>,
-    pub data_total: Option<u64>,
-    pub data_processed: Option<u64>,
-    pub data_remaining: Option<u64>,
-    pub mem_total: Option<u64>,
-    pub mem_processed: Option<u64>,
-    pub mem_remaining: Option<u64>,
-    pub mem_bps: Option<u64>,
-    pub mem_dirty_rate: Option<u64>,
-    pub mem_page_size: Option<u64>,
-    pub mem_iteration: Option<u64>,
-    pub disk_total: Option<u64>,
-    pub disk_processed: Option<u64>,
-    pub disk_remaining: Option<u64>,
-    pub disk_bps: Option<u64>,
-    pub success: Option<bool>,
-    pub error_message: Option<String>,
-}
+pub use ferry_core::convergence::JobStats;
 
 /// libvirt migration flags (`virDomainMigrateFlags`), by name.
 pub use ferry_core::plan::Flags as MigrateFlags;

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::convergence::{self, Phase, Progress, Sample};
+use ferry_core::convergence::{self, Phase, Progress};
 use ferry_core::Plan;
 use ferry_hypervisor::{DomainState, Hypervisor, JobStats, MigrateRequest};
 
@@ -37,24 +37,6 @@ pub fn request(plan: &Plan, dest_uri: &str) -> MigrateRequest {
         bandwidth_mib: plan.bandwidth_per_stream_mib,
         migrate_uri: plan.options.migrate_uri.clone(),
         disks_uri: plan.options.disks_uri.clone(),
-    }
-}
-
-fn sample(s: &JobStats, paused: bool) -> Sample {
-    Sample {
-        elapsed_ms: s.time_elapsed_ms,
-        disk_total: s.disk_total,
-        disk_processed: s.disk_processed,
-        disk_remaining: s.disk_remaining,
-        disk_bps: s.disk_bps,
-        mem_total: s.mem_total,
-        mem_processed: s.mem_processed,
-        mem_remaining: s.mem_remaining,
-        mem_bps: s.mem_bps,
-        mem_dirty_rate_pages: s.mem_dirty_rate,
-        mem_page_size: s.mem_page_size,
-        mem_iteration: s.mem_iteration,
-        paused,
     }
 }
 
@@ -90,7 +72,6 @@ pub fn execute(
     }
     let hv = hv.as_ref();
     let mut last: Option<JobStats> = None;
-    let mut prev: Option<Sample> = None;
     let mut phase = Phase::Setup;
     let mut aborted: Option<(String, Instant)> = None;
     loop {
@@ -157,9 +138,7 @@ pub fn execute(
             hv.domain_state(inv.src, &inv.guest),
             Ok(Some(DomainState::Paused))
         ) && inv.source_state == Some(DomainState::Running);
-        let now = sample(&stats, paused);
-        let p = Progress::from_samples(&now, prev.as_ref());
-        prev = Some(now);
+        let p = Progress::from_samples(&stats, paused, last.as_ref());
         if p.phase != phase {
             if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
                 if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {
