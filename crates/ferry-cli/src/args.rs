@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
+use ferry_core::convergence::{Fallback, Policy};
 use ferry_core::inventory::Inventory;
 use ferry_core::{CopyRule, MapRule, MigrationOptions, Rules};
 
@@ -321,6 +323,72 @@ pub struct MigrationArgs {
     /// tcp://10.0.0.2:49153.
     #[arg(long, value_name = "URI")]
     pub disks_uri: Option<String>,
+    /// The disk mirrors hold each guest write until the target has it
+    /// (VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES): the copy of a guest that writes hard
+    /// converges, at the cost of the guest's write latency during the copy.
+    #[arg(long)]
+    pub copy_storage_synchronous_writes: bool,
+    #[command(flatten)]
+    pub convergence: ConvergenceArgs,
+}
+
+/// The convergence policy, per call (over the inventory's [convergence] section and the
+/// defaults).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Convergence")]
+pub struct ConvergenceArgs {
+    /// The max downtime set when the job starts, in ms [default: 100]. It doubles after each
+    /// memory pass that brings the remaining bytes to no new low, up to --max-downtime-cap.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_downtime: Option<u64>,
+    /// The cap of the downtime's escalation, in ms [default: 2000].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_downtime_cap: Option<u64>,
+    /// Let QEMU throttle the guest's vCPUs while memory does not converge
+    /// (VIR_MIGRATE_AUTO_CONVERGE).
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// The completion timeout: seconds per GiB of RAM plus copied disk [default: 800, never
+    /// less than 120 s in all].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_per_gib: Option<u64>,
+    /// A stall: the remaining bytes of the storage copy, or of memory, reach no new low for
+    /// this many seconds [default: 120].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: Option<u64>,
+    /// What to do with a migration that times out or stalls [default: abort]: abort (the guest
+    /// stays on the source), postcopy (the guest runs on the target at once and fetches the
+    /// rest; a host or link failure then loses it; memory phase only, a stalled disk copy is
+    /// aborted), pause (pause the guest and let the copy finish).
+    #[arg(long, value_name = "ACTION",
+          value_parser = clap::builder::PossibleValuesParser::new(Fallback::NAMES)
+              .try_map(|s| s.parse::<Fallback>()))]
+    pub fallback: Option<Fallback>,
+}
+
+impl ConvergenceArgs {
+    /// `base` (the inventory's policy, or the defaults) with the flags given on top.
+    pub fn policy(&self, base: &Policy) -> Policy {
+        let mut p = base.clone();
+        if let Some(v) = self.max_downtime {
+            p.downtime_ms = v;
+        }
+        if let Some(v) = self.max_downtime_cap {
+            p.downtime_max_ms = v;
+        }
+        p.auto_converge |= self.auto_converge;
+        if let Some(v) = self.timeout_per_gib {
+            p.timeout_per_gib_s = v;
+        }
+        if let Some(v) = self.stall_timeout {
+            p.stall_s = v;
+        }
+        if let Some(v) = self.fallback {
+            p.fallback = v;
+        }
+        p.downtime_max_ms = p.downtime_max_ms.max(p.downtime_ms);
+        p
+    }
 }
 
 impl StorageArgs {
@@ -344,8 +412,11 @@ impl StorageArgs {
 }
 
 impl MigrationArgs {
-    pub fn options(&self) -> MigrationOptions {
+    /// The options, with `base` as the convergence policy under the flags.
+    pub fn options(&self, base: &Policy) -> MigrationOptions {
         MigrationOptions {
+            sync_writes: self.copy_storage_synchronous_writes,
+            policy: self.convergence.policy(base),
             p2p: self.p2p,
             tls: self.tls,
             unsafe_: self.unsafe_,
@@ -398,6 +469,46 @@ mod tests {
             panic!("not plan")
         };
         assert_eq!(p.storage.rules().unwrap().copy[0].disk, "vdb");
+    }
+
+    #[test]
+    fn convergence_flags_override_the_inventorys_policy() {
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["ferry", "plan", "--domain-xml", "x", "--to", "u"];
+            a.extend_from_slice(extra);
+            Cli::try_parse_from(a)
+        };
+        let Command::Plan(p) = parse(&["--fallback", "pause", "--max-downtime", "50"])
+            .unwrap()
+            .command
+        else {
+            panic!("not plan")
+        };
+        let base = Policy {
+            stall_s: 30,
+            fallback: Fallback::Postcopy,
+            ..Policy::default()
+        };
+        let got = p.migration.convergence.policy(&base);
+        assert_eq!(got.fallback, Fallback::Pause);
+        assert_eq!(got.downtime_ms, 50);
+        assert_eq!(
+            got.stall_s, 30,
+            "what no flag names comes from the inventory"
+        );
+        let e = parse(&["--fallback", "pray"]).unwrap_err().to_string();
+        assert!(e.contains("abort") && e.contains("postcopy"), "{e}");
+        let Command::Plan(p) = parse(&["--max-downtime", "5000"]).unwrap().command else {
+            panic!("not plan")
+        };
+        assert_eq!(
+            p.migration
+                .convergence
+                .policy(&Policy::default())
+                .downtime_max_ms,
+            5000,
+            "the cap is never below the start"
+        );
     }
 
     #[test]

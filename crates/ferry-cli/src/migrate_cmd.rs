@@ -49,6 +49,10 @@ impl Terminal {
             ferry_core::convergence::Phase::Switchover => {
                 return "switchover: guest paused; last pages and disk mirrors completing".into()
             }
+            ferry_core::convergence::Phase::Postcopy => {
+                return "post-copy: the guest runs on the target and pulls the pages it lacks"
+                    .into()
+            }
             _ => {}
         }
         let (done, total) = Self::done_total(p);
@@ -62,8 +66,10 @@ impl Terminal {
         if p.dirty_rate_bps > 0 {
             s.push_str(&format!("  dirty {}/s", human_bytes(p.dirty_rate_bps)));
         }
-        if let Some(eta) = p.eta_s {
-            s.push_str(&format!("  ETA {eta} s"));
+        match (&p.forecast, p.eta_s) {
+            (Some(f), _) => s.push_str(&format!("  {f}")),
+            (None, Some(eta)) => s.push_str(&format!("  ETA {eta} s")),
+            (None, None) => {}
         }
         s
     }
@@ -252,6 +258,10 @@ fn watchdog(
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let inv = a.inventory.load()?;
+    let policy = inv
+        .as_ref()
+        .map(|i| i.convergence.clone())
+        .unwrap_or_default();
     let select = SelectRequest::new(
         inv.as_ref(),
         &a.guest,
@@ -310,7 +320,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let source_uri = select.source.uri.clone();
     let ask = Ask {
         select,
-        options: a.migration.options(),
+        options: a.migration.options(&policy),
         dry_run: a.dry_run,
         timeout: a.timeout.map(Duration::from_secs),
         started,

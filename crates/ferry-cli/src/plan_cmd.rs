@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use ferry_core::convergence::Policy;
 use ferry_core::{Plan, XmlFiles};
 
 use crate::args::PlanArgs;
@@ -142,7 +143,7 @@ fn offline(a: &PlanArgs, live_path: &Path) -> anyhow::Result<()> {
         inactive.as_deref(),
         to,
         &rules,
-        &a.migration.options(),
+        &a.migration.options(&Policy::default()),
     )
     .map_err(|e| {
         // A document that cannot be read: say which file.
@@ -167,6 +168,10 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     };
     check_outputs(a)?;
     let inv = a.inventory.load()?;
+    let policy = inv
+        .as_ref()
+        .map(|i| i.convergence.clone())
+        .unwrap_or_default();
     let req = ferry_migrate::target::SelectRequest::new(
         inv.as_ref(),
         guest,
@@ -190,7 +195,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         eprintln!("ferry: error: no host can take {guest}: each host's reasons are above");
         return Ok(ExitCode::FAILURE);
     };
-    let options = target.stream_options(a.migration.options());
+    let options = target.stream_options(a.migration.options(&policy));
     // A hook makes its volume only when the migration runs: the plan shows a placeholder.
     let mut rules = derived.rules.clone();
     rules

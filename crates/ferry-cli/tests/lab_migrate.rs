@@ -552,3 +552,56 @@ fn progress_has_a_sample_every_second_in_every_phase() {
     drop(lab);
     assert_lab_gone();
 }
+
+#[test]
+fn a_guest_dirtying_memory_faster_than_the_link_is_aborted_by_default_and_lands_with_postcopy() {
+    // 5 MB/s of link against a guest that rewrites 64 MiB of RAM as fast as it can.
+    let lab = Lab::up(&["--rate", "40", "--dirty-mb", "64", "--dirty-rate", "24"]);
+    let policy = [
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/srv/ferry-store/vdb.raw",
+        "--stall-timeout",
+        "10",
+        "--max-downtime-cap",
+        "200",
+        "--json",
+    ];
+    // Default fallback: abort. The guest stays, h2 keeps nothing, the journal says rolled back.
+    let (code, out, err) = migrate(&policy);
+    assert_eq!(code, 1, "{out}{err}");
+    let r = result(&out);
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("memory does not converge"), "{msg}");
+    assert!(
+        msg.contains("the guest keeps running on the source"),
+        "{msg}"
+    );
+    let forecasts: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e.get("forecast").cloned())
+        .collect();
+    assert!(
+        forecasts.iter().any(|f| f["state"] == "will_not_converge"),
+        "the forecast never said so: {forecasts:?}"
+    );
+    assert!(store("h2").is_empty(), "h2 keeps {:?}", store("h2"));
+    assert_eq!(domstate(H2), "");
+    lab.verify_guest("h1");
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(hist.contains("rolled_back"), "{hist}");
+
+    // With post-copy allowed, the same migration switches and the guest lands whole.
+    let mut with_postcopy = policy.to_vec();
+    with_postcopy.extend_from_slice(&["--fallback", "postcopy"]);
+    let (code, out, err) = migrate(&with_postcopy);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("switching to post-copy"), "{out}");
+    assert!(out.contains("\"phase\":\"postcopy\""), "{out}");
+    assert_eq!(result(&out)["outcome"], "migrated");
+    lab.verify_guest("h2");
+    drop(lab);
+    assert_lab_gone();
+}

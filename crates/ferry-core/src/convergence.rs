@@ -43,6 +43,8 @@ pub enum Phase {
     Memory { iteration: u64 },
     /// The guest is paused: last dirty pages, disk mirrors completing, the target resuming.
     Switchover,
+    /// Switched to post-copy: the guest runs on the target, which pulls the pages it lacks.
+    Postcopy,
 }
 
 impl std::fmt::Display for Phase {
@@ -52,6 +54,7 @@ impl std::fmt::Display for Phase {
             Self::StorageCopy => f.write_str("storage copy"),
             Self::Memory { iteration } => write!(f, "memory pass {iteration}"),
             Self::Switchover => f.write_str("switchover"),
+            Self::Postcopy => f.write_str("post-copy"),
         }
     }
 }
@@ -73,6 +76,9 @@ pub struct Progress {
     pub dirty_rate_bps: u64,
     /// Seconds left in this phase at the current rate, when it can be told.
     pub eta_s: Option<u64>,
+    /// What the convergence policy makes of the figures (set by [`Watch::forecast`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Forecast>,
 }
 
 impl Progress {
@@ -152,6 +158,7 @@ impl Progress {
             rate_bps: rate,
             dirty_rate_bps,
             eta_s,
+            forecast: None,
         }
     }
 }
@@ -162,7 +169,364 @@ impl Progress {
 pub fn bandwidth_for(phase: Phase, total_mib: u64, copied_disks: usize) -> u64 {
     match phase {
         Phase::Setup | Phase::StorageCopy => (total_mib / copied_disks.max(1) as u64).max(1),
-        Phase::Memory { .. } | Phase::Switchover => total_mib,
+        Phase::Memory { .. } | Phase::Switchover | Phase::Postcopy => total_mib,
+    }
+}
+
+/// What Ferry does with a migration that will not converge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Abort the job: the guest keeps running on the source, Ferry rolls back.
+    #[default]
+    Abort,
+    /// Switch to post-copy (the migration is started with libvirt's POSTCOPY flag): the guest
+    /// runs on the target at once and pulls the pages it still lacks. A failure of either host
+    /// or of the link after the switch loses the running guest's state on both.
+    Postcopy,
+    /// Pause the guest on the source so nothing more is dirtied, and let the job finish: the
+    /// guest is paused for the rest of the transfer (downtime grows), then runs on the target.
+    Pause,
+}
+
+impl std::str::FromStr for Fallback {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "abort" => Ok(Self::Abort),
+            "postcopy" => Ok(Self::Postcopy),
+            "pause" => Ok(Self::Pause),
+            _ => Err(format!("{s:?} is not a fallback (abort, postcopy, pause)")),
+        }
+    }
+}
+
+impl Fallback {
+    pub const NAMES: [&'static str; 3] = ["abort", "postcopy", "pause"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Abort => "abort",
+            Self::Postcopy => "postcopy",
+            Self::Pause => "pause",
+        }
+    }
+}
+
+/// The convergence policy: how long a migration may take, how its max downtime grows when
+/// memory does not shrink, and what happens when it will not converge. Defaults, the
+/// inventory's `[convergence]` section, and per-call flags, in that order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// The max downtime set when the job starts, in ms (QEMU's own default is 300).
+    pub downtime_ms: u64,
+    /// The cap of the escalation, in ms.
+    pub downtime_max_ms: u64,
+    /// Memory passes that end without a new low of the remaining bytes before the max
+    /// downtime doubles.
+    pub escalate_after: u64,
+    /// libvirt's AUTO_CONVERGE: QEMU throttles the guest's vCPUs while it does not converge.
+    pub auto_converge: bool,
+    /// The completion timeout: seconds per GiB of RAM plus copied disk...
+    pub timeout_per_gib_s: u64,
+    /// ...and never less than this many seconds.
+    pub timeout_min_s: u64,
+    /// Stall: the low of the remaining bytes has not improved for this many seconds (judged
+    /// separately for the storage copy and for the memory phase).
+    pub stall_s: u64,
+    pub fallback: Fallback,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            downtime_ms: 100,
+            downtime_max_ms: 2000,
+            escalate_after: 1,
+            auto_converge: false,
+            timeout_per_gib_s: 800,
+            timeout_min_s: 120,
+            stall_s: 120,
+            fallback: Fallback::Abort,
+        }
+    }
+}
+
+impl Policy {
+    /// The completion timeout for `bytes` of RAM plus copied disk, in ms.
+    pub fn budget_ms(&self, bytes: u64) -> u64 {
+        let per_gib = (bytes as u128 * self.timeout_per_gib_s as u128 * 1000) >> 30;
+        (per_gib as u64).max(self.timeout_min_s * 1000)
+    }
+}
+
+/// Why a migration will not converge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum Stuck {
+    /// The completion timeout passed.
+    Timeout { limit_s: u64 },
+    /// The storage mirror's remaining bytes have not reached a new low for `secs` seconds:
+    /// the guest writes its copied disks about as fast as the copy goes.
+    StorageStall { remaining: u64, secs: u64 },
+    /// Memory's remaining bytes have not reached a new low for `secs` seconds.
+    MemoryStall { remaining: u64, secs: u64 },
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout { limit_s } => write!(
+                f,
+                "the migration did not complete within its timeout of {limit_s} s \
+                 (timeout_per_gib_s of RAM plus copied disk)"
+            ),
+            Self::StorageStall { remaining, secs } => write!(
+                f,
+                "the storage mirror does not converge: {} still to copy, no progress below that \
+                 for {secs} s; the guest writes its copied disks as fast as they copy (try \
+                 --copy-storage-synchronous-writes, or more --bandwidth)",
+                crate::render::human_bytes(*remaining)
+            ),
+            Self::MemoryStall { remaining, secs } => write!(
+                f,
+                "memory does not converge: {} still to send, no progress below that for {secs} s; \
+                 the guest dirties memory as fast as the link sends it",
+                crate::render::human_bytes(*remaining)
+            ),
+        }
+    }
+}
+
+/// What the policy asks of the running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set the job's max downtime (`virDomainMigrateSetMaxDowntime`).
+    SetDowntime { ms: u64, why: String },
+    /// Take the fallback; `Abort` also when the chosen fallback cannot apply in this phase
+    /// (post-copy before the storage copy is done).
+    Fallback { take: Fallback, stuck: Stuck },
+}
+
+/// The forecast shown with the progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Forecast {
+    Converging {
+        eta_s: u64,
+    },
+    /// The guest dirties memory at least as fast as the link sends it.
+    WillNotConverge {
+        dirty_bps: u64,
+        rate_bps: u64,
+        fallback: Fallback,
+        fallback_in_s: u64,
+    },
+    /// The policy's fallback has been taken.
+    FallingBack {
+        fallback: Fallback,
+    },
+}
+
+impl std::fmt::Display for Forecast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Converging { eta_s } => write!(f, "converging, ETA {eta_s} s"),
+            Self::WillNotConverge {
+                dirty_bps,
+                rate_bps,
+                fallback,
+                fallback_in_s,
+            } => write!(
+                f,
+                "will not converge at this rate: the guest dirties {}/s, the link sends {}/s; \
+                 {} in {fallback_in_s} s",
+                crate::render::human_bytes(*dirty_bps),
+                crate::render::human_bytes(*rate_bps),
+                fallback.as_str()
+            ),
+            Self::FallingBack { fallback } => write!(f, "falling back: {}", fallback.as_str()),
+        }
+    }
+}
+
+/// The low of a phase's remaining bytes and when it was reached (job time, ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Low {
+    bytes: Option<u64>,
+    at_ms: u64,
+}
+
+impl Low {
+    /// Record a sample; whether it is a new low.
+    fn see(&mut self, remaining: u64, now_ms: u64) -> bool {
+        if self.bytes.is_none_or(|b| remaining < b) {
+            *self = Low {
+                bytes: Some(remaining),
+                at_ms: now_ms,
+            };
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The policy applied to one running job: fed every sample, it says what to do. Pure: time is
+/// libvirt's elapsed time of the job.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    policy: Policy,
+    budget_ms: u64,
+    downtime_ms: u64,
+    storage: Low,
+    memory: Low,
+    /// The memory pass seen last, and the low of remaining bytes when it began.
+    pass: u64,
+    pass_low: Option<u64>,
+    flat_passes: u64,
+    started: bool,
+    fell_back: Option<Fallback>,
+}
+
+impl Watch {
+    /// `bytes`: RAM plus copied disk, for the completion timeout.
+    pub fn new(policy: Policy, bytes: u64) -> Watch {
+        Watch {
+            budget_ms: policy.budget_ms(bytes),
+            downtime_ms: policy.downtime_ms,
+            policy,
+            storage: Low::default(),
+            memory: Low::default(),
+            pass: 0,
+            pass_low: None,
+            flat_passes: 0,
+            started: false,
+            fell_back: None,
+        }
+    }
+
+    /// The completion timeout, in ms.
+    pub fn budget_ms(&self) -> u64 {
+        self.budget_ms
+    }
+
+    /// The max downtime asked for last.
+    pub fn downtime_ms(&self) -> u64 {
+        self.downtime_ms
+    }
+
+    /// Feed a sample; what to do now.
+    pub fn observe(&mut self, p: &Progress) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.fell_back.is_some() {
+            return out;
+        }
+        let now = p.elapsed_ms;
+        if !self.started {
+            self.started = true;
+            out.push(Action::SetDowntime {
+                ms: self.downtime_ms,
+                why: "the policy's starting max downtime".into(),
+            });
+        }
+        let stuck = match p.phase {
+            Phase::StorageCopy => {
+                let remaining = p.disk_total.saturating_sub(p.disk_processed);
+                self.storage.see(remaining, now);
+                (now.saturating_sub(self.storage.at_ms) >= self.policy.stall_s * 1000).then(|| {
+                    Stuck::StorageStall {
+                        remaining,
+                        secs: now.saturating_sub(self.storage.at_ms) / 1000,
+                    }
+                })
+            }
+            Phase::Memory { iteration } => {
+                if iteration > self.pass {
+                    // A pass ended: did it bring the remaining bytes to a new low?
+                    if self.pass > 0 {
+                        let low = self.memory.bytes;
+                        if low.is_some() && low == self.pass_low {
+                            self.flat_passes += 1;
+                        } else {
+                            self.flat_passes = 0;
+                        }
+                        if self.flat_passes >= self.policy.escalate_after.max(1)
+                            && self.downtime_ms < self.policy.downtime_max_ms
+                        {
+                            self.flat_passes = 0;
+                            self.downtime_ms =
+                                (self.downtime_ms * 2).min(self.policy.downtime_max_ms);
+                            out.push(Action::SetDowntime {
+                                ms: self.downtime_ms,
+                                why: format!(
+                                    "memory pass {} ended without a new low of the remaining \
+                                     bytes",
+                                    iteration - 1
+                                ),
+                            });
+                        }
+                    }
+                    self.pass = iteration;
+                    self.pass_low = self.memory.bytes;
+                }
+                self.memory.see(p.mem_remaining, now);
+                (now.saturating_sub(self.memory.at_ms) >= self.policy.stall_s * 1000).then(|| {
+                    Stuck::MemoryStall {
+                        remaining: p.mem_remaining,
+                        secs: now.saturating_sub(self.memory.at_ms) / 1000,
+                    }
+                })
+            }
+            Phase::Setup | Phase::Switchover | Phase::Postcopy => None,
+        };
+        let stuck = stuck.or_else(|| {
+            (now > self.budget_ms).then_some(Stuck::Timeout {
+                limit_s: self.budget_ms / 1000,
+            })
+        });
+        if let Some(stuck) = stuck {
+            // Post-copy only switches a running memory phase; before it, stopping is the
+            // safe answer.
+            let take = match (self.policy.fallback, p.phase) {
+                (Fallback::Postcopy, Phase::Memory { .. }) => Fallback::Postcopy,
+                (Fallback::Postcopy, _) => Fallback::Abort,
+                (f, _) => f,
+            };
+            self.fell_back = Some(take);
+            out.push(Action::Fallback { take, stuck });
+        }
+        out
+    }
+
+    /// What the figures say about the phase's end.
+    pub fn forecast(&self, p: &Progress) -> Option<Forecast> {
+        if let Some(fallback) = self.fell_back {
+            return Some(Forecast::FallingBack { fallback });
+        }
+        match p.phase {
+            Phase::StorageCopy | Phase::Memory { .. } if p.rate_bps > 0 => {
+                if let Some(eta_s) = p.eta_s {
+                    return Some(Forecast::Converging { eta_s });
+                }
+                let low = if matches!(p.phase, Phase::StorageCopy) {
+                    self.storage
+                } else {
+                    self.memory
+                };
+                let stall_at = low.at_ms + self.policy.stall_s * 1000;
+                let at = stall_at.min(self.budget_ms);
+                Some(Forecast::WillNotConverge {
+                    dirty_bps: p.dirty_rate_bps,
+                    rate_bps: p.rate_bps,
+                    fallback: self.policy.fallback,
+                    fallback_in_s: at.saturating_sub(p.elapsed_ms).div_ceil(1000),
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -235,5 +599,209 @@ mod tests {
         assert_eq!(bandwidth_for(Phase::StorageCopy, 1, 3), 1);
         assert_eq!(bandwidth_for(Phase::StorageCopy, 100, 0), 100);
         assert_eq!(bandwidth_for(Phase::Memory { iteration: 1 }, 100, 2), 100);
+    }
+
+    fn mem(pass: u64, at_s: u64, remaining: u64, rate: u64, dirty: u64) -> Progress {
+        let s = JobStats {
+            time_elapsed_ms: Some(at_s * 1000),
+            mem_iteration: Some(pass),
+            mem_remaining: Some(remaining),
+            mem_processed: Some(1),
+            mem_bps: Some(rate),
+            mem_dirty_rate: Some(dirty / 4096),
+            mem_page_size: Some(4096),
+            ..JobStats::default()
+        };
+        Progress::from_sample(&s, false)
+    }
+
+    fn disk(at_s: u64, processed: u64, total: u64) -> Progress {
+        let s = JobStats {
+            time_elapsed_ms: Some(at_s * 1000),
+            disk_total: Some(total),
+            disk_processed: Some(processed),
+            disk_bps: Some(1 << 20),
+            ..JobStats::default()
+        };
+        Progress::from_sample(&s, false)
+    }
+
+    fn downtimes(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetDowntime { ms, .. } => Some(*ms),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_starting_downtime_is_set_once_when_the_job_starts() {
+        let mut w = Watch::new(Policy::default(), 1 << 30);
+        assert_eq!(downtimes(&w.observe(&disk(1, 0, 100))), vec![100]);
+        assert!(w.observe(&disk(2, 50, 100)).is_empty());
+    }
+
+    #[test]
+    fn downtime_doubles_after_passes_that_bring_no_new_low_and_stops_at_the_cap() {
+        let policy = Policy {
+            downtime_ms: 100,
+            downtime_max_ms: 300,
+            ..Policy::default()
+        };
+        let mut w = Watch::new(policy, 1 << 30);
+        let mut seen = vec![];
+        // Pass 1 reaches 50 MiB; passes 2.. never go below it.
+        for (pass, at, rem) in [
+            (1, 1, 80),
+            (1, 2, 50),
+            (2, 3, 60),
+            (3, 4, 55),
+            (4, 5, 70),
+            (5, 6, 60),
+        ] {
+            seen.extend(downtimes(&w.observe(&mem(
+                pass,
+                at,
+                rem << 20,
+                10 << 20,
+                0,
+            ))));
+        }
+        // Start 100; pass 2 ended flat → 200; pass 3 flat → 300 (capped); pass 4 flat → no more.
+        assert_eq!(seen, vec![100, 200, 300]);
+        assert_eq!(w.downtime_ms(), 300);
+    }
+
+    #[test]
+    fn passes_that_shrink_keep_the_downtime() {
+        let mut w = Watch::new(Policy::default(), 1 << 30);
+        let mut seen = vec![];
+        for (pass, at, rem) in [(1, 1, 80), (2, 2, 40), (3, 3, 20), (4, 4, 10)] {
+            seen.extend(downtimes(&w.observe(&mem(
+                pass,
+                at,
+                rem << 20,
+                10 << 20,
+                0,
+            ))));
+        }
+        assert_eq!(seen, vec![100]);
+    }
+
+    #[test]
+    fn a_memory_stall_takes_the_fallback_once() {
+        for (fallback, taken) in [
+            (Fallback::Abort, Fallback::Abort),
+            (Fallback::Postcopy, Fallback::Postcopy),
+            (Fallback::Pause, Fallback::Pause),
+        ] {
+            let policy = Policy {
+                stall_s: 10,
+                fallback,
+                ..Policy::default()
+            };
+            let mut w = Watch::new(policy, 1 << 30);
+            w.observe(&mem(1, 1, 50 << 20, 1 << 20, 2 << 20));
+            // 9 s without a new low: not yet.
+            let a = w.observe(&mem(2, 10, 60 << 20, 1 << 20, 2 << 20));
+            assert!(
+                !a.iter().any(|a| matches!(a, Action::Fallback { .. })),
+                "{a:?}"
+            );
+            let a = w.observe(&mem(3, 11, 55 << 20, 1 << 20, 2 << 20));
+            assert_eq!(
+                a.last(),
+                Some(&Action::Fallback {
+                    take: taken,
+                    stuck: Stuck::MemoryStall {
+                        remaining: 55 << 20,
+                        secs: 10
+                    }
+                })
+            );
+            assert!(w
+                .observe(&mem(4, 30, 55 << 20, 1 << 20, 2 << 20))
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn a_storage_stall_aborts_even_when_postcopy_is_allowed_and_says_what_to_try() {
+        let policy = Policy {
+            stall_s: 5,
+            fallback: Fallback::Postcopy,
+            ..Policy::default()
+        };
+        let mut w = Watch::new(policy, 1 << 30);
+        w.observe(&disk(1, 90, 100));
+        assert!(w.observe(&disk(5, 88, 100)).is_empty());
+        let a = w.observe(&disk(6, 89, 100));
+        let Some(Action::Fallback { take, stuck }) = a.last() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(*take, Fallback::Abort);
+        assert_eq!(
+            *stuck,
+            Stuck::StorageStall {
+                remaining: 11,
+                secs: 5
+            }
+        );
+        assert!(stuck
+            .to_string()
+            .contains("--copy-storage-synchronous-writes"));
+    }
+
+    #[test]
+    fn the_completion_timeout_counts_ram_plus_copied_disk() {
+        let p = Policy::default();
+        assert_eq!(p.budget_ms(2 << 30), 1_600_000);
+        assert_eq!(p.budget_ms(1 << 20), 120_000, "never below timeout_min_s");
+        let mut w = Watch::new(
+            Policy {
+                timeout_per_gib_s: 10,
+                timeout_min_s: 1,
+                ..Policy::default()
+            },
+            1 << 30,
+        );
+        // Still making progress (a new low every sample), but past the budget.
+        w.observe(&mem(1, 5, 50 << 20, 1 << 20, 0));
+        assert!(w.observe(&mem(1, 10, 40 << 20, 1 << 20, 0)).is_empty());
+        assert_eq!(
+            w.observe(&mem(1, 11, 30 << 20, 1 << 20, 0)),
+            vec![Action::Fallback {
+                take: Fallback::Abort,
+                stuck: Stuck::Timeout { limit_s: 10 }
+            }]
+        );
+    }
+
+    #[test]
+    fn the_forecast_compares_the_dirty_rate_with_the_link() {
+        let policy = Policy {
+            stall_s: 30,
+            ..Policy::default()
+        };
+        let mut w = Watch::new(policy, 1 << 30);
+        let ok = mem(1, 2, 40 << 20, 10 << 20, 2 << 20);
+        w.observe(&ok);
+        assert_eq!(w.forecast(&ok), Some(Forecast::Converging { eta_s: 5 }));
+        let bad = mem(2, 12, 45 << 20, 1 << 20, 2 << 20);
+        w.observe(&bad);
+        let f = w.forecast(&bad).unwrap();
+        // The low (40 MiB) was reached at 2 s: the stall fires at 32 s, 20 s from now.
+        assert_eq!(
+            f,
+            Forecast::WillNotConverge {
+                dirty_bps: 2 << 20,
+                rate_bps: 1 << 20,
+                fallback: Fallback::Abort,
+                fallback_in_s: 20
+            }
+        );
+        assert!(f.to_string().starts_with("will not converge at this rate"));
     }
 }

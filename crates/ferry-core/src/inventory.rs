@@ -218,6 +218,9 @@ pub struct Inventory {
     pub hosts: Vec<HostEntry>,
     #[serde(default, rename = "shared_store")]
     pub shared_stores: Vec<SharedStore>,
+    /// The convergence policy for every migration (per-call flags override it).
+    #[serde(default)]
+    pub convergence: crate::convergence::Policy,
 }
 
 impl Inventory {
@@ -405,6 +408,25 @@ mod tests {
     }
 
     #[test]
+    fn a_convergence_section_overrides_the_defaults_and_typos_are_refused() {
+        let base = "[[host]]\nname = \"a\"\nuri = \"qemu:///system\"\n";
+        let inv = Inventory::from_toml(&format!(
+            "{base}[convergence]\nfallback = \"postcopy\"\nstall_s = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            inv.convergence.fallback,
+            crate::convergence::Fallback::Postcopy
+        );
+        assert_eq!(inv.convergence.stall_s, 30);
+        assert_eq!(inv.convergence.downtime_ms, 100);
+        assert!(Inventory::from_toml(&format!("{base}[convergence]\nstall = 30\n")).is_err());
+        assert!(
+            Inventory::from_toml(&format!("{base}[convergence]\nfallback = \"pray\"\n")).is_err()
+        );
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let text = include_str!("../../../examples/inventory.toml");
         let inv = Inventory::from_toml(text).unwrap();
@@ -413,6 +435,8 @@ mod tests {
         assert!(inv.hosts.iter().any(|h| h.reserve_memory.0 > 0));
         assert!(!inv.shared_stores.is_empty());
         assert!(inv.hosts.iter().any(|h| !h.local_stores.is_empty()));
+        // The documented [convergence] section is the defaults, spelled out.
+        assert_eq!(inv.convergence, crate::convergence::Policy::default());
         let hook = inv
             .hosts
             .iter()

@@ -142,6 +142,10 @@ pub struct MigrationOptions {
     pub bandwidth_mib: Option<u64>,
     pub migrate_uri: Option<String>,
     pub disks_uri: Option<String>,
+    /// The disk mirrors block the guest's writes until the target has them
+    /// (`NON_SHARED_SYNCHRONOUS_WRITES`): the copy converges however hard the guest writes.
+    pub sync_writes: bool,
+    pub policy: convergence::Policy,
 }
 
 /// libvirt migration flags Ferry sets (`virDomainMigrateFlags`).
@@ -155,6 +159,9 @@ pub struct Flags {
     pub peer2peer: bool,
     pub tls: bool,
     pub unsafe_: bool,
+    pub auto_converge: bool,
+    pub postcopy: bool,
+    pub sync_writes: bool,
 }
 
 /// One migration flag: its libvirt name, its value in `virDomainMigrateFlags` (libvirt's ABI),
@@ -169,7 +176,7 @@ pub struct FlagDef {
 
 /// Every flag Ferry sets, in libvirt's (bit) order: the one table the plan's names, the virsh
 /// line and the libvirt call are made from.
-pub const FLAG_TABLE: [FlagDef; 8] = [
+pub const FLAG_TABLE: [FlagDef; 11] = [
     FlagDef {
         name: "LIVE",
         bit: 1,
@@ -213,10 +220,28 @@ pub const FLAG_TABLE: [FlagDef; 8] = [
         get: |f| f.abort_on_error,
     },
     FlagDef {
+        name: "AUTO_CONVERGE",
+        bit: 1 << 13,
+        virsh: "--auto-converge",
+        get: |f| f.auto_converge,
+    },
+    FlagDef {
+        name: "POSTCOPY",
+        bit: 1 << 15,
+        virsh: "--postcopy",
+        get: |f| f.postcopy,
+    },
+    FlagDef {
         name: "TLS",
         bit: 1 << 16,
         virsh: "--tls",
         get: |f| f.tls,
+    },
+    FlagDef {
+        name: "NON_SHARED_SYNCHRONOUS_WRITES",
+        bit: 1 << 18,
+        virsh: "--copy-storage-synchronous-writes",
+        get: |f| f.sync_writes,
     },
 ];
 
@@ -375,6 +400,10 @@ pub fn plan(
         peer2peer: options.p2p,
         tls: options.tls,
         unsafe_: options.unsafe_,
+        auto_converge: options.policy.auto_converge,
+        postcopy: options.policy.fallback == convergence::Fallback::Postcopy,
+        // Only meaningful for disks being copied.
+        sync_writes: options.sync_writes && !migrate_disks.is_empty(),
     };
     let bandwidth_per_stream_mib = options
         .bandwidth_mib

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use crate::{
     CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError, Hypervisor,
-    JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
+    JobStats, MigrateFlags, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
 };
 
 /// One recorded call.
@@ -32,6 +32,7 @@ pub enum Call {
         name: String,
         migrate_disks: Vec<String>,
         bandwidth: Option<u64>,
+        flags: MigrateFlags,
     },
     AbortJob {
         host: String,
@@ -41,6 +42,19 @@ pub enum Call {
         host: String,
         name: String,
         mib: u64,
+    },
+    SetMaxDowntime {
+        host: String,
+        name: String,
+        ms: u64,
+    },
+    StartPostcopy {
+        host: String,
+        name: String,
+    },
+    Suspend {
+        host: String,
+        name: String,
     },
     CanaryCreate {
         host: String,
@@ -106,6 +120,8 @@ struct State {
     completed: Option<JobStats>,
     fail_connect: Vec<String>,
     aborted: bool,
+    /// The job was switched to post-copy or its guest paused: it completes.
+    switched: bool,
     /// Groups of (host URI, directory) that are one storage.
     same_storage: Vec<Vec<(String, String)>>,
     /// Canaries that exist, by the storage they are on.
@@ -357,7 +373,7 @@ impl Hypervisor for Fake {
         if matches!(self.lock().outcome, MigrateOutcome::RunUntilAborted) {
             // Bounded: a test that never aborts fails here instead of hanging.
             for _ in 0..1000 {
-                if self.lock().aborted {
+                if self.lock().aborted || self.lock().switched {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -371,6 +387,7 @@ impl Hypervisor for Fake {
             name: name.to_string(),
             migrate_disks: req.migrate_disks.clone(),
             bandwidth: req.bandwidth_mib,
+            flags: req.flags,
         });
         let outcome = s.outcome.clone();
         let moved = |s: &mut State| {
@@ -403,6 +420,11 @@ impl Hypervisor for Fake {
                 message: "Unable to read from socket: Connection timed out".into(),
                 code: 1,
             }),
+            // Switched to post-copy, or the guest paused: the job completes.
+            MigrateOutcome::RunUntilAborted if s.switched && !s.aborted => {
+                moved(&mut s);
+                Ok(())
+            }
             MigrateOutcome::RunUntilAborted => Err(HvError::Libvirt {
                 host: su,
                 what: format!("migrating {name}"),
@@ -455,6 +477,39 @@ impl Hypervisor for Fake {
                 host: uri.to_string(),
                 name: name.to_string(),
                 mib,
+            });
+            Ok(())
+        })
+    }
+
+    fn set_max_downtime(&self, host: HostId, name: &str, ms: u64) -> Result<(), HvError> {
+        self.with_host(host, |_, uri, calls| {
+            calls.push(Call::SetMaxDowntime {
+                host: uri.to_string(),
+                name: name.to_string(),
+                ms,
+            });
+            Ok(())
+        })
+    }
+
+    fn start_postcopy(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        self.lock().switched = true;
+        self.with_host(host, |_, uri, calls| {
+            calls.push(Call::StartPostcopy {
+                host: uri.to_string(),
+                name: name.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    fn suspend(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        self.lock().switched = true;
+        self.with_host(host, |_, uri, calls| {
+            calls.push(Call::Suspend {
+                host: uri.to_string(),
+                name: name.to_string(),
             });
             Ok(())
         })

@@ -8,7 +8,6 @@
 pub mod fake;
 pub mod libvirt;
 
-
 /// A path's directory and last component (`/a/b` → `/a`, `b`; `/b` → `/`, `b`).
 pub fn split_path(path: &str) -> (&str, &str) {
     match path.rsplit_once('/') {
@@ -117,6 +116,12 @@ pub trait Hypervisor: Send + Sync {
     fn abort_job(&self, host: HostId, name: &str) -> Result<(), HvError>;
     /// Change the bandwidth of the running migration (MiB/s).
     fn set_max_speed(&self, host: HostId, name: &str, mib: u64) -> Result<(), HvError>;
+    /// Change the running migration's max downtime (ms).
+    fn set_max_downtime(&self, host: HostId, name: &str, ms: u64) -> Result<(), HvError>;
+    /// Switch the running migration to post-copy (it must have been started with POSTCOPY).
+    fn start_postcopy(&self, host: HostId, name: &str) -> Result<(), HvError>;
+    /// Pause the domain (`virDomainSuspend`).
+    fn suspend(&self, host: HostId, name: &str) -> Result<(), HvError>;
 
     /// Every domain on the host with its memory and whether a job runs for it.
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError>;

@@ -705,6 +705,35 @@ impl Hypervisor for Libvirt {
             .map_err(|e| self.err(&h, format!("setting the bandwidth of {name}"), e))
     }
 
+    fn set_max_downtime(&self, host: HostId, name: &str, ms: u64) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
+        dom.migrate_set_max_downtime(ms, 0)
+            .map_err(|e| self.err(&h, format!("setting the max downtime of {name}"), e))
+    }
+
+    fn start_postcopy(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
+        // SAFETY: `dom` is a valid domain handle for the duration of the call; flags must be 0.
+        let r = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+        if r < 0 {
+            return Err(self.err(
+                &h,
+                format!("switching the migration of {name} to post-copy"),
+                VirtError::last_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn suspend(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup_on(&h, self.monitor(&h), name)?;
+        dom.suspend()
+            .map_err(|e| self.err(&h, format!("pausing {name}"), e))
+    }
+
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
         let h = self.host(host);
         let doms = h
@@ -918,7 +947,13 @@ mod tests {
             ("NON_SHARED_DISK", sys::VIR_MIGRATE_NON_SHARED_DISK),
             ("UNSAFE", sys::VIR_MIGRATE_UNSAFE),
             ("ABORT_ON_ERROR", sys::VIR_MIGRATE_ABORT_ON_ERROR),
+            ("AUTO_CONVERGE", sys::VIR_MIGRATE_AUTO_CONVERGE),
+            ("POSTCOPY", sys::VIR_MIGRATE_POSTCOPY),
             ("TLS", sys::VIR_MIGRATE_TLS),
+            (
+                "NON_SHARED_SYNCHRONOUS_WRITES",
+                sys::VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES,
+            ),
         ];
         assert_eq!(FLAG_TABLE.len(), want.len());
         for (d, (name, bit)) in FLAG_TABLE.iter().zip(want) {

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::convergence::{self, Phase, Progress};
+use ferry_core::convergence::{self, Action, Fallback, Phase, Progress, Watch};
 use ferry_core::Plan;
 use ferry_hypervisor::{DomainState, Hypervisor, JobStats, MigrateRequest};
 
@@ -74,6 +74,17 @@ pub fn execute(
     let mut last: Option<JobStats> = None;
     let mut phase = Phase::Setup;
     let mut aborted: Option<(String, Instant)> = None;
+    // The convergence policy, fed every sample: RAM plus copied disk set its timeout.
+    let ram = ferry_core::domain::parse(&inv.live_xml)
+        .ok()
+        .and_then(|d| d.memory_kib)
+        .unwrap_or(0)
+        * 1024;
+    let mut postcopy = false;
+    let mut watch = Watch::new(
+        plan.options.policy.clone(),
+        ram + plan.copy_bytes().unwrap_or(0),
+    );
     loop {
         match rx.recv_timeout(POLL) {
             Ok(r) => {
@@ -138,7 +149,28 @@ pub fn execute(
             hv.domain_state(inv.src, &inv.guest),
             Ok(Some(DomainState::Paused))
         ) && inv.source_state == Some(DomainState::Running);
-        let p = Progress::from_samples(&stats, paused, last.as_ref());
+        let mut p = Progress::from_samples(&stats, paused, last.as_ref());
+        // After the switch to post-copy the source is paused, but the guest runs on the target.
+        if postcopy && p.phase == Phase::Switchover {
+            p.phase = Phase::Postcopy;
+        }
+        if aborted.is_none() {
+            for action in watch.observe(&p) {
+                match apply(hv, inv, &action, reporter) {
+                    Some(why) => aborted = Some((why, Instant::now())),
+                    None => {
+                        postcopy |= matches!(
+                            action,
+                            Action::Fallback {
+                                take: Fallback::Postcopy,
+                                ..
+                            }
+                        )
+                    }
+                }
+            }
+        }
+        p.forecast = watch.forecast(&p);
         if p.phase != phase {
             if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
                 if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {
@@ -159,5 +191,80 @@ pub fn execute(
         }
         reporter.report(Event::Job(p));
         last = Some(stats);
+    }
+}
+
+/// Carry out what the convergence policy asks; `Some(why)` when the job was aborted.
+fn apply(
+    hv: &dyn Hypervisor,
+    inv: &Inventory,
+    action: &Action,
+    reporter: &mut dyn Reporter,
+) -> Option<String> {
+    let note = |reporter: &mut dyn Reporter, message: String| {
+        reporter.report(Event::Note { message });
+    };
+    match action {
+        Action::SetDowntime { ms, why } => {
+            match hv.set_max_downtime(inv.src, &inv.guest, *ms) {
+                Ok(()) => note(reporter, format!("max downtime {ms} ms ({why})")),
+                Err(e) => note(reporter, format!("could not set the max downtime: {e}")),
+            }
+            None
+        }
+        Action::Fallback { take, stuck } => match take {
+            Fallback::Abort => {
+                note(
+                    reporter,
+                    format!("{stuck}: aborting the migration job on {}", inv.src_uri),
+                );
+                if let Err(e) = hv.abort_job(inv.src, &inv.guest) {
+                    note(reporter, format!("abort failed: {e}"));
+                }
+                Some(stuck.to_string())
+            }
+            Fallback::Postcopy => {
+                note(reporter, format!("{stuck}: switching to post-copy"));
+                match hv.start_postcopy(inv.src, &inv.guest) {
+                    Ok(()) => {
+                        note(
+                            reporter,
+                            format!(
+                                "post-copy: {} now runs on {} and fetches the pages it lacks from \
+                                 {}; until the job ends, losing either host or the link loses \
+                                 the guest",
+                                inv.guest, inv.dst_uri, inv.src_uri
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        note(
+                            reporter,
+                            format!("could not switch to post-copy ({e}): aborting instead"),
+                        );
+                        let _ = hv.abort_job(inv.src, &inv.guest);
+                        Some(format!("{stuck}; the switch to post-copy failed: {e}"))
+                    }
+                }
+            }
+            Fallback::Pause => {
+                note(
+                    reporter,
+                    format!(
+                        "{stuck}: pausing {} on {} so the copy can finish",
+                        inv.guest, inv.src_uri
+                    ),
+                );
+                match hv.suspend(inv.src, &inv.guest) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        note(reporter, format!("could not pause ({e}): aborting instead"));
+                        let _ = hv.abort_job(inv.src, &inv.guest);
+                        Some(format!("{stuck}; pausing the guest failed: {e}"))
+                    }
+                }
+            }
+        },
     }
 }

@@ -182,6 +182,15 @@ fn seed_onto_an_existing_block_device_copies_only_vdb_and_verifies() {
             name: "g".into(),
             migrate_disks: vec!["vdb".into()],
             bandwidth: None,
+            flags: ferry_hypervisor::MigrateFlags {
+                live: true,
+                persist_dest: true,
+                undefine_source: true,
+                abort_on_error: true,
+                non_shared_disk: true,
+                unsafe_: true,
+                ..Default::default()
+            },
         }],
         "nothing created: the block device exists with the exact size"
     );
@@ -894,4 +903,85 @@ fn cleanup_keeps_a_volume_whose_maker_it_cannot_read() {
         .calls()
         .iter()
         .any(|c| matches!(c, Call::DeleteVolume { .. })));
+}
+
+/// A memory phase that never shrinks: `n` samples, each 1 s of job time apart.
+fn flat_memory(n: u64) -> Vec<JobStats> {
+    (1..=n)
+        .map(|i| JobStats {
+            time_elapsed_ms: Some(i * 1000),
+            mem_iteration: Some(i),
+            mem_processed: Some(i << 20),
+            mem_remaining: Some(50 << 20),
+            mem_bps: Some(1 << 20),
+            mem_dirty_rate: Some(512),
+            mem_page_size: Some(4096),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[test]
+fn memory_that_will_not_converge_escalates_the_downtime_then_aborts_and_rolls_back() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    fake.set_job_script(flat_memory(6), None);
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.options.policy.stall_s = 3;
+    req.options.policy.downtime_max_ms = 400;
+    let (r, events, journal) = go(&fake, &req);
+    let Err(MigrateError::Failed {
+        cause, location, ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(cause.starts_with("memory does not converge"), "{cause}");
+    assert_eq!(*location, GuestLocation::Source);
+    let calls = fake.calls();
+    let downtimes: Vec<u64> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::SetMaxDowntime { ms, .. } => Some(*ms),
+            _ => None,
+        })
+        .collect();
+    // Start at 100 ms; passes 2 and 3 ended without a new low: 200, then the cap (400).
+    assert_eq!(downtimes, vec![100, 200, 400]);
+    assert!(calls.iter().any(|c| matches!(c, Call::AbortJob { .. })));
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::StartPostcopy { .. })));
+    // The created copy target is gone again, and the journal says the truth.
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { path, .. } if path == "/srv/store/vdb.raw")));
+    let runs = journal.runs(1).unwrap();
+    assert_eq!(runs[0].outcome.as_deref(), Some("rolled_back"));
+    // The forecast said so before the fallback came.
+    assert!(events.iter().any(|e| matches!(e, Event::Job(p) if matches!(
+        p.forecast,
+        Some(ferry_core::convergence::Forecast::WillNotConverge { .. })
+    ))));
+}
+
+#[test]
+fn with_postcopy_allowed_a_stalled_memory_phase_switches_and_the_guest_lands() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    fake.set_job_script(flat_memory(6), None);
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.options.policy.stall_s = 3;
+    req.options.policy.fallback = ferry_core::convergence::Fallback::Postcopy;
+    let (r, _, _) = go(&fake, &req);
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let calls = fake.calls();
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::StartPostcopy { .. })));
+    assert!(!calls.iter().any(|c| matches!(c, Call::AbortJob { .. })));
+    // The migration was started able to switch.
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { flags, .. } if flags.postcopy)));
 }
