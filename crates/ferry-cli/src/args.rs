@@ -100,9 +100,30 @@ pub enum Command {
     /// List Ferry's latest runs from the journal.
     History(HistoryArgs),
 
-    /// Delete volumes Ferry created for runs that did not migrate and could not clean up
-    /// (e.g. Ferry was killed): only those the journal lists, and only when no domain uses them.
-    Cleanup(CleanupArgs),
+    /// Finish every unfinished run in the journal (Ferry killed, a host lost during the
+    /// rollback, a --p2p migration that went on without Ferry) from where the hosts say the
+    /// guest is now.
+    ///
+    /// On the target: the run is completed (its disk sources checked, a leftover source
+    /// definition undefined, journaled "migrated"). On the source: a job still running is
+    /// aborted, and what the run created on the target is deleted — never a volume a domain
+    /// uses, never one Ferry did not create. Anywhere else: nothing is touched, and you are told
+    /// why. Idempotent; --dry-run prints exactly the steps the real run takes.
+    #[command(alias = "cleanup")]
+    Recover(RecoverArgs),
+
+    /// Abort a running `ferry migrate` from another terminal: the Ferry running it aborts the
+    /// job and rolls back, as after Ctrl-C (the guest stays on the source). Waits for the run
+    /// to end and prints its outcome.
+    ///
+    /// Example: ferry abort lab-guest   (or the run's number from `ferry history`)
+    Abort(AbortArgs),
+
+    /// Delete the source's copy of every disk a migrated run copied (see migrate's
+    /// --release-source): only when the guest runs on the run's target and no domain on the
+    /// source uses it, through the store that would have made it there (libvirt's storage API
+    /// for a file or an LV, the inventory's hook for a device). Journaled; never twice.
+    Release(ReleaseArgs),
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
@@ -196,6 +217,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout: u64,
+    /// After a verified migration, delete the source's copy of every disk Ferry copied, after
+    /// AFTER seconds of grace (default 0; Ctrl-C in the grace keeps them) — only those, only
+    /// when no domain on the source uses them, through the store that would have made them
+    /// there. `ferry release RUN` does the same later.
+    #[arg(long, value_name = "AFTER", num_args = 0..=1, default_missing_value = "0")]
+    pub release_source: Option<u64>,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -224,10 +251,40 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
-    /// Only list what would be deleted.
+pub struct ReleaseArgs {
+    /// The run's number (`ferry history`).
+    pub id: i64,
+    /// Say what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The run's number, or the name of the guest it migrates.
+    #[arg(value_name = "ID|GUEST")]
+    pub which: String,
+    /// Wait at most this long for the run to end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub wait: u64,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only this run (its number in `ferry history`).
+    pub id: Option<i64>,
+    /// Say what would be done, do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object per run: its guest, where it is, the steps, and which failed.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

@@ -1,11 +1,12 @@
-//! `ferry history` and `ferry cleanup`: the journal, read and acted on.
+//! `ferry history`, `ferry recover` and `ferry abort`: the journal, read and acted on.
 
 use std::process::ExitCode;
 
 use ferry_journal::Journal;
-use ferry_migrate::cleanup::Cleaned;
+use ferry_journal::RunId;
+use ferry_migrate::recover::Step;
 
-use crate::args::{CleanupArgs, HistoryArgs};
+use crate::args::{AbortArgs, HistoryArgs, RecoverArgs, ReleaseArgs};
 
 pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     let j = Journal::open_existing(&a.journal.journal)?;
@@ -33,29 +34,128 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn cleanup(a: &CleanupArgs) -> anyhow::Result<ExitCode> {
+pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let j = Journal::open(&a.journal.journal)?;
     let hv = ferry_hypervisor::libvirt::Libvirt::new();
-    let done = ferry_migrate::cleanup::run(&hv, &j, a.dry_run)?;
-    if done.is_empty() {
+    let done = ferry_migrate::recover::run(&hv, &j, a.id.map(RunId), a.dry_run)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else if done.is_empty() {
         println!(
-            "nothing to clean: every volume Ferry created is in use by a migrated guest or deleted"
+            "nothing to recover: every run in {} has ended and left nothing behind",
+            a.journal.journal.display()
         );
     }
-    let mut failed = false;
-    for c in done {
-        match c {
-            Cleaned::WouldDelete { what } => println!("would delete {what}"),
-            Cleaned::Deleted { what } => println!("deleted {what}"),
-            Cleaned::Kept { what, why } => {
-                eprintln!("kept {what}: {why}");
-                failed = true;
+    let mut clean = true;
+    for r in &done {
+        let d = &r.decision;
+        if !a.json {
+            println!("run #{} {}: the guest {}", d.run, d.guest, d.location);
+        }
+        for (i, step) in d.steps.iter().enumerate() {
+            let failed = r.failed.iter().find(|(n, _)| *n == i);
+            clean &= failed.is_none() && !matches!(step, Step::Leave { .. });
+            if a.json {
+                continue;
+            }
+            match (step, failed, a.dry_run) {
+                (_, Some((_, e)), _) => println!("  {step}: FAILED: {e}"),
+                (Step::Keep { .. } | Step::Leave { .. }, _, _) => println!("  {step}"),
+                (_, None, true) => println!("  would {step}"),
+                (_, None, false) => println!("  {step}: done"),
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
+    Ok(if clean {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
+}
+
+pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
+    use ferry_migrate::abort::{self, Ended, Which};
+    let j = Journal::open(&a.journal.journal)?;
+    let row = abort::request(&j, &Which::parse(&a.which))?;
+    eprintln!(
+        "asked the Ferry running run #{} ({} {} -> {}) to abort; waiting for it",
+        row.id, row.guest, row.source, row.target
+    );
+    match abort::wait(&j, RunId(row.id), std::time::Duration::from_secs(a.wait))? {
+        Ended::Outcome(outcome, message) => {
+            println!("run #{}: {outcome}: {message}", row.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::Stopped => {
+            println!(
+                "run #{}: its Ferry stopped before anything was created or moved; `ferry \
+                 recover {}` ends the run in the journal",
+                row.id, row.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::StillRunning => {
+            eprintln!(
+                "ferry: run #{} has not ended within {} s; its Ferry is still rolling back \
+                 (`ferry history` shows when it ends)",
+                row.id, a.wait
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
+    let j = Journal::open(&a.journal.journal)?;
+    let inv = a.inventory.load()?;
+    let row = j.run_row(RunId(a.id))?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "there is no run #{} in {}",
+            a.id,
+            a.journal.journal.display()
+        )
+    })?;
+    let hook = ferry_migrate::release::source_hook(inv.as_ref(), &row.source);
+    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    let done = ferry_migrate::release::run(&hv, &j, RunId(a.id), hook.as_ref(), a.dry_run)?;
+    Ok(print_released(&done, a.dry_run, &row.source, false))
+}
+
+/// One line per copied disk; failure when a deletion failed or a disk was kept.
+pub fn print_released(
+    done: &[(ferry_core::release::Release, Option<String>)],
+    dry_run: bool,
+    source: &str,
+    json: bool,
+) -> ExitCode {
+    use ferry_core::release::Release;
+    if json {
+        for (r, err) in done {
+            println!(
+                "{}",
+                serde_json::json!({"event": "release", "source": source, "release": r, "error": err})
+            );
+        }
+    }
+    if done.is_empty() {
+        println!("the run copied no disk: nothing to release on {source}");
+    }
+    let mut clean = true;
+    for (r, err) in done {
+        clean &= err.is_none() && matches!(r, Release::Delete { .. });
+        if json {
+            continue;
+        }
+        match (r, err, dry_run) {
+            (_, Some(e), _) => eprintln!("{r} on {source}: FAILED: {e}"),
+            (Release::Keep { .. }, None, _) => println!("{r}"),
+            (Release::Delete { .. }, None, true) => println!("would {r} on {source}"),
+            (Release::Delete { .. }, None, false) => println!("{r} on {source}: done"),
+        }
+    }
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

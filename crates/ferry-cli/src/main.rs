@@ -27,7 +27,9 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Migrate(a) => migrate_cmd::run(&a),
         Command::History(a) => journal_cmd::history(&a).map(|()| ExitCode::SUCCESS),
-        Command::Cleanup(a) => journal_cmd::cleanup(&a),
+        Command::Recover(a) => journal_cmd::recover(&a),
+        Command::Abort(a) => journal_cmd::abort(&a),
+        Command::Release(a) => journal_cmd::release(&a),
     };
     match result {
         Ok(code) => code,

@@ -203,6 +203,38 @@ impl Reporter for Watched {
     }
 }
 
+/// `ferry abort` from another process: it records a request in the journal; this thread reads
+/// it (on its own connection) and cancels the run as Ctrl-C does.
+fn abort_watch(path: std::path::PathBuf, cancel: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("abort-watch".into())
+        .spawn(move || {
+            let (pid, me) = (std::process::id(), ferry_migrate::this_machine());
+            let mut journal = None;
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if cancel.load(Ordering::SeqCst) {
+                    return;
+                }
+                if journal.is_none() {
+                    journal = Journal::open_existing(&path).ok();
+                }
+                let Some(j) = &journal else { continue };
+                let Ok(Some(run)) = j.run_held_by(pid, &me) else {
+                    continue;
+                };
+                if let Ok(Some((by, host))) = j.abort_requested(run) {
+                    eprintln!(
+                        "ferry: `ferry abort` (pid {by} on {host}): aborting the migration (the \
+                         guest stays on the source)"
+                    );
+                    cancel.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+}
+
 /// A host that accepts the connection and never answers blocks libvirt's calls for good. While
 /// Ferry only reads, Ctrl-C and `--timeout` end the run at once, naming the host it waits on.
 fn watchdog(
@@ -224,7 +256,7 @@ fn watchdog(
             }
             let waiting: Vec<String> = hv.waiting_on().into_iter().map(|(u, _)| u).collect();
             let why = if cancel.load(Ordering::SeqCst) {
-                "cancelled by the operator (Ctrl-C)".to_string()
+                "cancelled by the operator (Ctrl-C or ferry abort)".to_string()
             } else if let Some(t) = timeout.filter(|t| started.elapsed() > *t) {
                 format!("timed out after {} s (--timeout)", t.as_secs())
             } else if hv.waiting_on().iter().any(|(_, w)| *w > connect_timeout) {
@@ -290,6 +322,9 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    if !a.dry_run {
+        abort_watch(a.journal.journal.clone(), cancel.clone());
+    }
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let inner: Box<dyn Reporter> = if a.json {
@@ -338,7 +373,17 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             } else {
                 print_summary(&s);
             }
-            Ok(ExitCode::SUCCESS)
+            match (a.release_source, s.run) {
+                (Some(after), Some(run)) => Ok(release_source(
+                    a,
+                    &journal,
+                    inv.as_ref(),
+                    run,
+                    after,
+                    &cancel,
+                )),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Ok(Outcome::DryRun { plan, checks }) => {
             let files = XmlFiles::for_plan(&plan, None, None);
@@ -418,6 +463,57 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
         MigrateError::Busy(b) => serde_json::json!({"kind": "busy", "message": b.to_string()}),
         MigrateError::NoTarget { ranking, .. } => {
             serde_json::json!({"kind": "no_target", "hosts": ranking.hosts})
+        }
+    }
+}
+
+/// --release-source: after the grace period (Ctrl-C keeps the copies), delete the source's
+/// copies of the disks the run copied.
+fn release_source(
+    a: &MigrateArgs,
+    journal: &Journal,
+    inv: Option<&ferry_core::inventory::Inventory>,
+    run: i64,
+    after: u64,
+    cancel: &AtomicBool,
+) -> ExitCode {
+    // Ctrl-C during the migration was answered by the flow; a fresh one keeps the copies.
+    cancel.store(false, Ordering::SeqCst);
+    if after > 0 {
+        eprintln!(
+            "==> release: the source's copies go in {after} s (Ctrl-C keeps them; `ferry release \
+             {run}` later)"
+        );
+        let end = std::time::Instant::now() + Duration::from_secs(after);
+        while std::time::Instant::now() < end {
+            if cancel.load(Ordering::SeqCst) {
+                eprintln!(
+                    "ferry: release cancelled: the source keeps its copies (`ferry release {run}`)"
+                );
+                return ExitCode::SUCCESS;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    } else {
+        eprintln!("==> release: the source's copies of the disks run #{run} copied");
+    }
+    let Ok(Some(row)) = journal.run_row(ferry_journal::RunId(run)) else {
+        eprintln!("ferry: error: run #{run} is not in the journal: nothing released");
+        return ExitCode::FAILURE;
+    };
+    let hook = ferry_migrate::release::source_hook(inv, &row.source);
+    let hv = ferry_hypervisor::libvirt::Libvirt::new();
+    match ferry_migrate::release::run(
+        &hv,
+        journal,
+        ferry_journal::RunId(run),
+        hook.as_ref(),
+        a.dry_run,
+    ) {
+        Ok(done) => crate::journal_cmd::print_released(&done, false, &row.source, a.json),
+        Err(e) => {
+            eprintln!("ferry: error: release: {e}");
+            ExitCode::FAILURE
         }
     }
 }

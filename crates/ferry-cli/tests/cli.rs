@@ -255,6 +255,56 @@ fn one_guest_one_migration_across_ferry_processes() {
         )),
         "{err}"
     );
-    let (_, hist, _) = ferry(&["history", "--journal", &journal]);
-    assert!(hist.contains("refused"), "{hist}");
+    let (_, hist, herr) = ferry(&["history", "--journal", &journal]);
+    assert!(hist.contains("refused"), "{hist}{herr}");
+}
+
+#[test]
+fn ferry_abort_stops_a_migration_run_by_another_process() {
+    let uri = silent_host();
+    let journal = tmp("abort.db", "");
+    std::fs::remove_file(&journal).unwrap();
+    let (code, _, err) = ferry_bounded(&["abort", "g", "--journal", &journal]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no Ferry is migrating g"), "{err}");
+    // The migration waits on a silent host, holding the guest's lock.
+    let first = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["migrate", "g", "--from", &uri, "--to", "test:///default"])
+        .args(["--journal", &journal, "--connect-timeout", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..300 {
+        let (_, out, _) = ferry(&["history", "--journal", &journal]);
+        if out.contains("unfinished") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "the migration never began its run");
+    let (code, out, err) = ferry_bounded(&["abort", "g", "--journal", &journal]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("asked the Ferry running run #1 (g "), "{err}");
+    assert!(
+        out.contains("run #1: its Ferry stopped before anything was created or moved"),
+        "{out}"
+    );
+    let first = first.wait_with_output().unwrap();
+    let ferr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{ferr}");
+    assert!(ferr.contains("`ferry abort` (pid"), "{ferr}");
+    assert!(
+        ferr.contains("cancelled by the operator (Ctrl-C or ferry abort) in step target"),
+        "{ferr}"
+    );
+    // Nobody runs it now: abort says so, and what ends it.
+    let (code, _, err) = ferry_bounded(&["abort", "1", "--journal", &journal]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`ferry recover 1` finishes it"), "{err}");
+    let (code, _, err) = ferry_bounded(&["abort", "7", "--journal", &journal]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("there is no run #7"), "{err}");
 }

@@ -116,3 +116,51 @@ fn lab_up_virsh_migrate_verify_down() {
     assert_lab_gone();
     eprintln!("timings: {timings:?}, down {:?}", t0.elapsed());
 }
+
+/// `lab up` killed once h1's libvirtd runs, its anchors killed and its pid records gone (the
+/// worst an interrupted CI run leaves): `lab down` still removes everything.
+#[test]
+fn lab_down_removes_what_an_interrupted_up_left() {
+    let _lock = lab_lock();
+    let _ = lab(&["down"]);
+    let mut up = std::process::Command::new(lab_script())
+        .args(["up", "--no-guest"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !lab_marked_processes()
+        .iter()
+        .any(|p| p.contains("libvirtd"))
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "h1's libvirtd never started"
+        );
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "lab up ended before libvirtd ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    up.kill().unwrap();
+    up.wait().unwrap();
+    for h in ["h1", "h2"] {
+        let dir = format!("/var/lib/ferry-lab/{h}");
+        if let Ok(pid) = std::fs::read_to_string(format!("{dir}/anchor.pid")) {
+            let _ = run(std::process::Command::new("kill").args(["-9", pid.trim()]));
+        }
+        let _ = std::fs::remove_file(format!("{dir}/daemon.pids"));
+        let _ = std::fs::remove_file(format!("{dir}/anchor.pid"));
+    }
+    assert!(
+        lab_marked_processes()
+            .iter()
+            .any(|p| p.contains("libvirtd")),
+        "the test must leave a libvirtd behind for lab down to find"
+    );
+    let (ok, out, err) = lab(&["down"]);
+    assert!(ok, "{out}{err}");
+    assert_lab_gone();
+}

@@ -279,15 +279,21 @@ fn refusals_create_nothing_and_leave_the_guest_running() {
 /// Start a migration to a file Ferry creates on h2 over a slow link, and return once the
 /// target's QEMU runs (the copy is under way), with the ferry process's pid.
 fn start_slow_migration() -> (Lab, std::process::Child, u32) {
+    start_slow_migration_with(&[])
+}
+
+fn start_slow_migration_with(extra: &[&str]) -> (Lab, std::process::Child, u32) {
     let the_lab = Lab::up(&["--rate", "60"]);
+    let mut args = vec![
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/srv/ferry-store/vdb.raw",
+    ];
+    args.extend_from_slice(extra);
     let child = Command::new(lab_script())
         .args(["client", env!("CARGO_BIN_EXE_ferry")])
-        .args(migrate_args(&[
-            "--map",
-            "/mnt/nfs=/mnt/nfs_second_mount",
-            "--copy",
-            "vdb=/srv/ferry-store/vdb.raw",
-        ]))
+        .args(migrate_args(&args))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -346,7 +352,7 @@ fn interrupted(act: impl FnOnce(u32), want: &str) {
 }
 
 #[test]
-fn ferry_killed_mid_copy_leaves_a_journaled_volume_that_cleanup_deletes() {
+fn ferry_killed_mid_copy_then_recover_rolls_back_and_says_first_what_it_will_do() {
     let (the_lab, child, ferry_pid) = start_slow_migration();
     assert!(run(Command::new("kill").args(["-KILL", &ferry_pid.to_string()])).0);
     let _ = child.wait_with_output();
@@ -364,20 +370,87 @@ fn ferry_killed_mid_copy_leaves_a_journaled_volume_that_cleanup_deletes() {
         vec!["vdb.raw"],
         "Ferry had no chance to clean up"
     );
-    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL, "--dry-run"]);
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(hist.contains("unfinished"), "{hist}");
+    let (code, dry, err) = ferry(&["recover", "--journal", JOURNAL, "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("would delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system"),
+        dry.contains("would delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system"),
+        "{dry}"
+    );
+    assert!(dry.contains("would journal: rolled_back"), "{dry}");
+    assert_eq!(store("h2"), vec!["vdb.raw"]);
+    let (code, out, err) = ferry(&["recover", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system: done"),
         "{out}"
     );
-    assert_eq!(store("h2"), vec!["vdb.raw"]);
-    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("deleted /srv/ferry-store/vdb.raw"), "{out}");
+    // The real run took the steps the dry run announced, in the same order.
+    let steps = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("  "))
+            .map(|l| {
+                l.trim()
+                    .trim_start_matches("would ")
+                    .trim_end_matches(": done")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(steps(&dry), steps(&out));
     assert!(store("h2").is_empty());
-    let (_, out, _) = ferry(&["cleanup", "--journal", JOURNAL]);
-    assert!(out.contains("nothing to clean"), "{out}");
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(hist.contains("rolled_back: recovered"), "{hist}");
+    let (code, out, _) = ferry(&["recover", "--journal", JOURNAL]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to recover"), "{out}");
     the_lab.verify_guest("h1");
+    drop(the_lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn ferry_killed_mid_copy_of_a_p2p_migration_then_recover_completes_it_on_the_target() {
+    // Nobody escalates the max downtime once Ferry is gone: start it where the job can end
+    // by itself.
+    let (the_lab, child, ferry_pid) =
+        start_slow_migration_with(&["--p2p", "--max-downtime", "2000"]);
+    assert!(run(Command::new("kill").args(["-KILL", &ferry_pid.to_string()])).0);
+    let _ = child.wait_with_output();
+    // Peer to peer, the source's libvirtd drives the job: it goes on without Ferry.
+    let t = Instant::now();
+    while !(domstate(H1).is_empty() && domstate(H2) == "running") {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the p2p job never ended with the guest on h2 (h1: {}, h2: {})",
+            domstate(H1),
+            domstate(H2)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(
+        hist.contains("unfinished"),
+        "the journal cannot know yet: {hist}"
+    );
+    let (code, out, err) = ferry(&["recover", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the guest runs on the target"), "{out}");
+    assert!(
+        out.contains("keep /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system"),
+        "{out}"
+    );
+    assert!(out.contains("journal: migrated"), "{out}");
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(
+        hist.contains("migrated: recovered: lab-guest runs on qemu+tcp://10.77.0.2/system, its 2 disk source(s) as planned"),
+        "{hist}"
+    );
+    assert_eq!(store("h2"), vec!["vdb.raw"], "the guest's disk is kept");
+    let (_, out, _) = ferry(&["recover", "--journal", JOURNAL]);
+    assert!(out.contains("nothing to recover"), "{out}");
+    the_lab.verify_guest("h2");
     drop(the_lab);
     assert_lab_gone();
 }
@@ -410,6 +483,19 @@ fn ctrl_c_aborts_and_rolls_back() {
 }
 
 #[test]
+fn ferry_abort_from_another_terminal_rolls_back_like_ctrl_c() {
+    interrupted(
+        |_| {
+            let (code, out, err) = ferry(&["abort", GUEST, "--journal", JOURNAL]);
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(err.contains("asked the Ferry running run #1"), "{err}");
+            assert!(out.contains("run #1: rolled_back"), "{out}");
+        },
+        "`ferry abort` (pid",
+    );
+}
+
+#[test]
 fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
     let lab = Lab::up(&[]);
     let (code, out, err) = migrate(&[
@@ -438,7 +524,7 @@ fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
 }
 
 #[test]
-fn a_cut_link_fails_the_copy_the_guest_stays_and_cleanup_finishes_after_the_link_returns() {
+fn a_cut_link_fails_the_copy_the_guest_stays_and_recover_finishes_after_the_link_returns() {
     let (the_lab, mut child, _) = start_slow_migration();
     let (ok, _, e) = lab(&["link", "h2", "down"]);
     assert!(ok, "{e}");
@@ -462,7 +548,7 @@ fn a_cut_link_fails_the_copy_the_guest_stays_and_cleanup_finishes_after_the_link
         err.contains("could NOT delete /srv/ferry-store/vdb.raw"),
         "{err}"
     );
-    assert!(err.contains("ferry cleanup"), "{err}");
+    assert!(err.contains("ferry recover"), "{err}");
     assert_eq!(domstate(H1), "running");
 
     let (ok, _, e) = lab(&["link", "h2", "up"]);
@@ -476,9 +562,12 @@ fn a_cut_link_fails_the_copy_the_guest_stays_and_cleanup_finishes_after_the_link
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(store("h2"), vec!["vdb.raw"]);
-    let (code, out, err) = ferry(&["cleanup", "--journal", JOURNAL]);
+    let (code, out, err) = ferry(&["recover", "--journal", JOURNAL]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("deleted /srv/ferry-store/vdb.raw"), "{out}");
+    assert!(
+        out.contains("delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system: done"),
+        "{out}"
+    );
     assert!(store("h2").is_empty());
     the_lab.verify_guest("h1");
     drop(the_lab);
@@ -602,6 +691,60 @@ fn a_guest_dirtying_memory_faster_than_the_link_is_aborted_by_default_and_lands_
     assert!(out.contains("\"phase\":\"postcopy\""), "{out}");
     assert_eq!(result(&out)["outcome"], "migrated");
     lab.verify_guest("h2");
+    drop(lab);
+    assert_lab_gone();
+}
+
+#[test]
+fn release_source_deletes_the_copy_ferry_made_and_keeps_what_it_cannot_give_back() {
+    let lab = Lab::up(&[]);
+    // h1 -> h2, vdb copied to a file Ferry creates in h2's store.
+    let (code, out, err) = migrate(&[
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/srv/ferry-store/vdb.raw",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    lab.verify_guest("h2");
+    // h1's vdb is a device node in a dir pool, and h1 has no hook: Ferry keeps it.
+    let (code, out, _) = ferry(&["release", "1", "--journal", JOURNAL, "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("keep /dev/ferry-lab/nvme2n2 (disk vdb): a block device that no store of the source gives back"),
+        "{out}"
+    );
+    // Back h2 -> h1 with --release-source: h2's copy goes, through libvirt, journaled.
+    let (code, out, err) = ferry(&[
+        "migrate",
+        GUEST,
+        "--from",
+        H2,
+        "--to",
+        H1,
+        "--unsafe",
+        "--journal",
+        JOURNAL,
+        "--map",
+        "/mnt/nfs_second_mount=/mnt/nfs",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme2n2",
+        "--release-source",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("delete /srv/ferry-store/vdb.raw (disk vdb) through libvirt's storage API on qemu+tcp://10.77.0.2/system: done"),
+        "{out}{err}"
+    );
+    assert!(store("h2").is_empty(), "h2 keeps {:?}", store("h2"));
+    lab.verify_guest("h1");
+    let (code, out, _) = ferry(&["release", "2", "--journal", JOURNAL]);
+    assert_eq!(code, 1);
+    assert!(out.contains("already released"), "{out}");
+    // Run 1's guest no longer runs on its target: its source copy is the guest's disk again.
+    let (code, out, _) = ferry(&["release", "1", "--journal", JOURNAL]);
+    assert_eq!(code, 1);
+    assert!(out.contains("does not run on the run's target"), "{out}");
     drop(lab);
     assert_lab_gone();
 }

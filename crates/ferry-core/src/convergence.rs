@@ -508,22 +508,34 @@ impl Watch {
         }
         match p.phase {
             Phase::StorageCopy | Phase::Memory { .. } if p.rate_bps > 0 => {
-                if let Some(eta_s) = p.eta_s {
-                    return Some(Forecast::Converging { eta_s });
-                }
-                let low = if matches!(p.phase, Phase::StorageCopy) {
-                    self.storage
+                let (low, remaining) = if matches!(p.phase, Phase::StorageCopy) {
+                    (self.storage, p.disk_total.saturating_sub(p.disk_processed))
                 } else {
-                    self.memory
+                    (self.memory, p.mem_remaining)
                 };
-                let stall_at = low.at_ms + self.policy.stall_s * 1000;
-                let at = stall_at.min(self.budget_ms);
-                Some(Forecast::WillNotConverge {
-                    dirty_bps: p.dirty_rate_bps,
-                    rate_bps: p.rate_bps,
-                    fallback: self.policy.fallback,
-                    fallback_in_s: at.saturating_sub(p.elapsed_ms).div_ceil(1000),
-                })
+                // When the policy falls back unless the figures improve: the stall timer from
+                // the last new low, or the completion timeout.
+                let deadline = (low.at_ms + self.policy.stall_s * 1000).min(self.budget_ms);
+                let now = p.elapsed_ms;
+                // At this rate, can the phase reach a new low (the next pass ending below the
+                // last one's low), and its end, before then?
+                let to_new_low_ms = low.bytes.map_or(0, |l| {
+                    remaining.saturating_sub(l).saturating_mul(1000) / p.rate_bps
+                });
+                match p.eta_s {
+                    Some(eta_s)
+                        if now + to_new_low_ms <= deadline
+                            && now + eta_s * 1000 <= self.budget_ms =>
+                    {
+                        Some(Forecast::Converging { eta_s })
+                    }
+                    _ => Some(Forecast::WillNotConverge {
+                        dirty_bps: p.dirty_rate_bps,
+                        rate_bps: p.rate_bps,
+                        fallback: self.policy.fallback,
+                        fallback_in_s: deadline.saturating_sub(now).div_ceil(1000),
+                    }),
+                }
             }
             _ => None,
         }
@@ -803,5 +815,30 @@ mod tests {
             }
         );
         assert!(f.to_string().starts_with("will not converge at this rate"));
+    }
+
+    #[test]
+    fn a_pass_too_long_to_reach_a_new_low_before_the_stall_is_forecast_as_such() {
+        let policy = Policy {
+            stall_s: 10,
+            ..Policy::default()
+        };
+        let mut w = Watch::new(policy, 1 << 30);
+        // Pass 1 ends near 1 MiB at 3 s; pass 2 restarts at 64 MiB, sending 4 MiB/s while the
+        // guest dirties 2 MiB/s: the link outruns the guest, but this pass needs ~16 s to get
+        // below 1 MiB, and the stall comes at 13 s.
+        w.observe(&mem(1, 3, 1 << 20, 4 << 20, 2 << 20));
+        let p = mem(2, 4, 64 << 20, 4 << 20, 2 << 20);
+        w.observe(&p);
+        assert_eq!(p.eta_s, Some(32));
+        assert_eq!(
+            w.forecast(&p),
+            Some(Forecast::WillNotConverge {
+                dirty_bps: 2 << 20,
+                rate_bps: 4 << 20,
+                fallback: Fallback::Abort,
+                fallback_in_s: 9
+            })
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod placement;
 pub mod plan;
 pub mod preflight;
+pub mod release;
 pub mod render;
 pub mod rewrite;
 pub mod rules;

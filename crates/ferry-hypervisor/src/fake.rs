@@ -56,6 +56,10 @@ pub enum Call {
         host: String,
         name: String,
     },
+    Undefine {
+        host: String,
+        name: String,
+    },
     CanaryCreate {
         host: String,
         dir: String,
@@ -513,6 +517,21 @@ impl Hypervisor for Fake {
             });
             Ok(())
         })
+    }
+
+    fn undefine(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let uri = s.uris[host.0].clone();
+        s.calls.push(Call::Undefine {
+            host: uri.clone(),
+            name: name.to_string(),
+        });
+        if let Some(h) = s.hosts.get_mut(&uri) {
+            if h.domains.get(name).is_some_and(|d| !d.state.is_active()) {
+                h.domains.remove(name);
+            }
+        }
+        Ok(())
     }
 
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {

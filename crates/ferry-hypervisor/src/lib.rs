@@ -122,6 +122,8 @@ pub trait Hypervisor: Send + Sync {
     fn start_postcopy(&self, host: HostId, name: &str) -> Result<(), HvError>;
     /// Pause the domain (`virDomainSuspend`).
     fn suspend(&self, host: HostId, name: &str) -> Result<(), HvError>;
+    /// Remove the domain's persistent definition (`virDomainUndefine`).
+    fn undefine(&self, host: HostId, name: &str) -> Result<(), HvError>;
 
     /// Every domain on the host with its memory and whether a job runs for it.
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError>;

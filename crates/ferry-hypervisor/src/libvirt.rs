@@ -734,6 +734,13 @@ impl Hypervisor for Libvirt {
             .map_err(|e| self.err(&h, format!("pausing {name}"), e))
     }
 
+    fn undefine(&self, host: HostId, name: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup_on(&h, &h.conn, name)?;
+        dom.undefine()
+            .map_err(|e| self.err(&h, format!("undefining {name}"), e))
+    }
+
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
         let h = self.host(host);
         let doms = h

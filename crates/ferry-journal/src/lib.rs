@@ -91,6 +91,19 @@ CREATE TABLE IF NOT EXISTS created (
     deleted INTEGER,
     provider TEXT
 );
+CREATE TABLE IF NOT EXISTS released (
+    run INTEGER NOT NULL REFERENCES runs(id),
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    released INTEGER NOT NULL,
+    through TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aborts (
+    run INTEGER PRIMARY KEY,
+    requested INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS locks (
     guest TEXT PRIMARY KEY,
     run INTEGER NOT NULL,
@@ -139,7 +152,8 @@ impl Journal {
     }
 
     /// Open an existing journal to read it: nothing is created — no directory, no file, no
-    /// table — and a file that is not Ferry's journal is refused.
+    /// table — and a file that is not Ferry's journal is refused. (It is opened read-write so
+    /// that SQLite can roll back a transaction a killed Ferry left unfinished.)
     pub fn open_existing(path: &Path) -> Result<Self, JournalError> {
         let read_err = |why: String| JournalError::Read {
             path: path.display().to_string(),
@@ -154,12 +168,31 @@ impl Journal {
         }
         let db = Connection::open_with_flags(
             path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            // Read-write without CREATE: nothing is created, but a transaction a killed Ferry
+            // left unfinished (a hot rollback journal) is rolled back instead of making every
+            // read fail with "attempt to write a readonly database".
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| read_err(e.to_string()))?;
+        // A writer (a running Ferry) may hold the lock for a moment.
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| read_err(e.to_string()))?;
         for table in ["runs", "created"] {
             db.prepare(&format!("SELECT * FROM {table} LIMIT 0"))
-                .map_err(|_| read_err(format!("it is not Ferry's journal (no {table} table)")))?;
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::DatabaseBusy
+                            || f.code == rusqlite::ErrorCode::DatabaseLocked =>
+                    {
+                        read_err(format!("it is busy ({e}); try again"))
+                    }
+                    rusqlite::Error::SqliteFailure(..)
+                        if e.to_string().starts_with("no such table") =>
+                    {
+                        read_err(format!("it is not Ferry's journal (no {table} table)"))
+                    }
+                    _ => read_err(format!("it cannot be read as Ferry's journal ({e})")),
+                })?;
         }
         Ok(Self { db })
     }
@@ -278,14 +311,73 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Volumes created by runs that did not end in a migration and were never deleted.
-    pub fn leftovers(&self) -> Result<Vec<Created>, JournalError> {
+    /// Runs `ferry recover` looks at: unfinished ones, and ended ones that did not migrate but
+    /// left volumes undeleted; only `only` when given. Oldest first.
+    pub fn runs_to_recover(&self, only: Option<RunId>) -> Result<Vec<RunRow>, JournalError> {
         let mut st = self.db.prepare(
-            "SELECT c.run, c.host, c.path, c.bytes, c.provider FROM created c JOIN runs r ON r.id = c.run
-             WHERE c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome != 'migrated')
-             ORDER BY c.run, c.path",
+            "SELECT id, guest, source, target, started, finished, phase, outcome, message
+             FROM runs r WHERE (?1 IS NULL OR id = ?1) AND (outcome IS NULL OR (outcome != 'migrated'
+               AND EXISTS (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
+             ORDER BY id",
         )?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map([only.map(|r| r.0)], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                guest: r.get(1)?,
+                source: r.get(2)?,
+                target: r.get(3)?,
+                started: r.get(4)?,
+                finished: r.get(5)?,
+                phase: r.get(6)?,
+                outcome: r.get(7)?,
+                message: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The volumes `run` created and has not deleted.
+    pub fn created_of(&self, run: RunId) -> Result<Vec<Created>, JournalError> {
+        self.leftovers_where("c.deleted IS NULL AND c.run = ?1", Some(run.0))
+    }
+
+    /// The plan (JSON) a run recorded, if it got that far.
+    pub fn plan_of(&self, run: RunId) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .db
+            .query_row("SELECT plan FROM runs WHERE id = ?1", [run.0], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?
+            .flatten()
+            .filter(|p| p != "{}"))
+    }
+
+    /// Who holds `guest`'s lock.
+    pub fn holder(&self, guest: &str) -> Result<Option<Holder>, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
+                params![guest],
+                |r| {
+                    Ok(Holder {
+                        run: r.get(0)?,
+                        pid: r.get(1)?,
+                        host: r.get(2)?,
+                        since: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn leftovers_where(&self, cond: &str, run: Option<i64>) -> Result<Vec<Created>, JournalError> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT c.run, c.host, c.path, c.bytes, c.provider FROM created c JOIN runs r ON r.id = c.run
+             WHERE {cond} ORDER BY c.run, c.path"
+        ))?;
+        let map = |r: &rusqlite::Row| {
             Ok(Created {
                 run: r.get(0)?,
                 host: r.get(1)?,
@@ -293,8 +385,20 @@ impl Journal {
                 bytes: r.get::<_, i64>(3)? as u64,
                 provider: r.get(4)?,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        };
+        let rows = match run {
+            Some(id) => st.query_map([id], map)?.collect::<Result<_, _>>()?,
+            None => st.query_map([], map)?.collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Volumes created by runs that did not end in a migration and were never deleted.
+    pub fn leftovers(&self) -> Result<Vec<Created>, JournalError> {
+        self.leftovers_where(
+            "c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome != 'migrated')",
+            None,
+        )
     }
 
     /// Take `guest`'s lock for `run`, held by process `pid` on machine `host`. A holder on the
@@ -359,6 +463,92 @@ impl Journal {
             params![guest, run.0],
         )?;
         Ok(())
+    }
+
+    /// Record that the source's copy at `path` on `host` was released after `run` migrated.
+    pub fn record_released(
+        &self,
+        run: RunId,
+        host: &str,
+        path: &str,
+        through: &str,
+    ) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT INTO released (run, host, path, released, through) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run.0, host, path, now(), through],
+        )?;
+        Ok(())
+    }
+
+    /// Whether `run` released the source's copy at `path`.
+    pub fn was_released(&self, run: RunId, path: &str) -> Result<bool, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT 1 FROM released WHERE run = ?1 AND path = ?2",
+                params![run.0, path],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Ask the Ferry running `run` to abort it (`ferry abort`), from process `pid` on `host`.
+    pub fn request_abort(&self, run: RunId, pid: u32, host: &str) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO aborts (run, requested, pid, host) VALUES (?1, ?2, ?3, ?4)",
+            params![run.0, now(), pid, host],
+        )?;
+        Ok(())
+    }
+
+    /// Who asked to abort `run`, if anyone did: (pid, machine).
+    pub fn abort_requested(&self, run: RunId) -> Result<Option<(u32, String)>, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT pid, host FROM aborts WHERE run = ?1",
+                [run.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The run `pid` on machine `host` holds a lock for, if any.
+    pub fn run_held_by(&self, pid: u32, host: &str) -> Result<Option<RunId>, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT run FROM locks WHERE pid = ?1 AND host = ?2",
+                params![pid, host],
+                |r| r.get(0).map(RunId),
+            )
+            .optional()?)
+    }
+
+    /// One run.
+    pub fn run_row(&self, run: RunId) -> Result<Option<RunRow>, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT id, guest, source, target, started, finished, phase, outcome, message
+                 FROM runs WHERE id = ?1",
+                [run.0],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        guest: r.get(1)?,
+                        source: r.get(2)?,
+                        target: r.get(3)?,
+                        started: r.get(4)?,
+                        finished: r.get(5)?,
+                        phase: r.get(6)?,
+                        outcome: r.get(7)?,
+                        message: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// The outcome of a run, if it has ended.
@@ -527,6 +717,29 @@ mod tests {
             ("/old", None)
         );
         assert_eq!(left[1].provider.as_deref(), Some("{\"by\":\"hook\"}"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_abort_request_reaches_the_run_from_another_connection() {
+        let dir = std::env::temp_dir().join(format!("ferry-journal-abort-{}", std::process::id()));
+        let path = dir.join("j.db");
+        let running = Journal::open(&path).unwrap();
+        let r = running.begin_run("g", "a", "b", "{}").unwrap();
+        let other = running.begin_run("h", "a", "b", "{}").unwrap();
+        running.lock_guest("g", r, 100, "m1", |_| true).unwrap();
+        assert_eq!(running.run_held_by(100, "m1").unwrap(), Some(r));
+        assert_eq!(running.run_held_by(100, "m2").unwrap(), None);
+        assert_eq!(running.abort_requested(r).unwrap(), None);
+        let aborter = Journal::open(&path).unwrap();
+        aborter.request_abort(r, 200, "m2").unwrap();
+        assert_eq!(
+            running.abort_requested(r).unwrap(),
+            Some((200, "m2".to_string()))
+        );
+        assert_eq!(running.abort_requested(other).unwrap(), None);
+        assert_eq!(aborter.run_row(r).unwrap().unwrap().guest, "g");
+        assert!(aborter.run_row(RunId(99)).unwrap().is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -4,12 +4,14 @@
 //! [`Hypervisor`] trait, so the flow's decisions are unit-tested against a recording fake, and
 //! proven end to end in the lab against real libvirt.
 
-pub mod cleanup;
+pub mod abort;
 pub mod inventory;
 pub mod migrate;
 pub mod preflight;
 pub mod prepare;
 pub mod provision;
+pub mod recover;
+pub mod release;
 pub mod rollback;
 pub mod target;
 pub mod verify;
@@ -85,6 +87,8 @@ impl Reporter for Vec<Event> {
 /// A finished migration's figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
+    /// The journal's run.
+    pub run: Option<i64>,
     pub guest: String,
     pub from: String,
     pub to: String,
@@ -198,15 +202,22 @@ impl Drop for GuestLock<'_> {
 }
 
 /// This machine's name, for the lock's holder.
-fn this_machine() -> String {
+pub fn this_machine() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Whether process `pid` on this machine is a running Ferry.
-fn ferry_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
+pub fn ferry_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) holds nothing any more.
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        st.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    });
+    running
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ferry")
 }
 
 /// One guest, one migration: begin the run in the journal and take the guest's lock across
@@ -558,6 +569,7 @@ pub fn run(
         .or_else(|| hv.completed_job_stats(inv.dst, &req.guest).ok().flatten());
     let v = verify::check(hv, &inv, &plan);
     let mut summary = summarise(req, &plan, &created, completed, last.as_ref(), t0);
+    summary.run = Some(run_id.0);
     summary.verified = v.passed;
     summary.warnings = plan.warnings.clone();
     if !v.problems.is_empty() {
@@ -586,6 +598,7 @@ fn summarise(
     let c = completed.unwrap_or_default();
     let l = last.cloned().unwrap_or_default();
     Summary {
+        run: None,
         guest: req.guest.clone(),
         from: req.from.clone(),
         to: req.to.clone(),

@@ -27,7 +27,7 @@ pub fn gather(
         target_state: inv.target_state,
         source_uuid: inv.source_facts.uuid.clone(),
         target_uuid: inv.target_facts.uuid.clone(),
-        in_use: crate::cleanup::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
+        in_use: crate::recover::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
         hooked,
         ..Default::default()
     };

@@ -74,7 +74,7 @@ pub fn delete_created(
                     )
                 }
                 Err(e) => format!(
-                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry cleanup` \
+                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry recover` \
                      later",
                     v.path, inv.dst_uri
                 ),
@@ -113,7 +113,7 @@ pub fn after_failure(
         ));
         for v in created {
             cleanup.push(format!(
-                "left {} on {} in place; once the job has ended and the guest runs on the source, `ferry cleanup` deletes it",
+                "left {} on {} in place; once the job has ended and the guest runs on the source, `ferry recover` deletes it",
                 v.path, inv.dst_uri
             ));
         }

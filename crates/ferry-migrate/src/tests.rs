@@ -585,7 +585,7 @@ fn dry_run_checks_and_touches_nothing() {
 }
 
 #[test]
-fn cleanup_deletes_journaled_leftovers_but_never_what_a_domain_uses() {
+fn recover_deletes_journaled_leftovers_but_never_what_a_domain_uses_and_dry_run_says_the_same() {
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
@@ -612,34 +612,201 @@ fn cleanup_deletes_journaled_leftovers_but_never_what_a_domain_uses() {
         .unwrap();
     let hv = hv(&fake);
 
-    let listed = cleanup::run(hv.as_ref(), &journal, true).unwrap();
-    assert_eq!(listed.len(), 2);
-    assert!(listed
+    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    assert_eq!(dry.len(), 1);
+    assert_eq!(dry[0].decision.location, GuestLocation::Source);
+    assert!(
+        mutating(&fake.calls()).is_empty(),
+        "a dry run changes nothing"
+    );
+    assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
+
+    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    // Exactly what the dry run said.
+    assert_eq!(done[0].decision.steps, dry[0].decision.steps);
+    assert!(done[0].failed.is_empty(), "{:?}", done[0].failed);
+    assert_eq!(
+        done[0].decision.steps,
+        vec![
+            recover::Step::Delete {
+                host: DST.into(),
+                path: "/srv/store/a.raw".into()
+            },
+            recover::Step::Keep {
+                host: DST.into(),
+                path: "/srv/store/b.raw".into(),
+                why: "domain other uses it".into()
+            },
+            recover::Step::Finish {
+                outcome: "rolled_back".into(),
+                message: format!("recovered: g runs on {SRC}")
+            },
+        ]
+    );
+    let h2 = fake.host_snapshot(DST);
+    assert!(!h2.paths.contains_key("/srv/store/a.raw"));
+    assert!(h2.paths.contains_key("/srv/store/b.raw"));
+    assert_eq!(journal.leftovers().unwrap().len(), 1);
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("rolled_back")
+    );
+    // Idempotent: again, b.raw is still kept and nothing else happens.
+    let before = mutating(&fake.calls()).len();
+    let again = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    assert!(
+        matches!(again[0].decision.steps[..], [recover::Step::Keep { .. }]),
+        "{again:?}"
+    );
+    assert_eq!(mutating(&fake.calls()).len(), before);
+}
+
+/// A plan's JSON as the journal keeps it, for the disks of `xml`.
+fn plan_json(xml: &str) -> String {
+    let dom = ferry_core::domain::parse(xml).unwrap();
+    let disks: Vec<serde_json::Value> = dom
+        .disks
         .iter()
-        .all(|c| matches!(c, cleanup::Cleaned::WouldDelete { .. })));
+        .map(|d| serde_json::json!({"target": d.target, "dest_source": d.source}))
+        .collect();
+    serde_json::json!({ "disks": disks }).to_string()
+}
+
+/// The guest ran to the target without Ferry (p2p), its vdb on `landed`; the run had planned
+/// vdb onto a device it created.
+fn recover_after_p2p(landed: &str) -> (Arc<Fake>, Journal, Vec<recover::Recovered>) {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let planned = GUEST_XML
+        .replace(
+            "/mnt/nfs/test_img.img",
+            "/mnt/nfs_second_mount/test_img.img",
+        )
+        .replace("/dev/nvme2n2", "/dev/nvme1n5");
+    let run_id = journal
+        .begin_run("g", SRC, DST, &plan_json(&planned))
+        .unwrap();
+    journal
+        .record_created(run_id, DST, "/dev/nvme1n5", MIB64)
+        .unwrap();
+    let mut h1 = fake.host_snapshot(SRC);
+    let mut g = h1.domains.remove("g").unwrap();
+    // The source kept an inactive definition.
+    h1.domains.insert(
+        "g".into(),
+        FakeDomain {
+            state: DomainState::ShutOff,
+            ..g.clone()
+        },
+    );
+    fake.add_host(SRC, h1);
+    let mut h2 = fake.host_snapshot(DST);
+    g.live_xml = planned.replace("/dev/nvme1n5", landed);
+    h2.domains.insert("g".into(), g);
+    fake.add_host(DST, h2);
+    let done = recover::run(hv(&fake).as_ref(), &journal, None, false).unwrap();
+    (fake, journal, done)
+}
+
+#[test]
+fn recover_says_when_the_guest_on_the_target_is_not_on_its_planned_disks() {
+    let (_, journal, _) = recover_after_p2p("/dev/nvme1n6");
+    let row = &journal.runs(1).unwrap()[0];
+    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert!(
+        row.message
+            .as_deref()
+            .unwrap()
+            .ends_with("but verify: disk vdb is not at its planned source"),
+        "{row:?}"
+    );
+}
+
+#[test]
+fn recover_completes_a_run_whose_guest_ended_on_the_target() {
+    let (fake, journal, done) = recover_after_p2p("/dev/nvme1n5");
+    let d = &done[0].decision;
+    assert_eq!(d.location, GuestLocation::Target);
+    assert!(done[0].failed.is_empty(), "{:?}", done[0].failed);
+    assert_eq!(
+        d.steps[0],
+        recover::Step::UndefineSource { host: SRC.into() }
+    );
+    assert!(matches!(&d.steps[1], recover::Step::Keep { path, .. } if path == "/dev/nvme1n5"));
+    let row = &journal.runs(1).unwrap()[0];
+    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert!(
+        row.message
+            .as_deref()
+            .unwrap()
+            .contains("disk source(s) as planned"),
+        "{row:?}"
+    );
     assert!(!fake
         .calls()
         .iter()
         .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert!(!fake.host_snapshot(SRC).domains.contains_key("g"));
+}
 
-    let done = cleanup::run(hv.as_ref(), &journal, false).unwrap();
-    assert!(
-        matches!(&done[0], cleanup::Cleaned::Deleted { what } if what.starts_with("/srv/store/a.raw")),
-        "{done:?}"
+#[test]
+fn recover_aborts_a_job_left_running_then_rolls_back() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal
+        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
+        .unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
+    fake.add_host(DST, h2);
+    // One sample: a job runs when recover first looks, none after the abort.
+    fake.set_job_script(vec![JobStats::default()], None);
+    let hv = hv(&fake);
+    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    assert_eq!(
+        dry[0].decision.steps,
+        vec![recover::Step::AbortJob { host: SRC.into() }]
     );
-    assert!(
-        matches!(&done[1], cleanup::Cleaned::Kept { why, .. } if why == "domain other uses it"),
-        "{done:?}"
-    );
-    assert!(!fake
-        .host_snapshot(DST)
-        .paths
-        .contains_key("/srv/store/a.raw"));
+    fake.set_job_script(vec![JobStats::default()], None);
+    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let steps = &done[0].decision.steps;
+    assert_eq!(steps[0], recover::Step::AbortJob { host: SRC.into() });
+    assert!(steps.contains(&recover::Step::Delete {
+        host: DST.into(),
+        path: "/srv/store/vdb.raw".into()
+    }));
     assert!(fake
-        .host_snapshot(DST)
-        .paths
-        .contains_key("/srv/store/b.raw"));
-    assert_eq!(journal.leftovers().unwrap().len(), 1);
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::AbortJob { .. })));
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("rolled_back")
+    );
+}
+
+#[test]
+fn recover_leaves_a_run_whose_ferry_still_holds_the_lock() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal
+        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
+        .unwrap();
+    // Held from another machine: its process cannot be seen, so it counts as alive.
+    journal
+        .lock_guest("g", run_id, 4242, "another-machine", |_| true)
+        .unwrap();
+    let hv = hv(&fake);
+    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    assert!(
+        matches!(&done[0].decision.steps[..], [recover::Step::Leave { why }] if why.contains("ferry pid 4242 on another-machine")),
+        "{done:?}"
+    );
+    assert!(mutating(&fake.calls()).is_empty());
+    assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
 }
 
 fn dir_pool(name: &str, path: &str) -> ferry_core::facts::PoolFacts {
@@ -877,7 +1044,7 @@ fn a_dry_run_never_calls_the_hook() {
 }
 
 #[test]
-fn cleanup_keeps_a_volume_whose_maker_it_cannot_read() {
+fn recover_keeps_a_volume_whose_maker_it_cannot_read() {
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
@@ -894,9 +1061,9 @@ fn cleanup_keeps_a_volume_whose_maker_it_cannot_read() {
         )
         .unwrap();
     let hv = hv(&fake);
-    let done = cleanup::run(hv.as_ref(), &journal, false).unwrap();
+    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
     assert!(
-        matches!(&done[0], cleanup::Cleaned::Kept { why, .. } if why.contains("cannot be read")),
+        matches!(&done[0].decision.steps[0], recover::Step::Keep { why, .. } if why.contains("cannot be read")),
         "{done:?}"
     );
     assert!(!fake
@@ -984,4 +1151,71 @@ fn with_postcopy_allowed_a_stalled_memory_phase_switches_and_the_guest_lands() {
     assert!(calls
         .iter()
         .any(|c| matches!(c, Call::Migrate { flags, .. } if flags.postcopy)));
+}
+
+#[test]
+fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devices_out() {
+    let fake = lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.pools.push(dir_pool("nvme-a", "/dev"));
+    h1.paths.insert("/dev/nvme2n2".into(), block(MIB64));
+    fake.add_host(SRC, h1);
+    let (r, _, journal) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let hv = hv(&fake);
+    let run = ferry_journal::RunId(1);
+    // No hook for h1: a device node in a dir pool is not "deleted" by unlinking it.
+    let kept = release::run(hv.as_ref(), &journal, run, None, false).unwrap();
+    assert!(
+        matches!(&kept[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why.contains("free it by hand")),
+        "{kept:?}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    // With h1's hook: given back through it, journaled, and never twice.
+    let dir = std::env::temp_dir().join(format!("ferry-release-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("hook.log");
+    let hook = release::SourceHook {
+        hook: logging_hook(&log).hook,
+        host: "h1".into(),
+    };
+    let dry = release::run(hv.as_ref(), &journal, run, Some(&hook), true).unwrap();
+    assert!(!log.exists(), "a dry run calls no hook");
+    let done = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    assert_eq!(
+        dry.iter().map(|d| &d.0).collect::<Vec<_>>(),
+        done.iter().map(|d| &d.0).collect::<Vec<_>>()
+    );
+    assert!(
+        matches!(&done[..], [(ferry_core::release::Release::Delete { path, .. }, None)] if path == "/dev/nvme2n2"),
+        "{done:?}"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains("\"delete\"") && calls.contains("/dev/nvme2n2") && calls.contains("\"h1\""),
+        "{calls}"
+    );
+    let again = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    assert!(
+        matches!(&again[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why == "already released"),
+        "{again:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn release_refuses_a_run_that_did_not_migrate() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal.finish(run, "rolled_back", "x").unwrap();
+    let e = release::run(hv(&fake).as_ref(), &journal, run, None, false).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("did not migrate (rolled_back): the source's copy is the guest's disk"),
+        "{e}"
+    );
 }

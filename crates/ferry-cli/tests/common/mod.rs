@@ -70,6 +70,13 @@ pub fn domstate(uri: &str) -> String {
     }
 }
 
+/// The lab tests' lock: one lab at a time on this machine.
+pub fn lab_lock() -> File {
+    let lock = File::create("/run/ferry-lab-tests.lock").expect("lock file");
+    lock.lock().expect("lab lock");
+    lock
+}
+
 pub struct Lab {
     _lock: File,
     pub timings: Vec<(&'static str, Duration)>,
@@ -78,8 +85,7 @@ pub struct Lab {
 impl Lab {
     /// Bring the lab up with `args` (e.g. `["--hosts", "3"]`).
     pub fn up(args: &[&str]) -> Lab {
-        let lock = File::create("/run/ferry-lab-tests.lock").expect("lock file");
-        lock.lock().expect("lab lock");
+        let lock = lab_lock();
         // A lab left by a killed run: take it down first.
         let _ = lab(&["down"]);
         let t = Instant::now();
@@ -134,7 +140,35 @@ pub fn assert_lab_gone() {
     let live: Vec<&str> = ps
         .lines()
         .filter(|l| !l.trim_start().starts_with('Z'))
-        .filter(|l| l.contains("/var/lib/ferry-lab") || l.contains("libvirtd --listen"))
+        .filter(|l| l.contains("/var/lib/ferry-lab"))
         .collect();
     assert!(live.is_empty(), "lab processes left: {live:?}");
+    let marked = lab_marked_processes();
+    assert!(
+        marked.is_empty(),
+        "processes with the lab's mark left: {marked:?}"
+    );
+}
+
+/// Live processes whose environment carries the lab's mark (whatever their command line).
+pub fn lab_marked_processes() -> Vec<String> {
+    let mark = b"FERRY_LAB_MARK=/var/lib/ferry-lab";
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == mark) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            ));
+        }
+    }
+    out
 }

@@ -1,0 +1,539 @@
+//! Recover: finish every run the journal says is unfinished (Ferry killed, a host lost during
+//! the rollback, a peer-to-peer migration that went on without Ferry), and delete what such runs
+//! left behind — from the truth the hosts tell now.
+//!
+//! Facts first, decide once: [`gather`] asks both hosts of a run where the guest is, whether a
+//! job still runs, and which paths their domains use; [`decide`] (pure) turns that into steps;
+//! [`run`] carries them out, or with `dry_run` only says them — the same steps either way.
+
+use ferry_core::domain;
+use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor};
+use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunRow};
+use serde::Serialize;
+
+use crate::provision::Provider;
+use crate::GuestLocation;
+
+/// What one host says, for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostView {
+    /// The host did not answer.
+    Unreachable(String),
+    Seen {
+        /// The guest's state there (`None`: no such domain).
+        state: Option<DomainState>,
+        /// A migration job runs for the guest there.
+        job: bool,
+        /// Every path a domain there uses, with the domain's name.
+        in_use: Vec<(String, String)>,
+        /// The guest's live definition there, when it is active.
+        live_xml: Option<String>,
+    },
+}
+
+impl HostView {
+    fn active(&self) -> Option<bool> {
+        match self {
+            Self::Unreachable(_) => None,
+            Self::Seen { state, .. } => Some(state.is_some_and(DomainState::is_active)),
+        }
+    }
+}
+
+/// Everything [`decide`] needs about one run.
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    pub run: RunRow,
+    /// The volumes it created and did not delete.
+    pub created: Vec<Created>,
+    /// Another Ferry still holds the guest's lock for this run (alive, or on another machine).
+    pub held_by: Option<Holder>,
+    pub source: HostView,
+    /// `None`: the run ended before a target was chosen.
+    pub target: Option<HostView>,
+    /// Each disk's planned source on the target (`<target dev>`, the source as the plan's JSON
+    /// has it), to check a guest found on the target.
+    pub planned: Option<Vec<(String, serde_json::Value)>>,
+}
+
+/// One thing recover does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Abort the guest's migration job on the source (its Ferry is gone), then look again.
+    AbortJob { host: String },
+    /// Undefine the guest's leftover (inactive) definition on the source.
+    UndefineSource { host: String },
+    /// Delete a volume the run created, through whoever made it.
+    Delete { host: String, path: String },
+    /// Keep a volume the run created, and why.
+    Keep {
+        host: String,
+        path: String,
+        why: String,
+    },
+    /// End the run in the journal.
+    Finish { outcome: String, message: String },
+    /// Nothing is done for this run now, and why.
+    Leave { why: String },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AbortJob { host } => write!(
+                f,
+                "abort the migration job on {host} (its Ferry is gone), then look again"
+            ),
+            Self::UndefineSource { host } => {
+                write!(f, "undefine the guest's leftover definition on {host}")
+            }
+            Self::Delete { host, path } => write!(f, "delete {path} on {host}"),
+            Self::Keep { host, path, why } => write!(f, "keep {path} on {host}: {why}"),
+            Self::Finish { outcome, message } => write!(f, "journal: {outcome} ({message})"),
+            Self::Leave { why } => write!(f, "leave it: {why}"),
+        }
+    }
+}
+
+/// What recover decided for one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub run: i64,
+    pub guest: String,
+    pub location: GuestLocation,
+    pub steps: Vec<Step>,
+}
+
+/// Decide what to do with one run. Pure: the same facts give the same steps, in a dry run and
+/// a real one.
+pub fn decide(f: &RunFacts) -> Decision {
+    let r = &f.run;
+    let mut d = Decision {
+        run: r.id,
+        guest: r.guest.clone(),
+        location: GuestLocation::Unknown,
+        steps: vec![],
+    };
+    let unfinished = r.outcome.is_none();
+    if let Some(h) = &f.held_by {
+        d.steps.push(Step::Leave {
+            why: format!(
+                "run #{} still holds {}'s lock (ferry pid {} on {}); `ferry abort {}` stops it",
+                h.run, r.guest, h.pid, h.host, h.run
+            ),
+        });
+        return d;
+    }
+    let Some(target) = &f.target else {
+        // Nothing is ever created before a target is chosen.
+        if unfinished {
+            d.location = match f.source.active() {
+                Some(true) => GuestLocation::Source,
+                _ => GuestLocation::Unknown,
+            };
+            d.steps.push(Step::Finish {
+                outcome: "failed".into(),
+                message: "recovered: interrupted before a target was chosen; nothing was \
+                          created or moved"
+                    .into(),
+            });
+        }
+        return d;
+    };
+    let (src_active, dst_active) = match (f.source.active(), target.active()) {
+        (Some(s), Some(t)) => (s, t),
+        _ => {
+            let (which, why) = match (&f.source, target) {
+                (HostView::Unreachable(e), _) => (&r.source, e),
+                (_, HostView::Unreachable(e)) => (&r.target, e),
+                _ => (&r.source, &String::new()),
+            };
+            d.steps.push(Step::Leave {
+                why: format!("{which} did not answer ({why}); nothing is done without both hosts"),
+            });
+            return d;
+        }
+    };
+    d.location = match (src_active, dst_active) {
+        (true, false) => GuestLocation::Source,
+        (false, true) => GuestLocation::Target,
+        (true, true) => GuestLocation::Both,
+        (false, false) => GuestLocation::Neither,
+    };
+    let job_on_source = matches!(f.source, HostView::Seen { job: true, .. });
+    let target_running = matches!(
+        target,
+        HostView::Seen {
+            state: Some(DomainState::Running),
+            ..
+        }
+    );
+    if job_on_source {
+        if target_running {
+            d.steps.push(Step::Leave {
+                why: "the job is completing (post-copy: the guest already runs on the target); \
+                      run `ferry recover` again when it has ended"
+                    .into(),
+            });
+        } else {
+            d.steps.push(Step::AbortJob {
+                host: r.source.clone(),
+            });
+        }
+        return d;
+    }
+    let in_use_on_target = |path: &str| match target {
+        HostView::Seen { in_use, .. } => in_use
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, dom)| dom.clone()),
+        HostView::Unreachable(_) => None,
+    };
+    let keep_all = |d: &mut Decision, why: &str| {
+        for c in &f.created {
+            d.steps.push(Step::Keep {
+                host: c.host.clone(),
+                path: c.path.clone(),
+                why: why.to_string(),
+            });
+        }
+    };
+    match d.location {
+        GuestLocation::Target => {
+            if matches!(
+                f.source,
+                HostView::Seen {
+                    state: Some(s),
+                    ..
+                } if !s.is_active()
+            ) {
+                d.steps.push(Step::UndefineSource {
+                    host: r.source.clone(),
+                });
+            }
+            keep_all(&mut d, "the migrated guest's disk");
+            if unfinished {
+                let live = match target {
+                    HostView::Seen { live_xml, .. } => live_xml.as_deref(),
+                    HostView::Unreachable(_) => None,
+                };
+                let message = match check_sources(f.planned.as_deref(), live) {
+                    Ok(n) => format!(
+                        "recovered: {} runs on {}, its {n} disk source(s) as planned",
+                        r.guest, r.target
+                    ),
+                    Err(why) => format!(
+                        "recovered: {} runs on {}, but verify: {why}",
+                        r.guest, r.target
+                    ),
+                };
+                d.steps.push(Step::Finish {
+                    outcome: "migrated".into(),
+                    message,
+                });
+            }
+        }
+        GuestLocation::Source => {
+            for c in &f.created {
+                match in_use_on_target(&c.path) {
+                    Some(dom) => d.steps.push(Step::Keep {
+                        host: c.host.clone(),
+                        path: c.path.clone(),
+                        why: format!("domain {dom} uses it"),
+                    }),
+                    None if provider(c).is_err() => d.steps.push(Step::Keep {
+                        host: c.host.clone(),
+                        path: c.path.clone(),
+                        why: format!(
+                            "the journal's record of who made it cannot be read ({}); delete it \
+                             by hand",
+                            c.provider.as_deref().unwrap_or("")
+                        ),
+                    }),
+                    None => d.steps.push(Step::Delete {
+                        host: c.host.clone(),
+                        path: c.path.clone(),
+                    }),
+                }
+            }
+            if unfinished {
+                d.steps.push(Step::Finish {
+                    outcome: "rolled_back".into(),
+                    message: format!("recovered: {} runs on {}", r.guest, r.source),
+                });
+            }
+        }
+        GuestLocation::Both | GuestLocation::Neither | GuestLocation::Unknown => {
+            keep_all(&mut d, "the guest is not safely on one host");
+            d.steps.push(Step::Leave {
+                why: format!("the guest {}", d.location),
+            });
+        }
+    }
+    d
+}
+
+/// Who made a volume: no record means libvirt's storage API; a record Ferry cannot read (another
+/// Ferry's, damaged) is an error, and the volume is kept rather than deleted the wrong way.
+fn provider(c: &Created) -> Result<Provider, ()> {
+    match c.provider.as_deref() {
+        None => Ok(Provider::Libvirt),
+        Some(p) => serde_json::from_str(p).map_err(|_| ()),
+    }
+}
+
+/// Whether the target's live definition has the planned disk sources: how many matched, or
+/// what differs.
+fn check_sources(
+    planned: Option<&[(String, serde_json::Value)]>,
+    live: Option<&str>,
+) -> Result<usize, String> {
+    let Some(planned) = planned else {
+        return Err("the run recorded no plan to check against".into());
+    };
+    let got = live
+        .ok_or("the running definition could not be read")
+        .and_then(|x| domain::parse(x).map_err(|_| "the running definition could not be parsed"))?;
+    let mut bad = vec![];
+    for (target, want) in planned {
+        let source = got
+            .disks
+            .iter()
+            .find(|g| g.target == *target)
+            .map(|g| serde_json::to_value(&g.source).unwrap_or_default());
+        if source.as_ref() != Some(want) {
+            bad.push(format!("disk {target} is not at its planned source"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(planned.len())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Every path the domains on `host` use (live and persistent definitions), with the domain's
+/// name; `skip` names a domain to leave out. A definition that cannot be read or parsed counts
+/// as using nothing.
+pub fn paths_in_use(
+    hv: &dyn Hypervisor,
+    host: HostId,
+    skip: Option<&str>,
+) -> Result<Vec<(String, String)>, HvError> {
+    let mut in_use = Vec::new();
+    for name in hv.list_domains(host)? {
+        if Some(name.as_str()) == skip {
+            continue;
+        }
+        for inactive in [false, true] {
+            let Ok(x) = hv.domain_xml(host, &name, inactive) else {
+                continue;
+            };
+            let Ok(d) = domain::parse(&x) else { continue };
+            for disk in d.disks {
+                if let Some(p) = disk.path() {
+                    in_use.push((p.to_string(), name.clone()));
+                }
+            }
+        }
+    }
+    Ok(in_use)
+}
+
+fn view(hv: &dyn Hypervisor, uri: &str, guest: &str) -> (Option<HostId>, HostView) {
+    let look = || -> Result<(HostId, HostView), HvError> {
+        let h = hv.connect(uri)?;
+        let state = hv.domain_state(h, guest)?;
+        let active = state.is_some_and(DomainState::is_active);
+        let job = active && hv.job_stats(h, guest)?.is_some();
+        let in_use = paths_in_use(hv, h, None)?;
+        let live_xml = if active {
+            hv.domain_xml(h, guest, false).ok()
+        } else {
+            None
+        };
+        Ok((
+            h,
+            HostView::Seen {
+                state,
+                job,
+                in_use,
+                live_xml,
+            },
+        ))
+    };
+    match look() {
+        Ok((h, v)) => (Some(h), v),
+        Err(e) => (None, HostView::Unreachable(e.to_string())),
+    }
+}
+
+/// A run's facts, from the journal and both hosts.
+pub fn gather(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    run: &RunRow,
+    held_by: Option<Holder>,
+) -> Result<(RunFacts, Option<HostId>, Option<HostId>), JournalError> {
+    let created = journal.created_of(RunId(run.id))?;
+    let planned = journal.plan_of(RunId(run.id))?.and_then(|p| {
+        let v = serde_json::from_str::<serde_json::Value>(&p).ok()?;
+        v.get("disks")?
+            .as_array()?
+            .iter()
+            .map(|d| {
+                Some((
+                    d.get("target")?.as_str()?.to_string(),
+                    d.get("dest_source")?.clone(),
+                ))
+            })
+            .collect()
+    });
+    let (src, source) = view(hv, &run.source, &run.guest);
+    let chosen = run.target.contains("://");
+    let (dst, target) = if chosen {
+        let (h, v) = view(hv, &run.target, &run.guest);
+        (h, Some(v))
+    } else {
+        (None, None)
+    };
+    Ok((
+        RunFacts {
+            run: run.clone(),
+            created,
+            held_by,
+            source,
+            target,
+            planned,
+        },
+        src,
+        dst,
+    ))
+}
+
+/// What recover did (or, in a dry run, would do) for one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Per step: `None` done (or, dry, to do), `Some(error)` when it failed.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// How long to wait for an aborted job to end.
+const JOB_END: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Recover every run to recover (or only `only`).
+pub fn run(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    only: Option<RunId>,
+    dry_run: bool,
+) -> Result<Vec<Recovered>, JournalError> {
+    let mut out = vec![];
+    for r in journal.runs_to_recover(only)? {
+        let me = crate::this_machine();
+        // Hold the guest's lock while acting (a dead holder's is taken over); a live one means
+        // the run is not over.
+        let held_by = match journal.holder(&r.guest)? {
+            Some(h) if h.host != me || crate::ferry_alive(h.pid) => Some(h),
+            _ => None,
+        };
+        let locked = !dry_run
+            && held_by.is_none()
+            && journal
+                .lock_guest(
+                    &r.guest,
+                    RunId(r.id),
+                    std::process::id(),
+                    &me,
+                    crate::ferry_alive,
+                )
+                .is_ok();
+        let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by)?;
+        let mut d = decide(&facts);
+        let mut failed = vec![];
+        // An abort changes the facts: look again once the job has ended.
+        if !dry_run {
+            if let (Some(Step::AbortJob { .. }), Some(s)) = (d.steps.first(), src) {
+                match hv.abort_job(s, &r.guest) {
+                    Ok(()) => {
+                        let t = std::time::Instant::now();
+                        while t.elapsed() < JOB_END
+                            && matches!(hv.job_stats(s, &r.guest), Ok(Some(_)))
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(250));
+                        }
+                        (facts, src, dst) = gather(hv, journal, &r, None)?;
+                        let mut again = decide(&facts);
+                        if let Some(Step::AbortJob { host }) = again.steps.first() {
+                            again.steps = vec![Step::Leave {
+                                why: format!(
+                                    "the job on {host} has not ended {} s after the abort; run \
+                                     `ferry recover` again later",
+                                    JOB_END.as_secs()
+                                ),
+                            }];
+                        }
+                        d.steps.extend(again.steps);
+                        d.location = again.location;
+                    }
+                    Err(e) => failed.push((0, e.to_string())),
+                }
+            }
+        }
+        if !dry_run {
+            for (i, step) in d.steps.iter().enumerate() {
+                let res = act(hv, journal, &r, &facts, step, src, dst);
+                if let Err(e) = res {
+                    failed.push((i, e));
+                }
+            }
+        }
+        if locked {
+            let _ = journal.unlock_guest(&r.guest, RunId(r.id));
+        }
+        out.push(Recovered {
+            decision: d,
+            failed,
+        });
+    }
+    Ok(out)
+}
+
+fn act(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    r: &RunRow,
+    facts: &RunFacts,
+    step: &Step,
+    src: Option<HostId>,
+    dst: Option<HostId>,
+) -> Result<(), String> {
+    match step {
+        // Done before the other steps, by `run`.
+        Step::AbortJob { .. } | Step::Keep { .. } | Step::Leave { .. } => Ok(()),
+        Step::UndefineSource { .. } => {
+            let h = src.ok_or("the source did not answer")?;
+            hv.undefine(h, &r.guest).map_err(|e| e.to_string())
+        }
+        Step::Delete { host, path } => {
+            let h = if *host == r.target { dst } else { None }
+                .ok_or_else(|| format!("{host} is not the run's target"))?;
+            let c = facts
+                .created
+                .iter()
+                .find(|c| c.path == *path && c.host == *host)
+                .ok_or("not in the journal")?;
+            let provider = provider(c).map_err(|()| "unreadable maker record".to_string())?;
+            crate::provision::give_back(hv, h, path, &provider).map_err(|e| e.to_string())?;
+            journal
+                .record_deleted(RunId(r.id), host, path)
+                .map_err(|e| e.to_string())
+        }
+        Step::Finish { outcome, message } => journal
+            .finish(RunId(r.id), outcome, message)
+            .map_err(|e| e.to_string()),
+    }
+}
