@@ -124,6 +124,23 @@ pub struct Holder {
     pub since: i64,
 }
 
+/// The columns of [`RunRow`], in the order [`run_row`] reads them.
+const RUN_COLUMNS: &str = "id, guest, source, target, started, finished, phase, outcome, message";
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        guest: r.get(1)?,
+        source: r.get(2)?,
+        target: r.get(3)?,
+        started: r.get(4)?,
+        finished: r.get(5)?,
+        phase: r.get(6)?,
+        outcome: r.get(7)?,
+        message: r.get(8)?,
+    })
+}
+
 /// Journals written before a column existed get it.
 fn upgrade(db: &Connection) -> rusqlite::Result<()> {
     let has_provider = db.prepare("SELECT provider FROM created LIMIT 0").is_ok();
@@ -291,48 +308,23 @@ impl Journal {
 
     /// The latest runs, newest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self.db.prepare(
-            "SELECT id, guest, source, target, started, finished, phase, outcome, message
-             FROM runs ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                guest: r.get(1)?,
-                source: r.get(2)?,
-                target: r.get(3)?,
-                started: r.get(4)?,
-                finished: r.get(5)?,
-                phase: r.get(6)?,
-                outcome: r.get(7)?,
-                message: r.get(8)?,
-            })
-        })?;
+        let mut st = self
+            .db
+            .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"))?;
+        let rows = st.query_map([limit], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Runs `ferry recover` looks at: unfinished ones, and ended ones that did not migrate but
     /// left volumes undeleted; only `only` when given. Oldest first.
     pub fn runs_to_recover(&self, only: Option<RunId>) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self.db.prepare(
-            "SELECT id, guest, source, target, started, finished, phase, outcome, message
-             FROM runs r WHERE (?1 IS NULL OR id = ?1) AND (outcome IS NULL OR (outcome != 'migrated'
-               AND EXISTS (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
-             ORDER BY id",
-        )?;
-        let rows = st.query_map([only.map(|r| r.0)], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                guest: r.get(1)?,
-                source: r.get(2)?,
-                target: r.get(3)?,
-                started: r.get(4)?,
-                finished: r.get(5)?,
-                phase: r.get(6)?,
-                outcome: r.get(7)?,
-                message: r.get(8)?,
-            })
-        })?;
+        let mut st = self.db.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs r WHERE (?1 IS NULL OR id = ?1) AND (outcome IS NULL
+               OR (outcome != 'migrated' AND EXISTS
+                   (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
+             ORDER BY id"
+        ))?;
+        let rows = st.query_map([only.map(|r| r.0)], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -416,21 +408,7 @@ impl Journal {
         // IMMEDIATE: two Ferry processes cannot both read "free" and both take it.
         self.db.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
-            let holder: Option<Holder> = self
-                .db
-                .query_row(
-                    "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
-                    params![guest],
-                    |r| {
-                        Ok(Holder {
-                            run: r.get(0)?,
-                            pid: r.get(1)?,
-                            host: r.get(2)?,
-                            since: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()?;
+            let holder = self.holder(guest)?;
             let taken_over = match holder {
                 Some(h) if h.host != host || alive(h.pid) => {
                     return Err(JournalError::Locked {
@@ -531,22 +509,9 @@ impl Journal {
         Ok(self
             .db
             .query_row(
-                "SELECT id, guest, source, target, started, finished, phase, outcome, message
-                 FROM runs WHERE id = ?1",
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
                 [run.0],
-                |r| {
-                    Ok(RunRow {
-                        id: r.get(0)?,
-                        guest: r.get(1)?,
-                        source: r.get(2)?,
-                        target: r.get(3)?,
-                        started: r.get(4)?,
-                        finished: r.get(5)?,
-                        phase: r.get(6)?,
-                        outcome: r.get(7)?,
-                        message: r.get(8)?,
-                    })
-                },
+                run_row,
             )
             .optional()?)
     }
