@@ -123,13 +123,6 @@ impl DiskPlan {
             _ => None,
         }
     }
-
-    pub fn source_path(&self) -> Option<&str> {
-        match &self.source {
-            Some(DiskSource::Path { path }) => Some(path),
-            _ => None,
-        }
-    }
 }
 
 /// Options that shape the migration call, as given on the command line.
@@ -819,6 +812,21 @@ mod tests {
             p.diff
         );
         assert!(p.diff.contains("+      <source dev='/dev/nvme1n5'/>"));
+        // The bits libvirt gets are the flags' (pinned to libvirt's own values by
+        // ferry-hypervisor's the_flag_table_has_libvirts_values).
+        assert_eq!(p.flags.bits(), 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 12);
+        // What an operator reads, disk by disk.
+        let text = p.render(&files(), None, false);
+        let decided: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?, w.next()?))
+            })
+            .filter(|(t, _)| *t == "vda" || *t == "vdb")
+            .collect();
+        assert_eq!(decided, [("vda", "shared"), ("vdb", "copy")], "{text}");
+        assert_eq!(p.copy_bytes(), None, "no size recorded yet");
     }
 
     #[test]
@@ -992,5 +1000,88 @@ mod tests {
         assert_eq!(shell_quote("/a/b.xml"), "/a/b.xml");
         assert_eq!(shell_quote("my guest"), "'my guest'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn the_persistent_definition_must_be_the_same_guest_and_its_extra_disks_are_said() {
+        let r = rules(&["/mnt/nfs=/mnt/nfs_second_mount"], &["vdb=/dev/nvme1n5"]);
+        let to = "qemu+ssh://h/system";
+        let other_uuid = SEED.replacen("<uuid>", "<uuid>0", 1);
+        assert_ne!(other_uuid, SEED, "the seed has a <uuid>");
+        assert!(matches!(
+            plan(SEED, Some(&other_uuid), to, &r, &Default::default()),
+            Err(PlanError::DifferentGuests { .. })
+        ));
+        let p = plan(SEED, Some(SEED), to, &r, &Default::default()).unwrap();
+        assert!(!p
+            .warnings
+            .iter()
+            .any(|w| w.contains("only in the persistent")));
+        let extra = SEED.replacen(
+            "</devices>",
+            "<disk type='file' device='disk'><source file='/mnt/nfs/extra.img'/>\
+             <target dev='vdc' bus='virtio'/></disk></devices>",
+            1,
+        );
+        let p = plan(SEED, Some(&extra), to, &r, &Default::default()).unwrap();
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w == "disk vdc is only in the persistent definition (not attached now)"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn a_pool_map_counts_as_used_by_a_volume_disk_of_that_pool() {
+        const VOL: &str = "<domain type='qemu'><name>v</name><devices>\
+            <disk type='volume' device='disk'><source pool='pool1' volume='v1'/>\
+            <target dev='vda'/></disk></devices></domain>";
+        let p = plan(
+            VOL,
+            None,
+            "qemu:///h",
+            &rules(&["pool1=pool2"], &[]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("matches no disk")),
+            "{:?}",
+            p.warnings
+        );
+        let p = plan(
+            VOL,
+            None,
+            "qemu:///h",
+            &rules(&["pool1=pool2", "pool9=pool2"], &[]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w == "--map pool9=pool2 matches no disk"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn synchronous_writes_are_asked_only_when_a_disk_is_copied() {
+        let opts = MigrationOptions {
+            sync_writes: true,
+            ..Default::default()
+        };
+        let r = rules(&["/mnt/nfs=/mnt/nfs_second_mount"], &["vdb=/dev/nvme1n5"]);
+        let p = plan(SEED, None, "qemu:///h", &r, &opts).unwrap();
+        assert!(p.flags.names().contains(&"NON_SHARED_SYNCHRONOUS_WRITES"));
+        assert!(p
+            .virsh_command(&files(), None)
+            .contains("--copy-storage-synchronous-writes"));
+        let r = rules(&["/dev/sdb2=/dev/sdb5"], &[]);
+        let p = plan(BLOCK, None, "qemu:///h", &r, &opts).unwrap();
+        assert!(!p.flags.sync_writes, "nothing is copied");
     }
 }

@@ -310,6 +310,8 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                                 format!("give a target of exactly {} bytes, or a path Ferry creates", size.capacity),
                             ));
                         } else if info.capacity > size.capacity
+                            // (`>=` would read the same: a slice is only planned for a larger
+                            // device, and an equal one passes below as an exact copy.)
                             && d.dest_slice == Some(size.capacity)
                         {
                             c.passed.push(format!(
@@ -495,6 +497,12 @@ mod tests {
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert!(c.to_create.is_empty());
         assert_eq!(c.passed.len(), 3, "{:?}", c.passed);
+        assert!(
+            c.passed.iter().any(|p| p
+                == "disk vdb: copy to existing block device /dev/n5 of exactly 67108864 bytes"),
+            "{:?}",
+            c.passed
+        );
         assert_eq!(
             copy_bytes(&p, &facts()),
             vec![("vdb".to_string(), 64 * MIB)]
@@ -602,5 +610,123 @@ mod tests {
             whats(&c)
         );
         assert!(c.to_create.is_empty());
+    }
+
+    /// A file target at `/srv/s/vdb.raw` whose directory answers `parent`.
+    fn file_target(parent: PathProbe) -> (Plan, Checked) {
+        let mut f = facts();
+        f.probes.insert("/srv/s/vdb.raw".into(), parent);
+        judge("vdb=/srv/s/vdb.raw", &f)
+    }
+
+    fn dir(free: Option<u64>, exists: bool) -> PathProbe {
+        PathProbe {
+            info: None,
+            parent_exists: exists,
+            parent_free: free,
+            parent_pool: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_target_is_judged_to_the_byte() {
+        let mut f = facts();
+        for (cap, want) in [
+            (64 * MIB - 1, "the target is too small"),
+            (64 * MIB + 1, "the target is larger"),
+        ] {
+            // A file target: no slice for a file, so one byte either way is refused.
+            f.probes
+                .insert("/srv/s/x.raw".into(), probe(PathKind::File, cap));
+            let (_, c) = judge("vdb=/srv/s/x.raw", &f);
+            assert!(
+                whats(&c).iter().any(|w| w.starts_with(want)),
+                "{cap}: {:?}",
+                whats(&c)
+            );
+        }
+        f.probes
+            .insert("/srv/s/x.raw".into(), probe(PathKind::File, 64 * MIB));
+        let (_, c) = judge("vdb=/srv/s/x.raw", &f);
+        assert!(whats(&c).is_empty(), "{:?}", whats(&c));
+    }
+
+    #[test]
+    fn a_device_one_byte_larger_gets_a_slice_one_of_the_same_size_does_not() {
+        let mut f = facts();
+        f.probes
+            .insert("/dev/n8".into(), probe(PathKind::Block, 64 * MIB + 1));
+        let r = rules("vdb=/dev/n8");
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        assert_eq!(slices(&dests, &f), vec![("vdb".to_string(), 64 * MIB)]);
+        let r = rules("vdb=/dev/n5");
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        assert!(slices(&dests, &f).is_empty(), "same size: no slice");
+        // A shared device is never sliced, whatever the target's size.
+        let r = Rules {
+            map: vec![
+                "/mnt/nfs=/mnt/b".parse().unwrap(),
+                "/dev/nvme2n2=/dev/n7".parse().unwrap(),
+            ],
+            copy: vec![],
+        };
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        assert!(slices(&dests, &f).is_empty());
+        // A larger *file* is not a device: no slice, refused.
+        f.probes
+            .insert("/srv/big.raw".into(), probe(PathKind::File, 96 * MIB));
+        let r = rules("vdb=/srv/big.raw");
+        let dests = crate::plan::destinations(GUEST, &r).unwrap();
+        assert!(slices(&dests, &f).is_empty());
+    }
+
+    #[test]
+    fn a_file_ferry_creates_needs_its_directory_and_room_for_what_the_disk_holds() {
+        // vdb holds 32 MiB (allocation) of 64.
+        let (_, c) = file_target(dir(Some(32 * MIB), true));
+        assert!(whats(&c).is_empty(), "exactly enough room: {:?}", whats(&c));
+        assert_eq!(c.to_create.len(), 1);
+        let (_, c) = file_target(dir(Some(32 * MIB - 1), true));
+        assert!(
+            whats(&c)[0].starts_with("not enough free space: 33554431 bytes free"),
+            "{:?}",
+            whats(&c)
+        );
+        assert!(c.to_create.is_empty());
+        let (_, c) = file_target(dir(None, false));
+        assert_eq!(whats(&c), vec!["its directory does not exist"]);
+    }
+
+    #[test]
+    fn the_problem_text_carries_host_disk_path_and_fix() {
+        let (_, c) = judge("vdb=/dev/n6", &facts());
+        let text = render(&c.problems);
+        assert!(text.contains("h2"), "{text}");
+        assert!(text.contains("vdb"), "{text}");
+        assert!(text.contains("/dev/n6"), "{text}");
+        assert!(
+            text.contains("give a target of exactly 67108864 bytes"),
+            "{text}"
+        );
+        let one = c.problems[0].to_string();
+        assert!(one.contains("the target is too small"), "{one}");
+        assert!(one.contains("give a target of exactly"), "{one}");
+        assert!(one.contains("/dev/n6"), "{one}");
+    }
+
+    #[test]
+    fn hooked_and_empty_disks_are_not_probed() {
+        const CD: &str = "<domain type='qemu'><name>g</name><devices>\
+            <disk type='file' device='cdrom'><target dev='hdc'/></disk>\
+            <disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+            <source dev='/dev/nvme2n2'/><target dev='vdb'/></disk></devices></domain>";
+        let r = Rules {
+            map: vec![],
+            copy: vec!["vdb=/dev/n5".parse().unwrap()],
+        };
+        let dests = crate::plan::destinations(CD, &r).unwrap();
+        assert_eq!(paths_to_probe(&dests, &Default::default()), vec!["/dev/n5"]);
+        let hooked = ["vdb".to_string()].into();
+        assert!(paths_to_probe(&dests, &hooked).is_empty());
     }
 }

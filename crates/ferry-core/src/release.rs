@@ -218,6 +218,27 @@ mod tests {
     }
 
     #[test]
+    fn each_release_reads_as_what_it_does() {
+        let mut f = facts(vec![
+            disk("/s/a.img", PathKind::File, Some(PoolKind::Dir)),
+            disk("/dev/n5", PathKind::Block, Some(PoolKind::Dir)),
+        ]);
+        f.source_hook = Some("ns".into());
+        let lines: Vec<String> = decide(&f).iter().map(Release::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "delete /s/a.img (disk vdb) through libvirt's storage API",
+                "give /dev/n5 (disk vdb) back through hook ns",
+            ]
+        );
+        f.on_target = false;
+        assert!(decide(&f)[0]
+            .to_string()
+            .starts_with("keep /s/a.img (disk vdb): the guest does not run"));
+    }
+
+    #[test]
     fn nothing_is_deleted_unless_the_guest_runs_on_the_target_only() {
         let mut f = facts(vec![disk("/s/a.img", PathKind::File, Some(PoolKind::Dir))]);
         f.on_target = false;

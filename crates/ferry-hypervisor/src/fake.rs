@@ -111,6 +111,8 @@ pub enum MigrateOutcome {
     RunUntilAborted,
     /// The call does not return for 5 s, abort or not (a cut link), then fails.
     HangEvenAfterAbort,
+    /// libvirt says it worked and the guest runs on the target — but still on the source too.
+    SuccessButSourceStays,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +167,11 @@ impl Fake {
                 .map(|(u, d)| (u.to_string(), d.to_string()))
                 .collect(),
         );
+    }
+
+    /// The host stops answering: every call on an open connection to it fails.
+    pub fn lose_host(&self, uri: &str) {
+        self.lock().hosts.remove(uri);
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -410,6 +417,14 @@ impl Hypervisor for Fake {
         match outcome {
             MigrateOutcome::Success => {
                 moved(&mut s);
+                Ok(())
+            }
+            MigrateOutcome::SuccessButSourceStays => {
+                let kept = s.hosts.get(&su).and_then(|h| h.domains.get(name)).cloned();
+                moved(&mut s);
+                if let (Some(d), Some(h)) = (kept, s.hosts.get_mut(&su)) {
+                    h.domains.insert(name.to_string(), d);
+                }
                 Ok(())
             }
             MigrateOutcome::FailOnSource(m) => Err(HvError::Libvirt {

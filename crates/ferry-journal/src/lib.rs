@@ -308,9 +308,9 @@ impl Journal {
 
     /// The latest runs, newest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self
-            .db
-            .prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"))?;
+        let mut st = self.db.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"
+        ))?;
         let rows = st.query_map([limit], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

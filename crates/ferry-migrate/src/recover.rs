@@ -65,7 +65,11 @@ pub enum Step {
     /// Undefine the guest's leftover (inactive) definition on the source.
     UndefineSource { host: String },
     /// Delete a volume the run created, through whoever made it.
-    Delete { host: String, path: String },
+    Delete {
+        host: String,
+        path: String,
+        by: Provider,
+    },
     /// Keep a volume the run created, and why.
     Keep {
         host: String,
@@ -88,7 +92,16 @@ impl std::fmt::Display for Step {
             Self::UndefineSource { host } => {
                 write!(f, "undefine the guest's leftover definition on {host}")
             }
-            Self::Delete { host, path } => write!(f, "delete {path} on {host}"),
+            Self::Delete {
+                host,
+                path,
+                by: Provider::Libvirt,
+            } => write!(f, "delete {path} on {host}"),
+            Self::Delete {
+                host,
+                path,
+                by: Provider::Hook { hook, .. },
+            } => write!(f, "give {path} on {host} back through hook {}", hook.name),
             Self::Keep { host, path, why } => write!(f, "keep {path} on {host}: {why}"),
             Self::Finish { outcome, message } => write!(f, "journal: {outcome} ({message})"),
             Self::Leave { why } => write!(f, "leave it: {why}"),
@@ -242,19 +255,22 @@ pub fn decide(f: &RunFacts) -> Decision {
                         path: c.path.clone(),
                         why: format!("domain {dom} uses it"),
                     }),
-                    None if provider(c).is_err() => d.steps.push(Step::Keep {
-                        host: c.host.clone(),
-                        path: c.path.clone(),
-                        why: format!(
-                            "the journal's record of who made it cannot be read ({}); delete it \
-                             by hand",
-                            c.provider.as_deref().unwrap_or("")
-                        ),
-                    }),
-                    None => d.steps.push(Step::Delete {
-                        host: c.host.clone(),
-                        path: c.path.clone(),
-                    }),
+                    None => match provider(c) {
+                        Err(()) => d.steps.push(Step::Keep {
+                            host: c.host.clone(),
+                            path: c.path.clone(),
+                            why: format!(
+                                "the journal's record of who made it cannot be read ({}); delete \
+                                 it by hand",
+                                c.provider.as_deref().unwrap_or("")
+                            ),
+                        }),
+                        Ok(by) => d.steps.push(Step::Delete {
+                            host: c.host.clone(),
+                            path: c.path.clone(),
+                            by,
+                        }),
+                    },
                 }
             }
             if unfinished {
@@ -460,6 +476,7 @@ pub fn run(
                 match hv.abort_job(s, &r.guest) {
                     Ok(()) => {
                         let t = std::time::Instant::now();
+                        // (`<` or `<=`: the same on a clock that never stands still.)
                         while t.elapsed() < JOB_END
                             && matches!(hv.job_stats(s, &r.guest), Ok(Some(_)))
                         {
@@ -485,7 +502,7 @@ pub fn run(
         }
         if !dry_run {
             for (i, step) in d.steps.iter().enumerate() {
-                let res = act(hv, journal, &r, &facts, step, src, dst);
+                let res = act(hv, journal, &r, step, src, dst);
                 if let Err(e) = res {
                     failed.push((i, e));
                 }
@@ -506,7 +523,6 @@ fn act(
     hv: &dyn Hypervisor,
     journal: &Journal,
     r: &RunRow,
-    facts: &RunFacts,
     step: &Step,
     src: Option<HostId>,
     dst: Option<HostId>,
@@ -518,16 +534,10 @@ fn act(
             let h = src.ok_or("the source did not answer")?;
             hv.undefine(h, &r.guest).map_err(|e| e.to_string())
         }
-        Step::Delete { host, path } => {
+        Step::Delete { host, path, by } => {
             let h = if *host == r.target { dst } else { None }
                 .ok_or_else(|| format!("{host} is not the run's target"))?;
-            let c = facts
-                .created
-                .iter()
-                .find(|c| c.path == *path && c.host == *host)
-                .ok_or("not in the journal")?;
-            let provider = provider(c).map_err(|()| "unreadable maker record".to_string())?;
-            crate::provision::give_back(hv, h, path, &provider).map_err(|e| e.to_string())?;
+            crate::provision::give_back(hv, h, path, by).map_err(|e| e.to_string())?;
             journal
                 .record_deleted(RunId(r.id), host, path)
                 .map_err(|e| e.to_string())
@@ -535,5 +545,201 @@ fn act(
         Step::Finish { outcome, message } => journal
             .finish(RunId(r.id), outcome, message)
             .map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(target: &str) -> RunRow {
+        RunRow {
+            id: 7,
+            guest: "g".into(),
+            source: "qemu+tcp://h1/system".into(),
+            target: target.into(),
+            started: 0,
+            finished: None,
+            phase: "migrate".into(),
+            outcome: None,
+            message: None,
+        }
+    }
+
+    fn seen(state: Option<DomainState>, job: bool) -> HostView {
+        HostView::Seen {
+            state,
+            job,
+            in_use: vec![],
+            live_xml: None,
+        }
+    }
+
+    fn created() -> Created {
+        Created {
+            run: 7,
+            host: "qemu+tcp://h2/system".into(),
+            path: "/srv/g-vdb.img".into(),
+            bytes: 1,
+            provider: None,
+        }
+    }
+
+    fn facts(source: HostView, target: Option<HostView>) -> RunFacts {
+        RunFacts {
+            run: row(if target.is_some() {
+                "qemu+tcp://h2/system"
+            } else {
+                "(ranked)"
+            }),
+            created: vec![created()],
+            held_by: None,
+            source,
+            target,
+            planned: None,
+        }
+    }
+
+    const RUNNING: Option<DomainState> = Some(DomainState::Running);
+
+    #[test]
+    fn a_run_cut_before_its_target_was_chosen_only_ends_in_the_journal() {
+        let mut f = facts(seen(RUNNING, false), None);
+        f.created.clear();
+        let d = decide(&f);
+        assert_eq!(d.location, GuestLocation::Source);
+        assert!(
+            matches!(&d.steps[..], [Step::Finish { outcome, message }] if outcome == "failed" && message.contains("before a target was chosen")),
+            "{d:?}"
+        );
+        f.source = seen(None, false);
+        assert_eq!(decide(&f).location, GuestLocation::Unknown);
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_is_named_and_nothing_is_done() {
+        for (source, target, who) in [
+            (
+                HostView::Unreachable("refused".into()),
+                seen(None, false),
+                "qemu+tcp://h1/system",
+            ),
+            (
+                seen(RUNNING, false),
+                HostView::Unreachable("refused".into()),
+                "qemu+tcp://h2/system",
+            ),
+        ] {
+            let d = decide(&facts(source, Some(target)));
+            assert!(
+                matches!(&d.steps[..], [Step::Leave { why }] if why.starts_with(&format!("{who} did not answer (refused)"))),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_guest_on_both_hosts_or_neither_keeps_everything() {
+        for (s, t, loc) in [
+            (RUNNING, Some(DomainState::Paused), GuestLocation::Both),
+            (Some(DomainState::ShutOff), None, GuestLocation::Neither),
+        ] {
+            let d = decide(&facts(seen(s, false), Some(seen(t, false))));
+            assert_eq!(d.location, loc);
+            assert!(matches!(&d.steps[0], Step::Keep { .. }), "{d:?}");
+            assert!(matches!(&d.steps[1], Step::Leave { .. }), "{d:?}");
+            assert!(!d
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Delete { .. } | Step::Finish { .. })));
+        }
+    }
+
+    #[test]
+    fn a_job_still_running_is_aborted_unless_post_copy_runs_the_guest_on_the_target() {
+        let d = decide(&facts(
+            seen(RUNNING, true),
+            Some(seen(Some(DomainState::Paused), false)),
+        ));
+        assert_eq!(
+            d.steps,
+            vec![Step::AbortJob {
+                host: "qemu+tcp://h1/system".into()
+            }]
+        );
+        let d = decide(&facts(
+            seen(Some(DomainState::Paused), true),
+            Some(seen(RUNNING, false)),
+        ));
+        assert!(
+            matches!(&d.steps[..], [Step::Leave { why }] if why.contains("post-copy")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn every_step_reads_as_what_it_does() {
+        let hook = ferry_core::inventory::Hook {
+            name: "ns".into(),
+            command: vec!["x".into()],
+            timeout_s: 1,
+        };
+        let lines: Vec<String> = [
+            Step::AbortJob { host: "h1".into() },
+            Step::UndefineSource { host: "h1".into() },
+            Step::Delete {
+                host: "h2".into(),
+                path: "/a".into(),
+                by: Provider::Libvirt,
+            },
+            Step::Delete {
+                host: "h2".into(),
+                path: "/dev/n1".into(),
+                by: Provider::Hook {
+                    hook,
+                    host: "kvm2".into(),
+                },
+            },
+            Step::Keep {
+                host: "h2".into(),
+                path: "/b".into(),
+                why: "domain x uses it".into(),
+            },
+            Step::Finish {
+                outcome: "migrated".into(),
+                message: "m".into(),
+            },
+            Step::Leave { why: "w".into() },
+        ]
+        .iter()
+        .map(Step::to_string)
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "abort the migration job on h1 (its Ferry is gone), then look again",
+                "undefine the guest's leftover definition on h1",
+                "delete /a on h2",
+                "give /dev/n1 on h2 back through hook ns",
+                "keep /b on h2: domain x uses it",
+                "journal: migrated (m)",
+                "leave it: w",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ended_run_is_not_finished_again() {
+        let mut f = facts(seen(RUNNING, false), Some(seen(None, false)));
+        f.run.outcome = Some("rolled_back".into());
+        let d = decide(&f);
+        assert_eq!(
+            d.steps,
+            vec![Step::Delete {
+                host: "qemu+tcp://h2/system".into(),
+                path: "/srv/g-vdb.img".into(),
+                by: Provider::Libvirt
+            }]
+        );
     }
 }

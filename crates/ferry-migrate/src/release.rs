@@ -168,7 +168,34 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::copied;
+    use super::{copied, source_hook};
+
+    #[test]
+    fn the_sources_hook_comes_from_the_inventory_by_name_or_uri() {
+        let inv = ferry_core::inventory::Inventory::from_toml(
+            r#"
+            [[host]]
+            name = "kvm1"
+            uri = "qemu+tcp://kvm1/system"
+            [[host.local_store]]
+            pool = "images"
+            [[host.local_store]]
+            hook = ["/usr/local/bin/ns-hook"]
+            name = "ns"
+            [[host]]
+            name = "kvm2"
+            uri = "qemu+tcp://kvm2/system"
+            "#,
+        )
+        .unwrap();
+        for source in ["kvm1", "qemu+tcp://kvm1/system"] {
+            let h = source_hook(Some(&inv), source).unwrap();
+            assert_eq!((h.hook.name.as_str(), h.host.as_str()), ("ns", "kvm1"));
+        }
+        assert!(source_hook(Some(&inv), "kvm2").is_none());
+        assert!(source_hook(Some(&inv), "qemu:///system").is_none());
+        assert!(source_hook(None, "kvm1").is_none());
+    }
 
     #[test]
     fn the_copied_disks_come_from_the_plan() {

@@ -301,6 +301,30 @@ fn a_guest_already_on_the_target_or_the_same_host_is_refused() {
     let text = preflight::render(&problems);
     assert!(text.contains("already exists there"), "{text}");
     assert!(text.contains("same host UUID"), "{text}");
+    // The facts carry the guest's name and both hosts into every message.
+    assert!(
+        text.contains("a domain named g already exists there"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("virsh -c {DST} undefine g")),
+        "{text}"
+    );
+    assert!(mutating(&fake.calls()).is_empty());
+}
+
+#[test]
+fn a_guest_that_is_not_running_is_refused_naming_the_source() {
+    let fake = lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.domains.get_mut("g").unwrap().state = DomainState::ShutOff;
+    fake.add_host(SRC, h1);
+    let (r, _, _) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    let Err(MigrateError::Refused { problems }) = r else {
+        panic!("{r:?}")
+    };
+    let text = preflight::render(&problems);
+    assert!(text.contains(&format!("virsh -c {SRC} start g")), "{text}");
     assert!(mutating(&fake.calls()).is_empty());
 }
 
@@ -630,7 +654,8 @@ fn recover_deletes_journaled_leftovers_but_never_what_a_domain_uses_and_dry_run_
         vec![
             recover::Step::Delete {
                 host: DST.into(),
-                path: "/srv/store/a.raw".into()
+                path: "/srv/store/a.raw".into(),
+                by: provision::Provider::Libvirt
             },
             recover::Step::Keep {
                 host: DST.into(),
@@ -769,13 +794,15 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
         dry[0].decision.steps,
         vec![recover::Step::AbortJob { host: SRC.into() }]
     );
-    fake.set_job_script(vec![JobStats::default()], None);
+    // The job takes a few polls to end after the abort: recover waits for it.
+    fake.set_job_script(vec![JobStats::default(); 3], None);
     let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
     let steps = &done[0].decision.steps;
     assert_eq!(steps[0], recover::Step::AbortJob { host: SRC.into() });
     assert!(steps.contains(&recover::Step::Delete {
         host: DST.into(),
-        path: "/srv/store/vdb.raw".into()
+        path: "/srv/store/vdb.raw".into(),
+        by: provision::Provider::Libvirt
     }));
     assert!(fake
         .calls()
@@ -785,6 +812,43 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
         journal.runs(1).unwrap()[0].outcome.as_deref(),
         Some("rolled_back")
     );
+}
+
+#[test]
+fn recover_takes_over_the_lock_of_a_dead_ferry_and_gives_it_back() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal
+        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
+        .unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
+    fake.add_host(DST, h2);
+    // Held on this machine by a pid that is no Ferry (this test process is not named ferry).
+    let me = crate::this_machine();
+    journal
+        .lock_guest("g", run_id, std::process::id(), &me, |_| true)
+        .unwrap();
+    let hv = hv(&fake);
+    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    assert!(
+        matches!(dry[0].decision.steps[0], recover::Step::Delete { .. }),
+        "{dry:?}"
+    );
+    assert_eq!(
+        journal.holder("g").unwrap().map(|h| h.pid),
+        Some(std::process::id()),
+        "a dry run leaves the lock as it is"
+    );
+    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    assert!(done[0].failed.is_empty(), "{done:?}");
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert_eq!(journal.holder("g").unwrap(), None, "the lock is given back");
 }
 
 #[test]
@@ -1182,6 +1246,26 @@ fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devi
         hook: logging_hook(&log).hook,
         host: "h1".into(),
     };
+    // Another domain on h1 that uses the device: kept, the hook never asked.
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.domains.insert(
+        "other".into(),
+        FakeDomain {
+            state: DomainState::ShutOff,
+            live_xml: "<domain><name>other</name><devices><disk type='block'><source dev='/dev/nvme2n2'/><target dev='vda'/></disk></devices></domain>".into(),
+            inactive_xml: String::new(),
+            disks: HashMap::new(),
+        },
+    );
+    fake.add_host(SRC, h1.clone());
+    let used = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    assert!(
+        matches!(&used[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why == "domain other uses it"),
+        "{used:?}"
+    );
+    assert!(!log.exists());
+    h1.domains.remove("other");
+    fake.add_host(SRC, h1);
     let dry = release::run(hv.as_ref(), &journal, run, Some(&hook), true).unwrap();
     assert!(!log.exists(), "a dry run calls no hook");
     let done = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
@@ -1218,4 +1302,279 @@ fn release_refuses_a_run_that_did_not_migrate() {
             .contains("did not migrate (rolled_back): the source's copy is the guest's disk"),
         "{e}"
     );
+}
+
+#[test]
+fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alone() {
+    use DomainState::{Paused, Running, ShutOff};
+    // (guest on the source, on the target, target lost, source lost) -> where, deleted?
+    let cases = [
+        (
+            Some(Running),
+            None,
+            false,
+            false,
+            GuestLocation::Source,
+            true,
+        ),
+        (
+            None,
+            Some(Running),
+            false,
+            false,
+            GuestLocation::Target,
+            false,
+        ),
+        (
+            Some(Running),
+            Some(Paused),
+            false,
+            false,
+            GuestLocation::Both,
+            false,
+        ),
+        (
+            Some(ShutOff),
+            None,
+            false,
+            false,
+            GuestLocation::Neither,
+            false,
+        ),
+        (
+            Some(Running),
+            None,
+            true,
+            false,
+            GuestLocation::Source,
+            false,
+        ),
+        (
+            Some(Running),
+            None,
+            false,
+            true,
+            GuestLocation::Unknown,
+            false,
+        ),
+    ];
+    for (on_src, on_dst, lost_dst, lost_src, want, deleted) in cases {
+        let fake = lab();
+        let hv = hv(&fake);
+        let req = request("vdb=/srv/store/vdb.raw");
+        let inv = inventory::read(hv.as_ref(), &req).unwrap();
+        let mut h2 = fake.host_snapshot(DST);
+        h2.paths
+            .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
+        let mut h1 = fake.host_snapshot(SRC);
+        let g = h1.domains.remove("g").unwrap();
+        if let Some(st) = on_src {
+            h1.domains.insert(
+                "g".into(),
+                FakeDomain {
+                    state: st,
+                    ..g.clone()
+                },
+            );
+        }
+        if let Some(st) = on_dst {
+            h2.domains.insert("g".into(), FakeDomain { state: st, ..g });
+        }
+        fake.add_host(SRC, h1);
+        fake.add_host(DST, h2);
+        if lost_dst {
+            fake.lose_host(DST);
+        }
+        if lost_src {
+            fake.lose_host(SRC);
+        }
+        let journal = Journal::in_memory().unwrap();
+        let run = journal.begin_run("g", SRC, DST, "{}").unwrap();
+        journal
+            .record_created(run, DST, "/srv/store/vdb.raw", MIB64)
+            .unwrap();
+        let created = [prepare::CreatedVolume {
+            path: "/srv/store/vdb.raw".into(),
+            capacity: MIB64,
+            provider: provision::Provider::Libvirt,
+        }];
+        let mut events = vec![];
+        let e = rollback::after_failure(
+            hv.as_ref(),
+            &journal,
+            run,
+            &inv,
+            &created,
+            "boom",
+            None,
+            &mut events,
+        );
+        let MigrateError::Failed { location, .. } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            location, want,
+            "{on_src:?} {on_dst:?} {lost_dst} {lost_src}"
+        );
+        let gone = fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::DeleteVolume { .. }));
+        assert_eq!(gone, deleted, "{want:?}");
+        assert_eq!(
+            journal.leftovers().unwrap().is_empty(),
+            deleted,
+            "the journal says what is left ({want:?})"
+        );
+        let outcome = journal.runs(1).unwrap()[0].outcome.clone();
+        assert_eq!(
+            outcome.as_deref(),
+            Some(if want == GuestLocation::Source {
+                "rolled_back"
+            } else {
+                "failed"
+            })
+        );
+    }
+}
+
+#[test]
+fn verify_fails_when_the_guest_still_runs_on_the_source() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::SuccessButSourceStays);
+    let (r, _, journal) = go(&fake, &request("vdb=/dev/nvme1n5"));
+    let Err(MigrateError::VerifyFailed { problems, summary }) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&format!("g is still Running on {SRC}"))),
+        "{problems:?}"
+    );
+    assert!(summary.verified.iter().any(|v| v.contains("is running on")));
+    let row = &journal.runs(1).unwrap()[0];
+    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert!(
+        row.message.as_deref().unwrap().starts_with("verify: "),
+        "{row:?}"
+    );
+}
+
+#[test]
+fn verify_judges_each_host_and_each_disk() {
+    use DomainState::{Paused, Running, ShutOff};
+    let fake = lab();
+    let hv = hv(&fake);
+    let req = request("vdb=/dev/nvme1n5");
+    let inv = inventory::read(hv.as_ref(), &req).unwrap();
+    let plan = ferry_core::plan(
+        &inv.live_xml,
+        inv.inactive_xml.as_deref(),
+        DST,
+        &req.rules,
+        &req.options,
+    )
+    .unwrap();
+    // (on the source, on the target, vdb on the target) -> problems
+    type Case<'a> = (
+        Option<DomainState>,
+        Option<DomainState>,
+        &'a str,
+        &'a [&'a str],
+    );
+    let cases: [Case; 5] = [
+        (None, Some(Running), "/dev/nvme1n5", &[]),
+        (Some(ShutOff), Some(Paused), "/dev/nvme1n5", &[]),
+        (
+            Some(Running),
+            Some(Running),
+            "/dev/nvme1n5",
+            &["still Running"],
+        ),
+        (None, Some(ShutOff), "/dev/nvme1n5", &["is not running on"]),
+        (
+            None,
+            Some(Running),
+            "/dev/nvme1n6",
+            &["disk vdb has /dev/nvme1n6, the plan said /dev/nvme1n5"],
+        ),
+    ];
+    let guest = fake.host_snapshot(SRC).domains["g"].clone();
+    for (on_src, on_dst, vdb, want) in cases {
+        let mut h1 = fake.host_snapshot(SRC);
+        let mut h2 = fake.host_snapshot(DST);
+        let g = guest.clone();
+        h1.domains.remove("g");
+        if let Some(st) = on_src {
+            h1.domains.insert(
+                "g".into(),
+                FakeDomain {
+                    state: st,
+                    ..g.clone()
+                },
+            );
+        }
+        let xml = plan.dest_xml.replace("/dev/nvme1n5", vdb);
+        let pxml = plan
+            .persist_xml
+            .clone()
+            .unwrap()
+            .replace("/dev/nvme1n5", vdb);
+        h2.domains.insert(
+            "g".into(),
+            FakeDomain {
+                state: on_dst.unwrap(),
+                live_xml: xml,
+                inactive_xml: pxml,
+                ..g
+            },
+        );
+        fake.add_host(SRC, h1);
+        fake.add_host(DST, h2);
+        let v = verify::check(hv.as_ref(), &inv, &plan);
+        if want.is_empty() {
+            assert!(
+                v.problems.is_empty(),
+                "{on_src:?} {on_dst:?}: {:?}",
+                v.problems
+            );
+            assert_eq!(v.passed.len(), 4, "{:?}", v.passed);
+        }
+        for w in want {
+            assert!(
+                v.problems.iter().any(|p| p.contains(w)),
+                "{on_src:?} {on_dst:?} {vdb}: want {w:?} in {:?}",
+                v.problems
+            );
+        }
+    }
+}
+
+#[test]
+fn preflight_asks_the_size_of_every_copied_disk_even_one_without_a_path() {
+    let fake = lab();
+    let hv = hv(&fake);
+    let req = request("vdb=/dev/nvme1n5");
+    let inv = inventory::read(hv.as_ref(), &req).unwrap();
+    let dest = |disk: &str, decision, path: Option<&str>| ferry_core::plan::Destination {
+        disk: disk.into(),
+        decision,
+        path: path.map(str::to_string),
+        kind: ferry_core::DiskType::Volume,
+        format: None,
+    };
+    let dests = [
+        // A copy into a pool volume: no path, but its size is what the copy needs.
+        dest("vdb", ferry_core::Decision::Copy, None),
+        dest("vda", ferry_core::Decision::Shared, None),
+    ];
+    let f = preflight::gather(hv.as_ref(), &inv, &dests, Default::default()).unwrap();
+    assert!(f.disk_sizes.contains_key("vdb"), "{:?}", f.disk_sizes);
+    assert!(
+        !f.disk_sizes.contains_key("vda"),
+        "a shared disk without a path has nothing to compare"
+    );
+    assert_eq!(f.guest, "g");
+    assert_eq!(f.source_uri, SRC);
 }
