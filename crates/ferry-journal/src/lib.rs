@@ -1,5 +1,5 @@
 //! The journal: what Ferry did, durably, so that a rollback deletes exactly what Ferry created —
-//! even after Ferry itself was killed mid-run (`ferry cleanup` reads the leftovers from here).
+//! even after Ferry itself was killed mid-run (`ferry recover` reads the leftovers from here).
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
