@@ -251,6 +251,7 @@ impl Flags {
 
     /// The `virDomainMigrateFlags` value.
     pub fn bits(&self) -> u32 {
+        // (`^` would give the same: every flag is its own bit, each set once.)
         self.set().fold(0, |b, d| b | d.bit)
     }
 }
@@ -1083,5 +1084,28 @@ mod tests {
         let r = rules(&["/dev/sdb2=/dev/sdb5"], &[]);
         let p = plan(BLOCK, None, "qemu:///h", &r, &opts).unwrap();
         assert!(!p.flags.sync_writes, "nothing is copied");
+    }
+
+    #[test]
+    fn a_directory_or_network_disk_cannot_be_copied() {
+        for (disk, why) in [
+            (
+                "<disk type='dir' device='disk'><source dir='/srv/tree'/><target dev='vdb'/></disk>",
+                "directory disk (vvfat)",
+            ),
+            (
+                "<disk type='network' device='disk'><source protocol='rbd' name='p/v'/>\
+                 <target dev='vdb'/></disk>",
+                "network disk",
+            ),
+        ] {
+            let xml = format!("<domain><name>d</name><devices>{disk}</devices></domain>");
+            let e = plan(&xml, None, "qemu:///h", &rules(&[], &["vdb=/srv/x.img"]), &Default::default())
+                .unwrap_err();
+            assert!(
+                matches!(&e, PlanError::CopyNotPossible { why: w, .. } if w.contains(why)),
+                "{e:?}"
+            );
+        }
     }
 }
