@@ -14,6 +14,29 @@ use serde::Serialize;
 use crate::provision::Provider;
 use crate::GuestLocation;
 
+/// One disk of the plan a run recorded in the journal (the plan's JSON, read back).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct RecordedDisk {
+    pub target: String,
+    #[serde(default)]
+    pub decision: String,
+    #[serde(default)]
+    pub source: serde_json::Value,
+    #[serde(default)]
+    pub dest_source: serde_json::Value,
+}
+
+/// The disks of a recorded plan; `None` when it cannot be read as one.
+pub(crate) fn recorded_disks(plan_json: &str) -> Option<Vec<RecordedDisk>> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        disks: Vec<RecordedDisk>,
+    }
+    serde_json::from_str::<Recorded>(plan_json)
+        .ok()
+        .map(|r| r.disks)
+}
+
 /// What one host says, for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostView {
@@ -393,19 +416,15 @@ pub fn gather(
     held_by: Option<Holder>,
 ) -> Result<(RunFacts, Option<HostId>, Option<HostId>), JournalError> {
     let created = journal.created_of(RunId(run.id))?;
-    let planned = journal.plan_of(RunId(run.id))?.and_then(|p| {
-        let v = serde_json::from_str::<serde_json::Value>(&p).ok()?;
-        v.get("disks")?
-            .as_array()?
-            .iter()
-            .map(|d| {
-                Some((
-                    d.get("target")?.as_str()?.to_string(),
-                    d.get("dest_source")?.clone(),
-                ))
-            })
-            .collect()
-    });
+    let planned = journal
+        .plan_of(RunId(run.id))?
+        .and_then(|p| recorded_disks(&p))
+        .map(|disks| {
+            disks
+                .into_iter()
+                .map(|d| (d.target, d.dest_source))
+                .collect()
+        });
     let (src, source) = view(hv, &run.source, &run.guest);
     let chosen = run.target.contains("://");
     let (dst, target) = if chosen {

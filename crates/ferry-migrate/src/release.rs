@@ -46,24 +46,12 @@ pub fn source_hook(
 
 /// The disks a run's plan copied: (`<target dev>`, path on the source).
 fn copied(plan_json: &str) -> Vec<(String, String)> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(plan_json) else {
-        return vec![];
-    };
-    v.get("disks")
-        .and_then(|d| d.as_array())
-        .map(|disks| {
-            disks
-                .iter()
-                .filter(|d| d.get("decision").and_then(|x| x.as_str()) == Some("copy"))
-                .filter_map(|d| {
-                    Some((
-                        d.get("target")?.as_str()?.to_string(),
-                        d.get("source")?.get("path")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect()
-        })
+    crate::recover::recorded_disks(plan_json)
         .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.decision == "copy")
+        .filter_map(|d| Some((d.target, d.source.get("path")?.as_str()?.to_string())))
+        .collect()
 }
 
 /// What the hosts and the journal say about a migrated run's source copies.
