@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts lab-down mutants
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts lab-down mutants faults
 
 test: setup lint unit-test lab-test
 
@@ -19,6 +19,11 @@ unit-test:
 # Lab tests share fixed names and addresses: one at a time.
 lab-test:
 	$(CARGO) test -p ferry-cli --features lab --test 'lab_*' -- --test-threads=1
+
+# The fault matrix alone (it also runs in lab-test): one table row per injected fault.
+# FAULTS="7 11" runs only those cases.
+faults: setup
+	$(CARGO) test -p ferry-cli --features lab --test lab_faults -- $(FAULTS)
 
 lint:
 	$(CARGO) fmt --all --check

@@ -4,6 +4,8 @@
 #   from STATIC on, the guest writes a sequence with O_DIRECT: record n (a 4 KiB block
 #   "FERRYSEQ <n>") goes to block (n mod K) of that region, n = 1, 2, 3, ... without gaps, so a
 #   lost or stale write shows as a block that does not hold the latest n of its residue class;
+#   with ferry.write_kib=W > 4, each record is W KiB (every 4 KiB block of it says "FERRYSEQ <n>",
+#   padded with spaces) in slot (n mod K) of W KiB: a guest that writes hard;
 # - RAM: a region of ferry.dirty_mb MiB is rewritten at ferry.dirty_rate MiB/s;
 # - serial console: "FERRY-HB <beat> seq=<n>" every second (libvirt logs it on the running host).
 /bin/busybox --install -s /bin
@@ -23,6 +25,7 @@ STATIC_MB=$(arg static_mb 8)
 DIRTY_MB=$(arg dirty_mb 32)
 DIRTY_RATE=$(arg dirty_rate 4)
 WRITE_DELAY_US=$(arg write_delay_us 20000)
+WRITE_KIB=$(arg write_kib 4)
 
 i=0
 while [ ! -b /dev/vdb ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
@@ -30,20 +33,26 @@ if [ ! -b /dev/vdb ]; then echo "FERRY-ERROR no /dev/vdb" >/dev/ttyS0; exec sh; 
 
 BS=4096
 STATIC_BLOCKS=$((STATIC_MB * 1024 * 1024 / BS))
-K=$(( $(blockdev --getsize64 /dev/vdb) / BS - STATIC_BLOCKS ))
+R=$((WRITE_KIB / 4))  # blocks per record
+K=$(( ($(blockdev --getsize64 /dev/vdb) / BS - STATIC_BLOCKS) / R ))
 # Continue after the highest record already on the disk (a cold boot after a migration).
 last=$(dd if=/dev/vdb bs=$BS skip=$STATIC_BLOCKS count=$K 2>/dev/null | strings -n 9 \
-    | sed -n 's/^FERRYSEQ \([0-9]*\)$/\1/p' | sort -n | tail -n 1)
+    | sed -n 's/^FERRYSEQ \([0-9]*\) *$/\1/p' | sort -n | tail -n 1)
 seq=$(( ${last:-0} + 0 ))
 echo "FERRY-BOOT k=$K static_blocks=$STATIC_BLOCKS start_seq=$seq" >/dev/ttyS0
 
 writer() {
     while :; do
         seq=$((seq + 1))
-        printf 'FERRYSEQ %d\n' $seq \
-            | dd of=/dev/vdb bs=$BS count=1 seek=$((STATIC_BLOCKS + seq % K)) \
-                conv=sync,notrunc oflag=direct 2>/dev/null \
-            || echo "FERRY-ERROR write $seq failed" >/dev/ttyS0
+        if [ "$R" = 1 ]; then
+            printf 'FERRYSEQ %d\n' $seq \
+                | dd of=/dev/vdb bs=$BS count=1 seek=$((STATIC_BLOCKS + seq % K)) \
+                    conv=sync,notrunc oflag=direct 2>/dev/null
+        else
+            yes "$(printf '%-4095s' "FERRYSEQ $seq")" \
+                | dd of=/dev/vdb bs=$((BS * R)) count=1 iflag=fullblock \
+                    seek=$((STATIC_BLOCKS / R + seq % K)) conv=notrunc oflag=direct 2>/dev/null
+        fi || echo "FERRY-ERROR write $seq failed" >/dev/ttyS0
         echo $seq >/tmp/seq.new && mv /tmp/seq.new /tmp/seq
         usleep "$WRITE_DELAY_US"
     done

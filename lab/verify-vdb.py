@@ -4,7 +4,8 @@ the write sequence is unbroken. Record n ("FERRYSEQ n") lives in block n mod K o
 region; the guest writes n = 1, 2, 3, ... in order, so with M the highest record every block i
 must hold the highest n <= M with n = i (mod K). A lost or stale write breaks that.
 Usage: verify-vdb.py PATH STATIC_MB STATIC_SHA256 [SIZE]   (SIZE: the guest sees only the first
-SIZE bytes of PATH, a storage slice)"""
+SIZE bytes of PATH, a storage slice). FERRY_LAB_WRITE_KIB (default 4): the size of a record; a
+record of more than one block fills its slot, every block saying the same n."""
 import hashlib
 import mmap
 import os
@@ -43,18 +44,30 @@ def main():
         print(f"FAIL vdb {path}: static region checksum {got_sha} != {want_sha}")
         return 1
     region = data[static:]
-    k = len(region) // BS
-    seqs = []
+    r = int(os.environ.get("FERRY_LAB_WRITE_KIB", "4")) * 1024 // BS  # blocks per record
+    k = len(region) // (BS * r)
+    seqs, torn = [], []
     for i in range(k):
-        blk = region[i * BS:(i + 1) * BS]
-        if blk.startswith(b"FERRYSEQ "):
-            seqs.append(int(blk[9:blk.index(b"\n")]))
-        elif blk.strip(b"\0"):
-            print(f"FAIL vdb {path}: block {i} of the sequence region holds garbage")
-            return 1
-        else:
-            seqs.append(0)
+        slot = []
+        for b in range(r):
+            blk = region[(i * r + b) * BS:(i * r + b + 1) * BS]
+            if blk.startswith(b"FERRYSEQ "):
+                slot.append(int(blk[9:blk.index(b"\n")]))
+            elif blk.strip(b"\0"):
+                print(f"FAIL vdb {path}: block {b} of slot {i} of the sequence region holds garbage")
+                return 1
+            else:
+                slot.append(0)
+        seqs.append(max(slot))
+        if len(set(slot)) != 1:
+            torn.append((i, sorted(set(slot))))
     m = max(seqs)
+    # A record of many blocks may be half written when the guest was paused (the latest one,
+    # still in flight); any other torn slot is a lost write.
+    for i, vals in torn:
+        if vals[-1] != m or len(vals) != 2 or vals[0] != max(m - k, 0):
+            print(f"FAIL vdb {path}: slot {i} holds a torn record: {vals}")
+            return 1
     if m == 0:
         print(f"FAIL vdb {path}: no sequence record at all")
         return 1

@@ -469,11 +469,12 @@ impl StorageArgs {
 }
 
 impl MigrationArgs {
-    /// The options, with `base` as the convergence policy under the flags.
-    pub fn options(&self, base: &Policy) -> MigrationOptions {
+    /// The options: the flags over the inventory's convergence policy (or the defaults).
+    pub fn options(&self, inv: Option<&Inventory>) -> MigrationOptions {
+        let base = inv.map(|i| i.convergence.clone()).unwrap_or_default();
         MigrationOptions {
             sync_writes: self.copy_storage_synchronous_writes,
-            policy: self.convergence.policy(base),
+            policy: self.convergence.policy(&base),
             p2p: self.p2p,
             tls: self.tls,
             unsafe_: self.unsafe_,

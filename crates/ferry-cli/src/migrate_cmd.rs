@@ -290,10 +290,6 @@ fn watchdog(
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let inv = a.inventory.load()?;
-    let policy = inv
-        .as_ref()
-        .map(|i| i.convergence.clone())
-        .unwrap_or_default();
     let select = SelectRequest::new(
         inv.as_ref(),
         &a.guest,
@@ -355,7 +351,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let source_uri = select.source.uri.clone();
     let ask = Ask {
         select,
-        options: a.migration.options(&policy),
+        options: a.migration.options(inv.as_ref()),
         dry_run: a.dry_run,
         timeout: a.timeout.map(Duration::from_secs),
         started,
@@ -376,6 +372,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             match (a.release_source, s.run) {
                 (Some(after), Some(run)) => Ok(release_source(
                     a,
+                    hv.as_ref(),
                     &journal,
                     inv.as_ref(),
                     run,
@@ -471,6 +468,7 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
 /// copies of the disks the run copied.
 fn release_source(
     a: &MigrateArgs,
+    hv: &dyn ferry_hypervisor::Hypervisor,
     journal: &Journal,
     inv: Option<&ferry_core::inventory::Inventory>,
     run: i64,
@@ -502,9 +500,8 @@ fn release_source(
         return ExitCode::FAILURE;
     };
     let hook = ferry_migrate::release::source_hook(inv, &row.source);
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
     match ferry_migrate::release::run(
-        &hv,
+        hv,
         journal,
         ferry_journal::RunId(run),
         hook.as_ref(),

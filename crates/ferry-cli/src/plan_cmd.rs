@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use ferry_core::convergence::Policy;
 use ferry_core::{Plan, XmlFiles};
 
 use crate::args::PlanArgs;
@@ -143,7 +142,7 @@ fn offline(a: &PlanArgs, live_path: &Path) -> anyhow::Result<()> {
         inactive.as_deref(),
         to,
         &rules,
-        &a.migration.options(&Policy::default()),
+        &a.migration.options(None),
     )
     .map_err(|e| {
         // A document that cannot be read: say which file.
@@ -168,10 +167,6 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     };
     check_outputs(a)?;
     let inv = a.inventory.load()?;
-    let policy = inv
-        .as_ref()
-        .map(|i| i.convergence.clone())
-        .unwrap_or_default();
     let req = ferry_migrate::target::SelectRequest::new(
         inv.as_ref(),
         guest,
@@ -195,7 +190,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         eprintln!("ferry: error: no host can take {guest}: each host's reasons are above");
         return Ok(ExitCode::FAILURE);
     };
-    let options = target.stream_options(a.migration.options(&policy));
+    let options = target.stream_options(a.migration.options(inv.as_ref()));
     // A hook makes its volume only when the migration runs: the plan shows a placeholder.
     let mut rules = derived.rules.clone();
     rules

@@ -72,7 +72,8 @@ pub struct Progress {
     pub mem_remaining: u64,
     /// Bytes per second of the phase's stream.
     pub rate_bps: u64,
-    /// Bytes per second the guest dirties.
+    /// Bytes per second the guest dirties: of memory in the memory phase; of the copied disks
+    /// (the growth of the mirrors' total) in the storage copy.
     pub dirty_rate_bps: u64,
     /// Seconds left in this phase at the current rate, when it can be told.
     pub eta_s: Option<u64>,
@@ -84,28 +85,39 @@ pub struct Progress {
 impl Progress {
     /// Read a sample (`paused`: the source guest is paused for the switchover); where libvirt
     /// gives no rate (QEMU 7.2 reports none for disk mirrors), derive it from the previous one.
+    /// The guest's writes to its copied disks show as growth of the mirrors' total: that is
+    /// the storage copy's dirty rate.
     pub fn from_samples(s: &JobStats, paused: bool, prev: Option<&JobStats>) -> Progress {
         let mut p = Self::from_sample(s, paused);
-        if p.rate_bps == 0 {
-            if let Some(prev) = prev {
-                let dt = s
-                    .time_elapsed_ms
-                    .unwrap_or(0)
-                    .saturating_sub(prev.time_elapsed_ms.unwrap_or(0));
-                let (now, before) = match p.phase {
-                    Phase::StorageCopy => (s.disk_processed, prev.disk_processed),
-                    Phase::Memory { .. } => (s.mem_processed, prev.mem_processed),
-                    _ => (None, None),
-                };
-                if let (Some(now), Some(before), true) = (now, before, dt > 0) {
-                    p.rate_bps = now.saturating_sub(before) * 1000 / dt;
-                    let remaining = match p.phase {
-                        Phase::StorageCopy => p.disk_total.saturating_sub(p.disk_processed),
-                        _ => p.mem_remaining,
-                    };
-                    p.eta_s = (p.rate_bps > 0).then(|| remaining.div_ceil(p.rate_bps));
+        let Some(prev) = prev else {
+            return p;
+        };
+        let dt = s
+            .time_elapsed_ms
+            .unwrap_or(0)
+            .saturating_sub(prev.time_elapsed_ms.unwrap_or(0));
+        if dt == 0 {
+            return p;
+        }
+        let per_s = |now: Option<u64>, before: Option<u64>| {
+            now.unwrap_or(0).saturating_sub(before.unwrap_or(0)) * 1000 / dt
+        };
+        match p.phase {
+            Phase::StorageCopy => {
+                if p.rate_bps == 0 {
+                    p.rate_bps = per_s(s.disk_processed, prev.disk_processed);
                 }
+                p.dirty_rate_bps = per_s(s.disk_total, prev.disk_total);
+                let net = p.rate_bps.saturating_sub(p.dirty_rate_bps);
+                let remaining = p.disk_total.saturating_sub(p.disk_processed);
+                p.eta_s = (net > 0).then(|| remaining.div_ceil(net));
             }
+            Phase::Memory { .. } if p.rate_bps == 0 => {
+                p.rate_bps = per_s(s.mem_processed, prev.mem_processed);
+                let net = p.rate_bps.saturating_sub(p.dirty_rate_bps);
+                p.eta_s = (net > 0).then(|| p.mem_remaining.div_ceil(net));
+            }
+            _ => {}
         }
         p
     }
@@ -134,7 +146,11 @@ impl Progress {
             Phase::Memory { .. } => (s.mem_bps.unwrap_or(0), s.mem_remaining.unwrap_or(0)),
             _ => (0, 0),
         };
-        let dirty_rate_bps = s.mem_dirty_rate.unwrap_or(0) * s.mem_page_size.unwrap_or(4096);
+        // Of memory; the storage copy's is known only from two samples (`from_samples`).
+        let dirty_rate_bps = match phase {
+            Phase::StorageCopy => 0,
+            _ => s.mem_dirty_rate.unwrap_or(0) * s.mem_page_size.unwrap_or(4096),
+        };
         let eta_s = match phase {
             Phase::StorageCopy | Phase::Memory { .. } if rate > 0 => {
                 // Memory converges only while the link outruns the guest's dirtying.
@@ -310,6 +326,14 @@ pub enum Action {
     Fallback { take: Fallback, stuck: Stuck },
 }
 
+/// What a phase sends: the copied disks, or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Disk,
+    Memory,
+}
+
 /// The forecast shown with the progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -317,8 +341,10 @@ pub enum Forecast {
     Converging {
         eta_s: u64,
     },
-    /// The guest dirties memory at least as fast as the link sends it.
+    /// The guest dirties memory (or writes its copied disks) at least as fast as the link
+    /// sends it, or too fast to end the phase before the policy's fallback.
     WillNotConverge {
+        stream: Stream,
         dirty_bps: u64,
         rate_bps: u64,
         fallback: Fallback,
@@ -335,14 +361,19 @@ impl std::fmt::Display for Forecast {
         match self {
             Self::Converging { eta_s } => write!(f, "converging, ETA {eta_s} s"),
             Self::WillNotConverge {
+                stream,
                 dirty_bps,
                 rate_bps,
                 fallback,
                 fallback_in_s,
             } => write!(
                 f,
-                "will not converge at this rate: the guest dirties {}/s, the link sends {}/s; \
+                "will not converge at this rate: the guest {} {}/s, the link sends {}/s; \
                  {} in {fallback_in_s} s",
+                match stream {
+                    Stream::Disk => "writes its copied disks at",
+                    Stream::Memory => "dirties memory at",
+                },
                 crate::render::human_bytes(*dirty_bps),
                 crate::render::human_bytes(*rate_bps),
                 fallback.as_str()
@@ -530,6 +561,11 @@ impl Watch {
                         Some(Forecast::Converging { eta_s })
                     }
                     _ => Some(Forecast::WillNotConverge {
+                        stream: if matches!(p.phase, Phase::StorageCopy) {
+                            Stream::Disk
+                        } else {
+                            Stream::Memory
+                        },
                         dirty_bps: p.dirty_rate_bps,
                         rate_bps: p.rate_bps,
                         fallback: self.policy.fallback,
@@ -545,6 +581,45 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_writing_its_copied_disk_is_the_storage_copys_dirty_rate() {
+        let at = |ms: u64, processed: u64, total: u64| JobStats {
+            time_elapsed_ms: Some(ms),
+            disk_processed: Some(processed),
+            disk_total: Some(total),
+            mem_dirty_rate: Some(1000),
+            mem_page_size: Some(4096),
+            ..JobStats::default()
+        };
+        let mib = 1u64 << 20;
+        let a = at(1000, 10 * mib, 64 * mib);
+        // The copy sends 8 MiB/s, and the guest's writes grow the mirror by 8 MiB/s.
+        let b = at(2000, 18 * mib, 72 * mib);
+        let p = Progress::from_samples(&b, false, Some(&a));
+        assert_eq!(p.phase, Phase::StorageCopy);
+        assert_eq!((p.rate_bps, p.dirty_rate_bps), (8 * mib, 8 * mib));
+        assert_eq!(p.eta_s, None, "the copy cannot end at this rate");
+        let mut w = Watch::new(Policy::default(), 1 << 30);
+        w.observe(&Progress::from_samples(&a, false, None));
+        w.observe(&p);
+        let f = w.forecast(&p).unwrap();
+        assert!(
+            matches!(f, Forecast::WillNotConverge { stream: Stream::Disk, dirty_bps, .. } if dirty_bps == 8 * mib),
+            "{f:?}"
+        );
+        assert!(
+            f.to_string()
+                .contains("the guest writes its copied disks at 8.0 MiB/s"),
+            "{f}"
+        );
+        // Writing half as fast: the copy gains 4 MiB/s on 54 MiB.
+        let c = at(2000, 18 * mib, 68 * mib);
+        let p = Progress::from_samples(&c, false, Some(&a));
+        assert_eq!((p.dirty_rate_bps, p.eta_s), (4 * mib, Some(13)));
+        // One sample alone says nothing of the disk's writes (memory's rate is not the disk's).
+        assert_eq!(Progress::from_samples(&a, false, None).dirty_rate_bps, 0);
+    }
 
     #[test]
     fn phases_follow_the_job() {
@@ -808,6 +883,7 @@ mod tests {
         assert_eq!(
             f,
             Forecast::WillNotConverge {
+                stream: Stream::Memory,
                 dirty_bps: 2 << 20,
                 rate_bps: 1 << 20,
                 fallback: Fallback::Abort,
@@ -834,6 +910,7 @@ mod tests {
         assert_eq!(
             w.forecast(&p),
             Some(Forecast::WillNotConverge {
+                stream: Stream::Memory,
                 dirty_bps: 2 << 20,
                 rate_bps: 4 << 20,
                 fallback: Fallback::Abort,

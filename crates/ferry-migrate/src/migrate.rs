@@ -150,6 +150,10 @@ pub fn execute(
             Ok(Some(DomainState::Paused))
         ) && inv.source_state == Some(DomainState::Running);
         let mut p = Progress::from_samples(&stats, paused, last.as_ref());
+        // A job being torn down (after an abort) reads as not yet begun: not news.
+        if p.phase == Phase::Setup && phase != Phase::Setup {
+            continue;
+        }
         // After the switch to post-copy the source is paused, but the guest runs on the target.
         if postcopy && p.phase == Phase::Switchover {
             p.phase = Phase::Postcopy;

@@ -4,14 +4,19 @@
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const GUEST: &str = "lab-guest";
 pub const H1: &str = "qemu+tcp://10.77.0.1/system";
 pub const H2: &str = "qemu+tcp://10.77.0.2/system";
 pub const H3: &str = "qemu+tcp://10.77.0.3/system";
+pub const MIB: u64 = 1 << 20;
+/// Inside the lab's directory: `lab down` removes it with everything else.
+pub const JOURNAL: &str = "/var/lib/ferry-lab/journal.db";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -171,4 +176,160 @@ pub fn lab_marked_processes() -> Vec<String> {
         }
     }
     out
+}
+
+/// `ferry migrate lab-guest` from h1 to h2 with the lab's flags and `extra`.
+pub fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "migrate",
+        GUEST,
+        "--from",
+        H1,
+        "--to",
+        H2,
+        "--unsafe",
+        "--journal",
+        JOURNAL,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+pub fn migrate(extra: &[&str]) -> (i32, String, String) {
+    ferry(&migrate_args(extra))
+}
+
+/// The JSON result line of `ferry migrate --json`.
+pub fn result(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"event\":\"result\""))
+        .unwrap_or_else(|| panic!("no result line in {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// The files in a lab host's /srv/ferry-store (where Ferry creates copy targets).
+pub fn store(host: &str) -> Vec<String> {
+    let dir = format!("/var/lib/ferry-lab/{host}/store");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Poll `cond` every 200 ms until it holds; panic with `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `ferry migrate --json` running in the background (in the lab's client namespace); its
+/// output is read as it comes, so a test can wait for a phase.
+pub struct Running {
+    child: Child,
+    /// The ferry process itself (the child is the `lab client` wrapper).
+    pub pid: u32,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// The phase event `ferry migrate --json` prints for `phase` ("storage_copy", "memory", ...).
+pub fn phase(phase: &str) -> String {
+    format!("\"phase\":\"{phase}\"")
+}
+
+impl Running {
+    /// Start `ferry migrate --json` from h1 to h2 with `extra`; return once the storage copy
+    /// is under way.
+    pub fn start(extra: &[&str]) -> Running {
+        let mut args = migrate_args(extra);
+        args.push("--json");
+        let mut child = Command::new(lab_script())
+            .args(["client", env!("CARGO_BIN_EXE_ferry")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut r = Running {
+            pid: 0,
+            child,
+            lines,
+            stdout: vec![],
+            stderr: Some(stderr),
+        };
+        r.wait_for_output(&phase("storage_copy"), Duration::from_secs(90));
+        let (_, out, _) =
+            run(Command::new("pgrep").args(["-x", "ferry", "-P", &r.child.id().to_string()]));
+        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
+        r.pid = pids[0];
+        r
+    }
+
+    /// Wait until ferry prints a line containing `needle`.
+    pub fn wait_for_output(&mut self, needle: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while !self.stdout.iter().any(|l| l.contains(needle)) {
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => self.stdout.push(l),
+                Err(_) => panic!(
+                    "ferry printed no {needle} within {within:?}:\n{}",
+                    self.stdout.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Wait (bounded) for ferry to end: its exit code (-1: killed), stdout and stderr.
+    pub fn wait(mut self, within: Duration) -> (i32, String, String) {
+        let t = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t.elapsed() > within {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &self.pid.to_string()])
+                    .status();
+                panic!("ferry did not end within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let status = self.child.wait().unwrap();
+        let err = self.stderr.take().unwrap().join().unwrap_or_default();
+        self.stdout.extend(self.lines.iter());
+        let said = self
+            .stdout
+            .iter()
+            .rev()
+            .find(|l| l.contains("\"event\":\"result\""))
+            .map_or("no result line", |l| l.as_str());
+        eprintln!("ferry (pid {}) ended, {status}: {said}", self.pid);
+        (status.code().unwrap_or(-1), self.stdout.join("\n"), err)
+    }
 }
