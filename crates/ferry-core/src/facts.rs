@@ -13,6 +13,9 @@ pub enum DomainState {
     Running,
     Paused,
     ShutOff,
+    /// A post-copy migration of it failed: the target runs it but lacks pages the source
+    /// still holds (paused there). Each side alone is incomplete; neither may be destroyed.
+    PostcopyFailed,
     /// Blocked, shutting down, crashed, suspended to memory, or unknown.
     Other,
 }
@@ -20,7 +23,7 @@ pub enum DomainState {
 impl DomainState {
     /// Running or paused: a QEMU process exists for it.
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Running | Self::Paused)
+        matches!(self, Self::Running | Self::Paused | Self::PostcopyFailed)
     }
 }
 

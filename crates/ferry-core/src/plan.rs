@@ -141,8 +141,10 @@ pub struct MigrationOptions {
     pub policy: convergence::Policy,
 }
 
-/// libvirt migration flags Ferry sets (`virDomainMigrateFlags`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// libvirt migration flags Ferry sets (`virDomainMigrateFlags`). Read back from the journal's
+/// plan by `ferry recover` (to resume a failed post-copy with the run's own flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Flags {
     pub live: bool,
     pub persist_dest: bool,
@@ -155,6 +157,9 @@ pub struct Flags {
     pub auto_converge: bool,
     pub postcopy: bool,
     pub sync_writes: bool,
+    /// Resume a post-copy migration that failed (set on the resume call only, never planned).
+    #[serde(default)]
+    pub postcopy_resume: bool,
 }
 
 /// One migration flag: its libvirt name, its value in `virDomainMigrateFlags` (libvirt's ABI),
@@ -169,7 +174,7 @@ pub struct FlagDef {
 
 /// Every flag Ferry sets, in libvirt's (bit) order: the one table the plan's names, the virsh
 /// line and the libvirt call are made from.
-pub const FLAG_TABLE: [FlagDef; 11] = [
+pub const FLAG_TABLE: [FlagDef; 12] = [
     FlagDef {
         name: "LIVE",
         bit: 1,
@@ -235,6 +240,12 @@ pub const FLAG_TABLE: [FlagDef; 11] = [
         bit: 1 << 18,
         virsh: "--copy-storage-synchronous-writes",
         get: |f| f.sync_writes,
+    },
+    FlagDef {
+        name: "POSTCOPY_RESUME",
+        bit: 1 << 19,
+        virsh: "--postcopy-resume",
+        get: |f| f.postcopy_resume,
     },
 ];
 
@@ -398,6 +409,7 @@ pub fn plan(
         postcopy: options.policy.fallback == convergence::Fallback::Postcopy,
         // Only meaningful for disks being copied.
         sync_writes: options.sync_writes && !migrate_disks.is_empty(),
+        postcopy_resume: false,
     };
     let bandwidth_per_stream_mib = options
         .bandwidth_mib
@@ -963,6 +975,62 @@ mod tests {
             e.to_string().contains("storage slice needs a raw disk"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_storage_slice_needs_a_block_device_on_the_target_and_a_raw_disk() {
+        let sliced = |copy: &str| {
+            let mut r = rules(&["/mnt/nfs=/x"], &[copy]);
+            r.copy[0].slice = Some(64 << 20);
+            plan(SEED, None, "u", &r, &Default::default())
+        };
+        // vdb is raw on a block device: onto a file there is nothing to slice.
+        let e = sliced("vdb=/srv/vdb.raw").unwrap_err();
+        assert!(e.to_string().contains("storage slice"), "{e}");
+        // Copied to the same path, vdb stays a block device: the slice stands.
+        let p = sliced("vdb").unwrap();
+        assert_eq!(p.disks[1].dest_slice, Some(64 << 20));
+        // A qcow2 disk is never sliced, whatever it lands on.
+        let mut r = rules(&[], &["vda=/dev/nvme1n7", "vdb"]);
+        r.copy[0].slice = Some(1);
+        let e = plan(SEED, None, "u", &r, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("storage slice"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_without_a_rule_is_refused_with_an_example_that_fits_it() {
+        let example = |doc: &str, r: &Rules| match plan(doc, None, "u", r, &Default::default()) {
+            Err(PlanError::NoRule { example_map, .. }) => example_map,
+            other => panic!("expected no rule, got {other:?}"),
+        };
+        // vdb, a device: a device on the target.
+        assert_eq!(
+            example(SEED, &rules(&["/mnt/nfs=/x"], &[])),
+            "/dev/nvme2n2=/dev/TARGET_DEVICE"
+        );
+        // vda, a file: its directory.
+        assert_eq!(
+            example(SEED, &rules(&[], &["vdb"])),
+            "/mnt/nfs=/TARGET_PATH"
+        );
+        // A file at the root: the file itself.
+        let root = SEED.replace("/mnt/nfs/test_img.img", "/test_img.img");
+        assert_eq!(
+            example(&root, &rules(&[], &["vdb"])),
+            "/test_img.img=/TARGET_PATH"
+        );
+    }
+
+    #[test]
+    fn the_bytes_to_copy_are_known_once_every_copied_disk_has_a_size() {
+        let r = rules(&["/mnt/nfs=/x"], &["vdb"]);
+        let mut p = plan(SEED, None, "u", &r, &Default::default()).unwrap();
+        p.record_copy_bytes(&[("vda".into(), 5)]);
+        assert_eq!(p.copy_bytes(), None, "vdb's size is unknown");
+        assert_eq!(p.disks[0].bytes_to_copy, Some(5));
+        p.record_copy_bytes(&[("vda".into(), 5), ("vdb".into(), 64 << 20)]);
+        assert_eq!(p.copy_bytes(), Some(64 << 20), "only copied disks count");
+        assert_eq!(p.disks[1].bytes_to_copy, Some(64 << 20));
     }
 
     #[test]

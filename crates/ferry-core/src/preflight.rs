@@ -119,6 +119,7 @@ fn state_name(s: Option<DomainState>) -> &'static str {
         Some(DomainState::Running) => "running",
         Some(DomainState::Paused) => "paused",
         Some(DomainState::ShutOff) => "shut off",
+        Some(DomainState::PostcopyFailed) => "split by a failed post-copy migration",
         Some(DomainState::Other) => "in another state",
     }
 }

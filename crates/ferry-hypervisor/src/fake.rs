@@ -113,6 +113,10 @@ pub enum MigrateOutcome {
     HangEvenAfterAbort,
     /// libvirt says it worked and the guest runs on the target — but still on the source too.
     SuccessButSourceStays,
+    /// The post-copy fails after the switch: the guest runs on the target and is paused on
+    /// the source, both "post-copy failed"; a resume (`POSTCOPY_RESUME`) completes it when
+    /// `resumable`, fails otherwise.
+    PostcopyFails { resumable: bool },
 }
 
 #[derive(Debug, Default)]
@@ -401,6 +405,31 @@ impl Hypervisor for Fake {
             flags: req.flags,
         });
         let outcome = s.outcome.clone();
+        let failed_here = |s: &State, uri: &str| {
+            s.hosts
+                .get(uri)
+                .and_then(|h| h.domains.get(name))
+                .is_some_and(|d| d.state == DomainState::PostcopyFailed)
+        };
+        if req.flags.postcopy_resume {
+            let err = |m: &str| HvError::Libvirt {
+                host: su.clone(),
+                what: format!("resuming the migration of {name}"),
+                message: m.to_string(),
+                code: 1,
+            };
+            if !failed_here(&s, &su) || !failed_here(&s, &du) {
+                return Err(err("no failed post-copy migration to resume"));
+            }
+            if !matches!(outcome, MigrateOutcome::PostcopyFails { resumable: true }) {
+                return Err(err("Unable to write to socket: Connection refused"));
+            }
+            s.hosts.get_mut(&su).map(|h| h.domains.remove(name));
+            if let Some(d) = s.hosts.get_mut(&du).and_then(|h| h.domains.get_mut(name)) {
+                d.state = DomainState::Running;
+            }
+            return Ok(());
+        }
         let moved = |s: &mut State| {
             let mut d = s.hosts.get_mut(&su).and_then(|h| h.domains.remove(name));
             if let Some(d) = d.as_mut() {
@@ -426,6 +455,23 @@ impl Hypervisor for Fake {
                     h.domains.insert(name.to_string(), d);
                 }
                 Ok(())
+            }
+            MigrateOutcome::PostcopyFails { .. } => {
+                let kept = s.hosts.get(&su).and_then(|h| h.domains.get(name)).cloned();
+                moved(&mut s);
+                if let (Some(mut d), Some(h)) = (kept, s.hosts.get_mut(&su)) {
+                    d.state = DomainState::PostcopyFailed;
+                    h.domains.insert(name.to_string(), d);
+                }
+                if let Some(d) = s.hosts.get_mut(&du).and_then(|h| h.domains.get_mut(name)) {
+                    d.state = DomainState::PostcopyFailed;
+                }
+                Err(HvError::Libvirt {
+                    host: su,
+                    what: format!("migrating {name}"),
+                    message: "job 'migration out' failed in post-copy phase".into(),
+                    code: 1,
+                })
             }
             MigrateOutcome::FailOnSource(m) => Err(HvError::Libvirt {
                 host: su,

@@ -495,6 +495,14 @@ impl Hypervisor for Libvirt {
             return Err(self.err(&h, format!("reading the state of {name}"), e));
         }
         Ok(Some(match state as sys::virDomainState {
+            sys::VIR_DOMAIN_RUNNING
+                if reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY_FAILED as c_int =>
+            {
+                DomainState::PostcopyFailed
+            }
+            sys::VIR_DOMAIN_PAUSED if reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY_FAILED as c_int => {
+                DomainState::PostcopyFailed
+            }
             sys::VIR_DOMAIN_RUNNING => DomainState::Running,
             sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
             sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff,
@@ -645,7 +653,8 @@ impl Hypervisor for Libvirt {
         let flags = req.flags.bits();
         let params = MigrateParameters {
             migrate_disks: req.migrate_disks.clone(),
-            dest_xml: Some(req.dest_xml.clone()),
+            // None when resuming a failed post-copy: the target already has the guest.
+            dest_xml: (!req.dest_xml.is_empty()).then(|| req.dest_xml.clone()),
             persist_xml: req.persist_xml.clone(),
             bandwidth: req.bandwidth_mib,
             uri: req.migrate_uri.clone(),
@@ -961,6 +970,7 @@ mod tests {
                 "NON_SHARED_SYNCHRONOUS_WRITES",
                 sys::VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES,
             ),
+            ("POSTCOPY_RESUME", sys::VIR_MIGRATE_POSTCOPY_RESUME),
         ];
         assert_eq!(FLAG_TABLE.len(), want.len());
         for (d, (name, bit)) in FLAG_TABLE.iter().zip(want) {

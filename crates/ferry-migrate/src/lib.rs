@@ -541,7 +541,24 @@ pub fn run(
     let (last, result) = (job.last_sample, job.result);
     if let Err(cause) = result {
         // Where is the guest now? The truth decides what happens next.
-        let loc = rollback::locate(hv, &inv);
+        let mut loc = rollback::locate(hv, &inv);
+        if loc == GuestLocation::PostcopySplit && !job.unfinished {
+            // Each side holds part of the guest: finishing the post-copy is the only way on.
+            reporter.report(Event::Note {
+                message: format!("the post-copy failed ({cause}): resuming it (POSTCOPY_RESUME)"),
+            });
+            match migrate::resume_postcopy(hv, &inv, &plan) {
+                Ok(()) => {
+                    reporter.report(Event::Note {
+                        message: "the post-copy resumed and completed".into(),
+                    });
+                    loc = rollback::locate(hv, &inv);
+                }
+                Err(e) => reporter.report(Event::Note {
+                    message: format!("the post-copy could not be resumed: {e}"),
+                }),
+            }
+        }
         if loc != GuestLocation::Target || job.unfinished {
             let keep = job.unfinished.then_some("libvirt's job has not ended");
             return Err(rollback::after_failure(

@@ -40,6 +40,15 @@ pub fn request(plan: &Plan, dest_uri: &str) -> MigrateRequest {
     }
 }
 
+/// Resume the plan's migration after its post-copy failed (`POSTCOPY_RESUME`): libvirt's call
+/// returns when the post-copy has completed.
+pub fn resume_postcopy(hv: &dyn Hypervisor, inv: &Inventory, plan: &Plan) -> Result<(), String> {
+    let mut req = request(plan, &inv.dst_uri);
+    req.flags.postcopy_resume = true;
+    hv.migrate(inv.src, inv.dst, &inv.guest, &req)
+        .map_err(|e| e.to_string())
+}
+
 /// Run the migration and watch it.
 pub fn execute(
     hv: &Arc<dyn Hypervisor>,

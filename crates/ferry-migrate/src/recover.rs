@@ -7,7 +7,7 @@
 //! [`run`] carries them out, or with `dry_run` only says them — the same steps either way.
 
 use ferry_core::domain;
-use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor};
+use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor, MigrateRequest};
 use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunRow};
 use serde::Serialize;
 
@@ -45,7 +45,7 @@ pub enum HostView {
     Seen {
         /// The guest's state there (`None`: no such domain).
         state: Option<DomainState>,
-        /// A migration job runs for the guest there.
+        /// A migration job runs for the guest there (asked of the source only).
         job: bool,
         /// Every path a domain there uses, with the domain's name.
         in_use: Vec<(String, String)>,
@@ -85,6 +85,9 @@ pub struct RunFacts {
 pub enum Step {
     /// Abort the guest's migration job on the source (its Ferry is gone), then look again.
     AbortJob { host: String },
+    /// Resume the run's failed post-copy (`POSTCOPY_RESUME`, with the run's own flags), then
+    /// look again.
+    ResumePostcopy { from: String, to: String },
     /// Undefine the guest's leftover (inactive) definition on the source.
     UndefineSource { host: String },
     /// Delete a volume the run created, through whoever made it.
@@ -115,6 +118,10 @@ impl std::fmt::Display for Step {
             Self::UndefineSource { host } => {
                 write!(f, "undefine the guest's leftover definition on {host}")
             }
+            Self::ResumePostcopy { from, to } => write!(
+                f,
+                "resume the failed post-copy from {from} to {to}, then look again"
+            ),
             Self::Delete {
                 host,
                 path,
@@ -197,6 +204,24 @@ pub fn decide(f: &RunFacts) -> Decision {
         (true, true) => GuestLocation::Both,
         (false, false) => GuestLocation::Neither,
     };
+    // A failed post-copy: each side holds part of the guest; only finishing it is safe.
+    let split = |v: &HostView| {
+        matches!(
+            v,
+            HostView::Seen {
+                state: Some(DomainState::PostcopyFailed),
+                ..
+            }
+        )
+    };
+    if split(&f.source) || split(target) {
+        d.location = GuestLocation::PostcopySplit;
+        d.steps.push(Step::ResumePostcopy {
+            from: r.source.clone(),
+            to: r.target.clone(),
+        });
+        return d;
+    }
     let job_on_source = matches!(f.source, HostView::Seen { job: true, .. });
     let target_running = matches!(
         target,
@@ -303,7 +328,10 @@ pub fn decide(f: &RunFacts) -> Decision {
                 });
             }
         }
-        GuestLocation::Both | GuestLocation::Neither | GuestLocation::Unknown => {
+        GuestLocation::Both
+        | GuestLocation::Neither
+        | GuestLocation::Unknown
+        | GuestLocation::PostcopySplit => {
             keep_all(&mut d, "the guest is not safely on one host");
             d.steps.push(Step::Leave {
                 why: format!("the guest {}", d.location),
@@ -380,12 +408,14 @@ pub fn paths_in_use(
     Ok(in_use)
 }
 
-fn view(hv: &dyn Hypervisor, uri: &str, guest: &str) -> (Option<HostId>, HostView) {
+/// What a host says of the guest. Only the source is asked about a job: libvirt refuses job
+/// statistics of an incoming migration ("available only on the source host").
+fn view(hv: &dyn Hypervisor, uri: &str, guest: &str, source: bool) -> (Option<HostId>, HostView) {
     let look = || -> Result<(HostId, HostView), HvError> {
         let h = hv.connect(uri)?;
         let state = hv.domain_state(h, guest)?;
         let active = state.is_some_and(DomainState::is_active);
-        let job = active && hv.job_stats(h, guest)?.is_some();
+        let job = source && active && hv.job_stats(h, guest)?.is_some();
         let in_use = paths_in_use(hv, h, None)?;
         let live_xml = if active {
             hv.domain_xml(h, guest, false).ok()
@@ -425,10 +455,10 @@ pub fn gather(
                 .map(|d| (d.target, d.dest_source))
                 .collect()
         });
-    let (src, source) = view(hv, &run.source, &run.guest);
+    let (src, source) = view(hv, &run.source, &run.guest, true);
     let chosen = run.target.contains("://");
     let (dst, target) = if chosen {
-        let (h, v) = view(hv, &run.target, &run.guest);
+        let (h, v) = view(hv, &run.target, &run.guest, false);
         (h, Some(v))
     } else {
         (None, None)
@@ -454,6 +484,58 @@ pub struct Recovered {
     pub decision: Decision,
     /// Per step: `None` done (or, dry, to do), `Some(error)` when it failed.
     pub failed: Vec<(usize, String)>,
+}
+
+/// Resume a run's failed post-copy with the flags, disks and addresses its plan recorded.
+fn resume_postcopy(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    r: &RunRow,
+    src: HostId,
+    dst: HostId,
+) -> Result<(), String> {
+    let plan = journal
+        .plan_of(RunId(r.id))
+        .map_err(|e| e.to_string())?
+        .ok_or("the journal has no plan for this run")?;
+    let req = resume_request(&plan, &r.target)?;
+    hv.migrate(src, dst, &r.guest, &req)
+        .map_err(|e| format!("resuming the post-copy: {e}"))
+}
+
+/// The request that resumes a failed post-copy: the run's own flags with `POSTCOPY_RESUME`,
+/// its disks and addresses; no XML (the target has the guest already).
+pub fn resume_request(plan_json: &str, target: &str) -> Result<MigrateRequest, String> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        flags: ferry_core::plan::Flags,
+        #[serde(default)]
+        migrate_disks: Vec<String>,
+        #[serde(default)]
+        options: RecordedOptions,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct RecordedOptions {
+        migrate_uri: Option<String>,
+        disks_uri: Option<String>,
+    }
+    let p: Recorded = serde_json::from_str(plan_json)
+        .map_err(|e| format!("the journal's plan of this run cannot be read: {e}"))?;
+    if !p.flags.postcopy {
+        return Err("the run was not started with post-copy allowed".into());
+    }
+    let mut flags = p.flags;
+    flags.postcopy_resume = true;
+    Ok(MigrateRequest {
+        flags,
+        dest_uri: target.to_string(),
+        migrate_disks: p.migrate_disks,
+        dest_xml: String::new(),
+        persist_xml: None,
+        bandwidth_mib: None,
+        migrate_uri: p.options.migrate_uri,
+        disks_uri: p.options.disks_uri,
+    })
 }
 
 /// How long to wait for an aborted job to end.
@@ -489,21 +571,37 @@ pub fn run(
         let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by)?;
         let mut d = decide(&facts);
         let mut failed = vec![];
-        // An abort changes the facts: look again once the job has ended.
+        // An abort or a resumed post-copy changes the facts: look again once the job has
+        // ended.
         if !dry_run {
-            if let (Some(Step::AbortJob { .. }), Some(s)) = (d.steps.first(), src) {
-                match hv.abort_job(s, &r.guest) {
-                    Ok(()) => {
-                        let t = std::time::Instant::now();
-                        // (`<` or `<=`: the same on a clock that never stands still.)
-                        while t.elapsed() < JOB_END
-                            && matches!(hv.job_stats(s, &r.guest), Ok(Some(_)))
-                        {
-                            std::thread::sleep(std::time::Duration::from_millis(250));
-                        }
-                        (facts, src, dst) = gather(hv, journal, &r, None)?;
-                        let mut again = decide(&facts);
-                        if let Some(Step::AbortJob { host }) = again.steps.first() {
+            let changed = match (d.steps.first(), src, dst) {
+                (Some(Step::AbortJob { .. }), Some(s), _) => Some(
+                    hv.abort_job(s, &r.guest)
+                        .map_err(|e| e.to_string())
+                        .map(|()| {
+                            let t = std::time::Instant::now();
+                            // (`<` or `<=`: the same on a clock that never stands still.)
+                            while t.elapsed() < JOB_END
+                                && matches!(hv.job_stats(s, &r.guest), Ok(Some(_)))
+                            {
+                                std::thread::sleep(std::time::Duration::from_millis(250));
+                            }
+                        }),
+                ),
+                (Some(Step::ResumePostcopy { .. }), Some(s), Some(t)) => {
+                    Some(resume_postcopy(hv, journal, &r, s, t))
+                }
+                (Some(Step::ResumePostcopy { .. }), _, _) => Some(Err(
+                    "both hosts must answer to resume a post-copy".to_string(),
+                )),
+                _ => None,
+            };
+            match changed {
+                Some(Ok(())) => {
+                    (facts, src, dst) = gather(hv, journal, &r, None)?;
+                    let mut again = decide(&facts);
+                    match again.steps.first() {
+                        Some(Step::AbortJob { host }) => {
                             again.steps = vec![Step::Leave {
                                 why: format!(
                                     "the job on {host} has not ended {} s after the abort; run \
@@ -512,11 +610,20 @@ pub fn run(
                                 ),
                             }];
                         }
-                        d.steps.extend(again.steps);
-                        d.location = again.location;
+                        Some(Step::ResumePostcopy { .. }) => {
+                            again.steps = vec![Step::Leave {
+                                why: "the post-copy is still split after the resume; run \
+                                      `ferry recover` again once the link is sound"
+                                    .into(),
+                            }];
+                        }
+                        _ => {}
                     }
-                    Err(e) => failed.push((0, e.to_string())),
+                    d.steps.extend(again.steps);
+                    d.location = again.location;
                 }
+                Some(Err(e)) => failed.push((0, e)),
+                None => {}
             }
         }
         if !dry_run {
@@ -548,7 +655,10 @@ fn act(
 ) -> Result<(), String> {
     match step {
         // Done before the other steps, by `run`.
-        Step::AbortJob { .. } | Step::Keep { .. } | Step::Leave { .. } => Ok(()),
+        Step::AbortJob { .. }
+        | Step::ResumePostcopy { .. }
+        | Step::Keep { .. }
+        | Step::Leave { .. } => Ok(()),
         Step::UndefineSource { .. } => {
             let h = src.ok_or("the source did not answer")?;
             hv.undefine(h, &r.guest).map_err(|e| e.to_string())
@@ -602,6 +712,42 @@ mod tests {
             bytes: 1,
             provider: None,
         }
+    }
+
+    #[test]
+    fn a_post_copy_split_between_the_hosts_is_resumed_not_cleaned() {
+        for (src, dst) in [
+            (DomainState::PostcopyFailed, DomainState::PostcopyFailed),
+            (DomainState::PostcopyFailed, DomainState::Running),
+            (DomainState::Paused, DomainState::PostcopyFailed),
+        ] {
+            let d = decide(&facts(seen(Some(src), true), Some(seen(Some(dst), false))));
+            assert_eq!(d.location, GuestLocation::PostcopySplit);
+            assert_eq!(
+                d.steps,
+                vec![Step::ResumePostcopy {
+                    from: "qemu+tcp://h1/system".into(),
+                    to: "qemu+tcp://h2/system".into()
+                }],
+                "nothing deleted, nothing aborted ({src:?}, {dst:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_resume_carries_the_runs_own_flags_and_no_xml() {
+        let plan = r#"{"flags":{"live":true,"peer2peer":true,"postcopy":true,"non_shared_disk":true},
+            "migrate_disks":["vdb"],"options":{"migrate_uri":"tcp://10.0.0.2","disks_uri":null}}"#;
+        let req = resume_request(plan, "qemu+tcp://h2/system").unwrap();
+        assert!(req.flags.postcopy_resume && req.flags.postcopy && req.flags.peer2peer);
+        assert!(req.flags.live && req.flags.non_shared_disk);
+        assert_eq!(req.migrate_disks, vec!["vdb"]);
+        assert_eq!(req.migrate_uri.as_deref(), Some("tcp://10.0.0.2"));
+        assert_eq!(req.dest_uri, "qemu+tcp://h2/system");
+        assert!(req.dest_xml.is_empty());
+        let e = resume_request(r#"{"flags":{"live":true}}"#, "u").unwrap_err();
+        assert!(e.contains("not started with post-copy"), "{e}");
+        assert!(resume_request("{", "u").is_err());
     }
 
     fn facts(source: HostView, target: Option<HostView>) -> RunFacts {

@@ -21,6 +21,9 @@ pub enum GuestLocation {
     Neither,
     /// A host did not answer.
     Unknown,
+    /// A post-copy migration failed after the switch: the guest runs on the target, and the
+    /// pages it has not pulled yet are on the source (paused there).
+    PostcopySplit,
 }
 
 impl std::fmt::Display for GuestLocation {
@@ -31,17 +34,24 @@ impl std::fmt::Display for GuestLocation {
             Self::Both => "is active on both hosts (one side paused): inspect both before acting",
             Self::Neither => "runs on neither host: start it where its disks are current (the source, if the copy did not finish)",
             Self::Unknown => "is in an unknown place: a host did not answer; check both with virsh domstate",
+            Self::PostcopySplit => "is split by a failed post-copy: it runs on the target, and the memory it has not pulled yet is on the source, paused there; destroy neither (each alone is incomplete), nothing was deleted; `ferry recover` resumes the post-copy once both hosts and the link between them answer",
         })
     }
 }
 
 /// Ask both hosts where the guest runs.
 pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
-    let on = |h| {
-        hv.domain_state(h, &inv.guest)
-            .map(|s| s.is_some_and(DomainState::is_active))
-    };
-    match (on(inv.src), on(inv.dst)) {
+    let (src, dst) = (
+        hv.domain_state(inv.src, &inv.guest),
+        hv.domain_state(inv.dst, &inv.guest),
+    );
+    let split =
+        |s: &Result<Option<DomainState>, _>| matches!(s, Ok(Some(DomainState::PostcopyFailed)));
+    if split(&src) || split(&dst) {
+        return GuestLocation::PostcopySplit;
+    }
+    let on = |s: Result<Option<DomainState>, _>| s.map(|s| s.is_some_and(DomainState::is_active));
+    match (on(src), on(dst)) {
         (Ok(true), Ok(false)) => GuestLocation::Source,
         (Ok(false), Ok(true)) => GuestLocation::Target,
         (Ok(true), Ok(true)) => GuestLocation::Both,
@@ -130,15 +140,24 @@ pub fn after_failure(
             ));
         }
     }
-    let _ = journal.finish(
-        run,
-        if location == GuestLocation::Source {
-            "rolled_back"
-        } else {
-            "failed"
-        },
-        &format!("{cause}; the guest {location}"),
-    );
+    if location == GuestLocation::PostcopySplit {
+        // Not an end: `ferry recover` resumes it.
+        let _ = journal.set_phase(run, "postcopy_failed");
+        cleanup.push(format!(
+            "the run stays open in the journal: `ferry recover {}` resumes the post-copy",
+            run.0
+        ));
+    } else {
+        let _ = journal.finish(
+            run,
+            if location == GuestLocation::Source {
+                "rolled_back"
+            } else {
+                "failed"
+            },
+            &format!("{cause}; the guest {location}"),
+        );
+    }
     MigrateError::Failed {
         guest: inv.guest.clone(),
         cause: cause.to_string(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ferry_core::{MigrationOptions, Rules};
 use ferry_hypervisor::fake::{Call, Fake, FakeDomain, FakeHost, MigrateOutcome};
-use ferry_hypervisor::{DiskSize, DomainState, Hypervisor, JobStats, PathInfo, PathKind};
+use ferry_hypervisor::{DiskSize, DomainState, HostId, Hypervisor, JobStats, PathInfo, PathKind};
 use ferry_journal::Journal;
 
 use crate::*;
@@ -1577,4 +1577,95 @@ fn preflight_asks_the_size_of_every_copied_disk_even_one_without_a_path() {
     );
     assert_eq!(f.guest, "g");
     assert_eq!(f.source_uri, SRC);
+}
+
+fn postcopy_request() -> Request {
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.options.policy.fallback = ferry_core::convergence::Fallback::Postcopy;
+    req
+}
+
+fn migrate_calls(fake: &Fake) -> Vec<ferry_core::plan::Flags> {
+    fake.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Migrate { flags, .. } => Some(flags),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_post_copy_is_resumed_and_the_run_ends_migrated() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: true });
+    let (r, events, journal) = go(&fake, &postcopy_request());
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let calls = migrate_calls(&fake);
+    assert_eq!(calls.len(), 2, "the migration, then its resume");
+    assert!(calls[0].postcopy && !calls[0].postcopy_resume);
+    assert!(calls[1].postcopy && calls[1].postcopy_resume);
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Note { message } if message.contains("resuming it (POSTCOPY_RESUME)"))
+    ));
+    assert_eq!(
+        fake.domain_state(HostId(1), "g").unwrap(),
+        Some(DomainState::Running)
+    );
+    assert_eq!(fake.domain_state(HostId(0), "g").unwrap(), None);
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("migrated")
+    );
+}
+
+#[test]
+fn a_post_copy_that_cannot_be_resumed_deletes_nothing_and_stays_open_for_recover() {
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: false });
+    let (r, _, journal) = go(&fake, &postcopy_request());
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::PostcopySplit);
+    assert!(
+        location.to_string().contains("destroy neither"),
+        "{location}"
+    );
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::DeleteVolume { .. })),
+        "each side holds part of the guest: nothing may go"
+    );
+    assert!(
+        cleanup
+            .iter()
+            .any(|l| l.contains("`ferry recover 1` resumes")),
+        "{cleanup:?}"
+    );
+    let run = &journal.runs(1).unwrap()[0];
+    assert_eq!(
+        (run.outcome.as_deref(), run.phase.as_str()),
+        (None, "postcopy_failed")
+    );
+    // Once the link is sound again, recover resumes it with the run's own flags.
+    fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: true });
+    let done = crate::recover::run(&*hv(&fake), &journal, None, false).unwrap();
+    assert_eq!(done[0].decision.location, GuestLocation::Target, "{done:?}");
+    assert!(done[0].failed.is_empty(), "{done:?}");
+    let calls = migrate_calls(&fake);
+    assert!(calls.last().unwrap().postcopy_resume);
+    assert_eq!(
+        fake.domain_state(HostId(1), "g").unwrap(),
+        Some(DomainState::Running)
+    );
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome.as_deref(),
+        Some("migrated")
+    );
 }
