@@ -329,24 +329,6 @@ fn link_cut(r: &mut Report, case: &'static str, in_phase: &str, injected: &str) 
     assert_lab_gone();
 }
 
-fn link_cut_during_the_storage_copy(r: &mut Report) {
-    link_cut(
-        r,
-        "3",
-        "storage_copy",
-        "link to the target cut during the storage copy; back; ferry recover",
-    );
-}
-
-fn link_cut_during_the_memory_phase(r: &mut Report) {
-    link_cut(
-        r,
-        "4",
-        "memory",
-        "link to the target cut in the memory phase; back; ferry recover",
-    );
-}
-
 /// 5: the target's libvirtd SIGKILLed mid-copy (its QEMU lives on); restarted, it reaps the
 /// half-migrated QEMU; `ferry recover` deletes what Ferry created.
 fn target_libvirtd_killed(r: &mut Report) {
@@ -493,24 +475,6 @@ fn ferry_killed_p2p(r: &mut Report, case: &'static str, in_phase: &str, injected
     r.settled(case, injected, &the_lab, t);
     drop(the_lab);
     assert_lab_gone();
-}
-
-fn ferry_killed_during_the_copy_p2p(r: &mut Report) {
-    ferry_killed_p2p(
-        r,
-        "7b",
-        "storage_copy",
-        "Ferry SIGKILLed during the storage copy, --p2p; ferry recover",
-    );
-}
-
-fn ferry_killed_in_the_memory_phase_p2p(r: &mut Report) {
-    ferry_killed_p2p(
-        r,
-        "8",
-        "memory",
-        "Ferry SIGKILLed in the memory phase, --p2p; ferry recover",
-    );
 }
 
 /// 9: a second `ferry migrate` of the guest while the first runs: refused with the first
@@ -701,13 +665,41 @@ type Case = fn(&mut Report);
 
 const CASES: &[(&[&str], Case)] = &[
     (&["1", "2", "13"], refused_before_anything_moves),
-    (&["3"], link_cut_during_the_storage_copy),
-    (&["4"], link_cut_during_the_memory_phase),
+    (&["3"], |r| {
+        link_cut(
+            r,
+            "3",
+            "storage_copy",
+            "link to the target cut during the storage copy; back; ferry recover",
+        )
+    }),
+    (&["4"], |r| {
+        link_cut(
+            r,
+            "4",
+            "memory",
+            "link to the target cut in the memory phase; back; ferry recover",
+        )
+    }),
     (&["5"], target_libvirtd_killed),
     (&["6"], target_qemu_killed),
     (&["7a"], ferry_killed_during_the_copy),
-    (&["7b"], ferry_killed_during_the_copy_p2p),
-    (&["8"], ferry_killed_in_the_memory_phase_p2p),
+    (&["7b"], |r| {
+        ferry_killed_p2p(
+            r,
+            "7b",
+            "storage_copy",
+            "Ferry SIGKILLed during the storage copy, --p2p; ferry recover",
+        )
+    }),
+    (&["8"], |r| {
+        ferry_killed_p2p(
+            r,
+            "8",
+            "memory",
+            "Ferry SIGKILLed in the memory phase, --p2p; ferry recover",
+        )
+    }),
     (&["9"], two_migrations_of_one_guest),
     (&["10"], ferry_abort_from_another_terminal),
     (&["11a", "11b"], dirtying_guest),
