@@ -575,38 +575,6 @@ fn dirtying_guest(r: &mut Report) {
     assert_lab_gone();
 }
 
-/// 11c: the post-copy interrupted after the switch (`virsh domjobabort --postcopy` on the
-/// source: QEMU's migrate-pause, what a broken link does to a post-copy): each side holds part
-/// of the guest; Ferry deletes nothing and resumes the post-copy (POSTCOPY_RESUME).
-fn postcopy_interrupted(r: &mut Report) {
-    let the_lab = Lab::up(&["--rate", "40", "--dirty-mb", "64", "--dirty-rate", "24"]);
-    let mut m = Running::start(&args(&[
-        "--stall-timeout",
-        "10",
-        "--max-downtime-cap",
-        "200",
-        "--fallback",
-        "postcopy",
-    ]));
-    m.wait_for_output(&phase("postcopy"), Duration::from_secs(180));
-    let t = Instant::now();
-    let (ok, _, e) = virsh(H1, &["domjobabort", "--postcopy", GUEST]);
-    assert!(ok, "{e}");
-    let (code, out, err) = m.wait(Duration::from_secs(300));
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("resuming it (POSTCOPY_RESUME)"), "{out}");
-    assert!(out.contains("the post-copy resumed and completed"), "{out}");
-    assert_eq!(result(&out)["outcome"], "migrated");
-    r.settled(
-        "11c",
-        "the post-copy paused after the switch (domjobabort --postcopy)",
-        &the_lab,
-        t,
-    );
-    drop(the_lab);
-    assert_lab_gone();
-}
-
 /// 12: a guest writing vdb hard (1 MiB records with no pause, about 18 MiB/s under TCG)
 /// over a 60 Mbit/s link: the disk mirror cannot catch up and the policy stops it with the hint;
 /// with synchronous writes of the mirror the guest's writes wait for the target, and it lands.
@@ -703,7 +671,6 @@ const CASES: &[(&[&str], Case)] = &[
     (&["9"], two_migrations_of_one_guest),
     (&["10"], ferry_abort_from_another_terminal),
     (&["11a", "11b"], dirtying_guest),
-    (&["11c"], postcopy_interrupted),
     (&["12a", "12b"], hard_writing_guest),
 ];
 

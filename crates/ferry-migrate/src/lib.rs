@@ -547,7 +547,7 @@ pub fn run(
             reporter.report(Event::Note {
                 message: format!("the post-copy failed ({cause}): resuming it (POSTCOPY_RESUME)"),
             });
-            match migrate::resume_postcopy(hv, &inv, &plan) {
+            match migrate::resume_postcopy(hv_arc, &inv, &plan, migrate::RESUME_WAIT) {
                 Ok(()) => {
                     reporter.report(Event::Note {
                         message: "the post-copy resumed and completed".into(),

@@ -40,13 +40,36 @@ pub fn request(plan: &Plan, dest_uri: &str) -> MigrateRequest {
     }
 }
 
+/// How long Ferry waits for libvirt's resume of a failed post-copy.
+pub const RESUME_WAIT: Duration = Duration::from_secs(180);
+
 /// Resume the plan's migration after its post-copy failed (`POSTCOPY_RESUME`): libvirt's call
-/// returns when the post-copy has completed.
-pub fn resume_postcopy(hv: &dyn Hypervisor, inv: &Inventory, plan: &Plan) -> Result<(), String> {
+/// returns when the post-copy has completed. Bounded by `wait`: libvirt 9.0's resume call was
+/// seen never to return (in the lab); Ferry then stops waiting and says so.
+pub fn resume_postcopy(
+    hv: &Arc<dyn Hypervisor>,
+    inv: &Inventory,
+    plan: &Plan,
+    wait: Duration,
+) -> Result<(), String> {
     let mut req = request(plan, &inv.dst_uri);
     req.flags.postcopy_resume = true;
-    hv.migrate(inv.src, inv.dst, &inv.guest, &req)
-        .map_err(|e| e.to_string())
+    let (tx, rx) = mpsc::channel();
+    let (hv, src, dst, name) = (Arc::clone(hv), inv.src, inv.dst, inv.guest.clone());
+    std::thread::Builder::new()
+        .name("ferry-resume".into())
+        .spawn(move || {
+            let _ = tx.send(hv.migrate(src, dst, &name, &req));
+        })
+        .map_err(|e| format!("cannot start the resume thread: {e}"))?;
+    match rx.recv_timeout(wait) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "libvirt's resume call has not returned in {} s (it may still be resuming: \
+             virsh domjobinfo on the source)",
+            wait.as_secs()
+        )),
+    }
 }
 
 /// Run the migration and watch it.
