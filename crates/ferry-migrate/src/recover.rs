@@ -26,15 +26,33 @@ pub(crate) struct RecordedDisk {
     pub dest_source: serde_json::Value,
 }
 
+/// The plan a run recorded in the journal, read back: the one reader of that JSON.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct RecordedPlan {
+    pub disks: Vec<RecordedDisk>,
+    #[serde(default)]
+    pub flags: ferry_core::plan::Flags,
+    #[serde(default)]
+    pub migrate_disks: Vec<String>,
+    #[serde(default)]
+    pub options: RecordedOptions,
+}
+
+/// The addresses a recorded plan's migration used.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub(crate) struct RecordedOptions {
+    pub migrate_uri: Option<String>,
+    pub disks_uri: Option<String>,
+}
+
+/// A recorded plan, or why it cannot be read as one.
+pub(crate) fn recorded_plan(plan_json: &str) -> Result<RecordedPlan, serde_json::Error> {
+    serde_json::from_str(plan_json)
+}
+
 /// The disks of a recorded plan; `None` when it cannot be read as one.
 pub(crate) fn recorded_disks(plan_json: &str) -> Option<Vec<RecordedDisk>> {
-    #[derive(serde::Deserialize)]
-    struct Recorded {
-        disks: Vec<RecordedDisk>,
-    }
-    serde_json::from_str::<Recorded>(plan_json)
-        .ok()
-        .map(|r| r.disks)
+    recorded_plan(plan_json).ok().map(|p| p.disks)
 }
 
 /// What one host says, for one run.
@@ -506,20 +524,7 @@ fn resume_postcopy(
 /// The request that resumes a failed post-copy: the run's own flags with `POSTCOPY_RESUME`,
 /// its disks and addresses; no XML (the target has the guest already).
 pub fn resume_request(plan_json: &str, target: &str) -> Result<MigrateRequest, String> {
-    #[derive(serde::Deserialize)]
-    struct Recorded {
-        flags: ferry_core::plan::Flags,
-        #[serde(default)]
-        migrate_disks: Vec<String>,
-        #[serde(default)]
-        options: RecordedOptions,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct RecordedOptions {
-        migrate_uri: Option<String>,
-        disks_uri: Option<String>,
-    }
-    let p: Recorded = serde_json::from_str(plan_json)
+    let p = recorded_plan(plan_json)
         .map_err(|e| format!("the journal's plan of this run cannot be read: {e}"))?;
     if !p.flags.postcopy {
         return Err("the run was not started with post-copy allowed".into());
@@ -736,7 +741,7 @@ mod tests {
 
     #[test]
     fn the_resume_carries_the_runs_own_flags_and_no_xml() {
-        let plan = r#"{"flags":{"live":true,"peer2peer":true,"postcopy":true,"non_shared_disk":true},
+        let plan = r#"{"disks":[],"flags":{"live":true,"peer2peer":true,"postcopy":true,"non_shared_disk":true},
             "migrate_disks":["vdb"],"options":{"migrate_uri":"tcp://10.0.0.2","disks_uri":null}}"#;
         let req = resume_request(plan, "qemu+tcp://h2/system").unwrap();
         assert!(req.flags.postcopy_resume && req.flags.postcopy && req.flags.peer2peer);
@@ -745,7 +750,7 @@ mod tests {
         assert_eq!(req.migrate_uri.as_deref(), Some("tcp://10.0.0.2"));
         assert_eq!(req.dest_uri, "qemu+tcp://h2/system");
         assert!(req.dest_xml.is_empty());
-        let e = resume_request(r#"{"flags":{"live":true}}"#, "u").unwrap_err();
+        let e = resume_request(r#"{"disks":[],"flags":{"live":true}}"#, "u").unwrap_err();
         assert!(e.contains("not started with post-copy"), "{e}");
         assert!(resume_request("{", "u").is_err());
     }
