@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-simulate lab-down mutants faults
 
 test: setup lint unit-test lab-test
 
@@ -46,6 +46,13 @@ bench-migrate: setup
 bench-hosts: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench-hosts 10 target/release/ferry
+
+# The evacuation model over a generated fleet (10,000 guests, 1,000 hosts, 100 drained): every
+# policy's makespan against the lower bound, and Ferry's planning time.
+bench-simulate:
+	$(CARGO) build --release -p ferry-cli
+	target/release/ferry simulate --hosts 1000 --guests 10000 --drain 100
+	target/release/ferry simulate --hosts 1000 --guests 10000 --drain 100 --link-gbit 1
 
 lab-down:
 	lab/lab down

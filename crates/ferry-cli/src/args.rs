@@ -125,6 +125,16 @@ pub enum Command {
     /// for a file or an LV, the inventory's hook for a device). Journaled; never twice.
     Release(ReleaseArgs),
 
+    /// Simulate the evacuation of hosts in a generated fleet and compare scheduling policies
+    /// with the model `ferry evacuate` schedules by: serial (one per drained host, as Nova),
+    /// 4 workers per host in name order (Proxmox), 2 per host and 5 in the fleet (KubeVirt),
+    /// all at once, and Ferry's. Each makespan is shown against the lower bound (the busiest
+    /// link's bytes over its bandwidth, or the longest single migration), with the time Ferry
+    /// took to place and schedule every guest.
+    ///
+    /// Example: ferry simulate --hosts 1000 --guests 10000 --drain 100
+    Simulate(SimulateArgs),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Example: ferry completions bash > /etc/bash_completion.d/ferry
@@ -137,6 +147,27 @@ pub enum Command {
     ///
     /// Example: ferry man > /usr/local/share/man/man1/ferry.1
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Hosts in the fleet (512 GiB each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub hosts: u64,
+    /// Guests, spread evenly (memory 2-32 GiB; 60 % with a local disk of 20-200 GiB).
+    #[arg(long, default_value_t = 10000)]
+    pub guests: u64,
+    /// How many hosts are drained at once (the first N).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub drain: u64,
+    /// Every host's link, Gbit/s each way.
+    #[arg(long, value_name = "GBIT/S", default_value_t = 10.0)]
+    pub link_gbit: f64,
+    /// The fleet generator's seed (the same seed, the same fleet).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The inventory of hosts.

@@ -5,6 +5,7 @@ mod hosts_cmd;
 mod journal_cmd;
 mod migrate_cmd;
 mod plan_cmd;
+mod simulate_cmd;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Recover(a) => journal_cmd::recover(&a),
         Command::Abort(a) => journal_cmd::abort(&a),
         Command::Release(a) => journal_cmd::release(&a),
+        Command::Simulate(a) => simulate_cmd::run(&a),
     };
     match result {
         Ok(code) => code,

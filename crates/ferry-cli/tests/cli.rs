@@ -308,3 +308,31 @@ fn ferry_abort_stops_a_migration_run_by_another_process() {
     assert_eq!(code, Some(1));
     assert!(err.contains("there is no run #7"), "{err}");
 }
+
+#[test]
+fn simulate_compares_every_policy_against_the_bound() {
+    let (code, out, err) = ferry(&[
+        "simulate", "--hosts", "50", "--guests", "500", "--drain", "5", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["moves"], 50);
+    let policies = v["policies"].as_array().unwrap();
+    let names: Vec<&str> = policies
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["serial", "fixed-4", "kubevirt", "all-at-once", "ferry"]
+    );
+    let ratio = |p: &serde_json::Value| p["bound_over_makespan"].as_f64().unwrap();
+    let best = ratio(&policies[4]);
+    for p in policies {
+        assert!(ratio(p) <= 1.0 + 1e-9, "{p} beats the lower bound");
+        assert!(best >= ratio(p), "{p} beats ferry's {best}");
+    }
+    let (code, _, err) = ferry(&["simulate", "--hosts", "5", "--drain", "5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("leaves no host"), "{err}");
+}

@@ -7,6 +7,7 @@
 
 pub mod convergence;
 pub mod domain;
+pub mod evacuate;
 pub mod facts;
 pub mod inventory;
 pub mod placement;

@@ -1,0 +1,492 @@
+//! The model driven over time: a fluid simulation of an evacuation under a policy.
+//!
+//! Between two events every flight's bandwidth is constant ([`shares`]); an event is a flight
+//! changing phase, or reaching the moment a newcomer's setup would overlap its tail (so Ferry's
+//! rule is asked then). At every event [`dispatch`] decides what starts. The same functions
+//! decide during a real evacuation; here the model's figures stand in for the live ones.
+
+use serde::Serialize;
+
+use super::model::{Link, Move, Overheads};
+use super::schedule::{dispatch, order, shares, Budgets, Flight, FlightPhase, Policy};
+
+/// What a simulated evacuation did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimResult {
+    /// Seconds from the first start to the last migration's end.
+    pub makespan_s: f64,
+    /// Each move's start and end, in seconds.
+    pub spans: Vec<(f64, f64)>,
+    /// Bytes every migration put on the wire (memory re-sent included).
+    pub wire_bytes: f64,
+    /// The most migrations in flight at once.
+    pub peak_flights: usize,
+    /// Events simulated.
+    pub events: usize,
+}
+
+/// The bound no schedule beats: the busiest link end's bytes (each sent once) over its
+/// bandwidth, or the longest single migration alone on its links — whichever is larger.
+pub fn lower_bound(links: &[Link], moves: &[Move], ov: &Overheads) -> f64 {
+    let mut out = vec![0.0f64; links.len()];
+    let mut inn = vec![0.0f64; links.len()];
+    let mut longest = 0.0f64;
+    for m in moves {
+        out[m.from] += m.bytes() as f64;
+        inn[m.to] += m.bytes() as f64;
+        let alone = m.duration_s(links[m.from].out_bps.min(links[m.to].in_bps), ov);
+        longest = longest.max(alone);
+    }
+    let link = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (out[i] / l.out_bps).max(inn[i] / l.in_bps))
+        .fold(0.0, f64::max);
+    link.max(longest)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    flight: Flight,
+    setup_left: f64,
+    disk_left: f64,
+    mem_left: f64,
+    finish_left: f64,
+}
+
+impl State {
+    fn transfer_left_s(&self, m: &Move, bps: f64) -> f64 {
+        if bps <= 0.0 {
+            return f64::INFINITY;
+        }
+        self.disk_left / bps + self.mem_left / m.net_memory_bps(bps)
+    }
+}
+
+const EPS: f64 = 1e-9;
+
+/// Simulate the evacuation of `moves` under `policy` and `budgets`.
+pub fn simulate(
+    policy: Policy,
+    budgets: &Budgets,
+    ov: &Overheads,
+    links: &[Link],
+    moves: &[Move],
+) -> SimResult {
+    let mut waiting = order(policy, links, moves);
+    let mut live: Vec<State> = vec![];
+    let mut spans = vec![(0.0, 0.0); moves.len()];
+    let (mut now, mut wire, mut peak, mut events) = (0.0f64, 0.0f64, 0usize, 0usize);
+    // The per-flight view `dispatch` and `shares` read, rebuilt after every change.
+    let mut flights: Vec<Flight> = vec![];
+    loop {
+        flights.clear();
+        flights.extend(live.iter().map(|s| s.flight));
+        let rates = shares(links, moves, &flights);
+        for (s, r) in live.iter_mut().zip(&rates) {
+            if s.flight.phase == FlightPhase::Transfer {
+                s.flight.transfer_left_s = s.transfer_left_s(&moves[s.flight.mv], *r);
+            }
+        }
+        flights.clear();
+        flights.extend(live.iter().map(|s| s.flight));
+        let start = dispatch(policy, budgets, ov, links, moves, &waiting, &flights);
+        if !start.is_empty() {
+            waiting.retain(|i| !start.contains(i));
+            for i in start {
+                spans[i].0 = now;
+                live.push(State {
+                    flight: Flight {
+                        mv: i,
+                        phase: FlightPhase::Setup,
+                        transfer_left_s: f64::INFINITY,
+                    },
+                    setup_left: ov.setup_s,
+                    disk_left: moves[i].disk as f64,
+                    mem_left: moves[i].memory as f64,
+                    finish_left: ov.finish_s,
+                });
+            }
+            peak = peak.max(live.len());
+            // The newcomers change every share: recompute before stepping.
+            continue;
+        }
+        if live.is_empty() {
+            break;
+        }
+        events += 1;
+        // The next event: a phase's end, or a transfer reaching a setup's length from its end.
+        let mut dt = f64::INFINITY;
+        for (s, r) in live.iter().zip(&rates) {
+            let m = &moves[s.flight.mv];
+            let t = match s.flight.phase {
+                FlightPhase::Setup => s.setup_left,
+                FlightPhase::Finish => s.finish_left,
+                FlightPhase::Transfer if s.disk_left > EPS => s.disk_left / r,
+                FlightPhase::Transfer => s.mem_left / m.net_memory_bps(*r),
+            };
+            dt = dt.min(t);
+            let wake = s.flight.transfer_left_s - ov.setup_s;
+            if s.flight.phase == FlightPhase::Transfer && wake > EPS {
+                dt = dt.min(wake);
+            }
+        }
+        let dt = dt.max(0.0);
+        now += dt;
+        for (s, r) in live.iter_mut().zip(&rates) {
+            let m = &moves[s.flight.mv];
+            match s.flight.phase {
+                FlightPhase::Setup => {
+                    s.setup_left -= dt;
+                    if s.setup_left <= EPS {
+                        s.flight.phase = FlightPhase::Transfer;
+                    }
+                }
+                FlightPhase::Transfer => {
+                    wire += r * dt;
+                    if s.disk_left > EPS {
+                        s.disk_left = (s.disk_left - r * dt).max(0.0);
+                    } else {
+                        s.mem_left = (s.mem_left - m.net_memory_bps(*r) * dt).max(0.0);
+                    }
+                    // Below a byte per megabyte: rounding, not data.
+                    if s.disk_left <= m.disk as f64 * 1e-6 && s.mem_left <= m.memory as f64 * 1e-6 {
+                        s.disk_left = 0.0;
+                        s.mem_left = 0.0;
+                        s.flight.phase = FlightPhase::Finish;
+                    } else if s.disk_left <= m.disk as f64 * 1e-6 {
+                        s.disk_left = 0.0;
+                    }
+                }
+                FlightPhase::Finish => s.finish_left -= dt,
+            }
+        }
+        live.retain(|s| {
+            let done = s.flight.phase == FlightPhase::Finish && s.finish_left <= EPS;
+            if done {
+                spans[s.flight.mv].1 = now;
+            }
+            !done
+        });
+    }
+    SimResult {
+        makespan_s: now,
+        spans,
+        wire_bytes: wire,
+        peak_flights: peak,
+        events,
+    }
+}
+
+/// A simulated fleet: hosts, their links and memory, and their guests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    pub hosts: usize,
+    pub links: Vec<Link>,
+    pub memory_total: u64,
+    /// (guest name, host, memory, local disk bytes, dirty bytes/s).
+    pub guests: Vec<(String, usize, u64, u64, f64)>,
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*): the same seed, the same fleet.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// One of `items`.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next_u64() % items.len() as u64) as usize]
+    }
+}
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+impl Fleet {
+    /// `guests` guests spread over `hosts` hosts of 512 GiB on links of `link_gbit` Gbit/s:
+    /// memory 2–32 GiB; 60 % with a local disk of 20–200 GiB (the rest on shared storage);
+    /// most dirty little memory, some a lot.
+    pub fn generate(hosts: usize, guests: usize, link_gbit: f64, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let link = Link::symmetric(link_gbit * 1e9 / 8.0);
+        let guests = (0..guests)
+            .map(|i| {
+                let mem = rng.pick(&[2, 4, 4, 8, 8, 16, 32]) * GIB;
+                let disk = if rng.next_u64() % 10 < 6 {
+                    rng.pick(&[20, 50, 100, 200]) * GIB
+                } else {
+                    0
+                };
+                let dirty = (rng.pick(&[0, 1, 5, 10, 20, 50, 200]) * MIB) as f64;
+                (format!("vm{i:05}"), i % hosts, mem, disk, dirty)
+            })
+            .collect();
+        Fleet {
+            hosts,
+            links: vec![link; hosts],
+            memory_total: 512 * GIB,
+            guests,
+        }
+    }
+}
+
+/// A policy to compare: its name, what it stands for, and its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Contender {
+    pub name: &'static str,
+    pub after: &'static str,
+    pub policy: Policy,
+    pub budgets: Budgets,
+}
+
+/// The policies the simulator compares.
+pub const CONTENDERS: [Contender; 5] = [
+    Contender {
+        name: "serial",
+        after: "one migration per drained host at a time (Nova's host-evacuate-live)",
+        policy: Policy::Fixed,
+        budgets: Budgets {
+            max_out: 1,
+            max_in: usize::MAX,
+            fleet: None,
+        },
+    },
+    Contender {
+        name: "fixed-4",
+        after: "4 workers per host in name order, no bandwidth model (Proxmox migrateall)",
+        policy: Policy::Fixed,
+        budgets: Budgets {
+            max_out: 4,
+            max_in: usize::MAX,
+            fleet: None,
+        },
+    },
+    Contender {
+        name: "kubevirt",
+        after: "2 outbound per host, 5 in the whole fleet (KubeVirt's defaults)",
+        policy: Policy::Fixed,
+        budgets: Budgets {
+            max_out: 2,
+            max_in: usize::MAX,
+            fleet: Some(5),
+        },
+    },
+    Contender {
+        name: "all-at-once",
+        after: "every migration started at once",
+        policy: Policy::Fixed,
+        budgets: Budgets::NONE,
+    },
+    Contender {
+        name: "ferry",
+        after: "longest first, a link's next migration overlapping the current one's tail",
+        policy: Policy::Ferry,
+        budgets: Budgets::FERRY,
+    },
+];
+
+/// An evacuation of a simulated fleet, placed: the moves and the hosts they go to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drain {
+    pub moves: Vec<Move>,
+    /// Guests no host had room for.
+    pub unplaced: Vec<String>,
+}
+
+impl Fleet {
+    /// Place every guest of the `drained` hosts onto the others, as `ferry evacuate` does: each
+    /// placement consumes the target's memory (every host scores the same to begin with: the
+    /// headroom and per-guest terms decide).
+    pub fn drain(&self, drained: &[usize]) -> Drain {
+        let draining = |h: usize| drained.contains(&h);
+        let mut used = vec![0u64; self.hosts];
+        for g in &self.guests {
+            used[g.1] += g.2;
+        }
+        let hosts: Vec<super::place::HostRoom> = (0..self.hosts)
+            .map(|h| super::place::HostRoom {
+                name: format!("host{h:04}"),
+                memory_free: self.memory_total.saturating_sub(used[h]),
+                memory_total: self.memory_total,
+                room: None,
+            })
+            .collect();
+        let targets: Vec<usize> = (0..self.hosts).filter(|&h| !draining(h)).collect();
+        let leaving: Vec<&(String, usize, u64, u64, f64)> =
+            self.guests.iter().filter(|g| draining(g.1)).collect();
+        let wanted: Vec<super::place::Wanted> = leaving
+            .iter()
+            .map(|g| super::place::Wanted {
+                guest: g.0.clone(),
+                memory: g.2,
+                options: targets.iter().map(|&h| (h, 0, g.3)).collect(),
+            })
+            .collect();
+        let placed = super::place::place(&wanted, &hosts);
+        let mut moves = vec![];
+        let mut unplaced = vec![];
+        for (g, p) in leaving.iter().zip(placed) {
+            match p.to {
+                Some(to) => moves.push(Move {
+                    guest: g.0.clone(),
+                    from: g.1,
+                    to,
+                    fallback: p.fallback,
+                    memory: g.2,
+                    disk: g.3,
+                    dirty_bps: g.4,
+                }),
+                None => unplaced.push(g.0.clone()),
+            }
+        }
+        Drain { moves, unplaced }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB_F: f64 = MIB as f64;
+
+    fn mv(guest: &str, to: usize, mem_mib: u64, disk_mib: u64) -> Move {
+        Move {
+            guest: guest.into(),
+            from: 0,
+            to,
+            fallback: vec![],
+            memory: mem_mib * MIB,
+            disk: disk_mib * MIB,
+            dirty_bps: 0.0,
+        }
+    }
+
+    fn three_hosts() -> Vec<Link> {
+        vec![Link::symmetric(100.0 * MIB_F); 3]
+    }
+
+    #[test]
+    fn one_migration_takes_what_the_model_says() {
+        let (l, ov) = (three_hosts(), Overheads::default());
+        let m = [mv("a", 1, 1000, 1000)];
+        let r = simulate(Policy::Ferry, &Budgets::FERRY, &ov, &l, &m);
+        assert!(
+            (r.makespan_s - m[0].duration_s(100.0 * MIB_F, &ov)).abs() < 1e-6,
+            "{r:?}"
+        );
+        assert!((r.wire_bytes - 2000.0 * MIB_F).abs() < 1.0);
+        assert!((lower_bound(&l, &m, &ov) - r.makespan_s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ferry_overlaps_setup_with_the_previous_transfer() {
+        let (l, ov) = (three_hosts(), Overheads::default());
+        let m = [mv("a", 1, 500, 1500), mv("b", 2, 500, 1500)];
+        let ferry = simulate(Policy::Ferry, &Budgets::FERRY, &ov, &l, &m);
+        let serial = simulate(
+            Policy::Fixed,
+            &Budgets {
+                max_out: 1,
+                ..Budgets::NONE
+            },
+            &ov,
+            &l,
+            &m,
+        );
+        // Serial: two whole migrations end to end (2 × 23.5 s).
+        assert!((serial.makespan_s - 47.0).abs() < 1e-6, "{serial:?}");
+        // Ferry: b's setup and a's finish both overlap a transfer: 2 + 20 + 20 + 1.5 s.
+        assert!((ferry.makespan_s - 43.5).abs() < 1e-6, "{ferry:?}");
+        assert_eq!(ferry.peak_flights, 2);
+        let lb = lower_bound(&l, &m, &ov);
+        assert!((lb - 40.0).abs() < 1e-6, "{lb}");
+    }
+
+    #[test]
+    fn all_at_once_resends_a_dirtying_guests_memory() {
+        let (l, ov) = (three_hosts(), Overheads::default());
+        let mut m = vec![
+            mv("a", 1, 1024, 0),
+            mv("b", 2, 1024, 0),
+            mv("c", 1, 1024, 0),
+        ];
+        for x in &mut m {
+            x.dirty_bps = 30.0 * MIB_F;
+        }
+        let ferry = simulate(Policy::Ferry, &Budgets::FERRY, &ov, &l, &m);
+        let all = simulate(Policy::Fixed, &Budgets::NONE, &ov, &l, &m);
+        assert_eq!(all.peak_flights, 3);
+        assert!(all.wire_bytes > ferry.wire_bytes * 1.5, "{all:?} {ferry:?}");
+        assert!(all.makespan_s > ferry.makespan_s, "{all:?} {ferry:?}");
+        // Every migration ended, after it started.
+        for (s, e) in ferry.spans.iter().chain(&all.spans) {
+            assert!(e > s);
+        }
+    }
+
+    #[test]
+    fn the_lower_bound_is_the_busiest_link_or_the_longest_migration() {
+        let ov = Overheads::default();
+        let mut l = three_hosts();
+        let m = [mv("a", 1, 1000, 0), mv("b", 2, 1000, 0)];
+        // h0 sends 2000 MiB at 100 MiB/s.
+        assert!((lower_bound(&l, &m, &ov) - 20.0).abs() < 1e-9);
+        // A slow target in-link: b alone takes 3.5 s + 1000/10 s.
+        l[2].in_bps = 10.0 * MIB_F;
+        assert!((lower_bound(&l, &m, &ov) - 103.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_fleet_is_the_same_for_the_same_seed() {
+        let a = Fleet::generate(10, 100, 10.0, 7);
+        assert_eq!(a, Fleet::generate(10, 100, 10.0, 7));
+        assert_ne!(a, Fleet::generate(10, 100, 10.0, 8));
+        assert_eq!(a.guests.len(), 100);
+        assert!(a.guests.iter().all(|g| g.1 < 10));
+    }
+
+    #[test]
+    fn a_drained_fleet_moves_every_guest_of_the_drained_hosts_elsewhere() {
+        let f = Fleet::generate(20, 200, 10.0, 1);
+        let d = f.drain(&[0, 1]);
+        assert_eq!(d.moves.len(), 20);
+        assert!(d.unplaced.is_empty());
+        assert!(d.moves.iter().all(|m| m.from <= 1 && m.to > 1));
+        // Spread: no target takes more than two of the twenty.
+        let mut on = [0; 20];
+        for m in &d.moves {
+            on[m.to] += 1;
+        }
+        assert!(on.iter().all(|&n| n <= 2), "{on:?}");
+    }
+
+    #[test]
+    fn on_a_fleet_ferry_beats_the_peers_and_no_one_beats_the_bound() {
+        let f = Fleet::generate(40, 400, 10.0, 3);
+        let d = f.drain(&[0, 1, 2, 3]);
+        let ov = Overheads::default();
+        let lb = lower_bound(&f.links, &d.moves, &ov);
+        let times: Vec<(&str, f64)> = CONTENDERS
+            .iter()
+            .map(|c| {
+                let r = simulate(c.policy, &c.budgets, &ov, &f.links, &d.moves);
+                assert!(r.makespan_s >= lb - 1e-6, "{} beat the bound", c.name);
+                assert!(r.spans.iter().all(|(s, e)| e > s), "{} left a move", c.name);
+                (c.name, r.makespan_s)
+            })
+            .collect();
+        let ferry = times.iter().find(|t| t.0 == "ferry").map_or(0.0, |t| t.1);
+        for (name, t) in &times {
+            assert!(ferry <= *t, "ferry {ferry} s, {name} {t} s");
+        }
+    }
+}
