@@ -125,6 +125,34 @@ pub enum Command {
     /// for a file or an LV, the inventory's hook for a device). Journaled; never twice.
     Release(ReleaseArgs),
 
+    /// Move every running guest off a host: each to its best target, scheduled under link and
+    /// host budgets, retried once on the next-ranked host after a failure.
+    ///
+    /// Ferry reads every host, ranks the targets of each running guest (as `ferry migrate`
+    /// does), and places them all at once: each placement consumes the target's free memory
+    /// and local room, so no two guests are promised the same. The host is marked draining
+    /// in the journal for the run: no other Ferry command picks it.
+    ///
+    /// The schedule: the longest migrations first; a link carries as many migrations as fill
+    /// it and no more — the next one starts while the current one sends its last seconds, so
+    /// its setup overlaps that transfer. With the links' bandwidth known (--link-bandwidth, or
+    /// the inventory's link_bandwidth), each migration's bandwidth is set to its share of the
+    /// link, and reset when the share changes. Every migration is the whole `ferry migrate`
+    /// flow: its own checks, journal run, verification or rollback.
+    ///
+    ///   ferry evacuate kvm1 --inventory hosts.toml --dry-run
+    ///   ferry evacuate kvm1 --link-bandwidth 1100 --max-out 2
+    ///
+    /// Ctrl-C once: no new migration starts, those running finish. Twice: those running are
+    /// aborted and roll back (their guests stay on the host).
+    ///
+    /// Shut-off guests defined on the host are listed, not moved.
+    ///
+    /// Exit status: 0 when no guest runs on the host any more; 1 otherwise (the table says
+    /// which guest stayed and why); 3 when a guest's place is uncertain (`ferry recover`).
+    #[command(verbatim_doc_comment)]
+    Evacuate(EvacuateArgs),
+
     /// Simulate the evacuation of hosts in a generated fleet and compare scheduling policies
     /// with the model `ferry evacuate` schedules by: serial (one per drained host, as Nova),
     /// 4 workers per host in name order (Proxmox), 2 per host and 5 in the fleet (KubeVirt),
@@ -147,6 +175,57 @@ pub enum Command {
     ///
     /// Example: ferry man > /usr/local/share/man/man1/ferry.1
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct EvacuateArgs {
+    /// The host to empty: an inventory host's name (or a libvirt URI).
+    pub host: String,
+    /// The hosts the guests may go to (repeatable). Default: every other inventory host.
+    #[arg(long, value_name = "HOST")]
+    pub to: Vec<String>,
+    /// Migrations out of one host at once.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_out: u64,
+    /// Migrations into one host at once.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in: u64,
+    /// Every host's link for migrations, MiB/s each way (overrides the inventory's
+    /// link_bandwidth): shared among the migrations running on it.
+    #[arg(long, value_name = "MiB/s", value_parser = clap::value_parser!(u64).range(1..))]
+    pub link_bandwidth: Option<u64>,
+    /// ferry: Ferry's schedule; all-at-once: every migration started at once, within
+    /// --max-out and --max-in (for comparison).
+    #[arg(long, value_enum, default_value_t = Schedule::Ferry)]
+    pub schedule: Schedule,
+    /// Do not retry a failed migration on the next-ranked host.
+    #[arg(long)]
+    pub no_retry: bool,
+    /// Show the placement and the predicted schedule; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON lines on stdout: one object per event, then one with the result.
+    #[arg(long)]
+    pub json: bool,
+    /// A host not read within this many seconds is reported as not answering.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
+    #[command(flatten)]
+    pub migration: MigrationArgs,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// How `ferry evacuate` orders and starts migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    Ferry,
+    AllAtOnce,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `ferry`: the thin command line over Ferry's crates.
 
 mod args;
+mod evacuate_cmd;
 mod hosts_cmd;
 mod journal_cmd;
 mod migrate_cmd;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Abort(a) => journal_cmd::abort(&a),
         Command::Release(a) => journal_cmd::release(&a),
         Command::Simulate(a) => simulate_cmd::run(&a),
+        Command::Evacuate(a) => evacuate_cmd::run(&a),
     };
     match result {
         Ok(code) => code,

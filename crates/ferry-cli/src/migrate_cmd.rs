@@ -290,7 +290,7 @@ fn watchdog(
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let inv = a.inventory.load()?;
-    let select = SelectRequest::new(
+    let mut select = SelectRequest::new(
         inv.as_ref(),
         &a.guest,
         &a.from,
@@ -307,6 +307,10 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 .to_string()
         })?
     };
+    // A host being evacuated is draining: never a target.
+    if let Ok(d) = ferry_migrate::evacuate::draining(&journal, ferry_migrate::ferry_alive) {
+        ferry_migrate::evacuate::mark_draining(&mut select.candidates, &d);
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let c = cancel.clone();

@@ -197,6 +197,10 @@ pub struct HostEntry {
     pub migration_address: Option<String>,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The bandwidth of this host's link for migrations, MiB/s each way: `ferry evacuate`
+    /// shares it among the migrations running on it.
+    #[serde(default)]
+    pub link_bandwidth: Option<u64>,
     #[serde(default, rename = "local_store")]
     pub local_stores: Vec<LocalStore>,
 }

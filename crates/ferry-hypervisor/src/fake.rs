@@ -129,6 +129,8 @@ struct State {
     job_script: Vec<JobStats>,
     completed: Option<JobStats>,
     fail_connect: Vec<String>,
+    /// Migrations to these hosts fail with the guest on the source, whatever `outcome` says.
+    fail_to: Vec<String>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -176,6 +178,11 @@ impl Fake {
     /// The host stops answering: every call on an open connection to it fails.
     pub fn lose_host(&self, uri: &str) {
         self.lock().hosts.remove(uri);
+    }
+
+    /// Every migration to `uri` fails, the guest staying on the source.
+    pub fn fail_migrations_to(&self, uri: &str) {
+        self.lock().fail_to.push(uri.to_string());
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -404,7 +411,11 @@ impl Hypervisor for Fake {
             bandwidth: req.bandwidth_mib,
             flags: req.flags,
         });
-        let outcome = s.outcome.clone();
+        let outcome = if s.fail_to.contains(&du) {
+            MigrateOutcome::FailOnSource(format!("the target {du} failed (scripted)"))
+        } else {
+            s.outcome.clone()
+        };
         let failed_here = |s: &State, uri: &str| {
             s.hosts
                 .get(uri)

@@ -45,6 +45,21 @@ pub struct RunRow {
     pub message: Option<String>,
 }
 
+/// An evacuation of a host, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvacuationRow {
+    pub id: i64,
+    pub host: String,
+    pub uri: String,
+    pub pid: u32,
+    /// The machine the evacuating Ferry runs on.
+    pub machine: String,
+    pub started: i64,
+    pub finished: Option<i64>,
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+}
+
 /// A volume Ferry created and has not deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Created {
@@ -103,6 +118,22 @@ CREATE TABLE IF NOT EXISTS aborts (
     requested INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     host TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evacuations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    machine TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    finished INTEGER,
+    outcome TEXT,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS evacuation_runs (
+    evacuation INTEGER NOT NULL REFERENCES evacuations(id),
+    guest TEXT NOT NULL,
+    run INTEGER NOT NULL REFERENCES runs(id)
 );
 CREATE TABLE IF NOT EXISTS locks (
     guest TEXT PRIMARY KEY,
@@ -516,6 +547,106 @@ impl Journal {
             .optional()?)
     }
 
+    /// Begin the evacuation of `host`: from now until it ends, the host is draining.
+    pub fn begin_evacuation(
+        &self,
+        host: &str,
+        uri: &str,
+        pid: u32,
+        machine: &str,
+    ) -> Result<i64, JournalError> {
+        self.db.execute(
+            "INSERT INTO evacuations (host, uri, pid, machine, started) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![host, uri, pid, machine, now()],
+        )?;
+        Ok(self.db.last_insert_rowid())
+    }
+
+    /// Record that `run` migrated `guest` for evacuation `evacuation`.
+    pub fn add_evacuation_run(
+        &self,
+        evacuation: i64,
+        guest: &str,
+        run: RunId,
+    ) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT INTO evacuation_runs (evacuation, guest, run) VALUES (?1, ?2, ?3)",
+            params![evacuation, guest, run.0],
+        )?;
+        Ok(())
+    }
+
+    /// End an evacuation: `emptied`, `incomplete`, `interrupted`.
+    pub fn finish_evacuation(
+        &self,
+        evacuation: i64,
+        outcome: &str,
+        message: &str,
+    ) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE evacuations SET finished = ?1, outcome = ?2, message = ?3 WHERE id = ?4",
+            params![now(), outcome, message, evacuation],
+        )?;
+        Ok(())
+    }
+
+    /// Evacuations not ended (running, or cut short), oldest first.
+    pub fn open_evacuations(&self) -> Result<Vec<EvacuationRow>, JournalError> {
+        self.evacuations_where("finished IS NULL")
+    }
+
+    /// Every evacuation, newest first.
+    pub fn evacuations(&self) -> Result<Vec<EvacuationRow>, JournalError> {
+        let mut all = self.evacuations_where("1")?;
+        all.reverse();
+        Ok(all)
+    }
+
+    fn evacuations_where(&self, cond: &str) -> Result<Vec<EvacuationRow>, JournalError> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT id, host, uri, pid, machine, started, finished, outcome, message
+             FROM evacuations WHERE {cond} ORDER BY id"
+        ))?;
+        let rows = st.query_map([], |r| {
+            Ok(EvacuationRow {
+                id: r.get(0)?,
+                host: r.get(1)?,
+                uri: r.get(2)?,
+                pid: r.get(3)?,
+                machine: r.get(4)?,
+                started: r.get(5)?,
+                finished: r.get(6)?,
+                outcome: r.get(7)?,
+                message: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The runs of an evacuation: (guest, run), in order.
+    pub fn evacuation_runs(&self, evacuation: i64) -> Result<Vec<(String, i64)>, JournalError> {
+        let mut st = self.db.prepare(
+            "SELECT guest, run FROM evacuation_runs WHERE evacuation = ?1 ORDER BY rowid",
+        )?;
+        let rows = st.query_map([evacuation], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest run of `guest` started at or after `since` (seconds since the epoch).
+    pub fn latest_run_of(&self, guest: &str, since: i64) -> Result<Option<RunRow>, JournalError> {
+        Ok(self
+            .db
+            .query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE guest = ?1 AND started >= ?2
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                params![guest, since],
+                run_row,
+            )
+            .optional()?)
+    }
+
     /// The outcome of a run, if it has ended.
     pub fn outcome(&self, run: RunId) -> Result<Option<String>, JournalError> {
         Ok(self
@@ -531,6 +662,29 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_evacuation_is_open_until_finished_and_keeps_its_runs() {
+        let j = Journal::in_memory().unwrap();
+        let e = j
+            .begin_evacuation("h1", "qemu+tcp://h1/system", 42, "m")
+            .unwrap();
+        let open = j.open_evacuations().unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!((open[0].host.as_str(), open[0].pid), ("h1", 42));
+        let r = j.begin_run("g", "a", "b", "{}").unwrap();
+        j.add_evacuation_run(e, "g", r).unwrap();
+        assert_eq!(j.evacuation_runs(e).unwrap(), vec![("g".to_string(), r.0)]);
+        assert_eq!(j.latest_run_of("g", 0).unwrap().map(|x| x.id), Some(r.0));
+        assert!(j.latest_run_of("g", i64::MAX).unwrap().is_none());
+        assert!(j.latest_run_of("other", 0).unwrap().is_none());
+        j.finish_evacuation(e, "emptied", "3 guests").unwrap();
+        assert!(j.open_evacuations().unwrap().is_empty());
+        assert_eq!(
+            j.evacuations().unwrap()[0].outcome.as_deref(),
+            Some("emptied")
+        );
+    }
 
     #[test]
     fn created_volumes_of_unfinished_runs_are_leftovers_until_deleted() {

@@ -5,6 +5,7 @@
 //! proven end to end in the lab against real libvirt.
 
 pub mod abort;
+pub mod evacuate;
 pub mod inventory;
 pub mod migrate;
 pub mod preflight;

@@ -1669,3 +1669,215 @@ fn a_post_copy_that_cannot_be_resumed_deletes_nothing_and_stays_open_for_recover
         Some("migrated")
     );
 }
+
+/// h1 runs g and g2 (the seed's disks) and has g3 defined, shut off; h2 and h3 both see the
+/// share and have a store: either can take either guest.
+fn evacuation_lab() -> Arc<Fake> {
+    let fake = lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.pools = vec![dir_pool("shared-a", "/mnt/nfs"), dir_pool("nvme-a", "/dev")];
+    h1.dirs.insert("/dev".into(), 0);
+    let g = h1.domains["g"].clone();
+    for (name, state) in [("g2", DomainState::Running), ("g3", DomainState::ShutOff)] {
+        let xml = GUEST_XML.replace("<name>g</name>", &format!("<name>{name}</name>"));
+        h1.domains.insert(
+            name.into(),
+            FakeDomain {
+                state,
+                live_xml: xml.clone(),
+                inactive_xml: xml,
+                disks: g.disks.clone(),
+            },
+        );
+    }
+    fake.add_host(SRC, h1);
+    let mut h2 = fake.host_snapshot(DST);
+    h2.pools = vec![
+        dir_pool("shared-b", "/mnt/nfs_second_mount"),
+        dir_pool("store-b", "/srv/store"),
+    ];
+    fake.add_host(DST, h2.clone());
+    h2.hostname = "h3".into();
+    h2.uuid = "u3".into();
+    fake.add_host(H3, h2);
+    fake.same_storage(&[
+        (SRC, "/mnt/nfs"),
+        (DST, "/mnt/nfs_second_mount"),
+        (H3, "/mnt/nfs_second_mount"),
+    ]);
+    fake
+}
+
+fn evacuate_ask<'a>() -> evacuate::EvacuateAsk<'a> {
+    use crate::target::HostSpec;
+    evacuate::EvacuateAsk {
+        host: HostSpec::uri(SRC),
+        candidates: vec![HostSpec::uri(DST), HostSpec::uri(H3)],
+        inventory: None,
+        options: MigrationOptions {
+            unsafe_: true,
+            ..Default::default()
+        },
+        policy: ferry_core::evacuate::Policy::Ferry,
+        budgets: ferry_core::evacuate::Budgets::FERRY,
+        link_mib: vec![],
+        answer_deadline: crate::target::ANSWER_DEADLINE,
+        abort_grace: std::time::Duration::from_secs(1),
+        retry: true,
+    }
+}
+
+fn journal_file(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("ferry-evac-{}-{name}.db", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+#[test]
+fn evacuation_places_each_running_guest_once_and_lists_the_shut_off_one() {
+    let fake = evacuation_lab();
+    let p = evacuate::plan(&hv(&fake), &evacuate_ask()).unwrap();
+    let mut guests: Vec<_> = p.moves.iter().map(|m| m.guest.as_str()).collect();
+    guests.sort();
+    assert_eq!(guests, ["g", "g2"], "{:?}", p.unplaced);
+    assert_eq!(p.shut_off, ["g3"]);
+    // Spread over both targets, each with the other as its fallback.
+    let mut to: Vec<_> = p.moves.iter().map(|m| m.to).collect();
+    to.sort();
+    assert_eq!(to, [1, 2]);
+    for m in &p.moves {
+        assert_eq!(m.fallback, vec![3 - m.to]);
+        assert_eq!(m.disk, MIB64, "vdb is copied");
+    }
+    assert!(!p.bandwidth_known);
+    assert!(p.predicted.makespan_s >= p.bound_s);
+    // Planning moved nothing.
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::CreateVolume { .. } | Call::Migrate { .. })));
+}
+
+#[test]
+fn evacuation_migrates_every_guest_and_journals_each_run() {
+    let fake = evacuation_lab();
+    let hv = hv(&fake);
+    let ask = evacuate_ask();
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let path = journal_file("all");
+    let j = Journal::open(&path).unwrap();
+    let e = j
+        .begin_evacuation("h1", SRC, std::process::id(), "m")
+        .unwrap();
+    let mut events = vec![];
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let r = evacuate::execute(&hv, &path, e, &ask, &p, &mut events, &stop);
+    assert!(
+        r.iter()
+            .all(|g| g.outcome == evacuate::GuestOutcome::Migrated && g.attempts == 1),
+        "{r:?}"
+    );
+    for g in ["g", "g2"] {
+        assert_eq!(
+            fake.host_snapshot(SRC).domains.get(g).map(|d| d.state),
+            None,
+            "{g} left h1"
+        );
+    }
+    assert_eq!(j.evacuation_runs(e).unwrap().len(), 2);
+    // Ferry's schedule on one link: the second starts only once the first is past sending.
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, evacuate::EvacEvent::Started { .. }))
+        .count();
+    assert_eq!(started, 2);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_failed_migration_is_retried_once_on_the_next_ranked_host() {
+    let fake = evacuation_lab();
+    fake.fail_migrations_to(DST);
+    let hv = hv(&fake);
+    let ask = evacuate_ask();
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let path = journal_file("retry");
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let r = evacuate::execute(&hv, &path, 1, &ask, &p, &mut vec![], &stop);
+    // The guest placed on h2 failed there, stayed on h1, and went to h3.
+    let first_h2 = p.moves.iter().find(|m| m.to == 1).unwrap();
+    let g = r.iter().find(|g| g.guest == first_h2.guest).unwrap();
+    assert_eq!(g.outcome, evacuate::GuestOutcome::Migrated, "{g:?}");
+    assert_eq!((g.attempts, g.target.as_deref()), (2, Some(H3)));
+    assert_eq!(g.runs.len(), 2);
+    assert!(fake.host_snapshot(H3).domains.contains_key(&g.guest));
+    // Retried once only: with both targets failing, the guest stays where it is.
+    let fake = evacuation_lab();
+    fake.fail_migrations_to(DST);
+    fake.fail_migrations_to(H3);
+    let hv2 = super::tests::hv(&fake);
+    let r = evacuate::execute(
+        &hv2,
+        &journal_file("retry2"),
+        1,
+        &ask,
+        &p,
+        &mut vec![],
+        &stop,
+    );
+    for g in &r {
+        assert_eq!(g.outcome, evacuate::GuestOutcome::StayedOnSource, "{g:?}");
+        assert_eq!(g.attempts, 2);
+    }
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Migrate { .. }))
+            .count(),
+        4
+    );
+    assert!(fake.host_snapshot(SRC).domains.contains_key("g"));
+}
+
+#[test]
+fn a_stopped_evacuation_starts_nothing_and_says_so() {
+    let fake = evacuation_lab();
+    let hv = hv(&fake);
+    let ask = evacuate_ask();
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::NO_NEW);
+    let mut events = vec![];
+    let r = evacuate::execute(&hv, &journal_file("stop"), 1, &ask, &p, &mut events, &stop);
+    assert!(r
+        .iter()
+        .all(|g| g.outcome == evacuate::GuestOutcome::NotStarted));
+    assert!(matches!(events[0], evacuate::EvacEvent::Stopping { .. }));
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { .. })));
+}
+
+#[test]
+fn a_host_being_evacuated_is_draining_for_every_other_command() {
+    use crate::target::HostSpec;
+    let j = Journal::in_memory().unwrap();
+    let me = crate::this_machine();
+    j.begin_evacuation("h2", DST, std::process::id(), &me)
+        .unwrap();
+    // One whose Ferry died on this machine no longer drains its host.
+    j.begin_evacuation("h3", H3, u32::MAX - 1, &me).unwrap();
+    j.begin_evacuation("h4", "qemu+tcp://h4/system", 7, "another-machine")
+        .unwrap();
+    let d = evacuate::draining(&j, |pid| pid == std::process::id()).unwrap();
+    assert_eq!(
+        d[1].0, "h4",
+        "another machine's Ferry cannot be seen: it counts"
+    );
+    let d = &d[..1];
+    assert_eq!(d, vec![("h2".to_string(), DST.to_string())]);
+    let mut specs = vec![HostSpec::uri(DST), HostSpec::uri(H3)];
+    evacuate::mark_draining(&mut specs, d);
+    assert_eq!(specs[0].state, ferry_core::inventory::HostState::Draining);
+    assert_eq!(specs[1].state, ferry_core::inventory::HostState::Active);
+}

@@ -1,0 +1,463 @@
+//! `ferry evacuate`: every running guest off a host, with a live view and a final table.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_core::evacuate::{Budgets, Policy};
+use ferry_core::render::human_bytes;
+use ferry_journal::Journal;
+use ferry_migrate::evacuate::{
+    self, EvacEvent, EvacPlan, EvacReporter, EvacuateAsk, GuestOutcome, GuestResult,
+};
+use ferry_migrate::target::HostSpec;
+use ferry_migrate::Event;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::args::{EvacuateArgs, Schedule};
+
+fn secs(ms: u64) -> String {
+    if ms >= 1000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// The plan for a person: each guest's target and what moves, then the model's schedule.
+fn print_plan(p: &EvacPlan) {
+    let src = &p.hosts[0].name;
+    println!(
+        "Evacuating {src}: {} running guest(s) to move, {} cannot be placed, {} shut off \
+         (listed, not moved). Read the hosts and decided in {}.",
+        p.moves.len(),
+        p.unplaced.len(),
+        p.shut_off.len(),
+        secs(p.planning_ms)
+    );
+    if !p.moves.is_empty() {
+        println!("\n| guest | to | then | memory | disk copied | predicted start | end |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut rows: Vec<usize> = (0..p.moves.len()).collect();
+        rows.sort_by(|&a, &b| p.predicted.spans[a].0.total_cmp(&p.predicted.spans[b].0));
+        for i in rows {
+            let m = &p.moves[i];
+            let (s, e) = p.predicted.spans[i];
+            let then: Vec<&str> = m
+                .fallback
+                .iter()
+                .map(|&h| p.hosts[h].name.as_str())
+                .collect();
+            println!(
+                "| {} | {} | {} | {} | {} | {s:.0} s | {e:.0} s |",
+                m.guest,
+                p.hosts[m.to].name,
+                if then.is_empty() {
+                    "-".into()
+                } else {
+                    then.join(", ")
+                },
+                human_bytes(m.memory),
+                human_bytes(m.disk),
+            );
+        }
+        println!(
+            "\nPredicted makespan {:.0} s; lower bound {:.0} s (the busiest link's bytes over its \
+             bandwidth, or the longest migration){}.",
+            p.predicted.makespan_s,
+            p.bound_s,
+            if p.bandwidth_known {
+                String::new()
+            } else {
+                format!(
+                    "; links not known, modelled at {} /s and not capped (give \
+                     --link-bandwidth or the inventory's link_bandwidth)",
+                    human_bytes(evacuate::DEFAULT_LINK_BPS as u64)
+                )
+            }
+        );
+    }
+    for (g, why) in &p.unplaced {
+        println!("cannot place {g}: {why}");
+    }
+    for g in &p.shut_off {
+        println!("shut off, not moved: {g}");
+    }
+}
+
+/// The live view on a terminal: a line per running migration, and an overall bar.
+struct Live {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    bars: BTreeMap<String, ProgressBar>,
+    tty: bool,
+    last: BTreeMap<String, Instant>,
+    moved: BTreeMap<String, u64>,
+    total_bytes: u64,
+    started: Instant,
+    predicted_s: f64,
+    done: u64,
+}
+
+impl Live {
+    fn new(p: &EvacPlan) -> Self {
+        let multi = MultiProgress::new();
+        let tty = std::io::stderr().is_terminal();
+        if !tty {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let overall = multi.add(ProgressBar::new(p.moves.len() as u64));
+        overall.set_style(
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} guests  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Live {
+            multi,
+            overall,
+            bars: BTreeMap::new(),
+            tty,
+            last: BTreeMap::new(),
+            moved: BTreeMap::new(),
+            total_bytes: p.moves.iter().map(|m| m.bytes()).sum(),
+            started: Instant::now(),
+            predicted_s: p.predicted.makespan_s,
+            done: 0,
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.tty {
+            self.multi.suspend(|| eprintln!("{text}"));
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn overall_msg(&self) {
+        let moved: u64 = self.moved.values().sum();
+        let left = (self.predicted_s - self.started.elapsed().as_secs_f64()).max(0.0);
+        self.overall.set_message(format!(
+            "{} / {} moved  forecast end in ~{left:.0} s",
+            human_bytes(moved),
+            human_bytes(self.total_bytes)
+        ));
+    }
+}
+
+impl EvacReporter for Live {
+    fn report(&mut self, e: EvacEvent) {
+        match e {
+            EvacEvent::Started {
+                guest,
+                to,
+                attempt,
+                bandwidth_mib,
+            } => {
+                let cap = bandwidth_mib.map_or(String::new(), |m| format!(" at {m} MiB/s"));
+                let again = if attempt > 1 { " (retry)" } else { "" };
+                self.line(format!("==> {guest} -> {to}{again}{cap}"));
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("  {spinner} {prefix:<16} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(guest.clone());
+                bar.set_message(format!("-> {to}: starting"));
+                bar.enable_steady_tick(Duration::from_millis(200));
+                self.bars.insert(guest, bar);
+            }
+            EvacEvent::Migration { guest, inner } => {
+                let text = match &inner {
+                    Event::Step { step, detail } => format!("{step}: {detail}"),
+                    Event::Job(p) => {
+                        self.moved
+                            .insert(guest.clone(), p.disk_processed + p.mem_processed);
+                        self.overall_msg();
+                        let mut s = format!("{} {}/s", p.phase, human_bytes(p.rate_bps));
+                        if let Some(eta) = p.eta_s {
+                            s.push_str(&format!(" ETA {eta} s"));
+                        }
+                        s
+                    }
+                    Event::Note { message } => message.clone(),
+                    Event::Target(_) => return,
+                };
+                if let Some(b) = self.bars.get(&guest) {
+                    b.set_message(text.clone());
+                }
+                let due = self
+                    .last
+                    .get(&guest)
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+                if !self.tty && (due || !matches!(inner, Event::Job(_))) {
+                    eprintln!("    {guest}: {text}");
+                    self.last.insert(guest, Instant::now());
+                }
+            }
+            EvacEvent::Bandwidth { guest, mib } => {
+                self.line(format!(
+                    "    {guest}: bandwidth now {mib} MiB/s (its link's share)"
+                ));
+            }
+            EvacEvent::Ended(r) => {
+                if let Some(b) = self.bars.remove(&r.guest) {
+                    b.finish_and_clear();
+                    self.multi.remove(&b);
+                }
+                if r.outcome == GuestOutcome::Migrated {
+                    self.done += 1;
+                    self.overall.set_position(self.done);
+                    self.moved.insert(r.guest.clone(), r.bytes.unwrap_or(0));
+                }
+                self.overall_msg();
+                let how = match r.outcome {
+                    GuestOutcome::Migrated => format!(
+                        "migrated to {} in {}, downtime {}",
+                        r.target.as_deref().unwrap_or("?"),
+                        secs(r.duration_ms),
+                        r.downtime_ms.map_or("unknown".into(), secs)
+                    ),
+                    _ => format!(
+                        "FAILED on {}: {}",
+                        r.target.as_deref().unwrap_or("?"),
+                        r.message.as_deref().unwrap_or("")
+                    ),
+                };
+                self.line(format!("<== {}: {how}", r.guest));
+            }
+            EvacEvent::Stopping { message } => self.line(format!("ferry: {message}")),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for b in self.bars.values() {
+            b.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+    }
+}
+
+struct JsonLines;
+
+impl EvacReporter for JsonLines {
+    fn report(&mut self, e: EvacEvent) {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &e);
+        let _ = writeln!(out);
+    }
+}
+
+fn print_table(results: &[GuestResult]) {
+    println!("\n| guest | target | outcome | attempts | duration | downtime | bytes |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.guest,
+            r.target.as_deref().unwrap_or("-"),
+            serde_json::to_value(r.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            r.attempts,
+            secs(r.duration_ms),
+            r.downtime_ms.map_or("-".into(), secs),
+            r.bytes.map_or("-".into(), human_bytes)
+        );
+    }
+    for r in results
+        .iter()
+        .filter(|r| r.outcome != GuestOutcome::Migrated)
+    {
+        if let Some(m) = &r.message {
+            println!("\n{}: {m}", r.guest);
+        }
+    }
+}
+
+pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
+    let inv = a.inventory.load()?;
+    let host = HostSpec::resolve(inv.as_ref(), &a.host);
+    let mut candidates: Vec<HostSpec> = if a.to.is_empty() {
+        let Some(i) = &inv else {
+            anyhow::bail!(
+                "no target: give --to HOST (repeatable), or an inventory of hosts (--inventory \
+                 FILE, FERRY_INVENTORY or {})",
+                crate::args::DEFAULT_INVENTORY
+            );
+        };
+        i.hosts
+            .iter()
+            .filter(|h| h.name != host.name && h.uri != host.uri)
+            .map(HostSpec::from_entry)
+            .collect()
+    } else {
+        a.to.iter()
+            .map(|t| HostSpec::resolve(inv.as_ref(), t))
+            .collect()
+    };
+    if candidates.is_empty() {
+        anyhow::bail!("the inventory lists no host other than {}", host.name);
+    }
+    let journal = if a.dry_run {
+        Journal::open_existing(&a.journal.journal).or_else(|_| Journal::in_memory())?
+    } else {
+        Journal::open(&a.journal.journal).with_context(|| {
+            "Ferry records the evacuation and every migration there; give another path with \
+             --journal"
+                .to_string()
+        })?
+    };
+    let draining = evacuate::draining(&journal, ferry_migrate::ferry_alive)?;
+    if let Some((n, _)) = draining
+        .iter()
+        .find(|(n, u)| *n == host.name || *u == host.uri)
+    {
+        anyhow::bail!("{n} is already being evacuated (see `ferry history`)");
+    }
+    evacuate::mark_draining(&mut candidates, &draining);
+    let link_mib = std::iter::once(&host)
+        .chain(&candidates)
+        .filter_map(|h| {
+            let from_inv = inv
+                .as_ref()
+                .and_then(|i| i.host(&h.name))
+                .and_then(|e| e.link_bandwidth);
+            a.link_bandwidth.or(from_inv).map(|m| (h.name.clone(), m))
+        })
+        .collect();
+    let policy = match a.schedule {
+        Schedule::Ferry => Policy::Ferry,
+        Schedule::AllAtOnce => Policy::Fixed,
+    };
+    let ask = EvacuateAsk {
+        host: host.clone(),
+        candidates,
+        inventory: inv.as_ref(),
+        options: a.migration.options(inv.as_ref()),
+        policy,
+        budgets: Budgets {
+            max_out: a.max_out as usize,
+            max_in: a.max_in as usize,
+            fleet: None,
+        },
+        link_mib,
+        answer_deadline: Duration::from_secs(a.connect_timeout),
+        abort_grace: ferry_migrate::ABORT_GRACE,
+        retry: !a.no_retry,
+    };
+    let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
+        Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
+    if !a.json {
+        eprintln!(
+            "==> reading {} host(s) and ranking targets for every guest on {}",
+            ask.candidates.len() + 1,
+            host.name
+        );
+    }
+    let plan = evacuate::plan(&hv, &ask)?;
+    if a.json {
+        println!("{}", serde_json::json!({"event": "plan", "plan": plan}));
+    } else {
+        print_plan(&plan);
+    }
+    if a.dry_run {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "result", "outcome": "dry_run"})
+            );
+        } else {
+            println!("\nDry run: nothing was created or moved.");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let evacuation = journal.begin_evacuation(
+        &host.name,
+        &host.uri,
+        std::process::id(),
+        &ferry_migrate::this_machine(),
+    )?;
+    let stop = Arc::new(AtomicU8::new(evacuate::GO));
+    {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            let was = s.fetch_add(1, Ordering::SeqCst);
+            if was >= evacuate::ABORT_ALL {
+                eprintln!("ferry: the running migrations are being aborted; wait");
+            }
+        });
+    }
+    let t = Instant::now();
+    let mut reporter: Box<dyn EvacReporter> = if a.json {
+        Box::new(JsonLines)
+    } else {
+        Box::new(Live::new(&plan))
+    };
+    let results = evacuate::execute(
+        &hv,
+        &a.journal.journal,
+        evacuation,
+        &ask,
+        &plan,
+        reporter.as_mut(),
+        &stop,
+    );
+    drop(reporter);
+    let makespan_ms = t.elapsed().as_millis() as u64;
+    // The verdict is the host's: does any guest still run there?
+    let still: Vec<String> = hv
+        .connect(&host.uri)
+        .and_then(|h| hv.guests(h))
+        .map(|g| g.into_iter().filter(|g| g.active).map(|g| g.name).collect())
+        .unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", host.name)]);
+    let uncertain = results.iter().any(|r| r.outcome == GuestOutcome::Uncertain);
+    let outcome = if still.is_empty() {
+        "emptied"
+    } else {
+        "incomplete"
+    };
+    let message = format!(
+        "{} of {} migrated in {}; still running there: {}",
+        results
+            .iter()
+            .filter(|r| r.outcome == GuestOutcome::Migrated)
+            .count(),
+        results.len(),
+        secs(makespan_ms),
+        if still.is_empty() {
+            "none".into()
+        } else {
+            still.join(", ")
+        }
+    );
+    let _ = journal.finish_evacuation(evacuation, outcome, &message);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "result", "outcome": outcome, "makespan_ms": makespan_ms,
+                "predicted_s": plan.predicted.makespan_s, "bound_s": plan.bound_s,
+                "guests": results, "still_running": still})
+        );
+    } else {
+        print_table(&results);
+        println!(
+            "\n{}: {message} (predicted {:.0} s, lower bound {:.0} s).",
+            host.name, plan.predicted.makespan_s, plan.bound_s
+        );
+    }
+    Ok(if uncertain {
+        ExitCode::from(3)
+    } else if still.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
