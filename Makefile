@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-simulate lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate lab-down mutants faults
 
 test: setup lint unit-test lab-test
 
@@ -46,6 +46,12 @@ bench-migrate: setup
 bench-hosts: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench-hosts 10 target/release/ferry
+
+# `ferry evacuate` of the lab's three guests: Ferry's schedule, serial, all at once, each
+# against the lower bound (h1's bytes sent over its shaped link; RATE in Mbit/s).
+bench-evacuate: setup
+	$(CARGO) build --release -p ferry-cli
+	lab/bench-evacuate --rate $(RATE) target/release/ferry
 
 # The evacuation model over a generated fleet (10,000 guests, 1,000 hosts, 100 drained): every
 # policy's makespan against the lower bound, and Ferry's planning time.

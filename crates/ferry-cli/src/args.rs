@@ -253,7 +253,8 @@ pub struct SimulateArgs {
 #[derive(Debug, Args)]
 pub struct InventoryArgs {
     /// The inventory of hosts (TOML: [[host]] name, uri, state, reserve_memory,
-    /// migration_address, labels, [[host.local_store]] pool or hook; [[shared_store]] name,
+    /// migration_address, labels, link_bandwidth, [[host.local_store]] pool or hook;
+    /// [[shared_store]] name,
     /// paths).
     /// Default: /etc/ferry/inventory.toml when it exists. See examples/inventory.toml.
     #[arg(long, value_name = "FILE", env = "FERRY_INVENTORY")]

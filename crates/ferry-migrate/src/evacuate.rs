@@ -339,6 +339,7 @@ struct Live {
     mv: usize,
     phase: FlightPhase,
     transfer_left_s: f64,
+    started: Instant,
     cap_mib: Option<u64>,
     cancel: Arc<AtomicBool>,
 }
@@ -381,7 +382,9 @@ pub fn execute(
     reporter: &mut dyn EvacReporter,
     stop: &AtomicU8,
 ) -> Vec<GuestResult> {
-    let ov = Overheads::default();
+    // The model's overheads until migrations measure them: a real setup's length replaces the
+    // estimate (the next migration starts that long before the current one stops sending).
+    let mut ov = Overheads::default();
     let mut moves = plan.moves.clone();
     let mut waiting = order(ask.policy, &plan.links, &moves);
     let mut live: Vec<Live> = vec![];
@@ -484,6 +487,7 @@ pub fn execute(
                         mv: i,
                         phase: FlightPhase::Setup,
                         transfer_left_s: f64::INFINITY,
+                        started: Instant::now(),
                         cap_mib: cap,
                         cancel: cancel.clone(),
                     });
@@ -527,6 +531,9 @@ pub fn execute(
                             }
                             Event::Job(p) => {
                                 let (phase, left) = transfer_left(p);
+                                if l.phase == FlightPhase::Setup && phase == FlightPhase::Transfer {
+                                    ov.setup_s = l.started.elapsed().as_secs_f64();
+                                }
                                 l.phase = phase;
                                 l.transfer_left_s = left;
                                 if p.dirty_rate_bps > 0 {

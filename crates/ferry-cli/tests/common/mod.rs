@@ -253,6 +253,13 @@ impl Running {
     pub fn start(extra: &[&str]) -> Running {
         let mut args = migrate_args(extra);
         args.push("--json");
+        let mut r = Running::spawn(&args);
+        r.wait_for_output(&phase("storage_copy"), Duration::from_secs(90));
+        r
+    }
+
+    /// Start `ferry ARGS` in the lab's client namespace; return once it runs.
+    pub fn spawn(args: &[&str]) -> Running {
         let mut child = Command::new(lab_script())
             .args(["client", env!("CARGO_BIN_EXE_ferry")])
             .args(args)
@@ -282,10 +289,13 @@ impl Running {
             stdout: vec![],
             stderr: Some(stderr),
         };
-        r.wait_for_output(&phase("storage_copy"), Duration::from_secs(90));
-        let (_, out, _) =
-            run(Command::new("pgrep").args(["-x", "ferry", "-P", &r.child.id().to_string()]));
-        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let parent = r.child.id().to_string();
+        let mut pids = vec![];
+        wait_until("ferry started", Duration::from_secs(10), || {
+            let (_, out, _) = run(Command::new("pgrep").args(["-x", "ferry", "-P", &parent]));
+            pids = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            !pids.is_empty()
+        });
         assert_eq!(pids.len(), 1, "one ferry process expected: {pids:?}");
         r.pid = pids[0];
         r
@@ -293,8 +303,14 @@ impl Running {
 
     /// Wait until ferry prints a line containing `needle`.
     pub fn wait_for_output(&mut self, needle: &str, within: Duration) {
+        self.wait_for_line(needle, within, |l| l.contains(needle));
+    }
+
+    /// Wait until ferry prints a line that `pred` accepts (`what` names it in the panic).
+    pub fn wait_for_line(&mut self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) {
+        let needle = what;
         let end = Instant::now() + within;
-        while !self.stdout.iter().any(|l| l.contains(needle)) {
+        while !self.stdout.iter().any(|l| pred(l)) {
             match self
                 .lines
                 .recv_timeout(end.saturating_duration_since(Instant::now()))
@@ -306,6 +322,15 @@ impl Running {
                 ),
             }
         }
+    }
+
+    /// The first line printed so far that contains `needle`.
+    pub fn line_with(&self, needle: &str) -> String {
+        self.stdout
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{}", self.stdout.join("\n")))
     }
 
     /// Wait (bounded) for ferry to end: its exit code (-1: killed), stdout and stderr.

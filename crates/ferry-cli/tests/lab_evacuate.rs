@@ -1,0 +1,195 @@
+//! `ferry evacuate` end to end in the lab: three real libvirtd hosts, three live TCG guests on
+//! h1 with local disks of different sizes (and one shut off), links shaped.
+//! Needs root and the lab's packages: `make test` (or `cargo test --features lab`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const GUESTS: [&str; 3] = ["lab-guest", "lab-guest2", "lab-guest3"];
+/// h1's link is shaped at 200 Mbit/s: 23 MiB/s of it for the migrations.
+const RATE: &str = "200";
+const LINK_MIB: &str = "23";
+
+fn inventory() -> String {
+    let mut s = String::new();
+    for (h, uri) in [("h1", H1), ("h2", H2), ("h3", H3)] {
+        s.push_str(&format!("[[host]]\nname = \"{h}\"\nuri = \"{uri}\"\n"));
+    }
+    let path = "/var/lib/ferry-lab/evacuate.toml".to_string();
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn evacuate_args(inv: &str) -> Vec<&str> {
+    vec![
+        "evacuate",
+        "h1",
+        "--inventory",
+        inv,
+        "--journal",
+        JOURNAL,
+        "--unsafe",
+        "--link-bandwidth",
+        LINK_MIB,
+        "--json",
+    ]
+}
+
+fn uri(host: &str) -> &'static str {
+    match host {
+        "h1" => H1,
+        "h2" => H2,
+        _ => H3,
+    }
+}
+
+/// Every guest runs on its target and only there, verified; h1 runs nothing and keeps only its
+/// shut-off guest; each target's store holds the copies of its own guests and nothing else.
+fn assert_emptied(result: &serde_json::Value) {
+    assert_eq!(result["outcome"], "emptied", "{result}");
+    assert_eq!(result["still_running"], serde_json::json!([]));
+    let guests = result["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 3, "{result}");
+    let mut on: Vec<(String, String)> = vec![];
+    for g in guests {
+        assert_eq!(g["outcome"], "migrated", "{g}");
+        let (name, target) = (g["guest"].as_str().unwrap(), g["target"].as_str().unwrap());
+        let out = lab(&["verify-guest", target, name]);
+        assert!(out.0, "verify-guest {target} {name}:\n{}{}", out.1, out.2);
+        on.push((name.into(), target.into()));
+    }
+    let (ok, list, _) = virsh(H1, &["list", "--all", "--name"]);
+    assert!(ok);
+    assert_eq!(list.split_whitespace().collect::<Vec<_>>(), ["lab-idle"]);
+    assert!(store("h1").is_empty(), "{:?}", store("h1"));
+    for host in ["h2", "h3"] {
+        let mut want: Vec<String> = on
+            .iter()
+            .filter(|(_, t)| t == host)
+            .map(|(g, _)| format!("{g}-vdb.img"))
+            .collect();
+        want.sort();
+        assert_eq!(store(host), want, "{host}'s store");
+        let (_, running, _) = virsh(uri(host), &["list", "--name"]);
+        assert_eq!(
+            running.split_whitespace().count(),
+            want.len(),
+            "{host} runs only its guests: {running}"
+        );
+    }
+    let (code, out, err) = ferry(&["recover", "--dry-run", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing to recover"), "{out}");
+}
+
+#[test]
+fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
+    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let inv = inventory();
+    // The dry run: every running guest placed, the shut-off one listed, nothing moved.
+    let mut dry = evacuate_args(&inv);
+    dry.push("--dry-run");
+    let (code, out, err) = ferry(&dry);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let plan = &plan["plan"];
+    assert_eq!(plan["shut_off"], serde_json::json!(["lab-idle"]), "{plan}");
+    assert_eq!(plan["moves"].as_array().unwrap().len(), 3, "{plan}");
+    let targets: Vec<u64> = plan["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["to"].as_u64().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&1) && targets.contains(&2),
+        "both h2 and h3 take guests: {plan}"
+    );
+    // The largest copy goes first: its predicted start is the earliest.
+    let moves = plan["moves"].as_array().unwrap();
+    let starts: Vec<f64> = plan["predicted"]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_f64().unwrap())
+        .collect();
+    let first = (0..moves.len())
+        .min_by(|&a, &b| starts[a].total_cmp(&starts[b]))
+        .unwrap();
+    assert_eq!(moves[first]["guest"], "lab-guest3", "{plan}");
+    assert!(store("h2").is_empty() && store("h3").is_empty());
+
+    let (code, out, err) = ferry(&evacuate_args(&inv));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = result(&out);
+    eprintln!(
+        "evacuated in {} ms (predicted {:.0} s, bound {:.0} s)",
+        r["makespan_ms"], r["predicted_s"], r["bound_s"]
+    );
+    assert_emptied(&r);
+    for g in r["guests"].as_array().unwrap() {
+        assert_eq!(g["attempts"], 1, "{g}");
+    }
+    // Each migration's bandwidth was its share of h1's link.
+    assert!(
+        out.lines()
+            .filter(|l| l.contains("\"event\":\"started\""))
+            .all(|l| l.contains("\"bandwidth_mib\":")),
+        "{out}"
+    );
+    // The journal: the evacuation ended, with one run per guest.
+    let (code, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert_eq!(code, 0);
+    for g in GUESTS {
+        assert!(hist.contains(g), "{hist}");
+    }
+    let (_, again, _) = ferry(&evacuate_args(&inv));
+    let again = result(&again);
+    assert_eq!(again["outcome"], "emptied", "nothing left to move: {again}");
+}
+
+#[test]
+fn a_target_qemu_killed_mid_copy_sends_that_guest_to_the_other_host() {
+    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let inv = inventory();
+    let mut run = Running::spawn(&evacuate_args(&inv));
+    // The first migration (the largest copy, lab-guest3) is copying its disk: kill its QEMU on
+    // the target.
+    run.wait_for_output("\"event\":\"started\"", Duration::from_secs(60));
+    let started = run.line_with("\"event\":\"started\"");
+    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let (victim, first) = (
+        v["guest"].as_str().unwrap().to_string(),
+        v["to"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(victim, "lab-guest3", "{started}");
+    let guest = format!("\"guest\":\"{victim}\"");
+    run.wait_for_line("its storage copy", Duration::from_secs(90), |l| {
+        l.contains(&guest) && l.contains(&phase("storage_copy"))
+    });
+    let (ok, _, e) = lab(&[
+        "shell",
+        &first,
+        "sh",
+        "-c",
+        &format!("kill -9 $(cat /run/libvirt/qemu/{victim}.pid)"),
+    ]);
+    assert!(ok, "{e}");
+    let (code, out, err) = run.wait(Duration::from_secs(600));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = result(&out);
+    assert_emptied(&r);
+    for g in r["guests"].as_array().unwrap() {
+        if g["guest"] == victim.as_str() {
+            // Failed on the first target, rolled back, then migrated to the other one.
+            assert_eq!(g["attempts"], 2, "{g}");
+            assert_ne!(g["target"], first.as_str(), "{g}");
+            assert_eq!(g["runs"].as_array().unwrap().len(), 2, "{g}");
+        } else {
+            assert_eq!(g["attempts"], 1, "the others are not affected: {g}");
+        }
+    }
+}
