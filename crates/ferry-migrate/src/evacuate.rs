@@ -318,6 +318,9 @@ impl EvacReporter for Vec<EvacEvent> {
     }
 }
 
+/// How often a running job's figures come (the flow samples twice a second).
+const SAMPLE_S: f64 = 0.5;
+
 /// [`execute`]'s stop levels (an `AtomicU8`): run on, start nothing new, abort all.
 pub const GO: u8 = 0;
 pub const NO_NEW: u8 = 1;
@@ -339,6 +342,8 @@ struct Live {
     mv: usize,
     phase: FlightPhase,
     transfer_left_s: f64,
+    /// When `transfer_left_s` was figured: it counts down from there.
+    sampled: Instant,
     started: Instant,
     cap_mib: Option<u64>,
     cancel: Arc<AtomicBool>,
@@ -352,19 +357,22 @@ fn flight_phase(step: &str) -> Option<FlightPhase> {
     }
 }
 
-/// The seconds of sending a live job has left, from its figures.
-fn transfer_left(p: &Progress) -> (FlightPhase, f64) {
+/// The seconds of sending a live job has left, from its figures. During the storage copy
+/// libvirt does not count memory yet (its total reads 0): the whole of the guest's `memory` is
+/// still to come after the disks.
+fn transfer_left(p: &Progress, memory: u64) -> (FlightPhase, f64) {
     let rate = (p.rate_bps.max(1)) as f64;
     match p.phase {
         Phase::Setup => (FlightPhase::Setup, f64::INFINITY),
         Phase::StorageCopy => {
-            let left = p.disk_total.saturating_sub(p.disk_processed) + p.mem_total;
+            let left = p.disk_total.saturating_sub(p.disk_processed) + p.mem_total.max(memory);
             (FlightPhase::Transfer, left as f64 / rate)
         }
-        Phase::Memory { .. } => (
-            FlightPhase::Transfer,
-            p.eta_s.map_or(p.mem_remaining as f64 / rate, |e| e as f64),
-        ),
+        // libvirt's remaining bytes, not the policy's ETA: that one is whole seconds, and
+        // reads 1 s through the last passes. Between two passes libvirt may say 0 remaining
+        // while the next pass has yet to count its dirty pages: that says nothing.
+        Phase::Memory { .. } if p.mem_remaining == 0 => (FlightPhase::Transfer, f64::NAN),
+        Phase::Memory { .. } => (FlightPhase::Transfer, p.mem_remaining as f64 / rate),
         Phase::Switchover | Phase::Postcopy => (FlightPhase::Finish, 0.0),
     }
 }
@@ -422,7 +430,8 @@ pub fn execute(
                 .map(|l| Flight {
                     mv: l.mv,
                     phase: l.phase,
-                    transfer_left_s: l.transfer_left_s,
+                    transfer_left_s: (l.transfer_left_s - l.sampled.elapsed().as_secs_f64())
+                        .max(0.0),
                 })
                 .collect();
             // The link's share of each sending migration: re-applied when it moved.
@@ -487,6 +496,7 @@ pub fn execute(
                         mv: i,
                         phase: FlightPhase::Setup,
                         transfer_left_s: f64::INFINITY,
+                        sampled: Instant::now(),
                         started: Instant::now(),
                         cap_mib: cap,
                         cancel: cancel.clone(),
@@ -530,12 +540,17 @@ pub fn execute(
                                 }
                             }
                             Event::Job(p) => {
-                                let (phase, left) = transfer_left(p);
+                                let (phase, left) = transfer_left(p, moves[i].memory);
+                                // A measured setup replaces the estimate, plus the age a
+                                // figure may have when the loop reads it (one sample).
                                 if l.phase == FlightPhase::Setup && phase == FlightPhase::Transfer {
-                                    ov.setup_s = l.started.elapsed().as_secs_f64();
+                                    ov.setup_s = l.started.elapsed().as_secs_f64() + SAMPLE_S;
                                 }
                                 l.phase = phase;
-                                l.transfer_left_s = left;
+                                if !left.is_nan() {
+                                    l.transfer_left_s = left;
+                                    l.sampled = Instant::now();
+                                }
                                 if p.dirty_rate_bps > 0 {
                                     moves[i].dirty_bps = p.dirty_rate_bps as f64;
                                 }
@@ -701,5 +716,48 @@ fn one(
         result,
         run,
         took: t.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::convergence::JobStats;
+
+    const MIB: u64 = 1 << 20;
+
+    fn progress(phase: Phase, rate: u64) -> Progress {
+        let mut p = Progress::from_samples(&JobStats::default(), false, None);
+        p.phase = phase;
+        p.rate_bps = rate;
+        p
+    }
+
+    #[test]
+    fn a_storage_copy_has_the_whole_memory_still_to_send() {
+        // 10 MiB of disk left at 10 MiB/s, and 256 MiB of memory after it: 26.6 s, not 1 s
+        // (taking libvirt's zero memory total at its word let the next migration start early).
+        let mut p = progress(Phase::StorageCopy, 10 * MIB);
+        p.disk_total = 96 * MIB;
+        p.disk_processed = 86 * MIB;
+        let (phase, left) = transfer_left(&p, 256 * MIB);
+        assert_eq!(phase, FlightPhase::Transfer);
+        assert!((left - 26.6).abs() < 1e-9, "{left}");
+        // The memory phase: libvirt's own remaining bytes (or the policy's ETA).
+        let mut p = progress(Phase::Memory { iteration: 1 }, 10 * MIB);
+        p.mem_remaining = 50 * MIB;
+        p.eta_s = Some(1);
+        assert_eq!(transfer_left(&p, 256 * MIB), (FlightPhase::Transfer, 5.0));
+        p.mem_remaining = 0;
+        assert!(
+            transfer_left(&p, 256 * MIB).1.is_nan(),
+            "0 between passes says nothing"
+        );
+        let p = progress(Phase::Switchover, 0);
+        assert_eq!(transfer_left(&p, 256 * MIB).0, FlightPhase::Finish);
+        assert_eq!(
+            transfer_left(&progress(Phase::Setup, 0), 1).0,
+            FlightPhase::Setup
+        );
     }
 }
