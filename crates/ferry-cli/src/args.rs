@@ -146,7 +146,8 @@ pub enum Command {
     /// Ctrl-C once: no new migration starts, those running finish. Twice: those running are
     /// aborted and roll back (their guests stay on the host).
     ///
-    /// Shut-off guests defined on the host are listed, not moved.
+    /// Shut-off guests defined on the host are listed, not moved; with --offline they move
+    /// cold.
     ///
     /// Exit status: 0 when no guest runs on the host any more; 1 otherwise (the table says
     /// which guest stayed and why); 3 when a guest's place is uncertain (`ferry recover`).
@@ -203,6 +204,11 @@ pub struct EvacuateArgs {
     /// Do not retry a failed migration on the next-ranked host.
     #[arg(long)]
     pub no_retry: bool,
+    /// Move the shut-off guests too, cold: their local disks copied through libvirt's storage
+    /// streams into volumes created at the exact size, their definition (sources rewritten)
+    /// defined on the target, then undefined here.
+    #[arg(long)]
+    pub offline: bool,
     /// Show the placement and the predicted schedule; move nothing.
     #[arg(long)]
     pub dry_run: bool,

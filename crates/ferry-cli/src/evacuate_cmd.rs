@@ -85,7 +85,13 @@ fn print_plan(p: &EvacPlan) {
         println!("cannot place {g}: {why}");
     }
     for g in &p.shut_off {
-        println!("shut off, not moved: {g}");
+        println!("shut off, not moved (--offline moves it cold): {g}");
+    }
+    for m in p.moves.iter().filter(|m| m.cold) {
+        println!(
+            "shut off, moved cold: {} -> {}",
+            m.guest, p.hosts[m.to].name
+        );
     }
 }
 
@@ -352,6 +358,7 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         answer_deadline: Duration::from_secs(a.connect_timeout),
         abort_grace: ferry_migrate::ABORT_GRACE,
         retry: !a.no_retry,
+        offline: a.offline,
     };
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());

@@ -357,6 +357,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         select,
         options: a.migration.options(inv.as_ref()),
         dry_run: a.dry_run,
+        cold: false,
         timeout: a.timeout.map(Duration::from_secs),
         started,
         abort_grace: ferry_migrate::ABORT_GRACE,

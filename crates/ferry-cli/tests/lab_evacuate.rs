@@ -38,6 +38,11 @@ fn evacuate_args(inv: &str) -> Vec<&str> {
     ]
 }
 
+fn domstate_of(uri: &str, guest: &str) -> String {
+    let (_, out, _) = virsh(uri, &["domstate", guest]);
+    out.trim().to_string()
+}
+
 fn uri(host: &str) -> &'static str {
     match host {
         "h1" => H1,
@@ -46,25 +51,33 @@ fn uri(host: &str) -> &'static str {
     }
 }
 
-/// Every guest runs on its target and only there, verified; h1 runs nothing and keeps only its
-/// shut-off guest; each target's store holds the copies of its own guests and nothing else.
-fn assert_emptied(result: &serde_json::Value) {
+/// Every running guest runs on its target and only there, verified; h1 runs nothing and keeps
+/// only its shut-off guest (moved cold with `offline`) and that guest's disk (its source copy,
+/// after a cold move); each target's store holds the copies of its own guests and nothing else.
+fn assert_emptied(result: &serde_json::Value, offline: bool) {
     assert_eq!(result["outcome"], "emptied", "{result}");
     assert_eq!(result["still_running"], serde_json::json!([]));
     let guests = result["guests"].as_array().unwrap();
-    assert_eq!(guests.len(), 3, "{result}");
+    assert_eq!(guests.len(), 3 + offline as usize, "{result}");
     let mut on: Vec<(String, String)> = vec![];
     for g in guests {
         assert_eq!(g["outcome"], "migrated", "{g}");
         let (name, target) = (g["guest"].as_str().unwrap(), g["target"].as_str().unwrap());
-        let out = lab(&["verify-guest", target, name]);
-        assert!(out.0, "verify-guest {target} {name}:\n{}{}", out.1, out.2);
+        if name != "lab-idle" {
+            let out = lab(&["verify-guest", target, name]);
+            assert!(out.0, "verify-guest {target} {name}:\n{}{}", out.1, out.2);
+        }
         on.push((name.into(), target.into()));
     }
     let (ok, list, _) = virsh(H1, &["list", "--all", "--name"]);
     assert!(ok);
-    assert_eq!(list.split_whitespace().collect::<Vec<_>>(), ["lab-idle"]);
-    assert!(store("h1").is_empty(), "{:?}", store("h1"));
+    let defined: Vec<&str> = list.split_whitespace().collect();
+    if offline {
+        assert!(defined.is_empty(), "{defined:?}");
+    } else {
+        assert_eq!(defined, ["lab-idle"]);
+    }
+    assert_eq!(store("h1"), ["lab-idle-vdb.img"]);
     for host in ["h2", "h3"] {
         let mut want: Vec<String> = on
             .iter()
@@ -76,7 +89,7 @@ fn assert_emptied(result: &serde_json::Value) {
         let (_, running, _) = virsh(uri(host), &["list", "--name"]);
         assert_eq!(
             running.split_whitespace().count(),
-            want.len(),
+            want.iter().filter(|f| !f.starts_with("lab-idle")).count(),
             "{host} runs only its guests: {running}"
         );
     }
@@ -122,17 +135,46 @@ fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
     assert_eq!(moves[first]["guest"], "lab-guest3", "{plan}");
     assert!(store("h2").is_empty() && store("h3").is_empty());
 
-    let (code, out, err) = ferry(&evacuate_args(&inv));
+    // The real run, with --offline: the shut-off guest moves cold.
+    let mut real = evacuate_args(&inv);
+    real.push("--offline");
+    let (code, out, err) = ferry(&real);
     assert_eq!(code, 0, "{out}\n{err}");
     let r = result(&out);
     eprintln!(
         "evacuated in {} ms (predicted {:.0} s, bound {:.0} s)",
         r["makespan_ms"], r["predicted_s"], r["bound_s"]
     );
-    assert_emptied(&r);
+    assert_emptied(&r, true);
     for g in r["guests"].as_array().unwrap() {
         assert_eq!(g["attempts"], 1, "{g}");
     }
+    // lab-idle: defined and shut off on its target, its sources rewritten, its vdb a
+    // byte-for-byte copy made through libvirt's storage streams.
+    let idle = r["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["guest"] == "lab-idle")
+        .unwrap();
+    let to = idle["target"].as_str().unwrap();
+    assert_eq!(domstate_of(uri(to), "lab-idle"), "shut off");
+    let (_, xml, _) = virsh(uri(to), &["dumpxml", "--inactive", "lab-idle"]);
+    let shared = if to == "h2" {
+        "/mnt/nfs_second_mount/idle.img"
+    } else {
+        "/mnt/nfs_third_mount/idle.img"
+    };
+    assert!(
+        xml.contains(shared) && xml.contains("/srv/ferry-store/lab-idle-vdb.img"),
+        "{xml}"
+    );
+    let want = std::fs::read_to_string("/var/lib/ferry-lab/idle-vdb.sha256").unwrap();
+    let (_, got, _) = run(std::process::Command::new("sh").args([
+        "-c",
+        &format!("sha256sum < /var/lib/ferry-lab/{to}/store/lab-idle-vdb.img | cut -d' ' -f1"),
+    ]));
+    assert_eq!(got.trim(), want.trim(), "lab-idle's vdb on {to}");
     // Each migration's bandwidth was its share of h1's link.
     assert!(
         out.lines()
@@ -181,7 +223,7 @@ fn a_target_qemu_killed_mid_copy_sends_that_guest_to_the_other_host() {
     let (code, out, err) = run.wait(Duration::from_secs(600));
     assert_eq!(code, 0, "{out}\n{err}");
     let r = result(&out);
-    assert_emptied(&r);
+    assert_emptied(&r, false);
     for g in r["guests"].as_array().unwrap() {
         if g["guest"] == victim.as_str() {
             // Failed on the first target, rolled back, then migrated to the other one.

@@ -115,6 +115,8 @@ pub struct MigrationFacts {
     /// Disks whose volume a hook makes only when the migration runs (a dry run): there is no
     /// path to ask the target about yet.
     pub hooked: std::collections::BTreeSet<String>,
+    /// A cold move: the guest must be shut off (its definition and disks move, no QEMU runs).
+    pub cold: bool,
 }
 
 /// What a host is and has.

@@ -146,8 +146,21 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
             fix,
         };
 
-    // The guest runs on the source and not on the target.
+    // The guest runs on the source (shut off there, for a cold move) and not on the target.
     match f.source_state {
+        Some(DomainState::ShutOff) if f.cold => c
+            .passed
+            .push(format!("{src}: {guest} is shut off (a cold move)")),
+        s if f.cold => c.problems.push(problem(
+            src,
+            None,
+            None,
+            format!(
+                "{guest} is not shut off ({}): a cold move needs it shut off",
+                state_name(s)
+            ),
+            format!("move it live (ferry migrate {guest}), or shut it down first"),
+        )),
         Some(s @ (DomainState::Running | DomainState::Paused)) => c
             .passed
             .push(format!("{src}: {guest} is {}", state_name(Some(s)))),
@@ -564,6 +577,35 @@ mod tests {
         let (_, c) = judge("vdb=/dev/n5", &f);
         assert!(whats(&c).contains(&"g is not running (shut off)"));
         assert!(whats(&c).contains(&"its size could not be read on the source"));
+    }
+
+    #[test]
+    fn a_cold_move_needs_the_guest_shut_off_and_a_live_one_needs_it_running() {
+        let mut f = facts();
+        f.cold = true;
+        f.source_state = Some(DomainState::ShutOff);
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert!(c
+            .passed
+            .iter()
+            .any(|p| p.contains("shut off (a cold move)")));
+        for s in [Some(DomainState::Running), Some(DomainState::Paused), None] {
+            f.source_state = s;
+            let (_, c) = judge("vdb=/dev/n5", &f);
+            assert!(
+                whats(&c)
+                    .iter()
+                    .any(|w| w.contains("a cold move needs it shut off")),
+                "{s:?}: {:?}",
+                c.problems
+            );
+        }
+        // Live, the same guest running passes.
+        f.cold = false;
+        f.source_state = Some(DomainState::Running);
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
     }
 
     #[test]

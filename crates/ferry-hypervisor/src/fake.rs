@@ -60,6 +60,17 @@ pub enum Call {
         host: String,
         name: String,
     },
+    Define {
+        host: String,
+        name: String,
+    },
+    CopyVolume {
+        src: String,
+        from: String,
+        dst: String,
+        to: String,
+        bytes: u64,
+    },
     CanaryCreate {
         host: String,
         dir: String,
@@ -602,6 +613,63 @@ impl Hypervisor for Fake {
             if h.domains.get(name).is_some_and(|d| !d.state.is_active()) {
                 h.domains.remove(name);
             }
+        }
+        Ok(())
+    }
+
+    fn define(&self, host: HostId, xml: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let uri = s.uris[host.0].clone();
+        let name = ferry_core::domain::parse(xml)
+            .map(|d| d.name)
+            .map_err(|e| HvError::Libvirt {
+                host: uri.clone(),
+                what: "defining the domain".into(),
+                message: e.to_string(),
+                code: 0,
+            })?;
+        s.calls.push(Call::Define {
+            host: uri.clone(),
+            name: name.clone(),
+        });
+        if let Some(h) = s.hosts.get_mut(&uri) {
+            h.domains.insert(
+                name,
+                FakeDomain {
+                    state: DomainState::ShutOff,
+                    live_xml: xml.to_string(),
+                    inactive_xml: xml.to_string(),
+                    disks: HashMap::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn copy_volume(
+        &self,
+        src: HostId,
+        src_path: &str,
+        dst: HostId,
+        dst_path: &str,
+        bytes: u64,
+    ) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let (su, du) = (s.uris[src.0].clone(), s.uris[dst.0].clone());
+        s.calls.push(Call::CopyVolume {
+            src: su,
+            from: src_path.to_string(),
+            dst: du.clone(),
+            to: dst_path.to_string(),
+            bytes,
+        });
+        if s.fail_to.contains(&du) {
+            return Err(HvError::Libvirt {
+                host: du,
+                what: format!("writing {dst_path}"),
+                message: "the target failed (scripted)".into(),
+                code: 1,
+            });
         }
         Ok(())
     }

@@ -124,6 +124,18 @@ pub trait Hypervisor: Send + Sync {
     fn suspend(&self, host: HostId, name: &str) -> Result<(), HvError>;
     /// Remove the domain's persistent definition (`virDomainUndefine`).
     fn undefine(&self, host: HostId, name: &str) -> Result<(), HvError>;
+    /// Define a domain from its XML (`virDomainDefineXML`): persistent, not started.
+    fn define(&self, host: HostId, xml: &str) -> Result<(), HvError>;
+    /// Copy the first `bytes` of the volume at `src_path` on `src` into the volume at
+    /// `dst_path` on `dst`, through libvirt's storage streams (download there, upload here).
+    fn copy_volume(
+        &self,
+        src: HostId,
+        src_path: &str,
+        dst: HostId,
+        dst_path: &str,
+        bytes: u64,
+    ) -> Result<(), HvError>;
 
     /// Every domain on the host with its memory and whether a job runs for it.
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError>;

@@ -750,6 +750,73 @@ impl Hypervisor for Libvirt {
             .map_err(|e| self.err(&h, format!("undefining {name}"), e))
     }
 
+    fn define(&self, host: HostId, xml: &str) -> Result<(), HvError> {
+        let h = self.host(host);
+        h.conn
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(|e| self.err(&h, "defining the domain", e))
+    }
+
+    fn copy_volume(
+        &self,
+        src: HostId,
+        src_path: &str,
+        dst: HostId,
+        dst_path: &str,
+        bytes: u64,
+    ) -> Result<(), HvError> {
+        let (s, d) = (self.host(src), self.host(dst));
+        let from = s
+            .conn
+            .lookup_storage_vol_by_path(src_path)
+            .map_err(|e| self.err(&s, format!("finding volume {src_path}"), e))?;
+        let to = d
+            .conn
+            .lookup_storage_vol_by_path(dst_path)
+            .map_err(|e| self.err(&d, format!("finding volume {dst_path}"), e))?;
+        let down = virt::stream::Stream::new(&s.conn, 0)
+            .map_err(|e| self.err(&s, "opening a stream", e))?;
+        let up = virt::stream::Stream::new(&d.conn, 0)
+            .map_err(|e| self.err(&d, "opening a stream", e))?;
+        from.download(&down, 0, bytes, 0)
+            .map_err(|e| self.err(&s, format!("reading {src_path}"), e))?;
+        to.upload(&up, 0, bytes, 0)
+            .map_err(|e| self.err(&d, format!("writing {dst_path}"), e))?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut moved = 0u64;
+        loop {
+            let n = down
+                .recv(&mut buf)
+                .map_err(|e| self.err(&s, format!("reading {src_path}"), e))?;
+            if n <= 0 {
+                break;
+            }
+            let chunk = &buf[..n as usize];
+            let mut sent = 0usize;
+            while sent < chunk.len() {
+                let k = up
+                    .send(&chunk[sent..])
+                    .map_err(|e| self.err(&d, format!("writing {dst_path}"), e))?;
+                sent += k.max(0) as usize;
+            }
+            moved += n as u64;
+        }
+        down.finish()
+            .map_err(|e| self.err(&s, format!("reading {src_path}"), e))?;
+        up.finish()
+            .map_err(|e| self.err(&d, format!("writing {dst_path}"), e))?;
+        if moved != bytes {
+            return Err(HvError::Libvirt {
+                host: d.uri.clone(),
+                what: format!("copying {src_path} to {dst_path}"),
+                message: format!("{moved} bytes arrived, {bytes} expected"),
+                code: 0,
+            });
+        }
+        Ok(())
+    }
+
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
         let h = self.host(host);
         let doms = h

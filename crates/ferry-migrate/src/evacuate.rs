@@ -54,6 +54,8 @@ pub struct EvacuateAsk<'a> {
     /// Retry a migration that failed with the guest still on the source once, on the
     /// next-ranked host.
     pub retry: bool,
+    /// Move the shut-off guests too, cold ([`crate::cold`]); otherwise they are listed.
+    pub offline: bool,
 }
 
 /// The evacuation decided: where each guest goes, and the schedule the model predicts.
@@ -68,7 +70,7 @@ pub struct EvacPlan {
     pub moves: Vec<Move>,
     /// Running guests no host can take, and why.
     pub unplaced: Vec<(String, String)>,
-    /// Guests defined on the host but not running: listed, not moved.
+    /// Guests defined on the host but not running, not moved (without `offline`).
     pub shut_off: Vec<String>,
     pub rankings: Vec<(String, Ranking)>,
     /// The model's prediction of this schedule, and the bound no schedule beats.
@@ -138,14 +140,26 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
             message: src.report.error.clone().unwrap_or_default(),
         }));
     }
-    let running: Vec<_> = src.report.guests.iter().filter(|g| g.active).collect();
+    // The guests to move: the running ones, and with `offline` the shut-off ones too.
+    let running: Vec<_> = src
+        .report
+        .guests
+        .iter()
+        .filter(|g| g.active || ask.offline)
+        .collect();
     let shut_off = src
         .report
         .guests
         .iter()
-        .filter(|g| !g.active)
+        .filter(|g| !g.active && !ask.offline)
         .map(|g| g.name.clone())
         .collect();
+    let cold = |name: &str| {
+        src.report
+            .guests
+            .iter()
+            .any(|g| g.name == name && !g.active)
+    };
     let rooms: Vec<HostRoom> = all
         .iter()
         .map(|g| {
@@ -220,6 +234,7 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
                 memory: w.memory,
                 disk: p.copy_bytes,
                 dirty_bps: 0.0,
+                cold: cold(&w.guest),
             }),
             None => unplaced.push((
                 w.guest.clone(),
@@ -353,6 +368,8 @@ fn flight_phase(step: &str) -> Option<FlightPhase> {
     match step {
         "target" | "inventory" | "preflight" | "plan" | "prepare" => Some(FlightPhase::Setup),
         "migrate" => None,
+        // A cold move's disks going through the storage streams.
+        "copy" => Some(FlightPhase::Transfer),
         _ => Some(FlightPhase::Finish),
     }
 }
@@ -515,9 +532,19 @@ pub fn execute(
                         explicit: true,
                     };
                     let (tx, hv) = (tx.clone(), hv.clone());
-                    let grace = ask.abort_grace;
+                    let (grace, cold) = (ask.abort_grace, m.cold);
                     scope.spawn(move || {
-                        let a = one(&hv, journal_path, select, options, grace, i, &tx, &cancel);
+                        let a = one(
+                            &hv,
+                            journal_path,
+                            select,
+                            options,
+                            grace,
+                            cold,
+                            i,
+                            &tx,
+                            &cancel,
+                        );
                         let _ = tx.send(Msg::Done(i, a));
                     });
                 }
@@ -536,6 +563,14 @@ pub fn execute(
                         match &e {
                             Event::Step { step, .. } => {
                                 if let Some(p) = flight_phase(step) {
+                                    if p == FlightPhase::Transfer && l.phase == FlightPhase::Setup {
+                                        // A cold copy: no job figures, the model's estimate.
+                                        let m = &moves[i];
+                                        let bps =
+                                            plan.links[m.from].out_bps.min(plan.links[m.to].in_bps);
+                                        l.transfer_left_s = m.transfer_s(bps);
+                                        l.sampled = Instant::now();
+                                    }
                                     l.phase = p;
                                 }
                             }
@@ -656,6 +691,7 @@ fn one(
     select: SelectRequest,
     options: MigrationOptions,
     abort_grace: Duration,
+    cold: bool,
     i: usize,
     tx: &mpsc::Sender<Msg>,
     cancel: &AtomicBool,
@@ -688,6 +724,7 @@ fn one(
         select,
         options,
         dry_run: false,
+        cold,
         timeout: None,
         started: t,
         abort_grace,

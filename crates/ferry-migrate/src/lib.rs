@@ -5,6 +5,7 @@
 //! proven end to end in the lab against real libvirt.
 
 pub mod abort;
+pub mod cold;
 pub mod evacuate;
 pub mod inventory;
 pub mod migrate;
@@ -44,6 +45,9 @@ pub struct Request {
     pub options: MigrationOptions,
     /// Plan and check only: create nothing, move nothing.
     pub dry_run: bool,
+    /// A cold move: the guest is shut off; its disks are copied through storage streams and
+    /// its definition moves ([`cold`]).
+    pub cold: bool,
     /// Abort the migration if the whole run has not finished after this long (counted from
     /// `started`).
     pub timeout: Option<Duration>,
@@ -267,6 +271,8 @@ pub struct Ask<'a> {
     pub select: target::SelectRequest<'a>,
     pub options: MigrationOptions,
     pub dry_run: bool,
+    /// Move a shut-off guest cold ([`Request::cold`]).
+    pub cold: bool,
     pub timeout: Option<Duration>,
     pub started: Instant,
     pub abort_grace: Duration,
@@ -332,6 +338,7 @@ pub fn migrate(
             provision: derived.hooked,
             options: target.stream_options(ask.options.clone()),
             dry_run: ask.dry_run,
+            cold: ask.cold,
             timeout: ask.timeout,
             started: ask.started,
             run: run_id,
@@ -444,7 +451,7 @@ pub fn run(
     } else {
         Default::default()
     };
-    let facts = preflight::gather(hv, &inv, &dests, hooked)?;
+    let facts = preflight::gather(hv, &inv, &dests, hooked, req.cold)?;
     for (disk, size) in ferry_core::preflight::slices(&dests, &facts) {
         if let Some(c) = rules.copy.iter_mut().find(|c| c.disk == disk) {
             c.slice = Some(size);
@@ -523,6 +530,12 @@ pub fn run(
             return Err(r);
         }
     };
+
+    if req.cold {
+        return cold::finish(
+            hv, journal, run_id, &inv, &plan, &created, req, reporter, t0,
+        );
+    }
 
     // From here on the journal is a record, not a gate: a failing write must not turn a
     // migration's true outcome into a false one.

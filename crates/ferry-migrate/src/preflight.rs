@@ -18,6 +18,7 @@ pub fn gather(
     inv: &Inventory,
     dests: &[Destination],
     hooked: std::collections::BTreeSet<String>,
+    cold: bool,
 ) -> Result<MigrationFacts, HvError> {
     let mut f = MigrationFacts {
         guest: inv.guest.clone(),
@@ -29,6 +30,7 @@ pub fn gather(
         target_uuid: inv.target_facts.uuid.clone(),
         in_use: crate::recover::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
         hooked,
+        cold,
         ..Default::default()
     };
     for d in dests.iter().filter(|d| d.decision != Decision::NoMedia) {

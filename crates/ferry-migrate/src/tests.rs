@@ -137,6 +137,7 @@ fn request(copy: &str) -> Request {
             ..Default::default()
         },
         dry_run: false,
+        cold: false,
         timeout: None,
         abort_grace: ABORT_GRACE,
     }
@@ -1569,7 +1570,7 @@ fn preflight_asks_the_size_of_every_copied_disk_even_one_without_a_path() {
         dest("vdb", ferry_core::Decision::Copy, None),
         dest("vda", ferry_core::Decision::Shared, None),
     ];
-    let f = preflight::gather(hv.as_ref(), &inv, &dests, Default::default()).unwrap();
+    let f = preflight::gather(hv.as_ref(), &inv, &dests, Default::default(), false).unwrap();
     assert!(f.disk_sizes.contains_key("vdb"), "{:?}", f.disk_sizes);
     assert!(
         !f.disk_sizes.contains_key("vda"),
@@ -1724,6 +1725,7 @@ fn evacuate_ask<'a>() -> evacuate::EvacuateAsk<'a> {
         answer_deadline: crate::target::ANSWER_DEADLINE,
         abort_grace: std::time::Duration::from_secs(1),
         retry: true,
+        offline: false,
     }
 }
 
@@ -1880,4 +1882,113 @@ fn a_host_being_evacuated_is_draining_for_every_other_command() {
     evacuate::mark_draining(&mut specs, d);
     assert_eq!(specs[0].state, ferry_core::inventory::HostState::Draining);
     assert_eq!(specs[1].state, ferry_core::inventory::HostState::Active);
+}
+
+#[test]
+fn offline_moves_the_shut_off_guest_cold_disks_through_streams_then_the_definition() {
+    let fake = evacuation_lab();
+    let hv = hv(&fake);
+    let mut ask = evacuate_ask();
+    ask.offline = true;
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    assert!(p.shut_off.is_empty());
+    let g3 = p.moves.iter().find(|m| m.guest == "g3").unwrap();
+    assert!(g3.cold);
+    assert!(p.moves.iter().filter(|m| m.guest != "g3").all(|m| !m.cold));
+    let to = if g3.to == 1 { DST } else { H3 };
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let r = evacuate::execute(&hv, &journal_file("cold"), 1, &ask, &p, &mut vec![], &stop);
+    assert!(
+        r.iter()
+            .all(|g| g.outcome == evacuate::GuestOutcome::Migrated),
+        "{r:?}"
+    );
+    // Its vdb went through the streams into the volume Ferry created, at the disk's size, then
+    // the definition moved: defined (shut off) on the target, gone from the source.
+    let calls = fake.calls();
+    let copy = calls
+        .iter()
+        .find_map(|c| match c {
+            Call::CopyVolume {
+                from,
+                to: t,
+                dst,
+                bytes,
+                ..
+            } if dst == to => Some((from.clone(), t.clone(), *bytes)),
+            _ => None,
+        })
+        .expect("a stream copy");
+    assert_eq!(
+        copy,
+        ("/dev/nvme2n2".into(), "/srv/store/g3-vdb.img".into(), MIB64)
+    );
+    let create = calls
+        .iter()
+        .position(
+            |c| matches!(c, Call::CreateVolume { path, .. } if path == "/srv/store/g3-vdb.img"),
+        )
+        .unwrap();
+    let stream = calls
+        .iter()
+        .position(|c| matches!(c, Call::CopyVolume { .. }))
+        .unwrap();
+    let define = calls
+        .iter()
+        .position(|c| matches!(c, Call::Define { name, .. } if name == "g3"))
+        .unwrap();
+    let undefine = calls
+        .iter()
+        .position(|c| matches!(c, Call::Undefine { name, host } if name == "g3" && host == SRC))
+        .unwrap();
+    assert!(
+        create < stream && stream < define && define < undefine,
+        "{calls:?}"
+    );
+    let there = fake.host_snapshot(to).domains["g3"].clone();
+    assert_eq!(there.state, DomainState::ShutOff);
+    assert!(
+        there
+            .inactive_xml
+            .contains("/mnt/nfs_second_mount/test_img.img")
+            && there.inactive_xml.contains("/srv/store/g3-vdb.img"),
+        "{}",
+        there.inactive_xml
+    );
+    assert!(!fake.host_snapshot(SRC).domains.contains_key("g3"));
+    // Never migrated live.
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { name, .. } if name == "g3")));
+}
+
+#[test]
+fn a_cold_copy_that_fails_deletes_what_it_created_and_keeps_the_definition() {
+    let fake = evacuation_lab();
+    fake.fail_migrations_to(DST);
+    fake.fail_migrations_to(H3);
+    let hv = hv(&fake);
+    let mut ask = evacuate_ask();
+    ask.offline = true;
+    ask.retry = false;
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let r = evacuate::execute(
+        &hv,
+        &journal_file("cold-fail"),
+        1,
+        &ask,
+        &p,
+        &mut vec![],
+        &stop,
+    );
+    let g3 = r.iter().find(|g| g.guest == "g3").unwrap();
+    assert_eq!(g3.outcome, evacuate::GuestOutcome::StayedOnSource, "{g3:?}");
+    let src = fake.host_snapshot(SRC);
+    assert_eq!(src.domains["g3"].state, DomainState::ShutOff);
+    let calls = fake.calls();
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { path, .. } if path == "/srv/store/g3-vdb.img")));
+    assert!(!calls.iter().any(|c| matches!(c, Call::Define { .. })));
 }

@@ -60,6 +60,9 @@ pub struct Move {
     pub disk: u64,
     /// How fast the guest dirties memory, bytes per second (0 when unknown).
     pub dirty_bps: f64,
+    /// A shut-off guest moved cold: only its disks cross the link (`memory` is what it will
+    /// need on the target, never sent).
+    pub cold: bool,
 }
 
 /// Below this share of its bandwidth a migration is assumed to make progress anyway (QEMU's
@@ -68,9 +71,19 @@ pub struct Move {
 pub const MIN_NET_SHARE: f64 = 0.05;
 
 impl Move {
-    /// The bytes the link carries at least: the disks and the memory, once each.
+    /// The bytes the link carries at least: the disks and the memory, once each (a cold move:
+    /// its disks only).
     pub fn bytes(&self) -> u64 {
-        self.memory + self.disk
+        self.sent_memory() + self.disk
+    }
+
+    /// The memory a migration sends: none for a cold move.
+    pub fn sent_memory(&self) -> u64 {
+        if self.cold {
+            0
+        } else {
+            self.memory
+        }
     }
 
     /// The rate at which the memory still to send shrinks at bandwidth `bps`.
@@ -83,12 +96,12 @@ impl Move {
         if bps <= 0.0 {
             return f64::INFINITY;
         }
-        self.disk as f64 / bps + self.memory as f64 / self.net_memory_bps(bps)
+        self.disk as f64 / bps + self.sent_memory() as f64 / self.net_memory_bps(bps)
     }
 
     /// Bytes on the wire at bandwidth `bps`: the memory is sent again as fast as it is dirtied.
     pub fn wire_bytes(&self, bps: f64) -> f64 {
-        self.disk as f64 + self.memory as f64 * bps / self.net_memory_bps(bps)
+        self.disk as f64 + self.sent_memory() as f64 * bps / self.net_memory_bps(bps)
     }
 
     /// The whole migration at bandwidth `bps`, overheads included.
@@ -112,6 +125,7 @@ mod tests {
             memory,
             disk,
             dirty_bps: dirty,
+            cold: false,
         }
     }
 
@@ -133,6 +147,16 @@ mod tests {
         assert_eq!(m.wire_bytes(bps), (512 * MIB) as f64);
         // Less bandwidth hurts more than in proportion: that is why sharing a link is costly.
         assert!(m.transfer_s(bps / 2.0) > 10.0 * m.transfer_s(bps));
+    }
+
+    #[test]
+    fn a_cold_move_sends_its_disks_only() {
+        let mut m = mv(256 * MIB, 64 * MIB, 16.0 * MIB as f64);
+        m.cold = true;
+        let bps = 32.0 * MIB as f64;
+        assert_eq!(m.bytes(), 64 * MIB);
+        assert_eq!(m.transfer_s(bps), 2.0);
+        assert_eq!(m.wire_bytes(bps), (64 * MIB) as f64);
     }
 
     #[test]

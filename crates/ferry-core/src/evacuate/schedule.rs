@@ -200,6 +200,7 @@ mod tests {
             memory: mem_mib << 20,
             disk: disk_mib << 20,
             dirty_bps: 0.0,
+            cold: false,
         }
     }
 

@@ -103,7 +103,7 @@ pub fn simulate(
                     },
                     setup_left: ov.setup_s,
                     disk_left: moves[i].disk as f64,
-                    mem_left: moves[i].memory as f64,
+                    mem_left: moves[i].sent_memory() as f64,
                     finish_left: ov.finish_s,
                 });
             }
@@ -150,7 +150,9 @@ pub fn simulate(
                         s.mem_left = (s.mem_left - m.net_memory_bps(*r) * dt).max(0.0);
                     }
                     // Below a byte per megabyte: rounding, not data.
-                    if s.disk_left <= m.disk as f64 * 1e-6 && s.mem_left <= m.memory as f64 * 1e-6 {
+                    if s.disk_left <= m.disk as f64 * 1e-6
+                        && s.mem_left <= m.sent_memory() as f64 * 1e-6
+                    {
                         s.disk_left = 0.0;
                         s.mem_left = 0.0;
                         s.flight.phase = FlightPhase::Finish;
@@ -344,6 +346,7 @@ impl Fleet {
                     memory: g.2,
                     disk: g.3,
                     dirty_bps: g.4,
+                    cold: false,
                 }),
                 None => unplaced.push(g.0.clone()),
             }
@@ -367,6 +370,7 @@ mod tests {
             memory: mem_mib * MIB,
             disk: disk_mib * MIB,
             dirty_bps: 0.0,
+            cold: false,
         }
     }
 
