@@ -38,9 +38,33 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let j = Journal::open(&a.journal.journal)?;
     let hv = ferry_hypervisor::libvirt::Libvirt::new();
     let done = ferry_migrate::recover::run(&hv, &j, a.id.map(RunId), a.dry_run)?;
+    // Evacuations whose Ferry died: their runs are recovered above; the evacuation ends.
+    let cut = if a.id.is_none() {
+        ferry_migrate::evacuate::interrupted(&j, ferry_migrate::ferry_alive)?
+    } else {
+        vec![]
+    };
+    for e in &cut {
+        if !a.dry_run {
+            ferry_migrate::evacuate::end_interrupted(&j, e)?;
+        }
+        if !a.json {
+            println!(
+                "evacuation #{} of {}: cut short (Ferry pid {} is gone): {}",
+                e.id,
+                e.host,
+                e.pid,
+                if a.dry_run {
+                    "would end it in the journal"
+                } else {
+                    "ended in the journal"
+                }
+            );
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string(&done)?);
-    } else if done.is_empty() {
+    } else if done.is_empty() && cut.is_empty() {
         println!(
             "nothing to recover: every run in {} has ended and left nothing behind",
             a.journal.journal.display()

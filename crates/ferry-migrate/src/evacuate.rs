@@ -96,6 +96,36 @@ pub fn draining(
         .collect())
 }
 
+/// Evacuations cut short: not ended in the journal, and their Ferry (on this machine) is gone.
+/// `ferry recover` recovers their runs one by one, then ends them with
+/// [`end_interrupted`].
+pub fn interrupted(
+    journal: &Journal,
+    alive: impl Fn(u32) -> bool,
+) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
+    let me = crate::this_machine();
+    Ok(journal
+        .open_evacuations()?
+        .into_iter()
+        .filter(|e| e.machine == me && !alive(e.pid))
+        .collect())
+}
+
+/// End an evacuation cut short, saying why.
+pub fn end_interrupted(
+    journal: &Journal,
+    e: &ferry_journal::EvacuationRow,
+) -> Result<(), JournalError> {
+    journal.finish_evacuation(
+        e.id,
+        "interrupted",
+        &format!(
+            "its Ferry (pid {}) ended before the evacuation did; `ferry recover` finished its              runs one by one",
+            e.pid
+        ),
+    )
+}
+
 /// Mark the hosts of running evacuations as draining.
 pub fn mark_draining(specs: &mut [HostSpec], draining: &[(String, String)]) {
     for s in specs {

@@ -1878,6 +1878,18 @@ fn a_host_being_evacuated_is_draining_for_every_other_command() {
     );
     let d = &d[..1];
     assert_eq!(d, vec![("h2".to_string(), DST.to_string())]);
+    // An evacuation cut short is ended by recover's step, once.
+    let cut = evacuate::interrupted(&j, |pid| pid == std::process::id()).unwrap();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].host, "h3");
+    evacuate::end_interrupted(&j, &cut[0]).unwrap();
+    assert!(evacuate::interrupted(&j, |pid| pid == std::process::id())
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        j.evacuations().unwrap()[1].outcome.as_deref(),
+        Some("interrupted")
+    );
     let mut specs = vec![HostSpec::uri(DST), HostSpec::uri(H3)];
     evacuate::mark_draining(&mut specs, d);
     assert_eq!(specs[0].state, ferry_core::inventory::HostState::Draining);
@@ -1991,4 +2003,64 @@ fn a_cold_copy_that_fails_deletes_what_it_created_and_keeps_the_definition() {
         .iter()
         .any(|c| matches!(c, Call::DeleteVolume { path, .. } if path == "/srv/store/g3-vdb.img")));
     assert!(!calls.iter().any(|c| matches!(c, Call::Define { .. })));
+}
+
+#[test]
+fn ctrl_c_twice_aborts_the_running_migrations_and_starts_no_more() {
+    let fake = evacuation_lab();
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    let hv = hv(&fake);
+    let ask = evacuate_ask();
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(evacuate::GO));
+    let path = journal_file("abort-all");
+    let (events, r) = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let mut events = vec![];
+            let r = evacuate::execute(&hv, &path, 1, &ask, &p, &mut events, &stop);
+            (events, r)
+        });
+        let t = std::time::Instant::now();
+        // The first migration has created its target volume (its job starts next; the fake
+        // records the migrate call only when it returns).
+        while !fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::CreateVolume { .. }))
+        {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "no migration started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stop.store(evacuate::ABORT_ALL, std::sync::atomic::Ordering::SeqCst);
+        run.join().unwrap()
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, evacuate::EvacEvent::Stopping { message } if message.contains("aborting"))),
+        "{events:?}"
+    );
+    // The one running was aborted and rolled back; the other never started.
+    let outcomes: Vec<_> = r.iter().map(|g| g.outcome).collect();
+    assert!(
+        outcomes.contains(&evacuate::GuestOutcome::StayedOnSource),
+        "{r:?}"
+    );
+    assert!(
+        outcomes.contains(&evacuate::GuestOutcome::NotStarted),
+        "{r:?}"
+    );
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::AbortJob { .. })));
+    for g in ["g", "g2"] {
+        assert!(
+            fake.host_snapshot(SRC).domains.contains_key(g),
+            "{g} stays on h1"
+        );
+    }
 }
