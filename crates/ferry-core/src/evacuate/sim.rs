@@ -82,7 +82,7 @@ pub fn simulate(
     loop {
         flights.clear();
         flights.extend(live.iter().map(|s| s.flight));
-        let rates = shares(links, moves, &flights);
+        let mut rates = shares(links, moves, &flights);
         for (s, r) in live.iter_mut().zip(&rates) {
             if s.flight.phase == FlightPhase::Transfer {
                 s.flight.transfer_left_s = s.transfer_left_s(&moves[s.flight.mv], *r);
@@ -106,10 +106,11 @@ pub fn simulate(
                     mem_left: moves[i].sent_memory() as f64,
                     finish_left: ov.finish_s,
                 });
+                // In setup, a newcomer sends nothing: the others' shares stand until it does
+                // (a phase change, hence an event), and `dispatch` counted it already.
+                rates.push(0.0);
             }
             peak = peak.max(live.len());
-            // The newcomers change every share: recompute before stepping.
-            continue;
         }
         if live.is_empty() {
             break;
