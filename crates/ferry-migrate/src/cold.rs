@@ -37,73 +37,26 @@ pub fn finish(
         step: "copy",
         detail: format!("{} disk(s) through libvirt's storage streams", copies.len()),
     });
-    let mut copied = 0u64;
-    for d in &copies {
-        let (Some(DiskSource::Path { path: from }), Some(to)) = (&d.source, d.dest_path()) else {
-            return Err(undo(
-                hv,
-                journal,
-                run,
-                inv,
-                created,
-                &format!("disk {} has no path to copy", d.target),
-                reporter,
-            ));
-        };
-        // A block device's whole size; a file's bytes as they are (a qcow2 file is copied as
-        // the file it is).
-        let bytes = match hv.disk_size(inv.src, &inv.guest, &d.target) {
-            Ok(s) if d.source_type == DiskType::Block => s.capacity,
-            Ok(s) => s.physical,
-            Err(e) => {
-                return Err(undo(
-                    hv,
-                    journal,
-                    run,
-                    inv,
-                    created,
-                    &e.to_string(),
-                    reporter,
-                ))
-            }
-        };
-        if let Err(e) = hv.copy_volume(inv.src, from, inv.dst, to, bytes) {
-            return Err(undo(
-                hv,
-                journal,
-                run,
-                inv,
-                created,
-                &e.to_string(),
-                reporter,
-            ));
-        }
-        copied += bytes;
-        reporter.report(Event::Note {
-            message: format!("copied {from} to {to} on {} ({bytes} bytes)", inv.dst_uri),
+    // Copy every disk, then define: the first failure undoes what this run created.
+    let copied = copy_disks(hv, inv, &copies, reporter).and_then(|copied| {
+        let xml = plan.persist_xml.as_deref().unwrap_or(&plan.dest_xml);
+        let _ = journal.set_phase(run, "define");
+        reporter.report(Event::Step {
+            step: "define",
+            detail: format!("{} on {}, its sources rewritten", inv.guest, inv.dst_uri),
         });
-    }
-    let xml = plan.persist_xml.as_deref().unwrap_or(&plan.dest_xml);
-    let _ = journal.set_phase(run, "define");
-    reporter.report(Event::Step {
-        step: "define",
-        detail: format!("{} on {}, its sources rewritten", inv.guest, inv.dst_uri),
+        hv.define(inv.dst, xml).map_err(|e| e.to_string())?;
+        Ok(copied)
     });
-    if let Err(e) = hv.define(inv.dst, xml) {
-        return Err(undo(
-            hv,
-            journal,
-            run,
-            inv,
-            created,
-            &e.to_string(),
-            reporter,
-        ));
-    }
+    let copied = match copied {
+        Ok(c) => c,
+        Err(cause) => return Err(undo(hv, journal, run, inv, created, &cause, reporter)),
+    };
     // Defined there as planned, shut off: then, and only then, the source forgets it.
     let there = hv.domain_state(inv.dst, &inv.guest);
     if !matches!(there, Ok(Some(DomainState::ShutOff))) {
         let cause = format!("after defining it, {} says {:?}", inv.dst_uri, there);
+        let _ = journal.finish(run, "failed", &cause);
         return Err(MigrateError::Failed {
             guest: inv.guest.clone(),
             cause: cause.clone(),
@@ -152,6 +105,38 @@ pub fn finish(
         warnings,
         ..Default::default()
     })))
+}
+
+/// Each copied disk through the storage streams: the bytes moved, or why not.
+fn copy_disks(
+    hv: &dyn Hypervisor,
+    inv: &Inventory,
+    copies: &[&ferry_core::DiskPlan],
+    reporter: &mut dyn Reporter,
+) -> Result<u64, String> {
+    let mut copied = 0u64;
+    for d in copies {
+        let (Some(DiskSource::Path { path: from }), Some(to)) = (&d.source, d.dest_path()) else {
+            return Err(format!("disk {} has no path to copy", d.target));
+        };
+        // A block device's whole size; a file's bytes as they are (a qcow2 file is copied as
+        // the file it is).
+        let size = hv
+            .disk_size(inv.src, &inv.guest, &d.target)
+            .map_err(|e| e.to_string())?;
+        let bytes = if d.source_type == DiskType::Block {
+            size.capacity
+        } else {
+            size.physical
+        };
+        hv.copy_volume(inv.src, from, inv.dst, to, bytes)
+            .map_err(|e| e.to_string())?;
+        copied += bytes;
+        reporter.report(Event::Note {
+            message: format!("copied {from} to {to} on {} ({bytes} bytes)", inv.dst_uri),
+        });
+    }
+    Ok(copied)
 }
 
 /// A cold move failed before the target had the definition: the guest is where it was
