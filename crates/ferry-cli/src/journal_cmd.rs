@@ -31,6 +31,32 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             r.message.map(|m| format!(": {m}")).unwrap_or_default()
         );
     }
+    // Evacuations, newest first (a journal from before they existed has none).
+    for e in j
+        .evacuations()
+        .unwrap_or_default()
+        .into_iter()
+        .take(a.last as usize)
+    {
+        let runs: Vec<String> = j
+            .evacuation_runs(e.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(g, r)| format!("{g} #{r}"))
+            .collect();
+        println!(
+            "evacuation #{} of {}: {}{}; runs: {}",
+            e.id,
+            e.host,
+            e.outcome.as_deref().unwrap_or("running (or cut short)"),
+            e.message.map(|m| format!(": {m}")).unwrap_or_default(),
+            if runs.is_empty() {
+                "none".to_string()
+            } else {
+                runs.join(", ")
+            }
+        );
+    }
     Ok(())
 }
 

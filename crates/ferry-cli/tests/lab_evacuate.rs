@@ -188,6 +188,11 @@ fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
     for g in GUESTS {
         assert!(hist.contains(g), "{hist}");
     }
+    assert!(
+        hist.lines()
+            .any(|l| l.starts_with("evacuation #1 of h1: emptied")),
+        "{hist}"
+    );
     let (_, again, _) = ferry(&evacuate_args(&inv));
     let again = result(&again);
     assert_eq!(again["outcome"], "emptied", "nothing left to move: {again}");
