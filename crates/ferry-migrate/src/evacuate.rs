@@ -449,6 +449,7 @@ pub fn execute(
     let journal = Journal::open(journal_path).ok();
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut announced_stop = GO;
+    let mut conns = vec![];
     std::thread::scope(|scope| {
         loop {
             let level = stop.load(Ordering::SeqCst);
@@ -486,12 +487,15 @@ pub fn execute(
                 let share = shares(&plan.links, &moves, &flights);
                 for (l, s) in live.iter_mut().zip(share) {
                     let mib = (s / MIB).floor().max(1.0) as u64;
-                    if l.phase == FlightPhase::Transfer && l.cap_mib != Some(mib) {
-                        let host = &plan.hosts[moves[l.mv].from];
-                        if set_speed(hv.as_ref(), &host.uri, &moves[l.mv].guest, mib) {
-                            l.cap_mib = Some(mib);
+                    // A cold copy has no migration job to re-cap. A failed call is not
+                    // repeated: the share it missed is the one it keeps until the next change.
+                    let m = &moves[l.mv];
+                    if l.phase == FlightPhase::Transfer && !m.cold && l.cap_mib != Some(mib) {
+                        l.cap_mib = Some(mib);
+                        let uri = &plan.hosts[m.from].uri;
+                        if set_speed(hv.as_ref(), &mut conns, uri, &m.guest, mib) {
                             reporter.report(EvacEvent::Bandwidth {
-                                guest: moves[l.mv].guest.clone(),
+                                guest: m.guest.clone(),
                                 mib,
                             });
                         }
@@ -707,10 +711,25 @@ pub fn execute(
         .collect()
 }
 
-fn set_speed(hv: &dyn Hypervisor, uri: &str, guest: &str, mib: u64) -> bool {
-    hv.connect(uri)
-        .and_then(|h| hv.set_max_speed(h, guest, mib))
-        .is_ok()
+/// Set a running migration's bandwidth, on one connection per source host for the whole run.
+fn set_speed(
+    hv: &dyn Hypervisor,
+    conns: &mut Vec<(String, ferry_hypervisor::HostId)>,
+    uri: &str,
+    guest: &str,
+    mib: u64,
+) -> bool {
+    let id = match conns.iter().find(|(u, _)| u == uri) {
+        Some((_, id)) => *id,
+        None => match hv.connect(uri) {
+            Ok(id) => {
+                conns.push((uri.to_string(), id));
+                id
+            }
+            Err(_) => return false,
+        },
+    };
+    hv.set_max_speed(id, guest, mib).is_ok()
 }
 
 /// One migration: `ferry migrate GUEST --to TARGET`, its events forwarded.

@@ -2064,3 +2064,41 @@ fn ctrl_c_twice_aborts_the_running_migrations_and_starts_no_more() {
         );
     }
 }
+
+#[test]
+fn with_the_links_known_each_migration_is_capped_at_its_share() {
+    let fake = evacuation_lab();
+    let hv = hv(&fake);
+    let mut ask = evacuate_ask();
+    ask.link_mib = vec![(SRC.into(), 100), (DST.into(), 100), (H3.into(), 100)];
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    assert!(p.bandwidth_known);
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let mut events = vec![];
+    let r = evacuate::execute(&hv, &journal_file("caps"), 1, &ask, &p, &mut events, &stop);
+    assert!(
+        r.iter()
+            .all(|g| g.outcome == evacuate::GuestOutcome::Migrated),
+        "{r:?}"
+    );
+    let caps: Vec<Option<u64>> = events
+        .iter()
+        .filter_map(|e| match e {
+            evacuate::EvacEvent::Started { bandwidth_mib, .. } => Some(*bandwidth_mib),
+            _ => None,
+        })
+        .collect();
+    // One after the other on h1's link: each gets all of it.
+    assert_eq!(caps, vec![Some(100), Some(100)]);
+    // And the migration job was started with it.
+    let job_caps: Vec<Option<u64>> = fake
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::Migrate { bandwidth, .. } => Some(*bandwidth),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(job_caps.len(), 2);
+    assert!(job_caps.iter().all(|b| b.is_some()), "{job_caps:?}");
+}
