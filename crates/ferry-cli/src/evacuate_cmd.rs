@@ -20,12 +20,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::args::{EvacuateArgs, Schedule};
 
-fn secs(ms: u64) -> String {
-    if ms >= 1000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{ms} ms")
-    }
+fn secs(v: u64) -> String {
+    crate::migrate_cmd::ms(Some(v))
 }
 
 /// The plan for a person: each guest's target and what moves, then the model's schedule.

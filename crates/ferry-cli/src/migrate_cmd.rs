@@ -135,7 +135,8 @@ impl Reporter for JsonLines {
     }
 }
 
-fn ms(v: Option<u64>) -> String {
+/// Milliseconds for a person: `850 ms`, `12.3 s`, or `unknown`.
+pub(crate) fn ms(v: Option<u64>) -> String {
     match v {
         Some(ms) if ms >= 1000 => format!("{:.1} s", ms as f64 / 1000.0),
         Some(ms) => format!("{ms} ms"),

@@ -14,8 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::convergence::{Phase, Progress};
-use ferry_core::evacuate::schedule::order;
+use ferry_core::evacuate::schedule::{live_transfer_left, order, share_on_start};
 use ferry_core::evacuate::{
     dispatch, lower_bound, place, shares, simulate, Budgets, Flight, FlightPhase, HostRoom, Link,
     Move, Overheads, Policy, SimResult, Wanted,
@@ -404,26 +403,6 @@ fn flight_phase(step: &str) -> Option<FlightPhase> {
     }
 }
 
-/// The seconds of sending a live job has left, from its figures. During the storage copy
-/// libvirt does not count memory yet (its total reads 0): the whole of the guest's `memory` is
-/// still to come after the disks.
-fn transfer_left(p: &Progress, memory: u64) -> (FlightPhase, f64) {
-    let rate = (p.rate_bps.max(1)) as f64;
-    match p.phase {
-        Phase::Setup => (FlightPhase::Setup, f64::INFINITY),
-        Phase::StorageCopy => {
-            let left = p.disk_total.saturating_sub(p.disk_processed) + p.mem_total.max(memory);
-            (FlightPhase::Transfer, left as f64 / rate)
-        }
-        // libvirt's remaining bytes, not the policy's ETA: that one is whole seconds, and
-        // reads 1 s through the last passes. Between two passes libvirt may say 0 remaining
-        // while the next pass has yet to count its dirty pages: that says nothing.
-        Phase::Memory { .. } if p.mem_remaining == 0 => (FlightPhase::Transfer, f64::NAN),
-        Phase::Memory { .. } => (FlightPhase::Transfer, p.mem_remaining as f64 / rate),
-        Phase::Switchover | Phase::Postcopy => (FlightPhase::Finish, 0.0),
-    }
-}
-
 /// Run the evacuation: start migrations as [`dispatch`] decides, retry a failure once on the
 /// next-ranked host, and stop as `stop` says. Each migration is the whole `ferry migrate`
 /// flow, with its own journal run (recorded under `evacuation`).
@@ -519,22 +498,8 @@ pub fn execute(
                     // Its bandwidth: the share it will get once it sends, with those that will
                     // still be sending then.
                     let cap = plan.bandwidth_known.then(|| {
-                        let mut f = flights.clone();
-                        f.push(Flight {
-                            mv: i,
-                            phase: FlightPhase::Transfer,
-                            transfer_left_s: f64::INFINITY,
-                        });
-                        for x in &mut f {
-                            if x.phase == FlightPhase::Setup {
-                                x.phase = FlightPhase::Transfer;
-                            }
-                            if x.transfer_left_s <= ov.setup_s {
-                                x.phase = FlightPhase::Finish;
-                            }
-                        }
-                        let s = shares(&plan.links, &moves, &f);
-                        (s.last().copied().unwrap_or(0.0) / MIB).floor().max(1.0) as u64
+                        let s = share_on_start(&plan.links, &moves, &flights, i, ov.setup_s);
+                        (s / MIB).floor().max(1.0) as u64
                     });
                     reporter.report(EvacEvent::Started {
                         guest: m.guest.clone(),
@@ -609,14 +574,14 @@ pub fn execute(
                                 }
                             }
                             Event::Job(p) => {
-                                let (phase, left) = transfer_left(p, moves[i].memory);
+                                let (phase, left) = live_transfer_left(p, moves[i].memory);
                                 // A measured setup replaces the estimate, plus the age a
                                 // figure may have when the loop reads it (one sample).
                                 if l.phase == FlightPhase::Setup && phase == FlightPhase::Transfer {
                                     ov.setup_s = l.started.elapsed().as_secs_f64() + SAMPLE_S;
                                 }
                                 l.phase = phase;
-                                if !left.is_nan() {
+                                if let Some(left) = left {
                                     l.transfer_left_s = left;
                                     l.sampled = Instant::now();
                                 }
@@ -647,29 +612,20 @@ pub fn execute(
                     }
                     let attempts = prev.as_ref().map_or(0, |p| p.attempts) + 1;
                     let target = Some(plan.hosts[moves[i].to].name.clone());
-                    let r = match a.result {
-                        Ok(s) => GuestResult {
-                            guest: moves[i].guest.clone(),
-                            target,
-                            outcome: GuestOutcome::Migrated,
-                            attempts,
-                            duration_ms: a.took.as_millis() as u64,
-                            downtime_ms: s.downtime_ms,
-                            bytes: s.data_bytes,
-                            message: None,
-                            runs,
-                        },
-                        Err((outcome, message)) => GuestResult {
-                            guest: moves[i].guest.clone(),
-                            target,
-                            outcome,
-                            attempts,
-                            duration_ms: a.took.as_millis() as u64,
-                            downtime_ms: None,
-                            bytes: None,
-                            message: Some(message),
-                            runs,
-                        },
+                    let (outcome, downtime_ms, bytes, message) = match a.result {
+                        Ok(s) => (GuestOutcome::Migrated, s.downtime_ms, s.data_bytes, None),
+                        Err((outcome, message)) => (outcome, None, None, Some(message)),
+                    };
+                    let r = GuestResult {
+                        guest: moves[i].guest.clone(),
+                        target,
+                        outcome,
+                        attempts,
+                        duration_ms: a.took.as_millis() as u64,
+                        downtime_ms,
+                        bytes,
+                        message,
+                        runs,
                     };
                     // A failure that left the guest where it was: once more, on the next host.
                     let retry_to = (ask.retry
@@ -802,48 +758,5 @@ fn one(
         result,
         run,
         took: t.elapsed(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::convergence::JobStats;
-
-    const MIB: u64 = 1 << 20;
-
-    fn progress(phase: Phase, rate: u64) -> Progress {
-        let mut p = Progress::from_samples(&JobStats::default(), false, None);
-        p.phase = phase;
-        p.rate_bps = rate;
-        p
-    }
-
-    #[test]
-    fn a_storage_copy_has_the_whole_memory_still_to_send() {
-        // 10 MiB of disk left at 10 MiB/s, and 256 MiB of memory after it: 26.6 s, not 1 s
-        // (taking libvirt's zero memory total at its word let the next migration start early).
-        let mut p = progress(Phase::StorageCopy, 10 * MIB);
-        p.disk_total = 96 * MIB;
-        p.disk_processed = 86 * MIB;
-        let (phase, left) = transfer_left(&p, 256 * MIB);
-        assert_eq!(phase, FlightPhase::Transfer);
-        assert!((left - 26.6).abs() < 1e-9, "{left}");
-        // The memory phase: libvirt's own remaining bytes (or the policy's ETA).
-        let mut p = progress(Phase::Memory { iteration: 1 }, 10 * MIB);
-        p.mem_remaining = 50 * MIB;
-        p.eta_s = Some(1);
-        assert_eq!(transfer_left(&p, 256 * MIB), (FlightPhase::Transfer, 5.0));
-        p.mem_remaining = 0;
-        assert!(
-            transfer_left(&p, 256 * MIB).1.is_nan(),
-            "0 between passes says nothing"
-        );
-        let p = progress(Phase::Switchover, 0);
-        assert_eq!(transfer_left(&p, 256 * MIB).0, FlightPhase::Finish);
-        assert_eq!(
-            transfer_left(&progress(Phase::Setup, 0), 1).0,
-            FlightPhase::Setup
-        );
     }
 }

@@ -16,6 +16,7 @@
 use serde::Serialize;
 
 use super::model::{Link, Move, Overheads};
+use crate::convergence::{Phase, Progress};
 
 /// How migrations are chosen and started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,6 +96,57 @@ pub fn shares(links: &[Link], moves: &[Move], flights: &[Flight]) -> Vec<f64> {
                 .min(links[m.to].in_bps / n_in[m.to] as f64)
         })
         .collect()
+}
+
+/// The share migration `mv`, starting now, will get once it sends: every flight still setting
+/// up will be sending by then too, and every one with less than `setup_s` of sending left will
+/// be done. Ferry starts a migration capped at this share.
+pub fn share_on_start(
+    links: &[Link],
+    moves: &[Move],
+    flights: &[Flight],
+    mv: usize,
+    setup_s: f64,
+) -> f64 {
+    let mut then: Vec<Flight> = flights
+        .iter()
+        .map(|f| {
+            let phase = match f.phase {
+                _ if f.transfer_left_s <= setup_s => FlightPhase::Finish,
+                FlightPhase::Setup => FlightPhase::Transfer,
+                p => p,
+            };
+            Flight { phase, ..*f }
+        })
+        .collect();
+    then.push(Flight {
+        mv,
+        phase: FlightPhase::Transfer,
+        transfer_left_s: f64::INFINITY,
+    });
+    shares(links, moves, &then).last().copied().unwrap_or(0.0)
+}
+
+/// Where a live migration job is, and the seconds of sending it has left, from its figures
+/// (`None`: the figures say nothing new about it).
+///
+/// During the storage copy libvirt does not count memory yet (its total reads 0): the whole
+/// of the guest's `memory` is still to come after the disks. In the memory phase, libvirt's
+/// remaining bytes count, not the policy's ETA: that one is whole seconds, and reads 1 s
+/// through the last passes; and between two passes libvirt may say 0 remaining while the next
+/// pass has yet to count its dirty pages.
+pub fn live_transfer_left(p: &Progress, memory: u64) -> (FlightPhase, Option<f64>) {
+    let rate = (p.rate_bps.max(1)) as f64;
+    match p.phase {
+        Phase::Setup => (FlightPhase::Setup, Some(f64::INFINITY)),
+        Phase::StorageCopy => {
+            let left = p.disk_total.saturating_sub(p.disk_processed) + p.mem_total.max(memory);
+            (FlightPhase::Transfer, Some(left as f64 / rate))
+        }
+        Phase::Memory { .. } if p.mem_remaining == 0 => (FlightPhase::Transfer, None),
+        Phase::Memory { .. } => (FlightPhase::Transfer, Some(p.mem_remaining as f64 / rate)),
+        Phase::Switchover | Phase::Postcopy => (FlightPhase::Finish, Some(0.0)),
+    }
 }
 
 /// The order in which a policy takes the waiting migrations.
@@ -333,6 +385,67 @@ mod tests {
             dispatch(Policy::Ferry, &Budgets::FERRY, &ov, &l, &m, &[1], &f),
             vec![1]
         );
+    }
+
+    fn progress(phase: Phase, rate: u64) -> Progress {
+        let mut p = Progress::from_samples(&crate::convergence::JobStats::default(), false, None);
+        p.phase = phase;
+        p.rate_bps = rate;
+        p
+    }
+
+    #[test]
+    fn a_storage_copy_has_the_whole_memory_still_to_send() {
+        const MIB: u64 = 1 << 20;
+        // 10 MiB of disk left at 10 MiB/s, and 256 MiB of memory after it: 26.6 s, not 1 s
+        // (taking libvirt's zero memory total at its word let the next migration start early).
+        let mut p = progress(Phase::StorageCopy, 10 * MIB);
+        p.disk_total = 96 * MIB;
+        p.disk_processed = 86 * MIB;
+        let (phase, left) = live_transfer_left(&p, 256 * MIB);
+        assert_eq!(phase, FlightPhase::Transfer);
+        let left = left.unwrap_or(f64::NAN);
+        assert!((left - 26.6).abs() < 1e-9, "{left}");
+        // The memory phase: libvirt's own remaining bytes (or the policy's ETA).
+        let mut p = progress(Phase::Memory { iteration: 1 }, 10 * MIB);
+        p.mem_remaining = 50 * MIB;
+        p.eta_s = Some(1);
+        assert_eq!(
+            live_transfer_left(&p, 256 * MIB),
+            (FlightPhase::Transfer, Some(5.0))
+        );
+        p.mem_remaining = 0;
+        assert!(
+            live_transfer_left(&p, 256 * MIB).1.is_none(),
+            "0 between passes says nothing"
+        );
+        let p = progress(Phase::Switchover, 0);
+        assert_eq!(live_transfer_left(&p, 256 * MIB).0, FlightPhase::Finish);
+        assert_eq!(
+            live_transfer_left(&progress(Phase::Setup, 0), 1).0,
+            FlightPhase::Setup
+        );
+    }
+
+    #[test]
+    fn a_starting_migration_is_capped_at_the_share_it_will_have() {
+        let l = links(3, 100.0);
+        let m = [
+            mv("a", 0, 1, 256, 0),
+            mv("b", 0, 1, 256, 0),
+            mv("c", 0, 2, 256, 0),
+        ];
+        // Nothing else on the link: all of it.
+        assert_eq!(share_on_start(&l, &m, &[], 2, 2.0), 100.0 * MIB);
+        // a sends for long, b is setting up: a third each once c sends.
+        let f = [
+            flight(0, FlightPhase::Transfer, 30.0),
+            flight(1, FlightPhase::Setup, f64::INFINITY),
+        ];
+        assert!((share_on_start(&l, &m, &f, 2, 2.0) - 100.0 * MIB / 3.0).abs() < 1e-6);
+        // a ends within c's setup: it no longer counts.
+        let f = [flight(0, FlightPhase::Transfer, 1.0)];
+        assert_eq!(share_on_start(&l, &m, &f, 2, 2.0), 100.0 * MIB);
     }
 
     #[test]
