@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use super::model::{Link, Move, Overheads};
+use super::model::{Link, Move, Overheads, MIN_NET_SHARE};
 use crate::convergence::{Phase, Progress};
 
 /// How migrations are chosen and started.
@@ -98,6 +98,22 @@ pub fn shares(links: &[Link], moves: &[Move], flights: &[Flight]) -> Vec<f64> {
         .collect()
 }
 
+/// The flights as they will be once a migration starting now has set up (`setup_s`): those
+/// setting up will be sending, and those with less than `setup_s` of sending left done.
+fn after_setup(flights: &[Flight], setup_s: f64) -> Vec<Flight> {
+    flights
+        .iter()
+        .map(|f| {
+            let phase = match f.phase {
+                FlightPhase::Setup => FlightPhase::Transfer,
+                FlightPhase::Transfer if f.transfer_left_s <= setup_s => FlightPhase::Finish,
+                p => p,
+            };
+            Flight { phase, ..*f }
+        })
+        .collect()
+}
+
 /// The share migration `mv`, starting now, will get once it sends: every flight still setting
 /// up will be sending by then too, and every one with less than `setup_s` of sending left will
 /// be done. Ferry starts a migration capped at this share.
@@ -108,17 +124,7 @@ pub fn share_on_start(
     mv: usize,
     setup_s: f64,
 ) -> f64 {
-    let mut then: Vec<Flight> = flights
-        .iter()
-        .map(|f| {
-            let phase = match f.phase {
-                _ if f.transfer_left_s <= setup_s => FlightPhase::Finish,
-                FlightPhase::Setup => FlightPhase::Transfer,
-                p => p,
-            };
-            Flight { phase, ..*f }
-        })
-        .collect();
+    let mut then = after_setup(flights, setup_s);
     then.push(Flight {
         mv,
         phase: FlightPhase::Transfer,
@@ -131,10 +137,12 @@ pub fn share_on_start(
 /// (`None`: the figures say nothing new about it).
 ///
 /// During the storage copy libvirt does not count memory yet (its total reads 0): the whole
-/// of the guest's `memory` is still to come after the disks. In the memory phase, libvirt's
-/// remaining bytes count, not the policy's ETA: that one is whole seconds, and reads 1 s
-/// through the last passes; and between two passes libvirt may say 0 remaining while the next
-/// pass has yet to count its dirty pages.
+/// of the guest's `memory` is still to come after the disks. The first memory pass's end is
+/// not the transfer's: the next pass re-sends what the guest dirtied meanwhile, unknown until
+/// QEMU measures the dirty rate as that pass ends. From then on, libvirt's remaining bytes
+/// count, drained at the rate less the dirty rate — not the policy's ETA: that one is whole
+/// seconds, and reads 1 s through the last passes. Between two passes libvirt may say 0
+/// remaining while the next pass has yet to count its dirty pages.
 pub fn live_transfer_left(p: &Progress, memory: u64) -> (FlightPhase, Option<f64>) {
     let rate = (p.rate_bps.max(1)) as f64;
     match p.phase {
@@ -144,7 +152,17 @@ pub fn live_transfer_left(p: &Progress, memory: u64) -> (FlightPhase, Option<f64
             (FlightPhase::Transfer, Some(left as f64 / rate))
         }
         Phase::Memory { .. } if p.mem_remaining == 0 => (FlightPhase::Transfer, None),
-        Phase::Memory { .. } => (FlightPhase::Transfer, Some(p.mem_remaining as f64 / rate)),
+        // The first pass: the next carries what the guest dirties meanwhile, and QEMU measures
+        // that only when this pass ends. Its end is not the transfer's.
+        Phase::Memory { iteration: 1 } if p.dirty_rate_bps == 0 => {
+            (FlightPhase::Transfer, Some(f64::INFINITY))
+        }
+        // Each pass re-sends what the guest dirtied during the previous one: the passes left
+        // add up to the remaining bytes over the rate less the dirty rate.
+        Phase::Memory { .. } => {
+            let net = (rate - p.dirty_rate_bps as f64).max(rate * MIN_NET_SHARE);
+            (FlightPhase::Transfer, Some(p.mem_remaining as f64 / net))
+        }
         Phase::Switchover | Phase::Postcopy => (FlightPhase::Finish, Some(0.0)),
     }
 }
@@ -183,26 +201,16 @@ pub fn dispatch(
     // Streams that will still be sending once a newcomer's setup is over, per link end.
     let mut busy_out = vec![0.0f64; links.len()];
     let mut busy_in = vec![0.0f64; links.len()];
-    let share = shares(links, moves, flights);
-    for (f, s) in flights.iter().zip(&share) {
+    // What each will ask of the link then: its share among those still sending (not its
+    // share now: a stream about to end no longer halves the link).
+    let then = after_setup(flights, ov.setup_s);
+    let share = shares(links, moves, &then);
+    for (f, s) in then.iter().zip(&share) {
         let m = &moves[f.mv];
         n_out[m.from] += 1;
         n_in[m.to] += 1;
-        let sending_later = match f.phase {
-            FlightPhase::Setup => true,
-            FlightPhase::Transfer => f.transfer_left_s > ov.setup_s,
-            FlightPhase::Finish => false,
-        };
-        if sending_later {
-            // What it will ask of the link: its share now, or (not yet sending) all it can get.
-            let want = if *s > 0.0 {
-                *s
-            } else {
-                links[m.from].out_bps.min(links[m.to].in_bps)
-            };
-            busy_out[m.from] += want;
-            busy_in[m.to] += want;
-        }
+        busy_out[m.from] += s;
+        busy_in[m.to] += s;
     }
     let mut running = flights.len();
     let mut start = vec![];
@@ -299,6 +307,14 @@ mod tests {
         // a has less left than b's setup takes: b starts, its setup overlapping a's tail.
         let f = [flight(0, FlightPhase::Transfer, ov.setup_s - 0.5)];
         assert_eq!(dispatch(Policy::Ferry, &b, &ov, &l, &m, &[1], &f), vec![1]);
+        // a ends within c's setup and b has just begun: b alone fills the link then, so c
+        // waits, although b's share now is half the link.
+        let m3 = [m[0].clone(), m[1].clone(), mv("c", 0, 1, 256, 0)];
+        let f = [
+            flight(0, FlightPhase::Transfer, ov.setup_s - 0.5),
+            flight(1, FlightPhase::Transfer, 30.0),
+        ];
+        assert!(dispatch(Policy::Ferry, &b, &ov, &l, &m3, &[2], &f).is_empty());
         // a switching over: the link is free.
         let f = [flight(0, FlightPhase::Finish, 0.0)];
         assert_eq!(dispatch(Policy::Ferry, &b, &ov, &l, &m, &[1], &f), vec![1]);
@@ -406,14 +422,27 @@ mod tests {
         assert_eq!(phase, FlightPhase::Transfer);
         let left = left.unwrap_or(f64::NAN);
         assert!((left - 26.6).abs() < 1e-9, "{left}");
-        // The memory phase: libvirt's own remaining bytes (or the policy's ETA).
+        // The first memory pass: however little it has left, the passes after it are unknown
+        // (the end of the first pass let the next migration start under a 2 s tail).
         let mut p = progress(Phase::Memory { iteration: 1 }, 10 * MIB);
-        p.mem_remaining = 50 * MIB;
+        p.mem_remaining = MIB;
         p.eta_s = Some(1);
+        assert_eq!(
+            live_transfer_left(&p, 256 * MIB),
+            (FlightPhase::Transfer, Some(f64::INFINITY))
+        );
+        // Later passes: libvirt's remaining bytes (not the policy's ETA), drained at the rate
+        // less the dirty rate, which re-fills each next pass.
+        p.phase = Phase::Memory { iteration: 2 };
+        p.mem_remaining = 40 * MIB;
+        p.dirty_rate_bps = 2 * MIB;
         assert_eq!(
             live_transfer_left(&p, 256 * MIB),
             (FlightPhase::Transfer, Some(5.0))
         );
+        // A guest dirtying faster than its stream: the model's floor keeps it finite.
+        p.dirty_rate_bps = 20 * MIB;
+        assert_eq!(live_transfer_left(&p, 256 * MIB).1, Some(80.0));
         p.mem_remaining = 0;
         assert!(
             live_transfer_left(&p, 256 * MIB).1.is_none(),
