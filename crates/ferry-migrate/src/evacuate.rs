@@ -162,6 +162,7 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
     let mut hosts = vec![ask.host.clone()];
     hosts.extend(ask.candidates.iter().cloned());
     let all = target::gather(hv, &hosts, ask.answer_deadline);
+    let gather_ms = t.elapsed().as_millis() as u64;
     let src = &all[0];
     if src.id.is_none() {
         return Err(MigrateError::Host(HvError::Connect {
@@ -218,7 +219,8 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
             answer_deadline: ask.answer_deadline,
             explicit: false,
         };
-        match target::select(hv, &req) {
+        // The facts read once above serve every guest's ranking.
+        match target::select_among(hv.as_ref(), &req, &all, gather_ms) {
             Ok(sel) => {
                 let copy = sel.chosen.as_ref().map_or(0, |(_, d)| d.copy_bytes);
                 let options = sel

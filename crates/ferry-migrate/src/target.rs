@@ -275,12 +275,23 @@ pub fn select(
     hv_arc: &Arc<dyn Hypervisor>,
     req: &SelectRequest,
 ) -> Result<Selection, MigrateError> {
-    let hv = hv_arc.as_ref();
     let t = Instant::now();
     let mut specs = vec![req.source.clone()];
     specs.extend(req.candidates.iter().cloned());
     let all = gather(hv_arc, &specs, req.answer_deadline);
     let gather_ms = t.elapsed().as_millis() as u64;
+    select_among(hv_arc.as_ref(), req, &all, gather_ms)
+}
+
+/// Probe and decide with facts already gathered: `all` is the source's, then each of
+/// `req.candidates`' (as [`gather`] returns them for that list), read in `gather_ms`. An
+/// evacuation gathers once for all its guests.
+pub fn select_among(
+    hv: &dyn Hypervisor,
+    req: &SelectRequest,
+    all: &[Gathered],
+    gather_ms: u64,
+) -> Result<Selection, MigrateError> {
     let slowest_host_ms = all.iter().map(|g| g.took_ms).max().unwrap_or(0);
     let Some((src, cands)) = all.split_first() else {
         return Err(MigrateError::Host(HvError::Connect {

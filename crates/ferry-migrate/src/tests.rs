@@ -1758,6 +1758,15 @@ fn evacuation_places_each_running_guest_once_and_lists_the_shut_off_one() {
         .calls()
         .iter()
         .any(|c| matches!(c, Call::CreateVolume { .. } | Call::Migrate { .. })));
+    // Each host was read once for all the guests' rankings.
+    for uri in [SRC, DST, H3] {
+        let n = fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Connect(u) if u == uri))
+            .count();
+        assert_eq!(n, 1, "{uri} connected {n} times");
+    }
 }
 
 #[test]

@@ -36,8 +36,9 @@ pub struct Overheads {
 }
 
 impl Default for Overheads {
-    /// Measured in the lab (TCG, 256 MiB guests): setup about 2 s, switchover plus Ferry's
-    /// verification about 1.5 s.
+    /// Until a run measures them: a setup of 2 s and a finish of 1.5 s, what a KVM host with
+    /// a few GiB of guest memory takes. The lab's small TCG guests need less (about 1 s and
+    /// 0.5 s); `ferry evacuate` replaces the setup with the one it measures.
     fn default() -> Self {
         Overheads {
             setup_s: 2.0,

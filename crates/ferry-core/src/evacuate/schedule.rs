@@ -98,20 +98,74 @@ pub fn shares(links: &[Link], moves: &[Move], flights: &[Flight]) -> Vec<f64> {
         .collect()
 }
 
-/// The flights as they will be once a migration starting now has set up (`setup_s`): those
-/// setting up will be sending, and those with less than `setup_s` of sending left done.
+/// Two figures of seconds closer than this are equal (the model's own rounding).
+pub const TIE_S: f64 = 1e-9;
+
+/// Whether a flight will still be sending once a migration starting now has set up
+/// (`setup_s`): one setting up will be, one with less than `setup_s` of sending left will not.
+pub fn sends_after(f: &Flight, setup_s: f64) -> bool {
+    match f.phase {
+        FlightPhase::Setup => true,
+        FlightPhase::Transfer => f.transfer_left_s > setup_s + TIE_S,
+        FlightPhase::Finish => false,
+    }
+}
+
+/// The flights as they will be once a migration starting now has set up: see [`sends_after`].
 fn after_setup(flights: &[Flight], setup_s: f64) -> Vec<Flight> {
     flights
         .iter()
         .map(|f| {
-            let phase = match f.phase {
-                FlightPhase::Setup => FlightPhase::Transfer,
-                FlightPhase::Transfer if f.transfer_left_s <= setup_s => FlightPhase::Finish,
-                p => p,
+            let phase = if sends_after(f, setup_s) {
+                FlightPhase::Transfer
+            } else {
+                FlightPhase::Finish
             };
             Flight { phase, ..*f }
         })
         .collect()
+}
+
+/// What a migration about to start finds on one end of its link (its source's out-link, or its
+/// target's in-link): the migrations there in any phase, and the bandwidth those still sending
+/// once its setup is over will ask — each its equal share then.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EndLoad {
+    pub flights: usize,
+    pub busy_bps: f64,
+}
+
+/// Whether move `m` starts now, given the load on its two link ends and the migrations running
+/// in all. The one rule: [`dispatch`] applies it for `ferry evacuate`, the simulator to every
+/// event of the model.
+pub fn admits(
+    policy: Policy,
+    budgets: &Budgets,
+    links: &[Link],
+    m: &Move,
+    out: EndLoad,
+    inn: EndLoad,
+    running: usize,
+) -> bool {
+    if running >= budgets.fleet.unwrap_or(usize::MAX)
+        || out.flights >= budgets.max_out
+        || inn.flights >= budgets.max_in
+    {
+        return false;
+    }
+    if policy == Policy::Ferry && out.flights > 0 {
+        let (o, i) = (links[m.from].out_bps, links[m.to].in_bps);
+        // The link is full: another stream would only split it.
+        if out.busy_bps >= 0.95 * o || inn.busy_bps >= 0.95 * i {
+            return false;
+        }
+        // Its share would not outrun its own guest's dirtying: wait for a fuller share.
+        let would_get = (o - out.busy_bps).min(i - inn.busy_bps);
+        if m.dirty_bps > 0.0 && would_get < 2.0 * m.dirty_bps {
+            return false;
+        }
+    }
+    true
 }
 
 /// The share migration `mv`, starting now, will get once it sends: every flight still setting
@@ -186,7 +240,9 @@ pub fn order(policy: Policy, links: &[Link], moves: &[Move]) -> Vec<usize> {
 }
 
 /// Which of `waiting` (move indexes, in the policy's [`order`]) to start now, given the
-/// flights. The result keeps `waiting`'s order.
+/// flights, in the order they start: always the first in `waiting` that [`admits`] allows,
+/// then the first again with it counted — a start can leave room for one it passed over (it
+/// lowers the share of those it will share a link with, on their other link ends).
 pub fn dispatch(
     policy: Policy,
     budgets: &Budgets,
@@ -196,53 +252,43 @@ pub fn dispatch(
     waiting: &[usize],
     flights: &[Flight],
 ) -> Vec<usize> {
-    let mut n_out = vec![0usize; links.len()];
-    let mut n_in = vec![0usize; links.len()];
-    // Streams that will still be sending once a newcomer's setup is over, per link end.
-    let mut busy_out = vec![0.0f64; links.len()];
-    let mut busy_in = vec![0.0f64; links.len()];
-    // What each will ask of the link then: its share among those still sending (not its
-    // share now: a stream about to end no longer halves the link).
-    let then = after_setup(flights, ov.setup_s);
-    let share = shares(links, moves, &then);
-    for (f, s) in then.iter().zip(&share) {
-        let m = &moves[f.mv];
-        n_out[m.from] += 1;
-        n_in[m.to] += 1;
-        busy_out[m.from] += s;
-        busy_in[m.to] += s;
-    }
-    let mut running = flights.len();
-    let mut start = vec![];
-    for &i in waiting {
-        let m = &moves[i];
-        if running >= budgets.fleet.unwrap_or(usize::MAX)
-            || n_out[m.from] >= budgets.max_out
-            || n_in[m.to] >= budgets.max_in
-        {
-            continue;
-        }
-        if policy == Policy::Ferry && n_out[m.from] > 0 {
-            let (out, inn) = (links[m.from].out_bps, links[m.to].in_bps);
-            // The link is full: another stream would only split it.
-            if busy_out[m.from] >= 0.95 * out || busy_in[m.to] >= 0.95 * inn {
-                continue;
+    // Each flight as it will be after a newcomer's setup: what it asks of the link then is
+    // its share among those still sending (not its share now: a stream about to end no
+    // longer halves the link).
+    let mut then = after_setup(flights, ov.setup_s);
+    let mut start: Vec<usize> = vec![];
+    loop {
+        let share = shares(links, moves, &then);
+        let next = waiting.iter().copied().find(|&i| {
+            if start.contains(&i) {
+                return false;
             }
-            // Its share would not outrun its own guest's dirtying: wait for a fuller share.
-            let would_get = (out - busy_out[m.from]).min(inn - busy_in[m.to]);
-            if m.dirty_bps > 0.0 && would_get < 2.0 * m.dirty_bps {
-                continue;
+            let m = &moves[i];
+            let mut out = EndLoad::default();
+            let mut inn = EndLoad::default();
+            for (f, s) in then.iter().zip(&share) {
+                let fm = &moves[f.mv];
+                if fm.from == m.from {
+                    out.flights += 1;
+                    out.busy_bps += s;
+                }
+                if fm.to == m.to {
+                    inn.flights += 1;
+                    inn.busy_bps += s;
+                }
             }
-        }
-        let want = links[m.from].out_bps.min(links[m.to].in_bps);
-        busy_out[m.from] += want;
-        busy_in[m.to] += want;
-        n_out[m.from] += 1;
-        n_in[m.to] += 1;
-        running += 1;
+            admits(policy, budgets, links, m, out, inn, then.len())
+        });
+        let Some(i) = next else {
+            return start;
+        };
+        then.push(Flight {
+            mv: i,
+            phase: FlightPhase::Transfer,
+            transfer_left_s: f64::INFINITY,
+        });
         start.push(i);
     }
-    start
 }
 
 #[cfg(test)]
