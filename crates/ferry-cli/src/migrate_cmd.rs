@@ -417,11 +417,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
 fn report_error(a: &MigrateArgs, e: MigrateError) -> ExitCode {
     let code = match &e {
         MigrateError::VerifyFailed { .. } => 3,
-        MigrateError::Failed { location, .. }
-            if *location != ferry_migrate::GuestLocation::Source =>
-        {
-            3
-        }
+        MigrateError::Failed { location, .. } if !location.on_source() => 3,
         _ => 1,
     };
     if a.json {

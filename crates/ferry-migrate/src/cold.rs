@@ -162,7 +162,7 @@ fn undo(
     let (location, cleanup) = if on_source && not_on_target {
         let _ = journal.finish(run, "rolled_back", cause);
         (
-            GuestLocation::Source,
+            GuestLocation::SourceShutOff,
             rollback::delete_created(hv, journal, run, inv, created),
         )
     } else {

@@ -27,7 +27,7 @@ use ferry_journal::{Journal, JournalError};
 use serde::Serialize;
 
 use crate::target::{self, HostSpec, SelectRequest};
-use crate::{Ask, Event, GuestLocation, MigrateError, Outcome, Reporter, Summary};
+use crate::{Ask, Event, MigrateError, Outcome, Reporter, Summary};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -747,7 +747,7 @@ fn one(
         Ok(Outcome::DryRun { .. }) => Err((GuestOutcome::NotStarted, "dry run".into())),
         Err(e) => {
             let where_ = match &e {
-                MigrateError::Failed { location, .. } if *location != GuestLocation::Source => {
+                MigrateError::Failed { location, .. } if !location.on_source() => {
                     GuestOutcome::Uncertain
                 }
                 MigrateError::VerifyFailed { .. } => GuestOutcome::Uncertain,

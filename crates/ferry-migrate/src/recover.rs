@@ -313,7 +313,7 @@ pub fn decide(f: &RunFacts) -> Decision {
                 });
             }
         }
-        GuestLocation::Source => {
+        GuestLocation::Source | GuestLocation::SourceShutOff => {
             for c in &f.created {
                 match in_use_on_target(&c.path) {
                     Some(dom) => d.steps.push(Step::Keep {

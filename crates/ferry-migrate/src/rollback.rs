@@ -14,6 +14,9 @@ use crate::{Event, MigrateError, Reporter};
 #[serde(rename_all = "snake_case")]
 pub enum GuestLocation {
     Source,
+    /// A cold move that did not happen: the guest is defined and shut off on the source, as
+    /// before.
+    SourceShutOff,
     Target,
     /// Active on both (one paused): libvirt has not finished deciding.
     Both,
@@ -30,12 +33,20 @@ impl std::fmt::Display for GuestLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Source => "keeps running on the source",
+            Self::SourceShutOff => "stays on the source, defined and shut off as before",
             Self::Target => "runs on the target",
             Self::Both => "is active on both hosts (one side paused): inspect both before acting",
             Self::Neither => "runs on neither host: start it where its disks are current (the source, if the copy did not finish)",
             Self::Unknown => "is in an unknown place: a host did not answer; check both with virsh domstate",
             Self::PostcopySplit => "is split by a failed post-copy: it runs on the target, and the memory it has not pulled yet is on the source, paused there; destroy neither (each alone is incomplete), nothing was deleted; `ferry recover` resumes the post-copy once both hosts and the link between them answer",
         })
+    }
+}
+
+impl GuestLocation {
+    /// Where it was before the migration: nothing of it moved.
+    pub fn on_source(self) -> bool {
+        matches!(self, Self::Source | Self::SourceShutOff)
     }
 }
 

@@ -2005,6 +2005,12 @@ fn a_cold_copy_that_fails_deletes_what_it_created_and_keeps_the_definition() {
     );
     let g3 = r.iter().find(|g| g.guest == "g3").unwrap();
     assert_eq!(g3.outcome, evacuate::GuestOutcome::StayedOnSource, "{g3:?}");
+    // Said as it is: shut off on the source, not "running".
+    let said = g3.message.as_deref().unwrap_or_default();
+    assert!(
+        said.contains("stays on the source, defined and shut off") && !said.contains("running"),
+        "{said}"
+    );
     let src = fake.host_snapshot(SRC);
     assert_eq!(src.domains["g3"].state, DomainState::ShutOff);
     let calls = fake.calls();
