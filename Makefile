@@ -59,6 +59,7 @@ bench-simulate:
 	$(CARGO) build --release -p ferry-cli
 	target/release/ferry simulate --hosts 1000 --guests 10000 --drain 100
 	target/release/ferry simulate --hosts 1000 --guests 10000 --drain 100 --link-gbit 1
+	target/release/ferry simulate --hosts 1000 --guests 10000 --drain 500
 
 lab-down:
 	lab/lab down

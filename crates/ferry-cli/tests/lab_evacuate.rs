@@ -240,3 +240,180 @@ fn a_target_qemu_killed_mid_copy_sends_that_guest_to_the_other_host() {
         }
     }
 }
+
+fn sigint(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT {pid}");
+}
+
+/// Start `ferry evacuate h1` and return once its first migration copies its disk: the guest.
+fn evacuation_copying(inv: &str) -> (Running, String) {
+    let mut run = Running::spawn(&evacuate_args(inv));
+    run.wait_for_output("\"event\":\"started\"", Duration::from_secs(60));
+    let v: serde_json::Value =
+        serde_json::from_str(&run.line_with("\"event\":\"started\"")).unwrap();
+    let guest = v["guest"].as_str().unwrap().to_string();
+    let tag = format!("\"guest\":\"{guest}\"");
+    run.wait_for_line("its storage copy", Duration::from_secs(90), |l| {
+        l.contains(&tag) && l.contains(&phase("storage_copy"))
+    });
+    (run, guest)
+}
+
+fn outcome_of<'a>(r: &'a serde_json::Value, guest: &str) -> &'a serde_json::Value {
+    r["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["guest"] == guest)
+        .unwrap_or_else(|| panic!("{guest} not in {r}"))
+}
+
+/// Ctrl-C once: the running migration finishes, no other starts; a second evacuation, Ctrl-C
+/// twice: its running migration is aborted and rolled back. Every guest runs on one host,
+/// intact, and nothing is left to recover.
+#[test]
+fn ctrl_c_once_lets_the_running_migration_finish_twice_aborts_it() {
+    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let inv = inventory();
+
+    let (mut run, first) = evacuation_copying(&inv);
+    sigint(run.pid);
+    run.wait_for_output("\"event\":\"stopping\"", Duration::from_secs(10));
+    let (code, out, err) = run.wait(Duration::from_secs(300));
+    assert_eq!(code, 1, "h1 is not empty: exit 1\n{out}\n{err}");
+    let r = result(&out);
+    assert_eq!(r["outcome"], "incomplete", "{r}");
+    let done = outcome_of(&r, &first);
+    assert_eq!(
+        done["outcome"], "migrated",
+        "the running one finished: {done}"
+    );
+    let target = done["target"].as_str().unwrap();
+    let v = lab(&["verify-guest", target, &first]);
+    assert!(v.0, "verify-guest {target} {first}:\n{}{}", v.1, v.2);
+    assert_eq!(
+        out.matches("\"event\":\"started\"").count(),
+        1,
+        "nothing started after Ctrl-C: {out}"
+    );
+    let mut left: Vec<&str> = GUESTS.iter().copied().filter(|g| *g != first).collect();
+    for g in &left {
+        assert_eq!(outcome_of(&r, g)["outcome"], "not_started", "{r}");
+        let v = lab(&["verify-guest", "h1", g]);
+        assert!(v.0, "verify-guest h1 {g}:\n{}{}", v.1, v.2);
+    }
+    left.sort();
+    let mut still: Vec<&str> = r["still_running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    still.sort();
+    assert_eq!(still, left, "{r}");
+
+    // Again, for the two left: Ctrl-C twice aborts the running migration.
+    let (mut run, second) = evacuation_copying(&inv);
+    let second_target = {
+        let v: serde_json::Value =
+            serde_json::from_str(&run.line_with("\"event\":\"started\"")).unwrap();
+        v["to"].as_str().unwrap().to_string()
+    };
+    sigint(run.pid);
+    run.wait_for_output("\"event\":\"stopping\"", Duration::from_secs(10));
+    sigint(run.pid);
+    let (code, out, err) = run.wait(Duration::from_secs(300));
+    assert_eq!(code, 1, "{out}\n{err}");
+    let r = result(&out);
+    let aborted = outcome_of(&r, &second);
+    assert_eq!(aborted["outcome"], "stayed_on_source", "{aborted}");
+    assert_eq!(aborted["attempts"], 1, "a stop is not retried: {aborted}");
+    assert_eq!(
+        out.matches("\"event\":\"started\"").count(),
+        1,
+        "nothing else started: {out}"
+    );
+    for g in &left {
+        let v = lab(&["verify-guest", "h1", g]);
+        assert!(v.0, "verify-guest h1 {g}:\n{}{}", v.1, v.2);
+    }
+    // The aborted copy's volume is gone from its target; the finished one's stays.
+    assert!(
+        !store(&second_target).contains(&format!("{second}-vdb.img")),
+        "{second_target}: {:?}",
+        store(&second_target)
+    );
+    assert!(store(target).contains(&format!("{first}-vdb.img")));
+    let (code, out, err) = ferry(&["recover", "--dry-run", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing to recover"), "{out}");
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(
+        hist.lines()
+            .filter(|l| l.starts_with("evacuation #") && l.contains("incomplete"))
+            .count()
+            == 2,
+        "{hist}"
+    );
+}
+
+/// Ferry SIGKILLed mid-evacuation: libvirt cancels the job whose client went away; `ferry
+/// recover` rolls that migration back and ends the evacuation in the journal.
+#[test]
+fn an_evacuation_whose_ferry_was_killed_is_ended_by_recover() {
+    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let inv = inventory();
+    let (run, guest) = evacuation_copying(&inv);
+    let target = {
+        let v: serde_json::Value =
+            serde_json::from_str(&run.line_with("\"event\":\"started\"")).unwrap();
+        v["to"].as_str().unwrap().to_string()
+    };
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", &run.pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = run.wait(Duration::from_secs(30));
+    wait_until(
+        "the job on the target ends after its client is gone",
+        Duration::from_secs(60),
+        || domstate_of(uri(&target), &guest).is_empty(),
+    );
+    let vol = format!("{guest}-vdb.img");
+    assert!(
+        store(&target).contains(&vol),
+        "Ferry had no chance to clean up"
+    );
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(hist.contains("unfinished"), "{hist}");
+    let (code, dry, err) = ferry(&["recover", "--dry-run", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dry.contains("evacuation #1 of h1: cut short"), "{dry}");
+    assert!(
+        dry.contains(&format!("would delete /srv/ferry-store/{vol}")),
+        "{dry}"
+    );
+    let (code, out, err) = ferry(&["recover", "--journal", JOURNAL]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("ended in the journal"), "{out}");
+    assert!(!store(&target).contains(&vol), "{:?}", store(&target));
+    for g in GUESTS {
+        let v = lab(&["verify-guest", "h1", g]);
+        assert!(v.0, "verify-guest h1 {g}:\n{}{}", v.1, v.2);
+    }
+    let (_, out, _) = ferry(&["recover", "--journal", JOURNAL]);
+    assert!(out.contains("nothing to recover"), "{out}");
+    let (_, hist, _) = ferry(&["history", "--journal", JOURNAL]);
+    assert!(
+        hist.lines()
+            .any(|l| l.starts_with("evacuation #1 of h1: interrupted")),
+        "{hist}"
+    );
+}

@@ -119,7 +119,8 @@ pub fn end_interrupted(
         e.id,
         "interrupted",
         &format!(
-            "its Ferry (pid {}) ended before the evacuation did; `ferry recover` finished its              runs one by one",
+            "its Ferry (pid {}) ended before the evacuation did; `ferry recover` finished its runs \
+             one by one",
             e.pid
         ),
     )

@@ -344,22 +344,11 @@ pub fn simulate(
             );
         }
         loop {
-            for &h in &freed_out {
-                offer.extend(
-                    by_from[h]
-                        .iter()
-                        .filter(|&&i| !started[i])
-                        .map(|&i| Reverse(rank[i])),
-                );
-            }
-            for &h in &freed_in {
-                offer.extend(
-                    by_to[h]
-                        .iter()
-                        .filter(|&&i| !started[i])
-                        .map(|&i| Reverse(rank[i])),
-                );
-            }
+            let freed = freed_out
+                .iter()
+                .flat_map(|&h| &by_from[h])
+                .chain(freed_in.iter().flat_map(|&h| &by_to[h]));
+            offer.extend(freed.filter(|&&i| !started[i]).map(|&i| Reverse(rank[i])));
             freed_out.clear();
             freed_in.clear();
             everyone = false;
