@@ -386,6 +386,16 @@ fn an_evacuation_whose_ferry_was_killed_is_ended_by_recover() {
         Duration::from_secs(60),
         || domstate_of(uri(&target), &guest).is_empty(),
     );
+    wait_until(
+        "the job on h1 ends: its migration stream is gone",
+        Duration::from_secs(120),
+        || {
+            let (ok, out, _) = virsh(H1, &["domjobinfo", &guest]);
+            ok && out
+                .lines()
+                .any(|l| l.starts_with("Job type:") && l.trim_end().ends_with("None"))
+        },
+    );
     let vol = format!("{guest}-vdb.img");
     assert!(
         store(&target).contains(&vol),
