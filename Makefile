@@ -71,6 +71,6 @@ MUTATE = crates/ferry-core/src/preflight.rs crates/ferry-core/src/release.rs \
 	crates/ferry-core/src/plan.rs crates/ferry-migrate/src/preflight.rs \
 	crates/ferry-migrate/src/prepare.rs crates/ferry-migrate/src/verify.rs \
 	crates/ferry-migrate/src/rollback.rs crates/ferry-migrate/src/recover.rs \
-	crates/ferry-migrate/src/release.rs
+	crates/ferry-migrate/src/release.rs crates/ferry-migrate/src/cold.rs
 mutants:
 	$(CARGO) mutants --test-workspace=false $(foreach f,$(MUTATE),-f $(f)) $(MUTANTS_ARGS)

@@ -142,6 +142,8 @@ struct State {
     fail_connect: Vec<String>,
     /// Migrations to these hosts fail with the guest on the source, whatever `outcome` says.
     fail_to: Vec<String>,
+    /// Definitions on these hosts take effect, but the reply is lost (an error).
+    define_reply_lost: Vec<String>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -194,6 +196,11 @@ impl Fake {
     /// Every migration to `uri` fails, the guest staying on the source.
     pub fn fail_migrations_to(&self, uri: &str) {
         self.lock().fail_to.push(uri.to_string());
+    }
+
+    /// Every definition on `uri` takes effect, and then the call fails (its reply lost).
+    pub fn lose_define_replies(&self, uri: &str) {
+        self.lock().define_reply_lost.push(uri.to_string());
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -642,6 +649,14 @@ impl Hypervisor for Fake {
                     disks: HashMap::new(),
                 },
             );
+        }
+        if s.define_reply_lost.contains(&uri) {
+            return Err(HvError::Libvirt {
+                host: uri,
+                what: "defining the domain".into(),
+                message: "the connection is lost (scripted, after the definition)".into(),
+                code: 1,
+            });
         }
         Ok(())
     }

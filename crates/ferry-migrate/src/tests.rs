@@ -2117,3 +2117,105 @@ fn with_the_links_known_each_migration_is_capped_at_its_share() {
     assert_eq!(job_caps.len(), 2);
     assert!(job_caps.iter().all(|b| b.is_some()), "{job_caps:?}");
 }
+
+/// The cold flow alone (as an evacuation runs it for a shut-off guest): a block device is
+/// copied whole, whatever its allocation, and the summary says what was done.
+#[test]
+fn a_cold_move_copies_a_block_device_whole_and_says_what_it_did() {
+    use crate::target::{HostSpec, SelectRequest};
+    let fake = evacuation_lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    let vdb = h1
+        .domains
+        .get_mut("g3")
+        .unwrap()
+        .disks
+        .get_mut("vdb")
+        .unwrap();
+    // A thin block device: libvirt's physical figure is not the bytes a copy must move.
+    vdb.allocation = MIB64 / 4;
+    vdb.physical = MIB64 / 4;
+    fake.add_host(SRC, h1);
+    let hv = hv(&fake);
+    let journal = Journal::in_memory().unwrap();
+    let ask = Ask {
+        select: SelectRequest {
+            guest: "g3".into(),
+            source: HostSpec::uri(SRC),
+            candidates: vec![HostSpec::uri(DST)],
+            rules: Rules::default(),
+            inventory: None,
+            answer_deadline: crate::target::ANSWER_DEADLINE,
+            explicit: true,
+        },
+        options: MigrationOptions {
+            unsafe_: true,
+            ..Default::default()
+        },
+        dry_run: false,
+        cold: true,
+        timeout: None,
+        started: std::time::Instant::now(),
+        abort_grace: std::time::Duration::from_secs(1),
+    };
+    let out = crate::migrate(&hv, &journal, &ask, &mut vec![], &AtomicBool::new(false));
+    let Ok(Outcome::Migrated(s)) = out else {
+        panic!("{out:?}");
+    };
+    let copied = fake.calls().iter().find_map(|c| match c {
+        Call::CopyVolume { bytes, .. } => Some(*bytes),
+        _ => None,
+    });
+    assert_eq!(copied, Some(MIB64), "the whole device");
+    assert_eq!((s.disk_bytes, s.data_bytes), (Some(MIB64), Some(MIB64)));
+    assert_eq!(s.guest, "g3");
+    assert_eq!((s.from.as_str(), s.to.as_str()), (SRC, DST));
+    assert_eq!(s.copied_disks, ["vdb"]);
+    assert_eq!(s.created, ["/srv/store/g3-vdb.img"]);
+    assert!(
+        s.verified
+            .iter()
+            .any(|v| v.contains("defined and shut off")),
+        "{:?}",
+        s.verified
+    );
+    let run = journal.runs(10).unwrap();
+    assert_eq!(s.run, Some(run[0].id), "{run:?}");
+    assert_eq!(run[0].outcome.as_deref(), Some("migrated"));
+}
+
+/// The definition went through on the target but its reply was lost: the target's definition
+/// may use the volumes Ferry created, so none is deleted, and the guest's place is unknown.
+#[test]
+fn a_cold_move_whose_define_reply_is_lost_deletes_nothing() {
+    let fake = evacuation_lab();
+    fake.lose_define_replies(DST);
+    fake.lose_define_replies(H3);
+    let hv = hv(&fake);
+    let mut ask = evacuate_ask();
+    ask.offline = true;
+    ask.retry = false;
+    let p = evacuate::plan(&hv, &ask).unwrap();
+    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
+    let r = evacuate::execute(
+        &hv,
+        &journal_file("define-lost"),
+        1,
+        &ask,
+        &p,
+        &mut vec![],
+        &stop,
+    );
+    let g3 = r.iter().find(|g| g.guest == "g3").unwrap();
+    assert_eq!(g3.outcome, evacuate::GuestOutcome::Uncertain, "{g3:?}");
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::DeleteVolume { path, .. } if path.contains("g3"))),
+        "{:?}",
+        fake.calls()
+    );
+    let said = g3.message.as_deref().unwrap_or_default();
+    assert!(said.contains("left /srv/store/g3-vdb.img"), "{said}");
+}
