@@ -1983,27 +1983,25 @@ fn offline_moves_the_shut_off_guest_cold_disks_through_streams_then_the_definiti
         .any(|c| matches!(c, Call::Migrate { name, .. } if name == "g3")));
 }
 
-#[test]
-fn a_cold_copy_that_fails_deletes_what_it_created_and_keeps_the_definition() {
-    let fake = evacuation_lab();
-    fake.fail_migrations_to(DST);
-    fake.fail_migrations_to(H3);
-    let hv = hv(&fake);
+/// `--offline --no-retry` evacuation of the lab: g3's result (the shut-off guest, moved cold).
+fn cold_evacuation_of_g3(fake: &Arc<Fake>, journal: &str) -> evacuate::GuestResult {
+    let hv = hv(fake);
     let mut ask = evacuate_ask();
     ask.offline = true;
     ask.retry = false;
     let p = evacuate::plan(&hv, &ask).unwrap();
     let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
-    let r = evacuate::execute(
-        &hv,
-        &journal_file("cold-fail"),
-        1,
-        &ask,
-        &p,
-        &mut vec![],
-        &stop,
-    );
-    let g3 = r.iter().find(|g| g.guest == "g3").unwrap();
+    let path = journal_file(journal);
+    let r = evacuate::execute(&hv, &path, 1, &ask, &p, &mut vec![], &stop);
+    r.into_iter().find(|g| g.guest == "g3").unwrap()
+}
+
+#[test]
+fn a_cold_copy_that_fails_deletes_what_it_created_and_keeps_the_definition() {
+    let fake = evacuation_lab();
+    fake.fail_migrations_to(DST);
+    fake.fail_migrations_to(H3);
+    let g3 = cold_evacuation_of_g3(&fake, "cold-fail");
     assert_eq!(g3.outcome, evacuate::GuestOutcome::StayedOnSource, "{g3:?}");
     // Said as it is: shut off on the source, not "running".
     let said = g3.message.as_deref().unwrap_or_default();
@@ -2191,22 +2189,7 @@ fn a_cold_move_whose_define_reply_is_lost_deletes_nothing() {
     let fake = evacuation_lab();
     fake.lose_define_replies(DST);
     fake.lose_define_replies(H3);
-    let hv = hv(&fake);
-    let mut ask = evacuate_ask();
-    ask.offline = true;
-    ask.retry = false;
-    let p = evacuate::plan(&hv, &ask).unwrap();
-    let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
-    let r = evacuate::execute(
-        &hv,
-        &journal_file("define-lost"),
-        1,
-        &ask,
-        &p,
-        &mut vec![],
-        &stop,
-    );
-    let g3 = r.iter().find(|g| g.guest == "g3").unwrap();
+    let g3 = cold_evacuation_of_g3(&fake, "define-lost");
     assert_eq!(g3.outcome, evacuate::GuestOutcome::Uncertain, "{g3:?}");
     assert!(
         !fake
