@@ -92,10 +92,15 @@ pub fn shares(links: &[Link], moves: &[Move], flights: &[Flight]) -> Vec<f64> {
                 return 0.0;
             }
             let m = &moves[f.mv];
-            (links[m.from].out_bps / n_out[m.from] as f64)
-                .min(links[m.to].in_bps / n_in[m.to] as f64)
+            equal_share(links, m, n_out[m.from], n_in[m.to])
         })
         .collect()
+}
+
+/// The share of a stream from `m.from` to `m.to` when `n_out` streams leave its source and
+/// `n_in` enter its target: an equal part of each end, the smaller.
+pub fn equal_share(links: &[Link], m: &Move, n_out: usize, n_in: usize) -> f64 {
+    (links[m.from].out_bps / n_out as f64).min(links[m.to].in_bps / n_in as f64)
 }
 
 /// Two figures of seconds closer than this are equal (the model's own rounding).

@@ -18,7 +18,9 @@ use super::model::{Link, Move, Overheads};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::schedule::{admits, order, sends_after, Budgets, EndLoad, Flight, FlightPhase, Policy};
+use super::schedule::{
+    admits, equal_share, order, sends_after, Budgets, EndLoad, Flight, FlightPhase, Policy, TIE_S,
+};
 
 /// What a simulated evacuation did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,7 +57,8 @@ pub fn lower_bound(links: &[Link], moves: &[Move], ov: &Overheads) -> f64 {
     link.max(longest)
 }
 
-const EPS: f64 = 1e-9;
+/// The model's rounding: figures of seconds (or bytes left over a second) this close are equal.
+const EPS: f64 = TIE_S;
 
 /// A migration in flight in the simulation: its state as of `since`.
 #[derive(Debug, Clone)]
@@ -234,8 +237,7 @@ impl Run<'_> {
         if self.fl[f].phase != FlightPhase::Transfer {
             return 0.0;
         }
-        (self.links[m.from].out_bps / self.tx_out[m.from] as f64)
-            .min(self.links[m.to].in_bps / self.tx_in[m.to] as f64)
+        equal_share(self.links, m, self.tx_out[m.from], self.tx_in[m.to])
     }
 
     /// What a newcomer from `from` to `to` finds on its two link ends (as `dispatch` figures it).
@@ -245,8 +247,7 @@ impl Run<'_> {
             if !self.fl[f].sends_after {
                 return 0.0;
             }
-            (self.links[m.from].out_bps / self.then_out[m.from] as f64)
-                .min(self.links[m.to].in_bps / self.then_in[m.to] as f64)
+            equal_share(self.links, m, self.then_out[m.from], self.then_in[m.to])
         };
         let end = |list: &Vec<usize>| EndLoad {
             flights: list.len(),
