@@ -374,6 +374,11 @@ pub struct ReleaseArgs {
     /// Say what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Give up on a host that has not answered within this many seconds (one that accepts
+    /// TCP and never answers would otherwise block for good).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub inventory: InventoryArgs,
     #[command(flatten)]
@@ -402,6 +407,11 @@ pub struct RecoverArgs {
     /// One JSON object per run: its guest, where it is, the steps, and which failed.
     #[arg(long)]
     pub json: bool,
+    /// Give up on a host that has not answered within this many seconds (one that accepts
+    /// TCP and never answers would otherwise block for good).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

@@ -342,7 +342,7 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
     let ask = EvacuateAsk {
         host: host.clone(),
         candidates,
-        inventory: inv.as_ref(),
+        inventory: inv.clone().map(std::sync::Arc::new),
         options: a.migration.options(inv.as_ref()),
         policy,
         budgets: Budgets {
@@ -415,50 +415,32 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
     );
     drop(reporter);
     let makespan_ms = t.elapsed().as_millis() as u64;
-    // The verdict is the host's: does any guest still run there?
-    let still: Vec<String> = hv
-        .connect(&host.uri)
-        .and_then(|h| hv.guests(h))
-        .map(|g| g.into_iter().filter(|g| g.active).map(|g| g.name).collect())
-        .unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", host.name)]);
-    let uncertain = results.iter().any(|r| r.outcome == GuestOutcome::Uncertain);
-    let outcome = if still.is_empty() {
-        "emptied"
-    } else {
-        "incomplete"
-    };
-    let message = format!(
-        "{} of {} migrated in {}; still running there: {}",
-        results
-            .iter()
-            .filter(|r| r.outcome == GuestOutcome::Migrated)
-            .count(),
-        results.len(),
-        secs(makespan_ms),
-        if still.is_empty() {
-            "none".into()
-        } else {
-            still.join(", ")
-        }
+    let verdict = evacuate::conclude(
+        hv.as_ref(),
+        &journal,
+        evacuation,
+        &host,
+        &results,
+        makespan_ms,
     );
-    let _ = journal.finish_evacuation(evacuation, outcome, &message);
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"event": "result", "outcome": outcome, "makespan_ms": makespan_ms,
-                "predicted_s": plan.predicted.makespan_s, "bound_s": plan.bound_s,
-                "guests": results, "still_running": still})
+            serde_json::json!({"event": "result", "outcome": verdict.outcome,
+                "makespan_ms": makespan_ms, "predicted_s": plan.predicted.makespan_s,
+                "bound_s": plan.bound_s, "guests": results,
+                "still_running": verdict.still_running})
         );
     } else {
         print_table(&results);
         println!(
-            "\n{}: {message} (predicted {:.0} s, lower bound {:.0} s).",
-            host.name, plan.predicted.makespan_s, plan.bound_s
+            "\n{}: {} (predicted {:.0} s, lower bound {:.0} s).",
+            host.name, verdict.message, plan.predicted.makespan_s, plan.bound_s
         );
     }
-    Ok(if uncertain {
+    Ok(if verdict.uncertain {
         ExitCode::from(3)
-    } else if still.is_empty() {
+    } else if verdict.still_running.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use ferry_journal::Journal;
 use ferry_journal::RunId;
-use ferry_migrate::recover::Step;
+use ferry_migrate::recover::Action;
 
 use crate::args::{AbortArgs, HistoryArgs, RecoverArgs, ReleaseArgs};
 
@@ -26,8 +26,8 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             r.source,
             r.target,
             r.outcome
-                .as_deref()
-                .unwrap_or(&format!("unfinished (last phase: {})", r.phase)),
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| format!("unfinished (last phase: {})", r.phase)),
             r.message.map(|m| format!(": {m}")).unwrap_or_default()
         );
     }
@@ -48,7 +48,7 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             "evacuation #{} of {}: {}{}; runs: {}",
             e.id,
             e.host,
-            e.outcome.as_deref().unwrap_or("running (or cut short)"),
+            e.outcome.map_or("running (or cut short)", |o| o.as_str()),
             e.message.map(|m| format!(": {m}")).unwrap_or_default(),
             if runs.is_empty() {
                 "none".to_string()
@@ -62,8 +62,15 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
 
 pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let j = Journal::open(&a.journal.journal)?;
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
-    let done = ferry_migrate::recover::run(&hv, &j, a.id.map(RunId), a.dry_run)?;
+    let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
+        std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
+    let done = ferry_migrate::recover::run(
+        &hv,
+        &j,
+        a.id.map(RunId),
+        a.dry_run,
+        std::time::Duration::from_secs(a.connect_timeout),
+    )?;
     // Evacuations whose Ferry died: their runs are recovered above; the evacuation ends.
     let cut = if a.id.is_none() {
         ferry_migrate::evacuate::interrupted(&j, ferry_migrate::ferry_alive)?
@@ -98,19 +105,19 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     }
     let mut clean = true;
     for r in &done {
-        let d = &r.decision;
+        let d = &r.recovery;
         if !a.json {
             println!("run #{} {}: the guest {}", d.run, d.guest, d.location);
         }
         for (i, step) in d.steps.iter().enumerate() {
             let failed = r.failed.iter().find(|(n, _)| *n == i);
-            clean &= failed.is_none() && !matches!(step, Step::Leave { .. });
+            clean &= failed.is_none() && !matches!(step, Action::Leave { .. });
             if a.json {
                 continue;
             }
             match (step, failed, a.dry_run) {
                 (_, Some((_, e)), _) => println!("  {step}: FAILED: {e}"),
-                (Step::Keep { .. } | Step::Leave { .. }, _, _) => println!("  {step}"),
+                (Action::Keep { .. } | Action::Leave { .. }, _, _) => println!("  {step}"),
                 (_, None, true) => println!("  would {step}"),
                 (_, None, false) => println!("  {step}: done"),
             }
@@ -131,7 +138,7 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
         "asked the Ferry running run #{} ({} {} -> {}) to abort; waiting for it",
         row.id, row.guest, row.source, row.target
     );
-    match abort::wait(&j, RunId(row.id), std::time::Duration::from_secs(a.wait))? {
+    match abort::wait(&j, row.id, std::time::Duration::from_secs(a.wait))? {
         Ended::Outcome(outcome, message) => {
             println!("run #{}: {outcome}: {message}", row.id);
             Ok(ExitCode::SUCCESS)
@@ -166,8 +173,16 @@ pub fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let hook = ferry_migrate::release::source_hook(inv.as_ref(), &row.source);
-    let hv = ferry_hypervisor::libvirt::Libvirt::new();
-    let done = ferry_migrate::release::run(&hv, &j, RunId(a.id), hook.as_ref(), a.dry_run)?;
+    let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
+        std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
+    let done = ferry_migrate::release::run(
+        &hv,
+        &j,
+        RunId(a.id),
+        hook.as_ref(),
+        a.dry_run,
+        std::time::Duration::from_secs(a.connect_timeout),
+    )?;
     Ok(print_released(&done, a.dry_run, &row.source, false))
 }
 

@@ -38,11 +38,20 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  because: {cause}");
-            }
+            eprintln!("ferry: error: {}", because(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error for a person: its message, then a `because:` line per cause under it. The one
+/// place the command line walks an error chain.
+pub(crate) fn because(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!("\n  because: {c}"));
+        cause = c.source();
+    }
+    s
 }

@@ -12,7 +12,7 @@ use ferry_core::render::human_bytes;
 use ferry_core::XmlFiles;
 use ferry_journal::Journal;
 use ferry_migrate::target::SelectRequest;
-use ferry_migrate::{Ask, Event, MigrateError, Outcome, Reporter, Summary, READ_ONLY_STEPS};
+use ferry_migrate::{Ask, Event, MigrateError, Outcome, Reporter, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::MigrateArgs;
@@ -184,115 +184,11 @@ fn print_summary(s: &Summary) {
     }
 }
 
-/// Passes every event on, remembering the flow's step for the watchdog.
-struct Watched {
-    inner: Box<dyn Reporter>,
-    step: Arc<std::sync::Mutex<&'static str>>,
-}
-
-impl Reporter for Watched {
-    fn report(&mut self, event: Event) {
-        if let Event::Step { step, .. } = &event {
-            // Once past the read-only steps (a hook may create a volume before `preflight`),
-            // never back: the watchdog must not stop a run that has created something.
-            let mut now = self.step.lock().unwrap_or_else(|p| p.into_inner());
-            if READ_ONLY_STEPS.contains(&*now) {
-                *now = step;
-            }
-        }
-        self.inner.report(event);
-    }
-}
-
-/// `ferry abort` from another process: it records a request in the journal; this thread reads
-/// it (on its own connection) and cancels the run as Ctrl-C does.
-fn abort_watch(path: std::path::PathBuf, cancel: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new()
-        .name("abort-watch".into())
-        .spawn(move || {
-            let (pid, me) = (std::process::id(), ferry_migrate::this_machine());
-            let mut journal = None;
-            loop {
-                std::thread::sleep(Duration::from_millis(250));
-                if cancel.load(Ordering::SeqCst) {
-                    return;
-                }
-                if journal.is_none() {
-                    journal = Journal::open_existing(&path).ok();
-                }
-                let Some(j) = &journal else { continue };
-                let Ok(Some(run)) = j.run_held_by(pid, &me) else {
-                    continue;
-                };
-                if let Ok(Some((by, host))) = j.abort_requested(run) {
-                    eprintln!(
-                        "ferry: `ferry abort` (pid {by} on {host}): aborting the migration (the \
-                         guest stays on the source)"
-                    );
-                    cancel.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        });
-}
-
-/// A host that accepts the connection and never answers blocks libvirt's calls for good. While
-/// Ferry only reads, Ctrl-C and `--timeout` end the run at once, naming the host it waits on.
-fn watchdog(
-    hv: Arc<dyn ferry_hypervisor::Hypervisor>,
-    step: Arc<std::sync::Mutex<&'static str>>,
-    cancel: Arc<AtomicBool>,
-    timeout: Option<Duration>,
-    connect_timeout: Duration,
-    started: std::time::Instant,
-    json: bool,
-) {
-    let _ = std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = *step.lock().unwrap_or_else(|p| p.into_inner());
-            if !READ_ONLY_STEPS.contains(&now) {
-                continue;
-            }
-            let waiting: Vec<String> = hv.waiting_on().into_iter().map(|(u, _)| u).collect();
-            let why = if cancel.load(Ordering::SeqCst) {
-                "cancelled by the operator (Ctrl-C or ferry abort)".to_string()
-            } else if let Some(t) = timeout.filter(|t| started.elapsed() > *t) {
-                format!("timed out after {} s (--timeout)", t.as_secs())
-            } else if hv.waiting_on().iter().any(|(_, w)| *w > connect_timeout) {
-                format!(
-                    "a libvirt connection did not open within {} s (--connect-timeout)",
-                    connect_timeout.as_secs()
-                )
-            } else {
-                continue;
-            };
-            let msg = format!(
-                "{why} in step {now}{}; nothing was created or moved",
-                if waiting.is_empty() {
-                    String::new()
-                } else {
-                    format!(": no answer from {}", waiting.join(", "))
-                }
-            );
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "result", "outcome": "error", "exit": 1,
-                        "message": msg, "error": {"kind": "no_answer", "waiting_on": waiting}})
-                );
-            }
-            eprintln!("ferry: error: {msg}");
-            std::process::exit(1);
-        });
-}
-
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let inv = a.inventory.load()?;
+    let inv = a.inventory.load()?.map(Arc::new);
     let mut select = SelectRequest::new(
-        inv.as_ref(),
+        inv.clone(),
         &a.guest,
         &a.from,
         a.to.as_deref(),
@@ -324,11 +220,16 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         });
     }
     if !a.dry_run {
-        abort_watch(a.journal.journal.clone(), cancel.clone());
+        ferry_migrate::abort::watch(a.journal.journal.clone(), cancel.clone(), |by, host| {
+            eprintln!(
+                "ferry: `ferry abort` (pid {by} on {host}): aborting the migration (the guest \
+                 stays on the source)"
+            );
+        });
     }
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
-    let inner: Box<dyn Reporter> = if a.json {
+    let mut reporter: Box<dyn Reporter> = if a.json {
         Box::new(JsonLines)
     } else {
         Box::new(Terminal {
@@ -339,24 +240,10 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             show_ranking: a.to.is_none(),
         })
     };
-    let step = Arc::new(std::sync::Mutex::new("target"));
-    let mut reporter: Box<dyn Reporter> = Box::new(Watched {
-        inner,
-        step: step.clone(),
-    });
-    watchdog(
-        hv.clone(),
-        step,
-        cancel.clone(),
-        a.timeout.map(Duration::from_secs),
-        Duration::from_secs(a.connect_timeout),
-        started,
-        a.json,
-    );
     let source_uri = select.source.uri.clone();
     let ask = Ask {
         select,
-        options: a.migration.options(inv.as_ref()),
+        options: a.migration.options(inv.as_deref()),
         dry_run: a.dry_run,
         cold: false,
         timeout: a.timeout.map(Duration::from_secs),
@@ -378,9 +265,9 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             match (a.release_source, s.run) {
                 (Some(after), Some(run)) => Ok(release_source(
                     a,
-                    hv.as_ref(),
+                    &hv,
                     &journal,
-                    inv.as_ref(),
+                    inv.as_deref(),
                     run,
                     after,
                     &cancel,
@@ -423,16 +310,11 @@ fn report_error(a: &MigrateArgs, e: MigrateError) -> ExitCode {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"event": "result", "outcome": "error", "exit": code, "message": format!("{e:#}"),
-                "error": error_json(&e)})
+            serde_json::json!({"event": "result", "outcome": "error", "exit": code,
+                "message": ferry_migrate::error_chain(&e), "error": error_json(&e)})
         );
     }
-    eprintln!("ferry: error: {e}");
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        eprintln!("  because: {s}");
-        src = s.source();
-    }
+    eprintln!("ferry: error: {}", crate::because(&e));
     ExitCode::from(code)
 }
 
@@ -447,7 +329,8 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
             cleanup,
             ..
         } => {
-            serde_json::json!({"kind": "failed", "cause": cause, "guest_location": location, "cleanup": cleanup})
+            serde_json::json!({"kind": "failed", "cause": ferry_migrate::error_chain(cause),
+                "guest_location": location, "cleanup": cleanup})
         }
         MigrateError::VerifyFailed { problems, summary } => {
             serde_json::json!({"kind": "verify_failed", "problems": problems, "summary": summary})
@@ -460,6 +343,15 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
             serde_json::json!({"kind": "journal", "message": j.to_string()})
         }
         MigrateError::Busy(b) => serde_json::json!({"kind": "busy", "message": b.to_string()}),
+        MigrateError::Stopped {
+            step,
+            reason,
+            waiting_on,
+        } => serde_json::json!({"kind": "stopped", "step": step, "reason": reason,
+            "waiting_on": waiting_on}),
+        MigrateError::StepThread { step, why } => {
+            serde_json::json!({"kind": "step_thread", "step": step, "message": why})
+        }
         MigrateError::NoTarget { ranking, .. } => {
             serde_json::json!({"kind": "no_target", "hosts": ranking.hosts})
         }
@@ -470,10 +362,10 @@ fn error_json(e: &MigrateError) -> serde_json::Value {
 /// copies of the disks the run copied.
 fn release_source(
     a: &MigrateArgs,
-    hv: &dyn ferry_hypervisor::Hypervisor,
+    hv: &Arc<dyn ferry_hypervisor::Hypervisor>,
     journal: &Journal,
     inv: Option<&ferry_core::inventory::Inventory>,
-    run: i64,
+    run: ferry_journal::RunId,
     after: u64,
     cancel: &AtomicBool,
 ) -> ExitCode {
@@ -484,20 +376,21 @@ fn release_source(
             "==> release: the source's copies go in {after} s (Ctrl-C keeps them; `ferry release \
              {run}` later)"
         );
-        let end = std::time::Instant::now() + Duration::from_secs(after);
-        while std::time::Instant::now() < end {
-            if cancel.load(Ordering::SeqCst) {
-                eprintln!(
-                    "ferry: release cancelled: the source keeps its copies (`ferry release {run}`)"
-                );
-                return ExitCode::SUCCESS;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let cancelled = ferry_hypervisor::wait::poll_until(
+            ferry_hypervisor::wait::deadline_in(Duration::from_secs(after)),
+            Duration::from_millis(100),
+            || cancel.load(Ordering::SeqCst).then_some(()),
+        );
+        if cancelled.is_some() {
+            eprintln!(
+                "ferry: release cancelled: the source keeps its copies (`ferry release {run}`)"
+            );
+            return ExitCode::SUCCESS;
         }
     } else {
         eprintln!("==> release: the source's copies of the disks run #{run} copied");
     }
-    let Ok(Some(row)) = journal.run_row(ferry_journal::RunId(run)) else {
+    let Ok(Some(row)) = journal.run_row(run) else {
         eprintln!("ferry: error: run #{run} is not in the journal: nothing released");
         return ExitCode::FAILURE;
     };
@@ -505,9 +398,10 @@ fn release_source(
     match ferry_migrate::release::run(
         hv,
         journal,
-        ferry_journal::RunId(run),
+        run,
         hook.as_ref(),
         a.dry_run,
+        Duration::from_secs(a.connect_timeout),
     ) {
         Ok(done) => crate::journal_cmd::print_released(&done, false, &row.source, a.json),
         Err(e) => {

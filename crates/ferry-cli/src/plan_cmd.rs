@@ -168,7 +168,7 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     check_outputs(a)?;
     let inv = a.inventory.load()?;
     let req = ferry_migrate::target::SelectRequest::new(
-        inv.as_ref(),
+        inv.clone().map(std::sync::Arc::new),
         guest,
         from,
         a.to.as_deref(),

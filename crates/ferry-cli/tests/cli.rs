@@ -288,8 +288,11 @@ fn ferry_abort_stops_a_migration_run_by_another_process() {
     let (code, out, err) = ferry_bounded(&["abort", "g", "--journal", &journal]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(err.contains("asked the Ferry running run #1 (g "), "{err}");
+    // The run ended in the journal, refused: the journal says what happened.
     assert!(
-        out.contains("run #1: its Ferry stopped before anything was created or moved"),
+        out.contains(
+            "run #1: refused: cancelled by the operator (Ctrl-C or ferry abort) in step target"
+        ),
         "{out}"
     );
     let first = first.wait_with_output().unwrap();
@@ -300,10 +303,13 @@ fn ferry_abort_stops_a_migration_run_by_another_process() {
         ferr.contains("cancelled by the operator (Ctrl-C or ferry abort) in step target"),
         "{ferr}"
     );
-    // Nobody runs it now: abort says so, and what ends it.
+    // It has ended: abort says so, and recover has nothing to do.
     let (code, _, err) = ferry_bounded(&["abort", "1", "--journal", &journal]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("`ferry recover 1` finishes it"), "{err}");
+    assert!(err.contains("run #1 has already ended: refused"), "{err}");
+    let (code, out, err) = ferry_bounded(&["recover", "--dry-run", "--journal", &journal]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("nothing to recover"), "{out}");
     let (code, _, err) = ferry_bounded(&["abort", "7", "--journal", &journal]);
     assert_eq!(code, Some(1));
     assert!(err.contains("there is no run #7"), "{err}");

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::xml::{self, Element, XmlError};
 
@@ -48,7 +48,7 @@ impl std::fmt::Display for DiskType {
 }
 
 /// The `type` attribute of `<disk>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskType {
     File,
@@ -99,7 +99,7 @@ impl DiskType {
 }
 
 /// What backs a disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DiskSource {
     /// A file, block device or directory path.

@@ -1,7 +1,7 @@
 //! The migration plan: a decision for every disk, the destination XML, the flags, and the
 //! equivalent `virsh migrate` command line.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::convergence::{self, Phase};
 use crate::domain::{self, Disk, DiskSource, DiskType, Domain, DomainError};
@@ -71,7 +71,7 @@ pub enum PlanError {
 }
 
 /// What happens to a disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// The data stays where it is; the target reaches it (possibly under another name).
@@ -92,16 +92,20 @@ impl Decision {
     }
 }
 
-/// The plan for one disk.
-#[derive(Debug, Clone, Serialize)]
+/// The plan for one disk. A run's plan is recorded in the journal as JSON and read back as
+/// this type (fields that came later default when an older journal lacks them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskPlan {
     /// `<target dev>`.
     pub target: String,
+    #[serde(default)]
     pub device: String,
     pub decision: Decision,
     /// Why: which rule (or fact) decided.
+    #[serde(default)]
     pub reason: String,
     /// Where the deciding rule came from: a flag, the inventory, pool identity, a canary.
+    #[serde(default)]
     pub origin: Origin,
     pub source_type: DiskType,
     pub source: Option<DiskSource>,
@@ -126,7 +130,8 @@ impl DiskPlan {
 }
 
 /// Options that shape the migration call, as given on the command line.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MigrationOptions {
     pub p2p: bool,
     pub tls: bool,
@@ -267,26 +272,35 @@ impl Flags {
     }
 }
 
-/// Everything Ferry will do, decided before anything is touched.
-#[derive(Debug, Clone, Serialize)]
+/// Everything Ferry will do, decided before anything is touched. A run records it in the
+/// journal (without the XML documents) and `recover`/`release` read it back as this type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub domain: String,
+    #[serde(default)]
     pub uuid: Option<String>,
     pub dest_uri: String,
     pub disks: Vec<DiskPlan>,
     /// Always explicit: libvirt copies every non-shareable disk when the list is empty.
+    #[serde(default)]
     pub migrate_disks: Vec<String>,
+    #[serde(default)]
     pub flags: Flags,
+    #[serde(default)]
     pub options: MigrationOptions,
     /// The bandwidth handed to libvirt, which applies it to every disk mirror at once: the
     /// per-migration cap divided by the number of copied disks.
+    #[serde(default)]
     pub bandwidth_per_stream_mib: Option<u64>,
+    #[serde(default)]
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub dest_xml: String,
     #[serde(skip)]
     pub persist_xml: Option<String>,
+    #[serde(default)]
     pub diff: String,
+    #[serde(default)]
     pub persist_diff: Option<String>,
 }
 

@@ -47,7 +47,7 @@ pub enum RuleError {
 
 /// Where a rule came from: the operator, or a fact Ferry established. The plan shows it for
 /// every disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum Origin {
     /// `--map`/`--copy` or a rules file.

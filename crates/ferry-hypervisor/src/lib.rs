@@ -7,6 +7,7 @@
 
 pub mod fake;
 pub mod libvirt;
+pub mod wait;
 
 /// A path's directory and last component (`/a/b` → `/a`, `b`; `/b` → `/`, `b`).
 pub fn split_path(path: &str) -> (&str, &str) {

@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+mod vocab;
+pub use vocab::{EvacuationOutcome, RunOutcome, RunPhase, UnknownWord};
+
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -16,7 +19,7 @@ pub enum JournalError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot write to the journal")]
+    #[error("cannot read or write the journal")]
     Sql(#[from] rusqlite::Error),
     #[error("cannot read the journal {path}: {why}")]
     Read { path: String, why: String },
@@ -28,20 +31,27 @@ pub enum JournalError {
 }
 
 /// A run's id in the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
 pub struct RunId(pub i64);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// One run, as listed by `ferry history`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
-    pub id: i64,
+    pub id: RunId,
     pub guest: String,
     pub source: String,
     pub target: String,
     pub started: i64,
     pub finished: Option<i64>,
-    pub phase: String,
-    pub outcome: Option<String>,
+    pub phase: RunPhase,
+    pub outcome: Option<RunOutcome>,
     pub message: Option<String>,
 }
 
@@ -56,7 +66,7 @@ pub struct EvacuationRow {
     pub machine: String,
     pub started: i64,
     pub finished: Option<i64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<EvacuationOutcome>,
     pub message: Option<String>,
 }
 
@@ -147,7 +157,7 @@ CREATE TABLE IF NOT EXISTS locks (
 /// Who holds a guest's lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Holder {
-    pub run: i64,
+    pub run: RunId,
     pub pid: u32,
     /// The machine the holding Ferry runs on.
     pub host: String,
@@ -159,17 +169,44 @@ pub struct Holder {
 const RUN_COLUMNS: &str = "id, guest, source, target, started, finished, phase, outcome, message";
 
 fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    let message: Option<String> = r.get(8)?;
+    let outcome: Option<RunOutcome> = r.get(7)?;
     Ok(RunRow {
-        id: r.get(0)?,
+        id: RunId(r.get(0)?),
         guest: r.get(1)?,
         source: r.get(2)?,
         target: r.get(3)?,
         started: r.get(4)?,
         finished: r.get(5)?,
         phase: r.get(6)?,
-        outcome: r.get(7)?,
-        message: r.get(8)?,
+        outcome: outcome.map(|o| legacy_outcome(o, message.as_deref())),
+        message,
     })
+}
+
+/// Journals written before [`RunOutcome::MigratedUnverified`] existed recorded a failed
+/// verification as `migrated`, with the problems in the message (`verify: …` from the flow,
+/// `…, but verify: …` from `ferry recover`): such a run reads as unverified, so nothing of its
+/// source is ever released.
+fn legacy_outcome(o: RunOutcome, message: Option<&str>) -> RunOutcome {
+    let unverified =
+        message.is_some_and(|m| m.starts_with("verify: ") || m.contains(", but verify: "));
+    if o == RunOutcome::Migrated && unverified {
+        RunOutcome::MigratedUnverified
+    } else {
+        o
+    }
+}
+
+/// The SQL list of the outcomes whose guest runs on the target (its created volumes are its
+/// disks, never leftovers).
+fn on_target_sql() -> String {
+    let words: Vec<String> = RunOutcome::ALL
+        .iter()
+        .filter(|o| o.guest_on_target())
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
+    format!("({})", words.join(", "))
 }
 
 /// Journals written before a column existed get it.
@@ -284,7 +321,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_phase(&self, run: RunId, phase: &str) -> Result<(), JournalError> {
+    pub fn set_phase(&self, run: RunId, phase: RunPhase) -> Result<(), JournalError> {
         self.db.execute(
             "UPDATE runs SET phase = ?1 WHERE id = ?2",
             params![phase, run.0],
@@ -328,11 +365,16 @@ impl Journal {
         Ok(())
     }
 
-    /// End a run: `outcome` is `migrated`, `rolled_back`, `refused`, or `failed`.
-    pub fn finish(&self, run: RunId, outcome: &str, message: &str) -> Result<(), JournalError> {
+    /// End a run.
+    pub fn finish(
+        &self,
+        run: RunId,
+        outcome: RunOutcome,
+        message: &str,
+    ) -> Result<(), JournalError> {
         self.db.execute(
-            "UPDATE runs SET finished = ?1, outcome = ?2, message = ?3, phase = 'done' WHERE id = ?4",
-            params![now(), outcome, message, run.0],
+            "UPDATE runs SET finished = ?1, outcome = ?2, message = ?3, phase = ?4 WHERE id = ?5",
+            params![now(), outcome, message, RunPhase::Done, run.0],
         )?;
         Ok(())
     }
@@ -351,9 +393,10 @@ impl Journal {
     pub fn runs_to_recover(&self, only: Option<RunId>) -> Result<Vec<RunRow>, JournalError> {
         let mut st = self.db.prepare(&format!(
             "SELECT {RUN_COLUMNS} FROM runs r WHERE (?1 IS NULL OR id = ?1) AND (outcome IS NULL
-               OR (outcome != 'migrated' AND EXISTS
+               OR (outcome NOT IN {on_target} AND EXISTS
                    (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
-             ORDER BY id"
+             ORDER BY id",
+            on_target = on_target_sql()
         ))?;
         let rows = st.query_map([only.map(|r| r.0)], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -385,7 +428,7 @@ impl Journal {
                 params![guest],
                 |r| {
                     Ok(Holder {
-                        run: r.get(0)?,
+                        run: RunId(r.get(0)?),
                         pid: r.get(1)?,
                         host: r.get(2)?,
                         since: r.get(3)?,
@@ -419,7 +462,10 @@ impl Journal {
     /// Volumes created by runs that did not end in a migration and were never deleted.
     pub fn leftovers(&self) -> Result<Vec<Created>, JournalError> {
         self.leftovers_where(
-            "c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome != 'migrated')",
+            &format!(
+                "c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome NOT IN {})",
+                on_target_sql()
+            ),
             None,
         )
     }
@@ -576,11 +622,11 @@ impl Journal {
         Ok(())
     }
 
-    /// End an evacuation: `emptied`, `incomplete`, `interrupted`.
+    /// End an evacuation.
     pub fn finish_evacuation(
         &self,
         evacuation: i64,
-        outcome: &str,
+        outcome: EvacuationOutcome,
         message: &str,
     ) -> Result<(), JournalError> {
         self.db.execute(
@@ -648,14 +694,8 @@ impl Journal {
     }
 
     /// The outcome of a run, if it has ended.
-    pub fn outcome(&self, run: RunId) -> Result<Option<String>, JournalError> {
-        Ok(self
-            .db
-            .query_row("SELECT outcome FROM runs WHERE id = ?1", [run.0], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .flatten())
+    pub fn outcome(&self, run: RunId) -> Result<Option<RunOutcome>, JournalError> {
+        Ok(self.run_row(run)?.and_then(|r| r.outcome))
     }
 }
 
@@ -675,14 +715,15 @@ mod tests {
         let r = j.begin_run("g", "a", "b", "{}").unwrap();
         j.add_evacuation_run(e, "g", r).unwrap();
         assert_eq!(j.evacuation_runs(e).unwrap(), vec![("g".to_string(), r.0)]);
-        assert_eq!(j.latest_run_of("g", 0).unwrap().map(|x| x.id), Some(r.0));
+        assert_eq!(j.latest_run_of("g", 0).unwrap().map(|x| x.id), Some(r));
         assert!(j.latest_run_of("g", i64::MAX).unwrap().is_none());
         assert!(j.latest_run_of("other", 0).unwrap().is_none());
-        j.finish_evacuation(e, "emptied", "3 guests").unwrap();
+        j.finish_evacuation(e, EvacuationOutcome::Emptied, "3 guests")
+            .unwrap();
         assert!(j.open_evacuations().unwrap().is_empty());
         assert_eq!(
-            j.evacuations().unwrap()[0].outcome.as_deref(),
-            Some("emptied")
+            j.evacuations().unwrap()[0].outcome,
+            Some(EvacuationOutcome::Emptied)
         );
     }
 
@@ -710,10 +751,75 @@ mod tests {
         let j = Journal::in_memory().unwrap();
         let r = j.begin_run("g", "a", "b", "{}").unwrap();
         j.record_created(r, "b", "/srv/vdb.raw", 64).unwrap();
-        j.finish(r, "migrated", "ok").unwrap();
+        j.finish(r, RunOutcome::Migrated, "ok").unwrap();
         assert!(j.leftovers().unwrap().is_empty());
-        assert_eq!(j.outcome(r).unwrap().as_deref(), Some("migrated"));
-        assert_eq!(j.runs(10).unwrap()[0].phase, "done");
+        assert_eq!(j.outcome(r).unwrap(), Some(RunOutcome::Migrated));
+        assert_eq!(j.runs(10).unwrap()[0].phase, RunPhase::Done);
+        // Its guest runs on the target even unverified: the volumes are its disks.
+        let u = j.begin_run("g", "a", "b", "{}").unwrap();
+        j.record_created(u, "b", "/srv/vdc.raw", 64).unwrap();
+        j.finish(u, RunOutcome::MigratedUnverified, "verify: x")
+            .unwrap();
+        assert!(j.leftovers().unwrap().is_empty());
+        assert!(j.runs_to_recover(None).unwrap().is_empty());
+        // A rolled-back run's undeleted volume is a leftover recover looks at.
+        let b = j.begin_run("g", "a", "b", "{}").unwrap();
+        j.record_created(b, "b", "/srv/vdd.raw", 64).unwrap();
+        j.finish(b, RunOutcome::RolledBack, "x").unwrap();
+        assert_eq!(j.leftovers().unwrap().len(), 1);
+        assert_eq!(
+            j.runs_to_recover(None)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            [b]
+        );
+    }
+
+    #[test]
+    fn an_old_journals_failed_verification_reads_as_unverified_and_its_words_unchanged() {
+        let j = Journal::in_memory().unwrap();
+        j.db.execute_batch(
+            "INSERT INTO runs (guest, source, target, started, phase, outcome, message) VALUES
+               ('a','s','t',1,'done','migrated','verified'),
+               ('b','s','t',1,'done','migrated','verify: disk vdb is not at its planned source'),
+               ('c','s','t',1,'done','migrated','recovered: c runs on t, but verify: no plan'),
+               ('d','s','t',1,'done','rolled_back','x'),
+               ('e','s','t',1,'postcopy_failed',NULL,NULL);",
+        )
+        .unwrap();
+        let by_guest: Vec<_> = j
+            .runs(10)
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|r| (r.guest, r.phase, r.outcome))
+            .collect();
+        let done = RunPhase::Done;
+        assert_eq!(
+            by_guest,
+            [
+                ("a".to_string(), done, Some(RunOutcome::Migrated)),
+                ("b".into(), done, Some(RunOutcome::MigratedUnverified)),
+                ("c".into(), done, Some(RunOutcome::MigratedUnverified)),
+                ("d".into(), done, Some(RunOutcome::RolledBack)),
+                ("e".into(), RunPhase::PostcopyFailed, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_word_the_journal_does_not_know_is_an_error_not_a_default() {
+        let j = Journal::in_memory().unwrap();
+        j.db.execute_batch(
+            "INSERT INTO runs (guest, source, target, started, phase, outcome) VALUES
+               ('a','s','t',1,'done','teleported');",
+        )
+        .unwrap();
+        let e = j.runs(1).unwrap_err();
+        let chain = format!("{:?}", std::error::Error::source(&e));
+        assert!(chain.contains("teleported"), "{chain}");
     }
 
     #[test]
@@ -731,7 +837,7 @@ mod tests {
         };
         assert_eq!(
             (holder.run, holder.pid, holder.host.as_str()),
-            (r1.0, 100, "m1")
+            (r1, 100, "m1")
         );
         assert!(e.to_string().contains(&format!("run #{}", r1.0)), "{e}");
         // Another guest is free.
@@ -743,7 +849,7 @@ mod tests {
             .lock_guest("g", r2, 200, "m1", |_| false)
             .unwrap()
             .unwrap();
-        assert_eq!(old.run, r1.0);
+        assert_eq!(old.run, r1);
         // Unlock gives back only one's own lock.
         a.unlock_guest("g", r1).unwrap();
         assert!(a.lock_guest("g", r1, 100, "m1", |_| true).is_err());

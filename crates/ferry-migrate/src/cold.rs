@@ -7,59 +7,61 @@ use std::time::Instant;
 
 use ferry_core::plan::Decision;
 use ferry_core::{DiskSource, DiskType, Plan};
-use ferry_hypervisor::{DomainState, Hypervisor};
-use ferry_journal::{Journal, RunId};
+use ferry_hypervisor::DomainState;
+use ferry_journal::RunOutcome;
 
-use crate::inventory::Inventory;
+use crate::flow::Ctx;
 use crate::prepare::CreatedVolume;
-use crate::{rollback, Event, GuestLocation, MigrateError, Outcome, Reporter, Request, Summary};
+use crate::{rollback, Cause, GuestLocation, MigrateError, Outcome, Request, Step, Summary};
 
 /// Copy, define, check, undefine the source's definition.
-#[allow(clippy::too_many_arguments)]
-pub fn finish(
-    hv: &dyn Hypervisor,
-    journal: &Journal,
-    run: RunId,
-    inv: &Inventory,
+pub(crate) fn finish(
+    ctx: &mut Ctx,
     plan: &Plan,
     created: &[CreatedVolume],
     req: &Request,
-    reporter: &mut dyn Reporter,
     t0: Instant,
 ) -> Result<Outcome, MigrateError> {
+    let (inv, run, journal) = (ctx.inv, ctx.run, ctx.journal);
     let copies: Vec<_> = plan
         .disks
         .iter()
         .filter(|d| d.decision == Decision::Copy)
         .collect();
-    let _ = journal.set_phase(run, "copy");
-    reporter.report(Event::Step {
-        step: "copy",
-        detail: format!("{} disk(s) through libvirt's storage streams", copies.len()),
-    });
+    ctx.enter(
+        Step::Copy,
+        format!("{} disk(s) through libvirt's storage streams", copies.len()),
+    );
     // Copy every disk, then define: the first failure undoes what this run created.
-    let copied = copy_disks(hv, inv, &copies, reporter).and_then(|copied| {
+    let copied = copy_disks(ctx, &copies).and_then(|copied| {
         let xml = plan.persist_xml.as_deref().unwrap_or(&plan.dest_xml);
-        let _ = journal.set_phase(run, "define");
-        reporter.report(Event::Step {
-            step: "define",
-            detail: format!("{} on {}, its sources rewritten", inv.guest, inv.dst_uri),
-        });
-        hv.define(inv.dst, xml).map_err(|e| e.to_string())?;
+        ctx.enter(
+            Step::Define,
+            format!("{} on {}, its sources rewritten", inv.guest, inv.dst_uri),
+        );
+        ctx.hv.define(inv.dst, xml)?;
         Ok(copied)
     });
     let copied = match copied {
         Ok(c) => c,
-        Err(cause) => return Err(undo(hv, journal, run, inv, created, &cause, reporter)),
+        Err(cause) => return Err(undo(ctx, created, cause)),
     };
+    let hv = ctx.hv.as_ref();
     // Defined there as planned, shut off: then, and only then, the source forgets it.
     let there = hv.domain_state(inv.dst, &inv.guest);
     if !matches!(there, Ok(Some(DomainState::ShutOff))) {
-        let cause = format!("after defining it, {} says {:?}", inv.dst_uri, there);
-        let _ = journal.finish(run, "failed", &cause);
+        let cause = Cause::NotDefined {
+            host: inv.dst_uri.clone(),
+            state: match there {
+                Ok(Some(s)) => format!("{s:?}"),
+                Ok(None) => "no such domain".into(),
+                Err(e) => e.to_string(),
+            },
+        };
+        let _ = journal.finish(run, RunOutcome::Failed, &cause.to_string());
         return Err(MigrateError::Failed {
             guest: inv.guest.clone(),
-            cause: cause.clone(),
+            cause: Box::new(cause),
             location: GuestLocation::Unknown,
             cleanup: vec![format!(
                 "left {}'s definition on {} and the copies in place: inspect both hosts",
@@ -67,14 +69,14 @@ pub fn finish(
             )],
         });
     }
-    let _ = journal.set_phase(run, "verify");
-    reporter.report(Event::Step {
-        step: "verify",
-        detail: format!(
+    ctx.enter(
+        Step::Verify,
+        format!(
             "{} defined on {}; undefining it on {}",
             inv.guest, inv.dst_uri, inv.src_uri
         ),
-    });
+    );
+    let hv = ctx.hv.as_ref();
     let mut warnings = plan.warnings.clone();
     if let Err(e) = hv.undefine(inv.src, &inv.guest) {
         warnings.push(format!(
@@ -85,11 +87,11 @@ pub fn finish(
     }
     let _ = journal.finish(
         run,
-        "migrated",
+        RunOutcome::Migrated,
         "moved cold: defined on the target, disks copied",
     );
     Ok(Outcome::Migrated(Box::new(Summary {
-        run: Some(run.0),
+        run: Some(run),
         guest: req.guest.clone(),
         from: req.from.clone(),
         to: req.to.clone(),
@@ -108,65 +110,52 @@ pub fn finish(
 }
 
 /// Each copied disk through the storage streams: the bytes moved, or why not.
-fn copy_disks(
-    hv: &dyn Hypervisor,
-    inv: &Inventory,
-    copies: &[&ferry_core::DiskPlan],
-    reporter: &mut dyn Reporter,
-) -> Result<u64, String> {
+fn copy_disks(ctx: &mut Ctx, copies: &[&ferry_core::DiskPlan]) -> Result<u64, Cause> {
+    let (hv, inv) = (ctx.hv.as_ref(), ctx.inv);
     let mut copied = 0u64;
     for d in copies {
         let (Some(DiskSource::Path { path: from }), Some(to)) = (&d.source, d.dest_path()) else {
-            return Err(format!("disk {} has no path to copy", d.target));
+            return Err(Cause::NoPath {
+                disk: d.target.clone(),
+            });
         };
         // A block device's whole size; a file's bytes as they are (a qcow2 file is copied as
         // the file it is).
-        let size = hv
-            .disk_size(inv.src, &inv.guest, &d.target)
-            .map_err(|e| e.to_string())?;
+        let size = hv.disk_size(inv.src, &inv.guest, &d.target)?;
         let bytes = if d.source_type == DiskType::Block {
             size.capacity
         } else {
             size.physical
         };
-        hv.copy_volume(inv.src, from, inv.dst, to, bytes)
-            .map_err(|e| e.to_string())?;
+        hv.copy_volume(inv.src, from, inv.dst, to, bytes)?;
         copied += bytes;
-        reporter.report(Event::Note {
-            message: format!("copied {from} to {to} on {} ({bytes} bytes)", inv.dst_uri),
-        });
+        ctx.note(format!(
+            "copied {from} to {to} on {} ({bytes} bytes)",
+            inv.dst_uri
+        ));
     }
     Ok(copied)
 }
 
 /// A cold move failed before the target had the definition: the guest is where it was
 /// (defined, shut off, on the source), so what Ferry created on the target goes.
-fn undo(
-    hv: &dyn Hypervisor,
-    journal: &Journal,
-    run: RunId,
-    inv: &Inventory,
-    created: &[CreatedVolume],
-    cause: &str,
-    reporter: &mut dyn Reporter,
-) -> MigrateError {
-    reporter.report(Event::Step {
-        step: "rollback",
-        detail: cause.to_string(),
-    });
+fn undo(ctx: &mut Ctx, created: &[CreatedVolume], cause: Cause) -> MigrateError {
+    let text = crate::error_chain(&cause);
+    ctx.enter(Step::Rollback, text.clone());
+    let (hv, inv, run, journal) = (ctx.hv.as_ref(), ctx.inv, ctx.run, ctx.journal);
     let on_source = matches!(
         hv.domain_state(inv.src, &inv.guest),
         Ok(Some(DomainState::ShutOff))
     );
     let not_on_target = matches!(hv.domain_state(inv.dst, &inv.guest), Ok(None));
     let (location, cleanup) = if on_source && not_on_target {
-        let _ = journal.finish(run, "rolled_back", cause);
+        let _ = journal.finish(run, RunOutcome::RolledBack, &text);
         (
             GuestLocation::SourceShutOff,
-            rollback::delete_created(hv, journal, run, inv, created),
+            rollback::delete_created(ctx, created),
         )
     } else {
-        let _ = journal.finish(run, "failed", cause);
+        let _ = journal.finish(run, RunOutcome::Failed, &text);
         (
             GuestLocation::Unknown,
             created
@@ -177,7 +166,7 @@ fn undo(
     };
     MigrateError::Failed {
         guest: inv.guest.clone(),
-        cause: cause.to_string(),
+        cause: Box::new(cause),
         location,
         cleanup,
     }

@@ -27,7 +27,7 @@ use ferry_journal::{Journal, JournalError};
 use serde::Serialize;
 
 use crate::target::{self, HostSpec, SelectRequest};
-use crate::{Ask, Event, MigrateError, Outcome, Reporter, Summary};
+use crate::{Ask, Event, MigrateError, Outcome, Reporter, Step, Summary};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -36,11 +36,11 @@ pub const DEFAULT_LINK_BPS: f64 = 10e9 / 8.0;
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
-pub struct EvacuateAsk<'a> {
+pub struct EvacuateAsk {
     pub host: HostSpec,
     /// The hosts the guests may go to (`--to`, or every other inventory host).
     pub candidates: Vec<HostSpec>,
-    pub inventory: Option<&'a Inventory>,
+    pub inventory: Option<Arc<Inventory>>,
     /// The transport and policy every migration uses (its bandwidth is set per migration).
     pub options: MigrationOptions,
     pub policy: Policy,
@@ -117,7 +117,7 @@ pub fn end_interrupted(
 ) -> Result<(), JournalError> {
     journal.finish_evacuation(
         e.id,
-        "interrupted",
+        ferry_journal::EvacuationOutcome::Interrupted,
         &format!(
             "its Ferry (pid {}) ended before the evacuation did; `ferry recover` finished its runs \
              one by one",
@@ -216,7 +216,7 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
             source: ask.host.clone(),
             candidates: ask.candidates.clone(),
             rules: Rules::default(),
-            inventory: ask.inventory,
+            inventory: ask.inventory.clone(),
             answer_deadline: ask.answer_deadline,
             explicit: false,
         };
@@ -241,7 +241,7 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
                 });
                 rankings.push((g.name.clone(), sel.ranking));
             }
-            Err(e) => unplaced.push((g.name.clone(), error_text(&e))),
+            Err(e) => unplaced.push((g.name.clone(), crate::error_chain(&e))),
         }
     }
     let link_of = |h: &HostSpec| {
@@ -291,18 +291,6 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
     })
 }
 
-/// An error with its causes, on one line.
-pub fn error_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
-
 /// How one guest's evacuation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -330,7 +318,7 @@ pub struct GuestResult {
     pub bytes: Option<u64>,
     pub message: Option<String>,
     /// The journal's runs, one per attempt.
-    pub runs: Vec<i64>,
+    pub runs: Vec<ferry_journal::RunId>,
 }
 
 /// What the evacuation reports while it runs.
@@ -380,7 +368,7 @@ enum Msg {
 
 struct Attempt {
     result: Result<Box<Summary>, (GuestOutcome, String)>,
-    run: Option<i64>,
+    run: Option<ferry_journal::RunId>,
     took: Duration,
 }
 
@@ -396,13 +384,17 @@ struct Live {
     cancel: Arc<AtomicBool>,
 }
 
-fn flight_phase(step: &str) -> Option<FlightPhase> {
+/// The schedule's phase of a migration in this step of its flow (`None`: the job's own
+/// figures tell).
+fn flight_phase(step: Step) -> Option<FlightPhase> {
     match step {
-        "target" | "inventory" | "preflight" | "plan" | "prepare" => Some(FlightPhase::Setup),
-        "migrate" => None,
+        Step::Target | Step::Inventory | Step::Preflight | Step::Plan | Step::Prepare => {
+            Some(FlightPhase::Setup)
+        }
+        Step::Migrate => None,
         // A cold move's disks going through the storage streams.
-        "copy" => Some(FlightPhase::Transfer),
-        _ => Some(FlightPhase::Finish),
+        Step::Copy => Some(FlightPhase::Transfer),
+        Step::Define | Step::Verify | Step::Rollback => Some(FlightPhase::Finish),
     }
 }
 
@@ -529,7 +521,7 @@ pub fn execute(
                         source: plan.hosts[m.from].clone(),
                         candidates: vec![plan.hosts[m.to].clone()],
                         rules: Rules::default(),
-                        inventory: ask.inventory,
+                        inventory: ask.inventory.clone(),
                         answer_deadline: ask.answer_deadline,
                         explicit: true,
                     };
@@ -564,7 +556,7 @@ pub fn execute(
                     if let Some(l) = live.iter_mut().find(|l| l.mv == i) {
                         match &e {
                             Event::Step { step, .. } => {
-                                if let Some(p) = flight_phase(step) {
+                                if let Some(p) = flight_phase(*step) {
                                     if p == FlightPhase::Transfer && l.phase == FlightPhase::Setup {
                                         // A cold copy: no job figures, the model's estimate.
                                         let m = &moves[i];
@@ -607,11 +599,7 @@ pub fn execute(
                     let mut runs = prev.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
                     if let (Some(r), Some(j)) = (a.run, &journal) {
                         runs.push(r);
-                        let _ = j.add_evacuation_run(
-                            evacuation,
-                            &moves[i].guest,
-                            ferry_journal::RunId(r),
-                        );
+                        let _ = j.add_evacuation_run(evacuation, &moves[i].guest, r);
                     }
                     let attempts = prev.as_ref().map_or(0, |p| p.attempts) + 1;
                     let target = Some(plan.hosts[moves[i].to].name.clone());
@@ -722,7 +710,7 @@ fn one(
         Ok(j) => j,
         Err(e) => {
             return Attempt {
-                result: Err((GuestOutcome::StayedOnSource, error_text(&e))),
+                result: Err((GuestOutcome::StayedOnSource, crate::error_chain(&e))),
                 run: None,
                 took: t.elapsed(),
             }
@@ -754,12 +742,81 @@ fn one(
                 MigrateError::VerifyFailed { .. } => GuestOutcome::Uncertain,
                 _ => GuestOutcome::StayedOnSource,
             };
-            Err((where_, error_text(&e)))
+            Err((where_, crate::error_chain(&e)))
         }
     };
     Attempt {
         result,
         run,
         took: t.elapsed(),
+    }
+}
+
+/// How an evacuation ended, decided from the host itself once every migration has: does any
+/// guest still run there?
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub outcome: ferry_journal::EvacuationOutcome,
+    /// Guests still running on the host (or why it could not be read).
+    pub still_running: Vec<String>,
+    /// Some guest's place is uncertain: `ferry recover` must look at its run.
+    pub uncertain: bool,
+    pub migrated: usize,
+    /// The journal's message: how many moved, in how long, and what is left.
+    pub message: String,
+    pub makespan_ms: u64,
+}
+
+/// Read the host, decide the evacuation's outcome, and end it in the journal.
+pub fn conclude(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    evacuation: i64,
+    host: &HostSpec,
+    results: &[GuestResult],
+    makespan_ms: u64,
+) -> Verdict {
+    let still_running: Vec<String> = hv
+        .connect(&host.uri)
+        .and_then(|h| hv.guests(h))
+        .map(|g| g.into_iter().filter(|g| g.active).map(|g| g.name).collect())
+        .unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", host.name)]);
+    let verdict = decide_verdict(still_running, results, makespan_ms);
+    let _ = journal.finish_evacuation(evacuation, verdict.outcome, &verdict.message);
+    verdict
+}
+
+/// The verdict from what the host says and what each migration ended as.
+pub fn decide_verdict(
+    still_running: Vec<String>,
+    results: &[GuestResult],
+    makespan_ms: u64,
+) -> Verdict {
+    use ferry_journal::EvacuationOutcome;
+    let migrated = results
+        .iter()
+        .filter(|r| r.outcome == GuestOutcome::Migrated)
+        .count();
+    let message = format!(
+        "{migrated} of {} migrated in {:.1} s; still running there: {}",
+        results.len(),
+        makespan_ms as f64 / 1000.0,
+        if still_running.is_empty() {
+            "none".into()
+        } else {
+            still_running.join(", ")
+        }
+    );
+    Verdict {
+        outcome: if still_running.is_empty() {
+            EvacuationOutcome::Emptied
+        } else {
+            EvacuationOutcome::Incomplete
+        },
+        uncertain: results.iter().any(|r| r.outcome == GuestOutcome::Uncertain),
+        still_running,
+        migrated,
+        message,
+        makespan_ms,
     }
 }

@@ -4,9 +4,10 @@ use ferry_hypervisor::{DomainState, HostFacts, HostId, HvError, Hypervisor};
 
 use crate::Request;
 
-/// What Ferry knows before it decides anything.
+/// The guest as both hosts see it: what Ferry knows before it decides anything. (Not the
+/// inventory of hosts, [`ferry_core::inventory::Inventory`].)
 #[derive(Debug, Clone)]
-pub struct Inventory {
+pub struct GuestOnHosts {
     pub guest: String,
     pub src: HostId,
     pub dst: HostId,
@@ -24,7 +25,7 @@ pub struct Inventory {
 }
 
 /// Connect to both hosts and read the guest's XML from the source.
-pub fn read(hv: &dyn Hypervisor, req: &Request) -> Result<Inventory, HvError> {
+pub fn read(hv: &dyn Hypervisor, req: &Request) -> Result<GuestOnHosts, HvError> {
     let src = hv.connect(&req.from)?;
     let dst = hv.connect(&req.to)?;
     let source_facts = hv.host_facts(src)?;
@@ -43,7 +44,7 @@ pub fn read(hv: &dyn Hypervisor, req: &Request) -> Result<Inventory, HvError> {
             })
         }
     };
-    Ok(Inventory {
+    Ok(GuestOnHosts {
         guest: req.guest.clone(),
         src,
         dst,

@@ -3,23 +3,62 @@
 //! the storage copy is done, and an abort on Ctrl-C or timeout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::convergence::{self, Action, Fallback, Phase, Progress, Watch};
 use ferry_core::Plan;
+use ferry_hypervisor::wait::{self, NoAnswer};
 use ferry_hypervisor::{DomainState, Hypervisor, JobStats, MigrateRequest};
 
-use crate::inventory::Inventory;
-use crate::{Event, Reporter, Request};
+use crate::inventory::GuestOnHosts;
+use crate::{Cause, Event, Reporter, Request};
 
 const POLL: Duration = Duration::from_millis(500);
+
+/// Why Ferry aborted a migration job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum AbortReason {
+    /// Ctrl-C, or `ferry abort` from another process.
+    Cancelled,
+    /// The run's `--timeout` passed.
+    TimedOut { after_s: u64 },
+    /// The convergence policy's fallback is to abort.
+    Stuck { stuck: convergence::Stuck },
+    /// The fallback (post-copy, pause) could not be taken, so the job was aborted instead.
+    FallbackFailed {
+        stuck: convergence::Stuck,
+        fallback: Fallback,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cancelled => f.write_str("cancelled by the operator"),
+            Self::TimedOut { after_s } => write!(f, "timed out after {after_s} s (--timeout)"),
+            Self::Stuck { stuck } => write!(f, "{stuck}"),
+            Self::FallbackFailed {
+                stuck,
+                fallback: Fallback::Postcopy,
+                error,
+            } => write!(f, "{stuck}; the switch to post-copy failed: {error}"),
+            Self::FallbackFailed {
+                stuck,
+                fallback: Fallback::Pause,
+                error,
+            } => write!(f, "{stuck}; pausing the guest failed: {error}"),
+            Self::FallbackFailed { stuck, error, .. } => write!(f, "{stuck}: {error}"),
+        }
+    }
+}
 
 /// What the migration call left.
 #[derive(Debug)]
 pub struct JobResult {
-    pub result: Result<(), String>,
+    pub result: Result<(), Cause>,
     /// The last statistics polled while the job ran.
     pub last_sample: Option<JobStats>,
     /// libvirt's call had not returned when Ferry stopped waiting: the job may still run.
@@ -48,64 +87,61 @@ pub const RESUME_WAIT: Duration = Duration::from_secs(180);
 /// seen never to return (in the lab); Ferry then stops waiting and says so.
 pub fn resume_postcopy(
     hv: &Arc<dyn Hypervisor>,
-    inv: &Inventory,
+    inv: &GuestOnHosts,
     plan: &Plan,
     wait: Duration,
-) -> Result<(), String> {
+) -> Result<(), Cause> {
     let mut req = request(plan, &inv.dst_uri);
     req.flags.postcopy_resume = true;
-    let (tx, rx) = mpsc::channel();
-    let (hv, src, dst, name) = (Arc::clone(hv), inv.src, inv.dst, inv.guest.clone());
-    std::thread::Builder::new()
-        .name("ferry-resume".into())
-        .spawn(move || {
-            let _ = tx.send(hv.migrate(src, dst, &name, &req));
-        })
-        .map_err(|e| format!("cannot start the resume thread: {e}"))?;
-    match rx.recv_timeout(wait) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "libvirt's resume call has not returned in {} s (it may still be resuming: \
-             virsh domjobinfo on the source)",
-            wait.as_secs()
-        )),
+    resume(hv, inv.src, inv.dst, &inv.guest, req, wait)
+}
+
+/// libvirt's resume of a failed post-copy (`req` carries `POSTCOPY_RESUME`), waited for at
+/// most `wait`: the flow's and `ferry recover`'s.
+pub fn resume(
+    hv: &Arc<dyn Hypervisor>,
+    src: ferry_hypervisor::HostId,
+    dst: ferry_hypervisor::HostId,
+    guest: &str,
+    req: MigrateRequest,
+    wait: Duration,
+) -> Result<(), Cause> {
+    let (hv, name) = (Arc::clone(hv), guest.to_string());
+    match wait::bounded("ferry-resume", wait::deadline_in(wait), move || {
+        hv.migrate(src, dst, &name, &req)
+    }) {
+        Ok(r) => Ok(r?),
+        Err(NoAnswer::Late) => Err(Cause::ResumeUnreturned {
+            wait_s: wait.as_secs(),
+        }),
+        Err(NoAnswer::Failed(why)) => Err(Cause::Thread {
+            what: "resume",
+            why,
+        }),
+        Err(NoAnswer::Stopped(never)) => match never {},
     }
 }
 
 /// Run the migration and watch it.
 pub fn execute(
     hv: &Arc<dyn Hypervisor>,
-    inv: &Inventory,
+    inv: &GuestOnHosts,
     plan: &Plan,
     req: &Request,
     reporter: &mut dyn Reporter,
     cancel: &AtomicBool,
 ) -> JobResult {
     let mreq = request(plan, &inv.dst_uri);
-    let (tx, rx) = mpsc::channel();
-
-    {
-        // Not a scoped thread: if libvirt's call never returns, Ferry must still be able to
-        // stop waiting for it.
+    // Not a scoped thread: if libvirt's call never returns, Ferry must still be able to stop
+    // waiting for it.
+    let call = {
         let (hv, src, dst, name) = (Arc::clone(hv), inv.src, inv.dst, inv.guest.clone());
-        let spawned = std::thread::Builder::new()
-            .name("ferry-migrate".into())
-            .spawn(move || {
-                let r = hv.migrate(src, dst, &name, &mreq);
-                let _ = tx.send(r);
-            });
-        if let Err(e) = spawned {
-            return JobResult {
-                result: Err(format!("cannot start the migration thread: {e}")),
-                last_sample: None,
-                unfinished: false,
-            };
-        }
-    }
+        wait::spawn("ferry-migrate", move || hv.migrate(src, dst, &name, &mreq))
+    };
     let hv = hv.as_ref();
     let mut last: Option<JobStats> = None;
     let mut phase = Phase::Setup;
-    let mut aborted: Option<(String, Instant)> = None;
+    let mut aborted: Option<(AbortReason, Instant)> = None;
     // The convergence policy, fed every sample: RAM plus copied disk set its timeout.
     let ram = ferry_core::domain::parse(&inv.live_xml)
         .ok()
@@ -118,12 +154,15 @@ pub fn execute(
         ram + plan.copy_bytes().unwrap_or(0),
     );
     loop {
-        match rx.recv_timeout(POLL) {
+        match call.wait(wait::deadline_in(POLL)) {
             Ok(r) => {
-                let result = match (r, &aborted) {
+                let result = match (r, aborted) {
                     (Ok(()), _) => Ok(()),
-                    (Err(e), Some((why, _))) => Err(format!("{why} ({e})")),
-                    (Err(e), None) => Err(e.to_string()),
+                    (Err(e), Some((why, _))) => Err(Cause::Aborted {
+                        why,
+                        source: Some(Box::new(e)),
+                    }),
+                    (Err(e), None) => Err(Cause::Host(e)),
                 };
                 return JobResult {
                     result,
@@ -131,23 +170,29 @@ pub fn execute(
                     unfinished: false,
                 };
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(NoAnswer::Failed(why)) => {
                 return JobResult {
-                    result: Err("the migration thread ended without a result".into()),
+                    result: Err(Cause::Thread {
+                        what: "migration",
+                        why,
+                    }),
                     last_sample: last,
                     unfinished: false,
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(NoAnswer::Late) => {}
+            Err(NoAnswer::Stopped(never)) => match never {},
         }
         match &aborted {
             None => {
                 let why = if cancel.load(Ordering::SeqCst) {
-                    Some("cancelled by the operator".to_string())
+                    Some(AbortReason::Cancelled)
                 } else {
-                    req.timeout
-                        .filter(|t| req.started.elapsed() > *t)
-                        .map(|t| format!("timed out after {} s (--timeout)", t.as_secs()))
+                    req.timeout.filter(|t| req.started.elapsed() > *t).map(|t| {
+                        AbortReason::TimedOut {
+                            after_s: t.as_secs(),
+                        }
+                    })
                 };
                 if let Some(why) = why {
                     reporter.report(Event::Note {
@@ -163,11 +208,10 @@ pub fn execute(
             }
             Some((why, at)) if at.elapsed() > req.abort_grace => {
                 return JobResult {
-                    result: Err(format!(
-                        "{why}; libvirt's migration call has not returned {} s after the abort \
-                         (a cut link holds it until TCP gives up)",
-                        req.abort_grace.as_secs()
-                    )),
+                    result: Err(Cause::Unreturned {
+                        why: why.clone(),
+                        grace_s: req.abort_grace.as_secs(),
+                    }),
                     last_sample: last,
                     unfinished: true,
                 };
@@ -233,10 +277,10 @@ pub fn execute(
 /// Carry out what the convergence policy asks; `Some(why)` when the job was aborted.
 fn apply(
     hv: &dyn Hypervisor,
-    inv: &Inventory,
+    inv: &GuestOnHosts,
     action: &Action,
     reporter: &mut dyn Reporter,
-) -> Option<String> {
+) -> Option<AbortReason> {
     let note = |reporter: &mut dyn Reporter, message: String| {
         reporter.report(Event::Note { message });
     };
@@ -257,7 +301,9 @@ fn apply(
                 if let Err(e) = hv.abort_job(inv.src, &inv.guest) {
                     note(reporter, format!("abort failed: {e}"));
                 }
-                Some(stuck.to_string())
+                Some(AbortReason::Stuck {
+                    stuck: stuck.clone(),
+                })
             }
             Fallback::Postcopy => {
                 note(reporter, format!("{stuck}: switching to post-copy"));
@@ -280,7 +326,11 @@ fn apply(
                             format!("could not switch to post-copy ({e}): aborting instead"),
                         );
                         let _ = hv.abort_job(inv.src, &inv.guest);
-                        Some(format!("{stuck}; the switch to post-copy failed: {e}"))
+                        Some(AbortReason::FallbackFailed {
+                            stuck: stuck.clone(),
+                            fallback: Fallback::Postcopy,
+                            error: e.to_string(),
+                        })
                     }
                 }
             }
@@ -297,7 +347,11 @@ fn apply(
                     Err(e) => {
                         note(reporter, format!("could not pause ({e}): aborting instead"));
                         let _ = hv.abort_job(inv.src, &inv.guest);
-                        Some(format!("{stuck}; pausing the guest failed: {e}"))
+                        Some(AbortReason::FallbackFailed {
+                            stuck: stuck.clone(),
+                            fallback: Fallback::Pause,
+                            error: e.to_string(),
+                        })
                     }
                 }
             }

@@ -7,7 +7,7 @@ use ferry_core::facts::MigrationFacts;
 use ferry_core::plan::{Decision, Destination};
 use ferry_hypervisor::{HvError, Hypervisor};
 
-use crate::inventory::Inventory;
+use crate::inventory::GuestOnHosts;
 
 pub use ferry_core::preflight::{render, Checked, Problem, ToCreate};
 
@@ -15,7 +15,7 @@ pub use ferry_core::preflight::{render, Checked, Problem, ToCreate};
 /// disks whose volume a hook has yet to make.
 pub fn gather(
     hv: &dyn Hypervisor,
-    inv: &Inventory,
+    inv: &GuestOnHosts,
     dests: &[Destination],
     hooked: std::collections::BTreeSet<String>,
     cold: bool,
@@ -28,7 +28,7 @@ pub fn gather(
         target_state: inv.target_state,
         source_uuid: inv.source_facts.uuid.clone(),
         target_uuid: inv.target_facts.uuid.clone(),
-        in_use: crate::recover::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
+        in_use: crate::usage::paths_in_use(hv, inv.dst, Some(&inv.guest))?,
         hooked,
         cold,
         ..Default::default()

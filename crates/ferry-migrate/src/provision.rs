@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_core::inventory::Hook;
 use serde::{Deserialize, Serialize};
@@ -47,10 +47,10 @@ pub fn give_back(
     host: ferry_hypervisor::HostId,
     path: &str,
     provider: &Provider,
-) -> Result<(), String> {
+) -> Result<(), crate::Cause> {
     match provider {
-        Provider::Libvirt => hv.delete_volume(host, path).map_err(|e| e.to_string()),
-        Provider::Hook { hook, host } => delete(hook, host, path).map_err(|e| e.to_string()),
+        Provider::Libvirt => Ok(hv.delete_volume(host, path)?),
+        Provider::Hook { hook, host } => Ok(delete(hook, host, path)?),
     }
 }
 
@@ -94,19 +94,19 @@ pub fn call(hook: &Hook, request: &serde_json::Value) -> Result<String, HookErro
         }
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(hook.timeout_s);
-    let status = loop {
-        match child.try_wait().map_err(spawn_err)? {
-            Some(s) => break s,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HookError::Timeout {
-                    name: hook.name.clone(),
-                    secs: hook.timeout_s,
-                });
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
+    let deadline = ferry_hypervisor::wait::deadline_in(Duration::from_secs(hook.timeout_s));
+    let exited = ferry_hypervisor::wait::poll_until(deadline, Duration::from_millis(20), || {
+        child.try_wait().transpose()
+    });
+    let status = match exited {
+        Some(s) => s.map_err(spawn_err)?,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HookError::Timeout {
+                name: hook.name.clone(),
+                secs: hook.timeout_s,
+            });
         }
     };
     let stdout = out_t.join().unwrap_or_default();
@@ -214,7 +214,7 @@ mod tests {
             1,
         );
         assert!(matches!(e, Err(HookError::BadAnswer { .. })));
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         let e = create(&sh("sleep 30", 1), "h2", "g", "vdb", 1).unwrap_err();
         assert!(matches!(e, HookError::Timeout { secs: 1, .. }), "{e}");
         assert!(

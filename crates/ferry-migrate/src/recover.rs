@@ -6,54 +6,18 @@
 //! job still runs, and which paths their domains use; [`decide`] (pure) turns that into steps;
 //! [`run`] carries them out, or with `dry_run` only says them — the same steps either way.
 
-use ferry_core::domain;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::domain::{self, DiskSource};
+use ferry_core::Plan;
+use ferry_hypervisor::wait;
 use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor, MigrateRequest};
-use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunRow};
+use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunOutcome, RunRow};
 use serde::Serialize;
 
 use crate::provision::Provider;
 use crate::GuestLocation;
-
-/// One disk of the plan a run recorded in the journal (the plan's JSON, read back).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub(crate) struct RecordedDisk {
-    pub target: String,
-    #[serde(default)]
-    pub decision: String,
-    #[serde(default)]
-    pub source: serde_json::Value,
-    #[serde(default)]
-    pub dest_source: serde_json::Value,
-}
-
-/// The plan a run recorded in the journal, read back: the one reader of that JSON.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub(crate) struct RecordedPlan {
-    pub disks: Vec<RecordedDisk>,
-    #[serde(default)]
-    pub flags: ferry_core::plan::Flags,
-    #[serde(default)]
-    pub migrate_disks: Vec<String>,
-    #[serde(default)]
-    pub options: RecordedOptions,
-}
-
-/// The addresses a recorded plan's migration used.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub(crate) struct RecordedOptions {
-    pub migrate_uri: Option<String>,
-    pub disks_uri: Option<String>,
-}
-
-/// A recorded plan, or why it cannot be read as one.
-pub(crate) fn recorded_plan(plan_json: &str) -> Result<RecordedPlan, serde_json::Error> {
-    serde_json::from_str(plan_json)
-}
-
-/// The disks of a recorded plan; `None` when it cannot be read as one.
-pub(crate) fn recorded_disks(plan_json: &str) -> Option<Vec<RecordedDisk>> {
-    recorded_plan(plan_json).ok().map(|p| p.disks)
-}
 
 /// What one host says, for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +56,15 @@ pub struct RunFacts {
     pub source: HostView,
     /// `None`: the run ended before a target was chosen.
     pub target: Option<HostView>,
-    /// Each disk's planned source on the target (`<target dev>`, the source as the plan's JSON
-    /// has it), to check a guest found on the target.
-    pub planned: Option<Vec<(String, serde_json::Value)>>,
+    /// Each disk's planned source on the target (`<target dev>`, its source there), from the
+    /// plan the run recorded, to check a guest found on the target.
+    pub planned: Option<Vec<(String, Option<DiskSource>)>>,
 }
 
 /// One thing recover does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
+pub enum Action {
     /// Abort the guest's migration job on the source (its Ferry is gone), then look again.
     AbortJob { host: String },
     /// Resume the run's failed post-copy (`POSTCOPY_RESUME`, with the run's own flags), then
@@ -121,12 +85,15 @@ pub enum Step {
         why: String,
     },
     /// End the run in the journal.
-    Finish { outcome: String, message: String },
+    Finish {
+        outcome: RunOutcome,
+        message: String,
+    },
     /// Nothing is done for this run now, and why.
     Leave { why: String },
 }
 
-impl std::fmt::Display for Step {
+impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::AbortJob { host } => write!(
@@ -159,18 +126,18 @@ impl std::fmt::Display for Step {
 
 /// What recover decided for one run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    pub run: i64,
+pub struct Recovery {
+    pub run: RunId,
     pub guest: String,
     pub location: GuestLocation,
-    pub steps: Vec<Step>,
+    pub steps: Vec<Action>,
 }
 
 /// Decide what to do with one run. Pure: the same facts give the same steps, in a dry run and
 /// a real one.
-pub fn decide(f: &RunFacts) -> Decision {
+pub fn decide(f: &RunFacts) -> Recovery {
     let r = &f.run;
-    let mut d = Decision {
+    let mut d = Recovery {
         run: r.id,
         guest: r.guest.clone(),
         location: GuestLocation::Unknown,
@@ -178,7 +145,7 @@ pub fn decide(f: &RunFacts) -> Decision {
     };
     let unfinished = r.outcome.is_none();
     if let Some(h) = &f.held_by {
-        d.steps.push(Step::Leave {
+        d.steps.push(Action::Leave {
             why: format!(
                 "run #{} still holds {}'s lock (ferry pid {} on {}); `ferry abort {}` stops it",
                 h.run, r.guest, h.pid, h.host, h.run
@@ -193,8 +160,8 @@ pub fn decide(f: &RunFacts) -> Decision {
                 Some(true) => GuestLocation::Source,
                 _ => GuestLocation::Unknown,
             };
-            d.steps.push(Step::Finish {
-                outcome: "failed".into(),
+            d.steps.push(Action::Finish {
+                outcome: RunOutcome::Failed,
                 message: "recovered: interrupted before a target was chosen; nothing was \
                           created or moved"
                     .into(),
@@ -210,7 +177,7 @@ pub fn decide(f: &RunFacts) -> Decision {
                 (_, HostView::Unreachable(e)) => (&r.target, e),
                 _ => (&r.source, &String::new()),
             };
-            d.steps.push(Step::Leave {
+            d.steps.push(Action::Leave {
                 why: format!("{which} did not answer ({why}); nothing is done without both hosts"),
             });
             return d;
@@ -234,7 +201,7 @@ pub fn decide(f: &RunFacts) -> Decision {
     };
     if split(&f.source) || split(target) {
         d.location = GuestLocation::PostcopySplit;
-        d.steps.push(Step::ResumePostcopy {
+        d.steps.push(Action::ResumePostcopy {
             from: r.source.clone(),
             to: r.target.clone(),
         });
@@ -250,13 +217,13 @@ pub fn decide(f: &RunFacts) -> Decision {
     );
     if job_on_source {
         if target_running {
-            d.steps.push(Step::Leave {
+            d.steps.push(Action::Leave {
                 why: "the job is completing (post-copy: the guest already runs on the target); \
                       run `ferry recover` again when it has ended"
                     .into(),
             });
         } else {
-            d.steps.push(Step::AbortJob {
+            d.steps.push(Action::AbortJob {
                 host: r.source.clone(),
             });
         }
@@ -269,9 +236,9 @@ pub fn decide(f: &RunFacts) -> Decision {
             .map(|(_, dom)| dom.clone()),
         HostView::Unreachable(_) => None,
     };
-    let keep_all = |d: &mut Decision, why: &str| {
+    let keep_all = |d: &mut Recovery, why: &str| {
         for c in &f.created {
-            d.steps.push(Step::Keep {
+            d.steps.push(Action::Keep {
                 host: c.host.clone(),
                 path: c.path.clone(),
                 why: why.to_string(),
@@ -287,7 +254,7 @@ pub fn decide(f: &RunFacts) -> Decision {
                     ..
                 } if !s.is_active()
             ) {
-                d.steps.push(Step::UndefineSource {
+                d.steps.push(Action::UndefineSource {
                     host: r.source.clone(),
                 });
             }
@@ -297,32 +264,37 @@ pub fn decide(f: &RunFacts) -> Decision {
                     HostView::Seen { live_xml, .. } => live_xml.as_deref(),
                     HostView::Unreachable(_) => None,
                 };
-                let message = match check_sources(f.planned.as_deref(), live) {
-                    Ok(n) => format!(
-                        "recovered: {} runs on {}, its {n} disk source(s) as planned",
-                        r.guest, r.target
+                // Found on the target with its disks as planned: migrated. Otherwise the guest
+                // runs there unverified, and nothing of the source may be released.
+                let (outcome, message) = match check_sources(f.planned.as_deref(), live) {
+                    Ok(n) => (
+                        RunOutcome::Migrated,
+                        format!(
+                            "recovered: {} runs on {}, its {n} disk source(s) as planned",
+                            r.guest, r.target
+                        ),
                     ),
-                    Err(why) => format!(
-                        "recovered: {} runs on {}, but verify: {why}",
-                        r.guest, r.target
+                    Err(why) => (
+                        RunOutcome::MigratedUnverified,
+                        format!(
+                            "recovered: {} runs on {}, but verify: {why}",
+                            r.guest, r.target
+                        ),
                     ),
                 };
-                d.steps.push(Step::Finish {
-                    outcome: "migrated".into(),
-                    message,
-                });
+                d.steps.push(Action::Finish { outcome, message });
             }
         }
         GuestLocation::Source | GuestLocation::SourceShutOff => {
             for c in &f.created {
                 match in_use_on_target(&c.path) {
-                    Some(dom) => d.steps.push(Step::Keep {
+                    Some(dom) => d.steps.push(Action::Keep {
                         host: c.host.clone(),
                         path: c.path.clone(),
                         why: format!("domain {dom} uses it"),
                     }),
                     None => match provider(c) {
-                        Err(()) => d.steps.push(Step::Keep {
+                        Err(()) => d.steps.push(Action::Keep {
                             host: c.host.clone(),
                             path: c.path.clone(),
                             why: format!(
@@ -331,7 +303,7 @@ pub fn decide(f: &RunFacts) -> Decision {
                                 c.provider.as_deref().unwrap_or("")
                             ),
                         }),
-                        Ok(by) => d.steps.push(Step::Delete {
+                        Ok(by) => d.steps.push(Action::Delete {
                             host: c.host.clone(),
                             path: c.path.clone(),
                             by,
@@ -340,8 +312,8 @@ pub fn decide(f: &RunFacts) -> Decision {
                 }
             }
             if unfinished {
-                d.steps.push(Step::Finish {
-                    outcome: "rolled_back".into(),
+                d.steps.push(Action::Finish {
+                    outcome: RunOutcome::RolledBack,
                     message: format!("recovered: {} runs on {}", r.guest, r.source),
                 });
             }
@@ -351,7 +323,7 @@ pub fn decide(f: &RunFacts) -> Decision {
         | GuestLocation::Unknown
         | GuestLocation::PostcopySplit => {
             keep_all(&mut d, "the guest is not safely on one host");
-            d.steps.push(Step::Leave {
+            d.steps.push(Action::Leave {
                 why: format!("the guest {}", d.location),
             });
         }
@@ -368,115 +340,143 @@ fn provider(c: &Created) -> Result<Provider, ()> {
     }
 }
 
+/// Why a guest found on the target could not be verified against its run's plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    #[error("the run recorded no plan to check against")]
+    NoPlan,
+    #[error("the running definition could not be read")]
+    Unread,
+    #[error("the running definition could not be parsed")]
+    Unparsed,
+    #[error("{}", .0.iter().map(|d| format!("disk {d} is not at its planned source")).collect::<Vec<_>>().join("; "))]
+    Disks(Vec<String>),
+}
+
 /// Whether the target's live definition has the planned disk sources: how many matched, or
 /// what differs.
 fn check_sources(
-    planned: Option<&[(String, serde_json::Value)]>,
+    planned: Option<&[(String, Option<DiskSource>)]>,
     live: Option<&str>,
-) -> Result<usize, String> {
-    let Some(planned) = planned else {
-        return Err("the run recorded no plan to check against".into());
-    };
-    let got = live
-        .ok_or("the running definition could not be read")
-        .and_then(|x| domain::parse(x).map_err(|_| "the running definition could not be parsed"))?;
-    let mut bad = vec![];
-    for (target, want) in planned {
-        let source = got
-            .disks
-            .iter()
-            .find(|g| g.target == *target)
-            .map(|g| serde_json::to_value(&g.source).unwrap_or_default());
-        if source.as_ref() != Some(want) {
-            bad.push(format!("disk {target} is not at its planned source"));
-        }
-    }
+) -> Result<usize, Unverified> {
+    let planned = planned.ok_or(Unverified::NoPlan)?;
+    let got = domain::parse(live.ok_or(Unverified::Unread)?).map_err(|_| Unverified::Unparsed)?;
+    let bad: Vec<String> = planned
+        .iter()
+        .filter(|(target, want)| {
+            got.disks
+                .iter()
+                .find(|g| g.target == *target)
+                .map(|g| &g.source)
+                != Some(want)
+        })
+        .map(|(target, _)| target.clone())
+        .collect();
     if bad.is_empty() {
         Ok(planned.len())
     } else {
-        Err(bad.join("; "))
+        Err(Unverified::Disks(bad))
     }
 }
 
-/// Every path the domains on `host` use (live and persistent definitions), with the domain's
-/// name; `skip` names a domain to leave out. A definition that cannot be read or parsed counts
-/// as using nothing.
-pub fn paths_in_use(
-    hv: &dyn Hypervisor,
-    host: HostId,
-    skip: Option<&str>,
-) -> Result<Vec<(String, String)>, HvError> {
-    let mut in_use = Vec::new();
-    for name in hv.list_domains(host)? {
-        if Some(name.as_str()) == skip {
-            continue;
-        }
-        for inactive in [false, true] {
-            let Ok(x) = hv.domain_xml(host, &name, inactive) else {
-                continue;
-            };
-            let Ok(d) = domain::parse(&x) else { continue };
-            for disk in d.disks {
-                if let Some(p) = disk.path() {
-                    in_use.push((p.to_string(), name.clone()));
-                }
-            }
-        }
-    }
-    Ok(in_use)
+/// Why one of recover's actions could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("the source did not answer")]
+    SourceUnanswered,
+    #[error("{host} is not the run's target")]
+    NotTarget { host: String },
+    #[error("both hosts must answer to resume a post-copy")]
+    BothHosts,
+    #[error("the journal has no plan for this run")]
+    NoPlan,
+    #[error("the run was not started with post-copy allowed")]
+    NotPostcopy,
+    #[error(transparent)]
+    Host(#[from] HvError),
+    #[error(transparent)]
+    Cause(#[from] crate::Cause),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
 }
 
 /// What a host says of the guest. Only the source is asked about a job: libvirt refuses job
 /// statistics of an incoming migration ("available only on the source host").
-fn view(hv: &dyn Hypervisor, uri: &str, guest: &str, source: bool) -> (Option<HostId>, HostView) {
-    let look = || -> Result<(HostId, HostView), HvError> {
-        let h = hv.connect(uri)?;
-        let state = hv.domain_state(h, guest)?;
-        let active = state.is_some_and(DomainState::is_active);
-        let job = source && active && hv.job_stats(h, guest)?.is_some();
-        let in_use = paths_in_use(hv, h, None)?;
-        let live_xml = if active {
-            hv.domain_xml(h, guest, false).ok()
-        } else {
-            None
-        };
-        Ok((
-            h,
-            HostView::Seen {
-                state,
-                job,
-                in_use,
-                live_xml,
-            },
-        ))
-    };
-    match look() {
-        Ok((h, v)) => (Some(h), v),
+fn view(
+    hv: &Arc<dyn Hypervisor>,
+    uri: &str,
+    guest: &str,
+    source: bool,
+    answer: Duration,
+) -> (Option<HostId>, HostView) {
+    let (hv, uri2, guest) = (hv.clone(), uri.to_string(), guest.to_string());
+    let looked = wait::bounded("ferry-recover-view", wait::deadline_in(answer), move || {
+        look(hv.as_ref(), &uri2, &guest, source)
+    });
+    match looked {
+        Ok(Ok((h, v))) => (Some(h), v),
+        Ok(Err(e)) => (None, HostView::Unreachable(e.to_string())),
+        Err(wait::NoAnswer::Late) => (
+            None,
+            HostView::Unreachable(format!("no answer within {} s", answer.as_secs())),
+        ),
         Err(e) => (None, HostView::Unreachable(e.to_string())),
     }
 }
 
+fn look(
+    hv: &dyn Hypervisor,
+    uri: &str,
+    guest: &str,
+    source: bool,
+) -> Result<(HostId, HostView), HvError> {
+    let h = hv.connect(uri)?;
+    let state = hv.domain_state(h, guest)?;
+    let active = state.is_some_and(DomainState::is_active);
+    let job = source && active && hv.job_stats(h, guest)?.is_some();
+    let in_use = crate::usage::paths_in_use(hv, h, None)?;
+    let live_xml = if active {
+        hv.domain_xml(h, guest, false).ok()
+    } else {
+        None
+    };
+    Ok((
+        h,
+        HostView::Seen {
+            state,
+            job,
+            in_use,
+            live_xml,
+        },
+    ))
+}
+
 /// A run's facts, from the journal and both hosts.
 pub fn gather(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
     run: &RunRow,
     held_by: Option<Holder>,
+    answer: Duration,
 ) -> Result<(RunFacts, Option<HostId>, Option<HostId>), JournalError> {
-    let created = journal.created_of(RunId(run.id))?;
-    let planned = journal
-        .plan_of(RunId(run.id))?
-        .and_then(|p| recorded_disks(&p))
-        .map(|disks| {
-            disks
+    let created = journal.created_of(run.id)?;
+    // A plan that cannot be read leaves nothing to check against: the guest found on the
+    // target is then journaled unverified.
+    let planned = crate::record::plan(journal, run.id)
+        .ok()
+        .flatten()
+        .map(|p| {
+            p.disks
                 .into_iter()
                 .map(|d| (d.target, d.dest_source))
                 .collect()
         });
-    let (src, source) = view(hv, &run.source, &run.guest, true);
+    let (src, source) = view(hv, &run.source, &run.guest, true, answer);
     let chosen = run.target.contains("://");
     let (dst, target) = if chosen {
-        let (h, v) = view(hv, &run.target, &run.guest, false);
+        let (h, v) = view(hv, &run.target, &run.guest, false, answer);
         (h, Some(v))
     } else {
         (None, None)
@@ -499,59 +499,63 @@ pub fn gather(
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovered {
     #[serde(flatten)]
-    pub decision: Decision,
+    pub recovery: Recovery,
     /// Per step: `None` done (or, dry, to do), `Some(error)` when it failed.
     pub failed: Vec<(usize, String)>,
 }
 
-/// Resume a run's failed post-copy with the flags, disks and addresses its plan recorded.
+/// Resume a run's failed post-copy with the flags, disks and addresses its plan recorded,
+/// bounded as the flow's resume is.
 fn resume_postcopy(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
     r: &RunRow,
     src: HostId,
     dst: HostId,
-) -> Result<(), String> {
-    let plan = journal
-        .plan_of(RunId(r.id))
-        .map_err(|e| e.to_string())?
-        .ok_or("the journal has no plan for this run")?;
+) -> Result<(), ActionError> {
+    let plan = crate::record::plan(journal, r.id)?.ok_or(ActionError::NoPlan)?;
     let req = resume_request(&plan, &r.target)?;
-    hv.migrate(src, dst, &r.guest, &req)
-        .map_err(|e| format!("resuming the post-copy: {e}"))
+    Ok(crate::migrate::resume(
+        hv,
+        src,
+        dst,
+        &r.guest,
+        req,
+        crate::migrate::RESUME_WAIT,
+    )?)
 }
 
 /// The request that resumes a failed post-copy: the run's own flags with `POSTCOPY_RESUME`,
 /// its disks and addresses; no XML (the target has the guest already).
-pub fn resume_request(plan_json: &str, target: &str) -> Result<MigrateRequest, String> {
-    let p = recorded_plan(plan_json)
-        .map_err(|e| format!("the journal's plan of this run cannot be read: {e}"))?;
+pub fn resume_request(p: &Plan, target: &str) -> Result<MigrateRequest, ActionError> {
     if !p.flags.postcopy {
-        return Err("the run was not started with post-copy allowed".into());
+        return Err(ActionError::NotPostcopy);
     }
     let mut flags = p.flags;
     flags.postcopy_resume = true;
     Ok(MigrateRequest {
         flags,
         dest_uri: target.to_string(),
-        migrate_disks: p.migrate_disks,
+        migrate_disks: p.migrate_disks.clone(),
         dest_xml: String::new(),
         persist_xml: None,
         bandwidth_mib: None,
-        migrate_uri: p.options.migrate_uri,
-        disks_uri: p.options.disks_uri,
+        migrate_uri: p.options.migrate_uri.clone(),
+        disks_uri: p.options.disks_uri.clone(),
     })
 }
 
 /// How long to wait for an aborted job to end.
-const JOB_END: std::time::Duration = std::time::Duration::from_secs(60);
+const JOB_END: Duration = Duration::from_secs(60);
 
-/// Recover every run to recover (or only `only`).
+/// Recover every run to recover (or only `only`). Each host is read within `answer` (a host
+/// that accepts the connection and never answers counts as not answering).
 pub fn run(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
     only: Option<RunId>,
     dry_run: bool,
+    answer: Duration,
 ) -> Result<Vec<Recovered>, JournalError> {
     let mut out = vec![];
     for r in journal.runs_to_recover(only)? {
@@ -565,49 +569,45 @@ pub fn run(
         let locked = !dry_run
             && held_by.is_none()
             && journal
-                .lock_guest(
-                    &r.guest,
-                    RunId(r.id),
-                    std::process::id(),
-                    &me,
-                    crate::ferry_alive,
-                )
+                .lock_guest(&r.guest, r.id, std::process::id(), &me, crate::ferry_alive)
                 .is_ok();
-        let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by)?;
+        let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by, answer)?;
         let mut d = decide(&facts);
         let mut failed = vec![];
         // An abort or a resumed post-copy changes the facts: look again once the job has
         // ended.
         if !dry_run {
             let changed = match (d.steps.first(), src, dst) {
-                (Some(Step::AbortJob { .. }), Some(s), _) => Some(
-                    hv.abort_job(s, &r.guest)
-                        .map_err(|e| e.to_string())
-                        .map(|()| {
-                            let t = std::time::Instant::now();
-                            // (`<` or `<=`: the same on a clock that never stands still.)
-                            while t.elapsed() < JOB_END
-                                && matches!(hv.job_stats(s, &r.guest), Ok(Some(_)))
-                            {
-                                std::thread::sleep(std::time::Duration::from_millis(250));
-                            }
-                        }),
-                ),
-                (Some(Step::ResumePostcopy { .. }), Some(s), Some(t)) => {
+                (Some(Action::AbortJob { .. }), Some(s), _) => {
+                    Some(
+                        hv.abort_job(s, &r.guest)
+                            .map_err(ActionError::from)
+                            .map(|()| {
+                                // Wait (bounded) for the job to end; the next look says if it did.
+                                wait::poll_until(
+                                    wait::deadline_in(JOB_END),
+                                    Duration::from_millis(250),
+                                    || {
+                                        (!matches!(hv.job_stats(s, &r.guest), Ok(Some(_))))
+                                            .then_some(())
+                                    },
+                                );
+                            }),
+                    )
+                }
+                (Some(Action::ResumePostcopy { .. }), Some(s), Some(t)) => {
                     Some(resume_postcopy(hv, journal, &r, s, t))
                 }
-                (Some(Step::ResumePostcopy { .. }), _, _) => Some(Err(
-                    "both hosts must answer to resume a post-copy".to_string(),
-                )),
+                (Some(Action::ResumePostcopy { .. }), _, _) => Some(Err(ActionError::BothHosts)),
                 _ => None,
             };
             match changed {
                 Some(Ok(())) => {
-                    (facts, src, dst) = gather(hv, journal, &r, None)?;
+                    (facts, src, dst) = gather(hv, journal, &r, None, answer)?;
                     let mut again = decide(&facts);
                     match again.steps.first() {
-                        Some(Step::AbortJob { host }) => {
-                            again.steps = vec![Step::Leave {
+                        Some(Action::AbortJob { host }) => {
+                            again.steps = vec![Action::Leave {
                                 why: format!(
                                     "the job on {host} has not ended {} s after the abort; run \
                                      `ferry recover` again later",
@@ -615,8 +615,8 @@ pub fn run(
                                 ),
                             }];
                         }
-                        Some(Step::ResumePostcopy { .. }) => {
-                            again.steps = vec![Step::Leave {
+                        Some(Action::ResumePostcopy { .. }) => {
+                            again.steps = vec![Action::Leave {
                                 why: "the post-copy is still split after the resume; run \
                                       `ferry recover` again once the link is sound"
                                     .into(),
@@ -627,23 +627,22 @@ pub fn run(
                     d.steps.extend(again.steps);
                     d.location = again.location;
                 }
-                Some(Err(e)) => failed.push((0, e)),
+                Some(Err(e)) => failed.push((0, crate::error_chain(&e))),
                 None => {}
             }
         }
         if !dry_run {
             for (i, step) in d.steps.iter().enumerate() {
-                let res = act(hv, journal, &r, step, src, dst);
-                if let Err(e) = res {
-                    failed.push((i, e));
+                if let Err(e) = act(hv.as_ref(), journal, &r, step, src, dst) {
+                    failed.push((i, crate::error_chain(&e)));
                 }
             }
         }
         if locked {
-            let _ = journal.unlock_guest(&r.guest, RunId(r.id));
+            let _ = journal.unlock_guest(&r.guest, r.id);
         }
         out.push(Recovered {
-            decision: d,
+            recovery: d,
             failed,
         });
     }
@@ -654,31 +653,28 @@ fn act(
     hv: &dyn Hypervisor,
     journal: &Journal,
     r: &RunRow,
-    step: &Step,
+    step: &Action,
     src: Option<HostId>,
     dst: Option<HostId>,
-) -> Result<(), String> {
+) -> Result<(), ActionError> {
     match step {
         // Done before the other steps, by `run`.
-        Step::AbortJob { .. }
-        | Step::ResumePostcopy { .. }
-        | Step::Keep { .. }
-        | Step::Leave { .. } => Ok(()),
-        Step::UndefineSource { .. } => {
-            let h = src.ok_or("the source did not answer")?;
-            hv.undefine(h, &r.guest).map_err(|e| e.to_string())
+        Action::AbortJob { .. }
+        | Action::ResumePostcopy { .. }
+        | Action::Keep { .. }
+        | Action::Leave { .. } => Ok(()),
+        Action::UndefineSource { .. } => {
+            let h = src.ok_or(ActionError::SourceUnanswered)?;
+            Ok(hv.undefine(h, &r.guest)?)
         }
-        Step::Delete { host, path, by } => {
+        Action::Delete { host, path, by } => {
+            // Only ever on the run's own target, the one host it created anything on.
             let h = if *host == r.target { dst } else { None }
-                .ok_or_else(|| format!("{host} is not the run's target"))?;
-            crate::provision::give_back(hv, h, path, by).map_err(|e| e.to_string())?;
-            journal
-                .record_deleted(RunId(r.id), host, path)
-                .map_err(|e| e.to_string())
+                .ok_or_else(|| ActionError::NotTarget { host: host.clone() })?;
+            crate::provision::give_back(hv, h, path, by)?;
+            Ok(journal.record_deleted(r.id, host, path)?)
         }
-        Step::Finish { outcome, message } => journal
-            .finish(RunId(r.id), outcome, message)
-            .map_err(|e| e.to_string()),
+        Action::Finish { outcome, message } => Ok(journal.finish(r.id, *outcome, message)?),
     }
 }
 
@@ -688,13 +684,13 @@ mod tests {
 
     fn row(target: &str) -> RunRow {
         RunRow {
-            id: 7,
+            id: RunId(7),
             guest: "g".into(),
             source: "qemu+tcp://h1/system".into(),
             target: target.into(),
             started: 0,
             finished: None,
-            phase: "migrate".into(),
+            phase: ferry_journal::RunPhase::Migrate,
             outcome: None,
             message: None,
         }
@@ -730,7 +726,7 @@ mod tests {
             assert_eq!(d.location, GuestLocation::PostcopySplit);
             assert_eq!(
                 d.steps,
-                vec![Step::ResumePostcopy {
+                vec![Action::ResumePostcopy {
                     from: "qemu+tcp://h1/system".into(),
                     to: "qemu+tcp://h2/system".into()
                 }],
@@ -741,18 +737,27 @@ mod tests {
 
     #[test]
     fn the_resume_carries_the_runs_own_flags_and_no_xml() {
-        let plan = r#"{"disks":[],"flags":{"live":true,"peer2peer":true,"postcopy":true,"non_shared_disk":true},
-            "migrate_disks":["vdb"],"options":{"migrate_uri":"tcp://10.0.0.2","disks_uri":null}}"#;
-        let req = resume_request(plan, "qemu+tcp://h2/system").unwrap();
+        let read = |json: &str| crate::record::parse(RunId(7), json);
+        let plan = read(
+            r#"{"domain":"g","dest_uri":"u","disks":[],"flags":{"live":true,"peer2peer":true,"postcopy":true,"non_shared_disk":true},
+            "migrate_disks":["vdb"],"options":{"migrate_uri":"tcp://10.0.0.2","disks_uri":null}}"#,
+        )
+        .unwrap();
+        let req = resume_request(&plan, "qemu+tcp://h2/system").unwrap();
         assert!(req.flags.postcopy_resume && req.flags.postcopy && req.flags.peer2peer);
         assert!(req.flags.live && req.flags.non_shared_disk);
         assert_eq!(req.migrate_disks, vec!["vdb"]);
         assert_eq!(req.migrate_uri.as_deref(), Some("tcp://10.0.0.2"));
         assert_eq!(req.dest_uri, "qemu+tcp://h2/system");
         assert!(req.dest_xml.is_empty());
-        let e = resume_request(r#"{"disks":[],"flags":{"live":true}}"#, "u").unwrap_err();
-        assert!(e.contains("not started with post-copy"), "{e}");
-        assert!(resume_request("{", "u").is_err());
+        let plain = read(r#"{"domain":"g","dest_uri":"u","disks":[],"flags":{"live":true}}"#);
+        let e = resume_request(&plain.unwrap(), "u").unwrap_err();
+        assert!(matches!(e, ActionError::NotPostcopy), "{e}");
+        let e = read("{").unwrap_err();
+        assert!(matches!(
+            e,
+            crate::record::RecordError::Unreadable { run: RunId(7), .. }
+        ));
     }
 
     fn facts(source: HostView, target: Option<HostView>) -> RunFacts {
@@ -779,7 +784,7 @@ mod tests {
         let d = decide(&f);
         assert_eq!(d.location, GuestLocation::Source);
         assert!(
-            matches!(&d.steps[..], [Step::Finish { outcome, message }] if outcome == "failed" && message.contains("before a target was chosen")),
+            matches!(&d.steps[..], [Action::Finish { outcome, message }] if *outcome == RunOutcome::Failed && message.contains("before a target was chosen")),
             "{d:?}"
         );
         f.source = seen(None, false);
@@ -802,7 +807,7 @@ mod tests {
         ] {
             let d = decide(&facts(source, Some(target)));
             assert!(
-                matches!(&d.steps[..], [Step::Leave { why }] if why.starts_with(&format!("{who} did not answer (refused)"))),
+                matches!(&d.steps[..], [Action::Leave { why }] if why.starts_with(&format!("{who} did not answer (refused)"))),
                 "{d:?}"
             );
         }
@@ -816,12 +821,12 @@ mod tests {
         ] {
             let d = decide(&facts(seen(s, false), Some(seen(t, false))));
             assert_eq!(d.location, loc);
-            assert!(matches!(&d.steps[0], Step::Keep { .. }), "{d:?}");
-            assert!(matches!(&d.steps[1], Step::Leave { .. }), "{d:?}");
+            assert!(matches!(&d.steps[0], Action::Keep { .. }), "{d:?}");
+            assert!(matches!(&d.steps[1], Action::Leave { .. }), "{d:?}");
             assert!(!d
                 .steps
                 .iter()
-                .any(|s| matches!(s, Step::Delete { .. } | Step::Finish { .. })));
+                .any(|s| matches!(s, Action::Delete { .. } | Action::Finish { .. })));
         }
     }
 
@@ -833,7 +838,7 @@ mod tests {
         ));
         assert_eq!(
             d.steps,
-            vec![Step::AbortJob {
+            vec![Action::AbortJob {
                 host: "qemu+tcp://h1/system".into()
             }]
         );
@@ -842,7 +847,7 @@ mod tests {
             Some(seen(RUNNING, false)),
         ));
         assert!(
-            matches!(&d.steps[..], [Step::Leave { why }] if why.contains("post-copy")),
+            matches!(&d.steps[..], [Action::Leave { why }] if why.contains("post-copy")),
             "{d:?}"
         );
     }
@@ -855,14 +860,14 @@ mod tests {
             timeout_s: 1,
         };
         let lines: Vec<String> = [
-            Step::AbortJob { host: "h1".into() },
-            Step::UndefineSource { host: "h1".into() },
-            Step::Delete {
+            Action::AbortJob { host: "h1".into() },
+            Action::UndefineSource { host: "h1".into() },
+            Action::Delete {
                 host: "h2".into(),
                 path: "/a".into(),
                 by: Provider::Libvirt,
             },
-            Step::Delete {
+            Action::Delete {
                 host: "h2".into(),
                 path: "/dev/n1".into(),
                 by: Provider::Hook {
@@ -870,19 +875,19 @@ mod tests {
                     host: "kvm2".into(),
                 },
             },
-            Step::Keep {
+            Action::Keep {
                 host: "h2".into(),
                 path: "/b".into(),
                 why: "domain x uses it".into(),
             },
-            Step::Finish {
-                outcome: "migrated".into(),
+            Action::Finish {
+                outcome: RunOutcome::Migrated,
                 message: "m".into(),
             },
-            Step::Leave { why: "w".into() },
+            Action::Leave { why: "w".into() },
         ]
         .iter()
-        .map(Step::to_string)
+        .map(Action::to_string)
         .collect();
         assert_eq!(
             lines,
@@ -901,11 +906,11 @@ mod tests {
     #[test]
     fn an_ended_run_is_not_finished_again() {
         let mut f = facts(seen(RUNNING, false), Some(seen(None, false)));
-        f.run.outcome = Some("rolled_back".into());
+        f.run.outcome = Some(RunOutcome::RolledBack);
         let d = decide(&f);
         assert_eq!(
             d.steps,
-            vec![Step::Delete {
+            vec![Action::Delete {
                 host: "qemu+tcp://h2/system".into(),
                 path: "/srv/g-vdb.img".into(),
                 by: Provider::Libvirt

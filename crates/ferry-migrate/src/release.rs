@@ -4,21 +4,57 @@
 
 use ferry_core::inventory::Hook;
 use ferry_core::release::{self, CopiedDisk, Release, ReleaseFacts, Through};
-use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor};
-use ferry_journal::{Journal, JournalError, RunId, RunRow};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_hypervisor::{wait, DomainState, HostId, HvError, Hypervisor};
+use ferry_journal::{Journal, JournalError, RunId, RunOutcome, RunRow};
+
+use crate::record::{self, RecordError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error("there is no run #{0} in the journal (`ferry history` lists them)")]
-    NoRun(i64),
+    NoRun(RunId),
+    #[error("run #{run} has not ended: the source's copy may still be the guest's disk")]
+    Unfinished { run: RunId },
     #[error("run #{run} did not migrate ({outcome}): the source's copy is the guest's disk")]
-    NotMigrated { run: i64, outcome: String },
+    NotMigrated { run: RunId, outcome: RunOutcome },
+    #[error(
+        "run #{run} moved the guest, but its verification failed ({why}): the source's copy is \
+         the only one known good; check the guest on the target, and delete the copy by hand \
+         once it is"
+    )]
+    Unverified { run: RunId, why: String },
     #[error("run #{0} recorded no plan: Ferry cannot tell which disks it copied")]
-    NoPlan(i64),
+    NoPlan(RunId),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("no answer from {hosts} within {secs} s (--connect-timeout): nothing was released")]
+    NoAnswer { hosts: String, secs: u64 },
+    #[error("the thread reading the hosts failed: {0}")]
+    Thread(String),
     #[error(transparent)]
     Host(#[from] HvError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+}
+
+/// Only a run whose guest's place and disks were verified on the target may release
+/// anything of the source.
+pub fn releasable(run: &RunRow) -> Result<(), ReleaseError> {
+    match run.outcome {
+        Some(RunOutcome::Migrated) => Ok(()),
+        Some(RunOutcome::MigratedUnverified) => Err(ReleaseError::Unverified {
+            run: run.id,
+            why: run.message.clone().unwrap_or_default(),
+        }),
+        Some(outcome) => Err(ReleaseError::NotMigrated {
+            run: run.id,
+            outcome,
+        }),
+        None => Err(ReleaseError::Unfinished { run: run.id }),
+    }
 }
 
 /// The source host's hook store (from the inventory), for devices it hands out.
@@ -44,57 +80,50 @@ pub fn source_hook(
     })
 }
 
-/// The disks a run's plan copied: (`<target dev>`, path on the source).
-fn copied(plan_json: &str) -> Vec<(String, String)> {
-    crate::recover::recorded_disks(plan_json)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|d| d.decision == "copy")
-        .filter_map(|d| Some((d.target, d.source.get("path")?.as_str()?.to_string())))
-        .collect()
-}
-
 /// What the hosts and the journal say about a migrated run's source copies.
 pub fn gather(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
     run: &RunRow,
     hook: Option<&SourceHook>,
+    answer: Duration,
 ) -> Result<(ReleaseFacts, HostId), ReleaseError> {
-    match run.outcome.as_deref() {
-        Some("migrated") => {}
-        other => {
-            return Err(ReleaseError::NotMigrated {
-                run: run.id,
-                outcome: other.unwrap_or("unfinished").to_string(),
+    releasable(run)?;
+    let plan = record::plan(journal, run.id)?.ok_or(ReleaseError::NoPlan(run.id))?;
+    let copied = record::copied(&plan);
+    // The hosts are read on a thread of their own, within `answer`: a host that accepts the
+    // connection and never answers is named, not waited for.
+    let seen = {
+        let (hv, run, paths) = (hv.clone(), run.clone(), copied.clone());
+        wait::bounded("ferry-release", wait::deadline_in(answer), move || {
+            read_hosts(hv.as_ref(), &run, &paths)
+        })
+    };
+    let seen = match seen {
+        Ok(r) => r?,
+        Err(wait::NoAnswer::Late) => {
+            return Err(ReleaseError::NoAnswer {
+                hosts: format!("{} or {}", run.source, run.target),
+                secs: answer.as_secs(),
             })
         }
-    }
-    let plan = journal
-        .plan_of(RunId(run.id))?
-        .ok_or(ReleaseError::NoPlan(run.id))?;
-    let src = hv.connect(&run.source)?;
-    let dst = hv.connect(&run.target)?;
-    let on_target = hv
-        .domain_state(dst, &run.guest)?
-        .is_some_and(DomainState::is_active);
-    let active_on_source = hv
-        .domain_state(src, &run.guest)?
-        .is_some_and(DomainState::is_active);
-    let in_use = crate::recover::paths_in_use(hv, src, None)?;
+        Err(e) => return Err(ReleaseError::Thread(e.to_string())),
+    };
     let mut disks = vec![];
-    for (disk, path) in copied(&plan) {
+    for ((disk, path), probe) in copied.into_iter().zip(seen.probes) {
         disks.push(CopiedDisk {
-            used_by: in_use
+            used_by: seen
+                .in_use
                 .iter()
                 .find(|(p, _)| *p == path)
                 .map(|(_, d)| d.clone()),
-            released: journal.was_released(RunId(run.id), &path)?,
-            probe: hv.probe_path(src, &path)?,
+            released: journal.was_released(run.id, &path)?,
+            probe,
             disk,
             path,
         });
     }
+    let (src, on_target, active_on_source) = (seen.src, seen.on_target, seen.active_on_source);
     Ok((
         ReleaseFacts {
             on_target,
@@ -106,17 +135,55 @@ pub fn gather(
     ))
 }
 
+/// What both hosts say, for a release.
+struct Seen {
+    src: HostId,
+    on_target: bool,
+    active_on_source: bool,
+    in_use: Vec<(String, String)>,
+    /// Each copied disk's source path, in the plan's order.
+    probes: Vec<ferry_core::facts::PathProbe>,
+}
+
+fn read_hosts(
+    hv: &dyn Hypervisor,
+    run: &RunRow,
+    copied: &[(String, String)],
+) -> Result<Seen, HvError> {
+    let src = hv.connect(&run.source)?;
+    let dst = hv.connect(&run.target)?;
+    let on_target = hv
+        .domain_state(dst, &run.guest)?
+        .is_some_and(DomainState::is_active);
+    let active_on_source = hv
+        .domain_state(src, &run.guest)?
+        .is_some_and(DomainState::is_active);
+    let in_use = crate::usage::paths_in_use(hv, src, None)?;
+    let probes = copied
+        .iter()
+        .map(|(_, path)| hv.probe_path(src, path))
+        .collect::<Result<_, _>>()?;
+    Ok(Seen {
+        src,
+        on_target,
+        active_on_source,
+        in_use,
+        probes,
+    })
+}
+
 /// Release a migrated run's source copies (with `dry_run`, only say what would happen): each
 /// decision, with the error when carrying it out failed.
 pub fn run(
-    hv: &dyn Hypervisor,
+    hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
     run: RunId,
     hook: Option<&SourceHook>,
     dry_run: bool,
+    answer: Duration,
 ) -> Result<Vec<(Release, Option<String>)>, ReleaseError> {
-    let row = journal.run_row(run)?.ok_or(ReleaseError::NoRun(run.0))?;
-    let (facts, src) = gather(hv, journal, &row, hook)?;
+    let row = journal.run_row(run)?.ok_or(ReleaseError::NoRun(run))?;
+    let (facts, src) = gather(hv, journal, &row, hook, answer)?;
     let decided = release::decide(&facts);
     if dry_run {
         return Ok(decided.into_iter().map(|r| (r, None)).collect());
@@ -156,7 +223,8 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::{copied, source_hook};
+    use super::source_hook;
+    use crate::record::copied;
 
     #[test]
     fn the_sources_hook_comes_from_the_inventory_by_name_or_uri() {
@@ -186,16 +254,20 @@ mod tests {
     }
 
     #[test]
-    fn the_copied_disks_come_from_the_plan() {
-        let plan = r#"{"disks":[
-            {"target":"vda","decision":"shared","source":{"kind":"path","path":"/mnt/nfs/a"}},
-            {"target":"vdb","decision":"copy","source":{"kind":"path","path":"/dev/nvme2n2"}},
-            {"target":"vdc","decision":"copy","source":{"kind":"volume","pool":"p","volume":"v"}}
+    fn the_copied_disks_come_from_the_recorded_plan() {
+        let plan = r#"{"domain":"g","dest_uri":"u","disks":[
+            {"target":"vda","decision":"shared","source_type":"file","dest_type":"file",
+             "source":{"kind":"path","path":"/mnt/nfs/a"}},
+            {"target":"vdb","decision":"copy","source_type":"block","dest_type":"block",
+             "source":{"kind":"path","path":"/dev/nvme2n2"}},
+            {"target":"vdc","decision":"copy","source_type":"volume","dest_type":"volume",
+             "source":{"kind":"volume","pool":"p","volume":"v","mode":null}}
         ]}"#;
+        let plan = crate::record::parse(ferry_journal::RunId(1), plan).unwrap();
         assert_eq!(
-            copied(plan),
+            copied(&plan),
             vec![("vdb".to_string(), "/dev/nvme2n2".to_string())]
         );
-        assert!(copied("{}").is_empty());
+        assert!(crate::record::parse(ferry_journal::RunId(1), "{}").is_err());
     }
 }

@@ -2,12 +2,13 @@
 //! delete what Ferry created on the target (and nothing else), and say so.
 
 use ferry_hypervisor::{DomainState, Hypervisor};
-use ferry_journal::{Journal, RunId};
+use ferry_journal::RunOutcome;
 use serde::Serialize;
 
-use crate::inventory::Inventory;
+use crate::flow::Ctx;
+use crate::inventory::GuestOnHosts;
 use crate::prepare::CreatedVolume;
-use crate::{Event, MigrateError, Reporter};
+use crate::{Cause, MigrateError, Step};
 
 /// Where the guest is, as the hosts say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +52,7 @@ impl GuestLocation {
 }
 
 /// Ask both hosts where the guest runs.
-pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
+pub fn locate(hv: &dyn Hypervisor, inv: &GuestOnHosts) -> GuestLocation {
     let (src, dst) = (
         hv.domain_state(inv.src, &inv.guest),
         hv.domain_state(inv.dst, &inv.guest),
@@ -76,19 +77,14 @@ pub fn locate(hv: &dyn Hypervisor, inv: &Inventory) -> GuestLocation {
 
 /// Delete what Ferry created on the target, each through whoever made it (libvirt or a hook),
 /// journaling each deletion; a line per volume for the operator.
-pub fn delete_created(
-    hv: &dyn Hypervisor,
-    journal: &Journal,
-    run: RunId,
-    inv: &Inventory,
-    created: &[CreatedVolume],
-) -> Vec<String> {
+pub(crate) fn delete_created(ctx: &Ctx, created: &[CreatedVolume]) -> Vec<String> {
+    let inv = ctx.inv;
     created
         .iter()
-        .map(
-            |v| match crate::provision::give_back(hv, inv.dst, &v.path, &v.provider) {
+        .map(|v| {
+            match crate::provision::give_back(ctx.hv.as_ref(), inv.dst, &v.path, &v.provider) {
                 Ok(()) => {
-                    let _ = journal.record_deleted(run, &inv.dst_uri, &v.path);
+                    let _ = ctx.journal.record_deleted(ctx.run, &inv.dst_uri, &v.path);
                     format!(
                         "deleted {} on {} (Ferry had created it)",
                         v.path, inv.dst_uri
@@ -99,30 +95,23 @@ pub fn delete_created(
                      later",
                     v.path, inv.dst_uri
                 ),
-            },
-        )
+            }
+        })
         .collect()
 }
 
 /// Handle a failure after preflight: locate the guest, clean up if (and only if) it is safe.
 /// `keep` gives a reason to delete nothing whatever the guest's place (a job still running).
-#[allow(clippy::too_many_arguments)]
-pub fn after_failure(
-    hv: &dyn Hypervisor,
-    journal: &Journal,
-    run: RunId,
-    inv: &Inventory,
+pub(crate) fn after_failure(
+    ctx: &mut Ctx,
     created: &[CreatedVolume],
-    cause: &str,
+    cause: Cause,
     keep: Option<&str>,
-    reporter: &mut dyn Reporter,
 ) -> MigrateError {
-    let _ = journal.set_phase(run, "rollback");
-    reporter.report(Event::Step {
-        step: "rollback",
-        detail: cause.to_string(),
-    });
-    let location = match (locate(hv, inv), keep) {
+    let text = crate::error_chain(&cause);
+    ctx.enter(Step::Rollback, text.clone());
+    let (inv, run, journal) = (ctx.inv, ctx.run, ctx.journal);
+    let location = match (locate(ctx.hv.as_ref(), inv), keep) {
         (GuestLocation::Source, Some(_)) => GuestLocation::Unknown,
         (l, _) => l,
     };
@@ -142,7 +131,7 @@ pub fn after_failure(
         if created.is_empty() {
             cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
         }
-        cleanup.extend(delete_created(hv, journal, run, inv, created));
+        cleanup.extend(delete_created(ctx, created));
     } else {
         for v in created {
             cleanup.push(format!(
@@ -153,25 +142,25 @@ pub fn after_failure(
     }
     if location == GuestLocation::PostcopySplit {
         // Not an end: `ferry recover` resumes it.
-        let _ = journal.set_phase(run, "postcopy_failed");
+        let _ = journal.set_phase(run, ferry_journal::RunPhase::PostcopyFailed);
         cleanup.push(format!(
             "the run stays open in the journal: `ferry recover {}` resumes the post-copy",
-            run.0
+            run
         ));
     } else {
         let _ = journal.finish(
             run,
             if location == GuestLocation::Source {
-                "rolled_back"
+                RunOutcome::RolledBack
             } else {
-                "failed"
+                RunOutcome::Failed
             },
-            &format!("{cause}; the guest {location}"),
+            &format!("{text}; the guest {location}"),
         );
     }
     MigrateError::Failed {
         guest: inv.guest.clone(),
-        cause: cause.to_string(),
+        cause: Box::new(cause),
         location,
         cleanup,
     }

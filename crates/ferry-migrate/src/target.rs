@@ -186,14 +186,14 @@ fn gather_one(hv: &dyn Hypervisor, spec: &HostSpec) -> Gathered {
 
 /// What to choose a target for.
 #[derive(Debug, Clone)]
-pub struct SelectRequest<'a> {
+pub struct SelectRequest {
     pub guest: String,
     pub source: HostSpec,
     /// Every host that may be the target (with an explicit `--to`, just that one).
     pub candidates: Vec<HostSpec>,
     /// The operator's rules: they override whatever identity says.
     pub rules: Rules,
-    pub inventory: Option<&'a Inventory>,
+    pub inventory: Option<Arc<Inventory>>,
     /// How long each host may take to be read ([`ANSWER_DEADLINE`] by default).
     pub answer_deadline: Duration,
     /// The operator named the target (`--to`): its constraints are checked, nothing ranked.
@@ -213,17 +213,18 @@ pub enum RequestError {
     OnlySource(String),
 }
 
-impl<'a> SelectRequest<'a> {
+impl SelectRequest {
     /// The selection for `guest` on `from`: the `to` host alone (checked against the same
     /// constraints), or every other inventory host.
     pub fn new(
-        inv: Option<&'a Inventory>,
+        inventory: Option<Arc<Inventory>>,
         guest: &str,
         from: &str,
         to: Option<&str>,
         rules: Rules,
         answer_deadline: Duration,
     ) -> Result<Self, RequestError> {
+        let inv = inventory.as_deref();
         let source = HostSpec::resolve(inv, from);
         let candidates = match (to, inv) {
             (Some(t), _) => vec![HostSpec::resolve(inv, t)],
@@ -243,7 +244,7 @@ impl<'a> SelectRequest<'a> {
             source,
             candidates,
             rules,
-            inventory: inv,
+            inventory,
             answer_deadline,
             explicit: to.is_some(),
         })
@@ -354,7 +355,7 @@ pub fn select_among(
     for (i, c) in cands.iter().enumerate() {
         let Some(dst_id) = c.id else { continue };
         let mut rules = req.rules.clone();
-        if let Some(inv) = req.inventory {
+        if let Some(inv) = req.inventory.as_deref() {
             rules
                 .map
                 .extend(inv.store_maps(&src.spec.name, &c.spec.name));
@@ -386,6 +387,7 @@ pub fn select_among(
         let probes = canaries.get(&i).map(Vec::as_slice).unwrap_or(&[]);
         let inv_maps = req
             .inventory
+            .as_deref()
             .map(|inv| inv.store_maps(&src.spec.name, &c.spec.name))
             .unwrap_or_default();
         let mut d = storage::derive(

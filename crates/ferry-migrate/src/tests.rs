@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ferry_core::{MigrationOptions, Rules};
 use ferry_hypervisor::fake::{Call, Fake, FakeDomain, FakeHost, MigrateOutcome};
 use ferry_hypervisor::{DiskSize, DomainState, HostId, Hypervisor, JobStats, PathInfo, PathKind};
-use ferry_journal::Journal;
+use ferry_journal::{Journal, RunOutcome};
 
 use crate::*;
 
@@ -140,8 +140,12 @@ fn request(copy: &str) -> Request {
         cold: false,
         timeout: None,
         abort_grace: ABORT_GRACE,
+        connect_timeout: ANSWER,
     }
 }
+
+/// How long the fake's hosts may take to answer.
+const ANSWER: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn hv(fake: &Arc<Fake>) -> Arc<dyn Hypervisor> {
     fake.clone()
@@ -206,8 +210,8 @@ fn seed_onto_an_existing_block_device_copies_only_vdb_and_verifies() {
         .inactive_xml
         .contains("<source file='/mnt/nfs_second_mount/test_img.img'/>"));
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("migrated")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Migrated)
     );
 }
 
@@ -281,8 +285,8 @@ fn refusals_happen_before_anything_is_created_or_moved() {
             fake.calls()
         );
         assert_eq!(
-            journal.runs(1).unwrap()[0].outcome.as_deref(),
-            Some("refused")
+            journal.runs(1).unwrap()[0].outcome,
+            Some(RunOutcome::Refused)
         );
     }
 }
@@ -382,8 +386,8 @@ fn a_failed_migration_deletes_only_what_ferry_created_and_says_the_guest_stayed(
         .contains_key("/mnt/nfs_second_mount/test_img.img"));
     assert!(journal.leftovers().unwrap().is_empty());
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("rolled_back")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
     );
     assert!(r
         .unwrap_err()
@@ -447,7 +451,16 @@ fn cancel_aborts_the_job_and_rolls_back() {
         panic!("{r:?}")
     };
     assert_eq!(*location, GuestLocation::Source);
-    assert!(cause.contains("cancelled by the operator"), "{cause}");
+    assert!(
+        matches!(
+            **cause,
+            Cause::Aborted {
+                why: migrate::AbortReason::Cancelled,
+                ..
+            }
+        ),
+        "{cause:?}"
+    );
     let calls = mutating(&fake.calls());
     assert!(
         calls.contains(&Call::AbortJob {
@@ -483,8 +496,14 @@ fn a_job_that_outlives_its_abort_is_reported_uncertain_and_nothing_is_deleted() 
     };
     assert_eq!(*location, GuestLocation::Unknown);
     assert!(
-        cause.contains("has not returned 1 s after the abort"),
-        "{cause}"
+        matches!(
+            **cause,
+            Cause::Unreturned {
+                why: migrate::AbortReason::TimedOut { after_s: 1 },
+                grace_s: 1
+            }
+        ),
+        "{cause:?}"
     );
     assert!(
         cleanup
@@ -637,34 +656,34 @@ fn recover_deletes_journaled_leftovers_but_never_what_a_domain_uses_and_dry_run_
         .unwrap();
     let hv = hv(&fake);
 
-    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    let dry = recover::run(&hv, &journal, None, true, ANSWER).unwrap();
     assert_eq!(dry.len(), 1);
-    assert_eq!(dry[0].decision.location, GuestLocation::Source);
+    assert_eq!(dry[0].recovery.location, GuestLocation::Source);
     assert!(
         mutating(&fake.calls()).is_empty(),
         "a dry run changes nothing"
     );
     assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
 
-    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     // Exactly what the dry run said.
-    assert_eq!(done[0].decision.steps, dry[0].decision.steps);
+    assert_eq!(done[0].recovery.steps, dry[0].recovery.steps);
     assert!(done[0].failed.is_empty(), "{:?}", done[0].failed);
     assert_eq!(
-        done[0].decision.steps,
+        done[0].recovery.steps,
         vec![
-            recover::Step::Delete {
+            recover::Action::Delete {
                 host: DST.into(),
                 path: "/srv/store/a.raw".into(),
                 by: provision::Provider::Libvirt
             },
-            recover::Step::Keep {
+            recover::Action::Keep {
                 host: DST.into(),
                 path: "/srv/store/b.raw".into(),
                 why: "domain other uses it".into()
             },
-            recover::Step::Finish {
-                outcome: "rolled_back".into(),
+            recover::Action::Finish {
+                outcome: RunOutcome::RolledBack,
                 message: format!("recovered: g runs on {SRC}")
             },
         ]
@@ -674,14 +693,14 @@ fn recover_deletes_journaled_leftovers_but_never_what_a_domain_uses_and_dry_run_
     assert!(h2.paths.contains_key("/srv/store/b.raw"));
     assert_eq!(journal.leftovers().unwrap().len(), 1);
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("rolled_back")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
     );
     // Idempotent: again, b.raw is still kept and nothing else happens.
     let before = mutating(&fake.calls()).len();
-    let again = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let again = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     assert!(
-        matches!(again[0].decision.steps[..], [recover::Step::Keep { .. }]),
+        matches!(again[0].recovery.steps[..], [recover::Action::Keep { .. }]),
         "{again:?}"
     );
     assert_eq!(mutating(&fake.calls()).len(), before);
@@ -693,9 +712,12 @@ fn plan_json(xml: &str) -> String {
     let disks: Vec<serde_json::Value> = dom
         .disks
         .iter()
-        .map(|d| serde_json::json!({"target": d.target, "dest_source": d.source}))
+        .map(|d| {
+            serde_json::json!({"target": d.target, "decision": "shared", "source_type": d.disk_type,
+                "dest_type": d.disk_type, "dest_source": d.source})
+        })
         .collect();
-    serde_json::json!({ "disks": disks }).to_string()
+    serde_json::json!({"domain": "g", "dest_uri": DST, "disks": disks}).to_string()
 }
 
 /// The guest ran to the target without Ferry (p2p), its vdb on `landed`; the run had planned
@@ -730,7 +752,7 @@ fn recover_after_p2p(landed: &str) -> (Arc<Fake>, Journal, Vec<recover::Recovere
     g.live_xml = planned.replace("/dev/nvme1n5", landed);
     h2.domains.insert("g".into(), g);
     fake.add_host(DST, h2);
-    let done = recover::run(hv(&fake).as_ref(), &journal, None, false).unwrap();
+    let done = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
     (fake, journal, done)
 }
 
@@ -738,7 +760,7 @@ fn recover_after_p2p(landed: &str) -> (Arc<Fake>, Journal, Vec<recover::Recovere
 fn recover_says_when_the_guest_on_the_target_is_not_on_its_planned_disks() {
     let (_, journal, _) = recover_after_p2p("/dev/nvme1n6");
     let row = &journal.runs(1).unwrap()[0];
-    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert_eq!(row.outcome, Some(RunOutcome::MigratedUnverified));
     assert!(
         row.message
             .as_deref()
@@ -751,16 +773,16 @@ fn recover_says_when_the_guest_on_the_target_is_not_on_its_planned_disks() {
 #[test]
 fn recover_completes_a_run_whose_guest_ended_on_the_target() {
     let (fake, journal, done) = recover_after_p2p("/dev/nvme1n5");
-    let d = &done[0].decision;
+    let d = &done[0].recovery;
     assert_eq!(d.location, GuestLocation::Target);
     assert!(done[0].failed.is_empty(), "{:?}", done[0].failed);
     assert_eq!(
         d.steps[0],
-        recover::Step::UndefineSource { host: SRC.into() }
+        recover::Action::UndefineSource { host: SRC.into() }
     );
-    assert!(matches!(&d.steps[1], recover::Step::Keep { path, .. } if path == "/dev/nvme1n5"));
+    assert!(matches!(&d.steps[1], recover::Action::Keep { path, .. } if path == "/dev/nvme1n5"));
     let row = &journal.runs(1).unwrap()[0];
-    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert_eq!(row.outcome, Some(RunOutcome::Migrated));
     assert!(
         row.message
             .as_deref()
@@ -790,17 +812,17 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
     // One sample: a job runs when recover first looks, none after the abort.
     fake.set_job_script(vec![JobStats::default()], None);
     let hv = hv(&fake);
-    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    let dry = recover::run(&hv, &journal, None, true, ANSWER).unwrap();
     assert_eq!(
-        dry[0].decision.steps,
-        vec![recover::Step::AbortJob { host: SRC.into() }]
+        dry[0].recovery.steps,
+        vec![recover::Action::AbortJob { host: SRC.into() }]
     );
     // The job takes a few polls to end after the abort: recover waits for it.
     fake.set_job_script(vec![JobStats::default(); 3], None);
-    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
-    let steps = &done[0].decision.steps;
-    assert_eq!(steps[0], recover::Step::AbortJob { host: SRC.into() });
-    assert!(steps.contains(&recover::Step::Delete {
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
+    let steps = &done[0].recovery.steps;
+    assert_eq!(steps[0], recover::Action::AbortJob { host: SRC.into() });
+    assert!(steps.contains(&recover::Action::Delete {
         host: DST.into(),
         path: "/srv/store/vdb.raw".into(),
         by: provision::Provider::Libvirt
@@ -810,8 +832,8 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
         .iter()
         .any(|c| matches!(c, Call::AbortJob { .. })));
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("rolled_back")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
     );
 }
 
@@ -833,9 +855,9 @@ fn recover_takes_over_the_lock_of_a_dead_ferry_and_gives_it_back() {
         .lock_guest("g", run_id, std::process::id(), &me, |_| true)
         .unwrap();
     let hv = hv(&fake);
-    let dry = recover::run(hv.as_ref(), &journal, None, true).unwrap();
+    let dry = recover::run(&hv, &journal, None, true, ANSWER).unwrap();
     assert!(
-        matches!(dry[0].decision.steps[0], recover::Step::Delete { .. }),
+        matches!(dry[0].recovery.steps[0], recover::Action::Delete { .. }),
         "{dry:?}"
     );
     assert_eq!(
@@ -843,7 +865,7 @@ fn recover_takes_over_the_lock_of_a_dead_ferry_and_gives_it_back() {
         Some(std::process::id()),
         "a dry run leaves the lock as it is"
     );
-    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     assert!(done[0].failed.is_empty(), "{done:?}");
     assert!(fake
         .calls()
@@ -865,9 +887,9 @@ fn recover_leaves_a_run_whose_ferry_still_holds_the_lock() {
         .lock_guest("g", run_id, 4242, "another-machine", |_| true)
         .unwrap();
     let hv = hv(&fake);
-    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     assert!(
-        matches!(&done[0].decision.steps[..], [recover::Step::Leave { why }] if why.contains("ferry pid 4242 on another-machine")),
+        matches!(&done[0].recovery.steps[..], [recover::Action::Leave { why }] if why.contains("ferry pid 4242 on another-machine")),
         "{done:?}"
     );
     assert!(mutating(&fake.calls()).is_empty());
@@ -1126,9 +1148,9 @@ fn recover_keeps_a_volume_whose_maker_it_cannot_read() {
         )
         .unwrap();
     let hv = hv(&fake);
-    let done = recover::run(hv.as_ref(), &journal, None, false).unwrap();
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     assert!(
-        matches!(&done[0].decision.steps[0], recover::Step::Keep { why, .. } if why.contains("cannot be read")),
+        matches!(&done[0].recovery.steps[0], recover::Action::Keep { why, .. } if why.contains("cannot be read")),
         "{done:?}"
     );
     assert!(!fake
@@ -1168,7 +1190,18 @@ fn memory_that_will_not_converge_escalates_the_downtime_then_aborts_and_rolls_ba
     else {
         panic!("{r:?}")
     };
-    assert!(cause.starts_with("memory does not converge"), "{cause}");
+    assert!(
+        matches!(
+            **cause,
+            Cause::Aborted {
+                why: migrate::AbortReason::Stuck {
+                    stuck: ferry_core::convergence::Stuck::MemoryStall { secs: 3, .. }
+                },
+                ..
+            }
+        ),
+        "{cause:?}"
+    );
     assert_eq!(*location, GuestLocation::Source);
     let calls = fake.calls();
     let downtimes: Vec<u64> = calls
@@ -1189,7 +1222,7 @@ fn memory_that_will_not_converge_escalates_the_downtime_then_aborts_and_rolls_ba
         .iter()
         .any(|c| matches!(c, Call::DeleteVolume { path, .. } if path == "/srv/store/vdb.raw")));
     let runs = journal.runs(1).unwrap();
-    assert_eq!(runs[0].outcome.as_deref(), Some("rolled_back"));
+    assert_eq!(runs[0].outcome, Some(RunOutcome::RolledBack));
     // The forecast said so before the fallback came.
     assert!(events.iter().any(|e| matches!(e, Event::Job(p) if matches!(
         p.forecast,
@@ -1230,7 +1263,7 @@ fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devi
     let hv = hv(&fake);
     let run = ferry_journal::RunId(1);
     // No hook for h1: a device node in a dir pool is not "deleted" by unlinking it.
-    let kept = release::run(hv.as_ref(), &journal, run, None, false).unwrap();
+    let kept = release::run(&hv, &journal, run, None, false, ANSWER).unwrap();
     assert!(
         matches!(&kept[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why.contains("free it by hand")),
         "{kept:?}"
@@ -1259,7 +1292,7 @@ fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devi
         },
     );
     fake.add_host(SRC, h1.clone());
-    let used = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    let used = release::run(&hv, &journal, run, Some(&hook), false, ANSWER).unwrap();
     assert!(
         matches!(&used[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why == "domain other uses it"),
         "{used:?}"
@@ -1267,9 +1300,9 @@ fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devi
     assert!(!log.exists());
     h1.domains.remove("other");
     fake.add_host(SRC, h1);
-    let dry = release::run(hv.as_ref(), &journal, run, Some(&hook), true).unwrap();
+    let dry = release::run(&hv, &journal, run, Some(&hook), true, ANSWER).unwrap();
     assert!(!log.exists(), "a dry run calls no hook");
-    let done = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    let done = release::run(&hv, &journal, run, Some(&hook), false, ANSWER).unwrap();
     assert_eq!(
         dry.iter().map(|d| &d.0).collect::<Vec<_>>(),
         done.iter().map(|d| &d.0).collect::<Vec<_>>()
@@ -1283,7 +1316,7 @@ fn release_gives_the_sources_copy_back_only_through_a_store_that_hands_such_devi
         calls.contains("\"delete\"") && calls.contains("/dev/nvme2n2") && calls.contains("\"h1\""),
         "{calls}"
     );
-    let again = release::run(hv.as_ref(), &journal, run, Some(&hook), false).unwrap();
+    let again = release::run(&hv, &journal, run, Some(&hook), false, ANSWER).unwrap();
     assert!(
         matches!(&again[..], [(ferry_core::release::Release::Keep { why, .. }, None)] if why == "already released"),
         "{again:?}"
@@ -1296,8 +1329,8 @@ fn release_refuses_a_run_that_did_not_migrate() {
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     let run = journal.begin_run("g", SRC, DST, "{}").unwrap();
-    journal.finish(run, "rolled_back", "x").unwrap();
-    let e = release::run(hv(&fake).as_ref(), &journal, run, None, false).unwrap_err();
+    journal.finish(run, RunOutcome::RolledBack, "x").unwrap();
+    let e = release::run(&hv(&fake), &journal, run, None, false, ANSWER).unwrap_err();
     assert!(
         e.to_string()
             .contains("did not migrate (rolled_back): the source's copy is the guest's disk"),
@@ -1400,15 +1433,18 @@ fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alon
             provider: provision::Provider::Libvirt,
         }];
         let mut events = vec![];
-        let e = rollback::after_failure(
-            hv.as_ref(),
-            &journal,
+        let mut ctx = flow::Ctx {
+            hv: &hv,
+            journal: &journal,
             run,
-            &inv,
+            inv: &inv,
+            reporter: &mut events,
+        };
+        let e = rollback::after_failure(
+            &mut ctx,
             &created,
-            "boom",
+            Cause::NoPath { disk: "vdb".into() },
             None,
-            &mut events,
         );
         let MigrateError::Failed { location, .. } = e else {
             panic!("{e:?}")
@@ -1427,13 +1463,13 @@ fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alon
             deleted,
             "the journal says what is left ({want:?})"
         );
-        let outcome = journal.runs(1).unwrap()[0].outcome.clone();
+        let outcome = journal.runs(1).unwrap()[0].outcome;
         assert_eq!(
-            outcome.as_deref(),
+            outcome,
             Some(if want == GuestLocation::Source {
-                "rolled_back"
+                RunOutcome::RolledBack
             } else {
-                "failed"
+                RunOutcome::Failed
             })
         );
     }
@@ -1455,11 +1491,15 @@ fn verify_fails_when_the_guest_still_runs_on_the_source() {
     );
     assert!(summary.verified.iter().any(|v| v.contains("is running on")));
     let row = &journal.runs(1).unwrap()[0];
-    assert_eq!(row.outcome.as_deref(), Some("migrated"));
+    assert_eq!(row.outcome, Some(RunOutcome::MigratedUnverified));
+    // A run whose verification failed never releases the source's copy.
+    let before = mutating(&fake.calls()).len();
+    let e = release::run(&hv(&fake), &journal, row.id, None, false, ANSWER).unwrap_err();
     assert!(
-        row.message.as_deref().unwrap().starts_with("verify: "),
-        "{row:?}"
+        matches!(e, release::ReleaseError::Unverified { run, .. } if run == row.id),
+        "{e}"
     );
+    assert_eq!(mutating(&fake.calls()).len(), before, "nothing deleted");
 }
 
 #[test]
@@ -1615,8 +1655,8 @@ fn a_failed_post_copy_is_resumed_and_the_run_ends_migrated() {
     );
     assert_eq!(fake.domain_state(HostId(0), "g").unwrap(), None);
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("migrated")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Migrated)
     );
 }
 
@@ -1650,14 +1690,11 @@ fn a_post_copy_that_cannot_be_resumed_deletes_nothing_and_stays_open_for_recover
         "{cleanup:?}"
     );
     let run = &journal.runs(1).unwrap()[0];
-    assert_eq!(
-        (run.outcome.as_deref(), run.phase.as_str()),
-        (None, "postcopy_failed")
-    );
+    assert_eq!((run.outcome, run.phase.as_str()), (None, "postcopy_failed"));
     // Once the link is sound again, recover resumes it with the run's own flags.
     fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: true });
-    let done = crate::recover::run(&*hv(&fake), &journal, None, false).unwrap();
-    assert_eq!(done[0].decision.location, GuestLocation::Target, "{done:?}");
+    let done = crate::recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
+    assert_eq!(done[0].recovery.location, GuestLocation::Target, "{done:?}");
     assert!(done[0].failed.is_empty(), "{done:?}");
     let calls = migrate_calls(&fake);
     assert!(calls.last().unwrap().postcopy_resume);
@@ -1666,8 +1703,8 @@ fn a_post_copy_that_cannot_be_resumed_deletes_nothing_and_stays_open_for_recover
         Some(DomainState::Running)
     );
     assert_eq!(
-        journal.runs(1).unwrap()[0].outcome.as_deref(),
-        Some("migrated")
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Migrated)
     );
 }
 
@@ -1709,7 +1746,7 @@ fn evacuation_lab() -> Arc<Fake> {
     fake
 }
 
-fn evacuate_ask<'a>() -> evacuate::EvacuateAsk<'a> {
+fn evacuate_ask() -> evacuate::EvacuateAsk {
     use crate::target::HostSpec;
     evacuate::EvacuateAsk {
         host: HostSpec::uri(SRC),
@@ -1896,8 +1933,8 @@ fn a_host_being_evacuated_is_draining_for_every_other_command() {
         .unwrap()
         .is_empty());
     assert_eq!(
-        j.evacuations().unwrap()[1].outcome.as_deref(),
-        Some("interrupted")
+        j.evacuations().unwrap()[1].outcome,
+        Some(ferry_journal::EvacuationOutcome::Interrupted)
     );
     let mut specs = vec![HostSpec::uri(DST), HostSpec::uri(H3)];
     evacuate::mark_draining(&mut specs, d);
@@ -2179,7 +2216,7 @@ fn a_cold_move_copies_a_block_device_whole_and_says_what_it_did() {
     );
     let run = journal.runs(10).unwrap();
     assert_eq!(s.run, Some(run[0].id), "{run:?}");
-    assert_eq!(run[0].outcome.as_deref(), Some("migrated"));
+    assert_eq!(run[0].outcome, Some(RunOutcome::Migrated));
 }
 
 /// The definition went through on the target but its reply was lost: the target's definition

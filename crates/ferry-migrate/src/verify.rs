@@ -5,7 +5,7 @@ use ferry_core::domain::{self, DiskSource};
 use ferry_core::Plan;
 use ferry_hypervisor::{DomainState, Hypervisor};
 
-use crate::inventory::Inventory;
+use crate::inventory::GuestOnHosts;
 
 #[derive(Debug, Default)]
 pub struct Verified {
@@ -69,7 +69,7 @@ fn compare(
 }
 
 /// Check the target after a migration.
-pub fn check(hv: &dyn Hypervisor, inv: &Inventory, plan: &Plan) -> Verified {
+pub fn check(hv: &dyn Hypervisor, inv: &GuestOnHosts, plan: &Plan) -> Verified {
     let mut v = Verified::default();
     match hv.domain_state(inv.dst, &inv.guest) {
         Ok(Some(s)) if s.is_active() => v.passed.push(format!(
