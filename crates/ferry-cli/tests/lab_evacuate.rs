@@ -38,11 +38,6 @@ fn evacuate_args(inv: &str) -> Vec<&str> {
     ]
 }
 
-fn domstate_of(uri: &str, guest: &str) -> String {
-    let (_, out, _) = virsh(uri, &["domstate", guest]);
-    out.trim().to_string()
-}
-
 fn uri(host: &str) -> &'static str {
     match host {
         "h1" => H1,
@@ -100,7 +95,7 @@ fn assert_emptied(result: &serde_json::Value, offline: bool) {
 
 #[test]
 fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
-    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let the_lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
     let inv = inventory();
     // The dry run: every running guest placed, the shut-off one listed, nothing moved.
     let mut dry = evacuate_args(&inv);
@@ -158,7 +153,7 @@ fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
         .find(|g| g["guest"] == "lab-idle")
         .unwrap();
     let to = idle["target"].as_str().unwrap();
-    assert_eq!(domstate_of(uri(to), "lab-idle"), "shut off");
+    assert_eq!(state_of(uri(to), "lab-idle"), "shut off");
     let (_, xml, _) = virsh(uri(to), &["dumpxml", "--inactive", "lab-idle"]);
     let shared = if to == "h2" {
         "/mnt/nfs_second_mount/idle.img"
@@ -175,13 +170,26 @@ fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
         &format!("sha256sum < /var/lib/ferry-lab/{to}/store/lab-idle-vdb.img | cut -d' ' -f1"),
     ]));
     assert_eq!(got.trim(), want.trim(), "lab-idle's vdb on {to}");
-    // Each migration's bandwidth was its share of h1's link.
-    assert!(
-        out.lines()
-            .filter(|l| l.contains("\"event\":\"started\""))
-            .all(|l| l.contains("\"bandwidth_mib\":")),
-        "{out}"
-    );
+    // Each migration's bandwidth (lab-idle's cold copy too) was its share of the links: every
+    // link is LINK_MIB, split equally between the moves on its busier end (1 to 4 of them).
+    let link: u64 = LINK_MIB.parse().unwrap();
+    let caps: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains("\"event\":\"started\""))
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["bandwidth_mib"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no bandwidth set: {l}"))
+        })
+        .collect();
+    assert_eq!(caps.len(), GUESTS.len() + 1, "{out}");
+    for cap in &caps {
+        assert!(
+            (1..=4).any(|k| *cap == link / k),
+            "{cap} MiB/s is no share of h1's {link} MiB/s: {caps:?}"
+        );
+    }
     // The journal: the evacuation ended, with one run per guest.
     let (code, hist, _) = ferry(&["history", "--journal", JOURNAL]);
     assert_eq!(code, 0);
@@ -193,14 +201,17 @@ fn evacuate_empties_h1_onto_h2_and_h3_and_every_guest_is_intact() {
             .any(|l| l.starts_with("evacuation #1 of h1: emptied")),
         "{hist}"
     );
-    let (_, again, _) = ferry(&evacuate_args(&inv));
+    let (code, again, err) = ferry(&evacuate_args(&inv));
+    assert_eq!(code, 0, "an emptied host: exit 0\n{again}\n{err}");
     let again = result(&again);
     assert_eq!(again["outcome"], "emptied", "nothing left to move: {again}");
+    drop(the_lab);
+    assert_lab_gone();
 }
 
 #[test]
 fn a_target_qemu_killed_mid_copy_sends_that_guest_to_the_other_host() {
-    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let the_lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
     let inv = inventory();
     let mut run = Running::spawn(&evacuate_args(&inv));
     // The first migration (the largest copy, lab-guest3) is copying its disk: kill its QEMU on
@@ -239,6 +250,8 @@ fn a_target_qemu_killed_mid_copy_sends_that_guest_to_the_other_host() {
             assert_eq!(g["attempts"], 1, "the others are not affected: {g}");
         }
     }
+    drop(the_lab);
+    assert_lab_gone();
 }
 
 fn sigint(pid: u32) {
@@ -278,7 +291,7 @@ fn outcome_of<'a>(r: &'a serde_json::Value, guest: &str) -> &'a serde_json::Valu
 /// intact, and nothing is left to recover.
 #[test]
 fn ctrl_c_once_lets_the_running_migration_finish_twice_aborts_it() {
-    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let the_lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
     let inv = inventory();
 
     let (mut run, first) = evacuation_copying(&inv);
@@ -360,13 +373,15 @@ fn ctrl_c_once_lets_the_running_migration_finish_twice_aborts_it() {
             == 2,
         "{hist}"
     );
+    drop(the_lab);
+    assert_lab_gone();
 }
 
 /// Ferry SIGKILLed mid-evacuation: libvirt cancels the job whose client went away; `ferry
 /// recover` rolls that migration back and ends the evacuation in the journal.
 #[test]
 fn an_evacuation_whose_ferry_was_killed_is_ended_by_recover() {
-    let _lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
+    let the_lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", RATE]);
     let inv = inventory();
     let (run, guest) = evacuation_copying(&inv);
     let target = {
@@ -384,7 +399,7 @@ fn an_evacuation_whose_ferry_was_killed_is_ended_by_recover() {
     wait_until(
         "the job on the target ends after its client is gone",
         Duration::from_secs(60),
-        || domstate_of(uri(&target), &guest).is_empty(),
+        || state_of(uri(&target), &guest).is_empty(),
     );
     wait_until(
         "the job on h1 ends: its migration stream is gone",
@@ -426,4 +441,6 @@ fn an_evacuation_whose_ferry_was_killed_is_ended_by_recover() {
             .any(|l| l.starts_with("evacuation #1 of h1: interrupted")),
         "{hist}"
     );
+    drop(the_lab);
+    assert_lab_gone();
 }

@@ -20,7 +20,7 @@ use common::*;
 
 /// One row of the table.
 struct Row {
-    case: &'static str,
+    case: String,
     injected: String,
     guest: String,
     vdb: String,
@@ -45,7 +45,7 @@ impl Report {
         let journal = what_the_journal_says(&guest);
         eprintln!("case {case}: guest on {guest}; {vdb}; {left}; journal {journal}");
         self.rows.push(Row {
-            case,
+            case: case.to_string(),
             injected: injected.to_string(),
             guest,
             vdb,
@@ -210,7 +210,7 @@ fn wait_h2_answers_and_holds_no_guest() {
 // ---------------------------------------------------------------------------------------------
 // The cases.
 
-/// 1, 2, 13: what cannot work is refused before anything moves.
+/// 1, 2, 13a-d: what cannot work is refused before anything moves.
 fn refused_before_anything_moves(r: &mut Report) {
     let the_lab = Lab::up(&[]);
     let t = Instant::now();
@@ -257,6 +257,13 @@ fn refused_before_anything_moves(r: &mut Report) {
         err.contains(bad_inventory) && err.contains("line 3"),
         "the inventory's error names neither the file nor the line: {err}"
     );
+    r.settled(
+        "13a",
+        "malformed inventory (named with its file and line)",
+        &the_lab,
+        t,
+    );
+    let t = Instant::now();
     let bad_rules = "/var/lib/ferry-lab/bad-rules.toml";
     std::fs::write(bad_rules, "[[map]]\nfrom = \"/mnt/nfs\"\nto = 5\n").unwrap();
     let (code, _, err) = migrate(&["--rules", bad_rules]);
@@ -265,6 +272,13 @@ fn refused_before_anything_moves(r: &mut Report) {
         err.contains(bad_rules) && err.contains("line 3"),
         "the rules' error names neither the file nor the line: {err}"
     );
+    r.settled(
+        "13b",
+        "malformed rules file (named with its file and line)",
+        &the_lab,
+        t,
+    );
+    let t = Instant::now();
     let bad_xml = "/var/lib/ferry-lab/bad-domain.xml";
     std::fs::write(
         bad_xml,
@@ -277,18 +291,20 @@ fn refused_before_anything_moves(r: &mut Report) {
         err.contains(bad_xml) && err.contains("line 4"),
         "the XML's error names neither the file nor the line: {err}"
     );
+    r.settled(
+        "13c",
+        "malformed domain XML (named with its file and line)",
+        &the_lab,
+        t,
+    );
+    let t = Instant::now();
     let (code, _, err) = migrate(&["--bandwidth", "fast"]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("invalid value 'fast' for '--bandwidth <MiB/s>'"),
         "{err}"
     );
-    r.settled(
-        "13",
-        "malformed inventory, rules, domain XML, flag (each named with its line)",
-        &the_lab,
-        t,
-    );
+    r.settled("13d", "malformed flag (--bandwidth fast)", &the_lab, t);
     drop(the_lab);
     assert_lab_gone();
 }
@@ -343,11 +359,23 @@ fn target_libvirtd_killed(r: &mut Report) {
         out.contains("the guest keeps running on the source"),
         "{out}"
     );
+    // The target did not answer: Ferry could not delete what it had created there, and says
+    // who will.
+    assert!(
+        out.contains("could NOT delete /srv/ferry-store/vdb.raw"),
+        "{out}"
+    );
+    assert!(out.contains("ferry recover"), "{out}");
     assert_eq!(domstate(H1), "running");
     let (ok, _, e) = lab(&["libvirtd", "h2", "start"]);
     assert!(ok, "{e}");
     wait_h2_answers_and_holds_no_guest();
+    assert_eq!(store("h2"), vec!["vdb.raw"], "left for recover");
     let out = recover();
+    assert!(
+        out.contains("delete /srv/ferry-store/vdb.raw on qemu+tcp://10.77.0.2/system: done"),
+        "{out}"
+    );
     assert!(store("h2").is_empty(), "{out}");
     r.settled(
         "5",
@@ -632,7 +660,10 @@ fn hard_writing_guest(r: &mut Report) {
 type Case = fn(&mut Report);
 
 const CASES: &[(&[&str], Case)] = &[
-    (&["1", "2", "13"], refused_before_anything_moves),
+    (
+        &["1", "2", "13a", "13b", "13c", "13d"],
+        refused_before_anything_moves,
+    ),
     (&["3"], |r| {
         link_cut(
             r,
@@ -725,22 +756,29 @@ fn main() {
                 .collect();
             let line = PANICKED_AT.lock().ok().and_then(|at| *at).unwrap_or(0);
             let why = format!("lab_faults.rs line {line}: {first}");
-            for row in &mut report.rows[before..] {
-                row.failed = Some(why.clone());
-            }
-            for id in ids.iter() {
-                if !report.rows[before..].iter().any(|r| r.case == *id) {
-                    report.rows.push(Row {
-                        case: id,
-                        injected: String::new(),
-                        guest: String::new(),
-                        vdb: String::new(),
-                        left: String::new(),
-                        journal: String::new(),
-                        time: t.elapsed(),
-                        failed: Some(why.clone()),
-                    });
-                }
+            // The rows already settled passed their checks: the failure belongs to the cases
+            // that have no row yet, or, when every case has one, to the case's teardown.
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !report.rows[before..].iter().any(|r| r.case == **id))
+                .map(|id| id.to_string())
+                .collect();
+            let failed = if missing.is_empty() {
+                vec![format!("{} (teardown)", ids.join(", "))]
+            } else {
+                missing
+            };
+            for case in failed {
+                report.rows.push(Row {
+                    case,
+                    injected: String::new(),
+                    guest: String::new(),
+                    vdb: String::new(),
+                    left: String::new(),
+                    journal: String::new(),
+                    time: t.elapsed(),
+                    failed: Some(why.clone()),
+                });
             }
         }
         eprintln!(
@@ -753,6 +791,18 @@ fn main() {
             },
             t.elapsed()
         );
+    }
+    if report.rows.is_empty() {
+        eprintln!(
+            "lab_faults: no case matches {only:?} (cases: {})",
+            CASES
+                .iter()
+                .flat_map(|(ids, _)| ids.iter())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        std::process::exit(1);
     }
     println!(
         "\nThe fault matrix ({:.0?} in all; time: from the fault to the row's check)\n",

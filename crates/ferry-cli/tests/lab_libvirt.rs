@@ -103,10 +103,7 @@ fn lab_up_virsh_migrate_verify_down() {
     assert!(ok, "qemu-img check: {out}{err}");
 
     // The persistent definition on h2 has the new paths: it cold-starts.
-    assert!(virsh(H2, &["destroy", GUEST]).0);
-    let (ok, _, err) = virsh(H2, &["start", GUEST]);
-    assert!(ok, "cold start on h2 from the persistent definition: {err}");
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    cold_start("h2", H2);
     lab.verify_guest("h2");
 
     let _ = std::fs::remove_dir_all(&dir);

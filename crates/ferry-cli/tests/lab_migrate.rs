@@ -46,10 +46,7 @@ fn seed_migration_copies_only_vdb_and_the_guest_cold_starts_on_the_target() {
         "{v}"
     );
     // The persistent definition on h2 has the new paths: a cold start works.
-    assert!(virsh(H2, &["destroy", GUEST]).0);
-    let (ok, _, e) = virsh(H2, &["start", GUEST]);
-    assert!(ok, "cold start on h2: {e}");
-    std::thread::sleep(Duration::from_secs(8));
+    cold_start("h2", H2);
     lab.verify_guest("h2");
     let (code, hist, _) = ferry(&["history", "--journal", JOURNAL, "--last", "1"]);
     assert_eq!(code, 0);

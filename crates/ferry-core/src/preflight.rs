@@ -12,9 +12,75 @@ use crate::domain::{DiskSource, DiskType};
 use crate::facts::{DomainState, MigrationFacts, PathKind, PoolKind};
 use crate::plan::{Decision, Destination, Plan};
 
+/// Why preflight refuses: one stable code per check, for scripts and tests (JSON carries it as
+/// `code`), the prose beside it for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// A cold move of a guest that is not shut off.
+    SourceNotShutOff,
+    /// A live migration of a guest that is not running (or paused) on the source.
+    SourceNotRunning,
+    /// A domain of the guest's name exists on the target.
+    OnTarget,
+    /// The target reports the source's host UUID.
+    SameHost,
+    /// The source could not give a disk's size.
+    DiskSizeUnknown,
+    /// A shared disk's path does not exist on the target.
+    SharedPathMissing,
+    /// A shared disk's path on the target has another size: not the same data.
+    SharedSizeMismatch,
+    /// A copy's destination is not a file or block device path.
+    DestNotPath,
+    /// A copy's destination is used by another domain on the target.
+    DestInUse,
+    /// The target was not asked about a copy's destination (a bug).
+    NotProbed,
+    /// A copy's destination is a file where the plan writes a block device, or the reverse.
+    KindMismatch,
+    /// A copy's destination is smaller than the disk.
+    TooSmall,
+    /// A copy's destination is larger than the disk (and no slice can be used).
+    TooLarge,
+    /// A disk in another format than raw onto a block device.
+    FormatOnBlock,
+    /// A block device destination that does not exist and cannot be created.
+    BlockMissing,
+    /// A file destination whose directory does not exist.
+    DirMissing,
+    /// Not enough room in the destination's directory.
+    NoRoom,
+}
+
+impl ProblemCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SourceNotShutOff => "source_not_shut_off",
+            Self::SourceNotRunning => "source_not_running",
+            Self::OnTarget => "on_target",
+            Self::SameHost => "same_host",
+            Self::DiskSizeUnknown => "disk_size_unknown",
+            Self::SharedPathMissing => "shared_path_missing",
+            Self::SharedSizeMismatch => "shared_size_mismatch",
+            Self::DestNotPath => "dest_not_path",
+            Self::DestInUse => "dest_in_use",
+            Self::NotProbed => "not_probed",
+            Self::KindMismatch => "kind_mismatch",
+            Self::TooSmall => "too_small",
+            Self::TooLarge => "too_large",
+            Self::FormatOnBlock => "format_on_block",
+            Self::BlockMissing => "block_missing",
+            Self::DirMissing => "dir_missing",
+            Self::NoRoom => "no_room",
+        }
+    }
+}
+
 /// One reason the migration cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    pub code: ProblemCode,
     pub host: String,
     pub disk: Option<String>,
     pub path: Option<String>,
@@ -31,7 +97,7 @@ impl std::fmt::Display for Problem {
         if let Some(p) = &self.path {
             write!(f, ", {p}")?;
         }
-        write!(f, ": {} — {}", self.what, self.fix)
+        write!(f, ": {} [{}] — {}", self.what, self.code.as_str(), self.fix)
     }
 }
 
@@ -137,14 +203,19 @@ fn kind_name(k: PathKind) -> &'static str {
 pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
     let mut c = Checked::default();
     let (src, dst, guest) = (&f.source_uri, &f.target_uri, &f.guest);
-    let problem =
-        |host: &str, disk: Option<&str>, path: Option<&str>, what: String, fix: String| Problem {
-            host: host.to_string(),
-            disk: disk.map(str::to_string),
-            path: path.map(str::to_string),
-            what,
-            fix,
-        };
+    let problem = |code: ProblemCode,
+                   host: &str,
+                   disk: Option<&str>,
+                   path: Option<&str>,
+                   what: String,
+                   fix: String| Problem {
+        code,
+        host: host.to_string(),
+        disk: disk.map(str::to_string),
+        path: path.map(str::to_string),
+        what,
+        fix,
+    };
 
     // The guest runs on the source (shut off there, for a cold move) and not on the target.
     match f.source_state {
@@ -152,6 +223,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
             .passed
             .push(format!("{src}: {guest} is shut off (a cold move)")),
         s if f.cold => c.problems.push(problem(
+            ProblemCode::SourceNotShutOff,
             src,
             None,
             None,
@@ -165,6 +237,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
             .passed
             .push(format!("{src}: {guest} is {}", state_name(Some(s)))),
         s => c.problems.push(problem(
+            ProblemCode::SourceNotRunning,
             src,
             None,
             None,
@@ -174,6 +247,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
     }
     if let Some(s) = f.target_state {
         c.problems.push(problem(
+            ProblemCode::OnTarget,
             dst,
             None,
             None,
@@ -186,6 +260,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
     }
     if f.source_uuid.is_some() && f.source_uuid == f.target_uuid {
         c.problems.push(problem(
+            ProblemCode::SameHost,
             dst,
             None,
             None,
@@ -202,6 +277,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
         let size = f.disk_sizes.get(disk);
         let no_size = || {
             problem(
+                ProblemCode::DiskSizeUnknown,
                 src,
                 Some(disk),
                 None,
@@ -218,6 +294,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                 };
                 let Some(info) = f.probes.get(dest).and_then(|p| p.info.as_ref()) else {
                     c.problems.push(problem(
+                        ProblemCode::SharedPathMissing,
                         dst,
                         Some(disk),
                         Some(dest),
@@ -232,6 +309,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                 };
                 if info.capacity != size.capacity {
                     c.problems.push(problem(
+                        ProblemCode::SharedSizeMismatch,
                         dst,
                         Some(disk),
                         Some(dest),
@@ -262,6 +340,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                     Some(DiskSource::Path { path }) => path.clone(),
                     _ => {
                         c.problems.push(problem(
+                            ProblemCode::DestNotPath,
                             dst,
                             Some(disk),
                             None,
@@ -278,6 +357,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                 let format = d.format.clone().unwrap_or_else(|| "raw".into());
                 if let Some((_, user)) = f.in_use.iter().find(|(p, _)| *p == dest) {
                     c.problems.push(problem(
+                        ProblemCode::DestInUse,
                         dst,
                         Some(disk),
                         Some(&dest),
@@ -288,6 +368,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                 }
                 let Some(probe) = f.probes.get(&dest) else {
                     c.problems.push(problem(
+                        ProblemCode::NotProbed,
                         dst,
                         Some(disk),
                         Some(&dest),
@@ -302,6 +383,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                         let is_block = info.kind == PathKind::Block;
                         if is_block != want_block {
                             c.problems.push(problem(
+                                ProblemCode::KindMismatch,
                                 dst,
                                 Some(disk),
                                 Some(&dest),
@@ -314,6 +396,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                             ));
                         } else if info.capacity < size.capacity {
                             c.problems.push(problem(
+                                ProblemCode::TooSmall,
                                 dst,
                                 Some(disk),
                                 Some(&dest),
@@ -334,6 +417,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                             ));
                         } else if info.capacity > size.capacity {
                             c.problems.push(problem(
+                                ProblemCode::TooLarge,
                                 dst,
                                 Some(disk),
                                 Some(&dest),
@@ -348,6 +432,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                             ));
                         } else if is_block && format != "raw" {
                             c.problems.push(problem(
+                                ProblemCode::FormatOnBlock,
                                 dst,
                                 Some(disk),
                                 Some(&dest),
@@ -363,6 +448,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                         }
                     }
                     None if want_block && probe.parent_pool != Some(PoolKind::Logical) => c.problems.push(problem(
+                        ProblemCode::BlockMissing,
                         dst,
                         Some(disk),
                         Some(&dest),
@@ -370,6 +456,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                         "create it on the target (a namespace, an LV) at the disk's exact size, or copy to a file".into(),
                     )),
                     None if !probe.parent_exists => c.problems.push(problem(
+                        ProblemCode::DirMissing,
                         dst,
                         Some(disk),
                         Some(&dest),
@@ -385,6 +472,7 @@ pub fn check(plan: &Plan, f: &MigrationFacts) -> Checked {
                         };
                         match probe.parent_free {
                             Some(free) if free < need => c.problems.push(problem(
+                                ProblemCode::NoRoom,
                                 dst,
                                 Some(disk),
                                 Some(&dest),
@@ -755,6 +843,125 @@ mod tests {
         assert!(one.contains("the target is too small"), "{one}");
         assert!(one.contains("give a target of exactly"), "{one}");
         assert!(one.contains("/dev/n6"), "{one}");
+    }
+
+    fn codes(c: &Checked) -> Vec<ProblemCode> {
+        c.problems.iter().map(|p| p.code).collect()
+    }
+
+    #[test]
+    fn a_shared_image_of_another_size_is_not_the_same_data() {
+        let mut f = facts();
+        for (cap, want) in [
+            (32 * MIB + 1, vec![ProblemCode::SharedSizeMismatch]),
+            (32 * MIB - 1, vec![ProblemCode::SharedSizeMismatch]),
+            (32 * MIB, vec![]),
+        ] {
+            f.probes
+                .insert("/mnt/b/a.img".into(), probe(PathKind::File, cap));
+            let (_, c) = judge("vdb=/dev/n5", &f);
+            assert_eq!(codes(&c), want, "{cap}");
+        }
+        let p = &judge("vdb=/dev/n5", &{
+            f.probes
+                .insert("/mnt/b/a.img".into(), probe(PathKind::File, 1));
+            f
+        })
+        .1
+        .problems[0];
+        assert_eq!(
+            (p.host.as_str(), p.disk.as_deref(), p.path.as_deref()),
+            ("h2", Some("vda"), Some("/mnt/b/a.img"))
+        );
+    }
+
+    #[test]
+    fn a_copy_onto_the_other_kind_of_target_is_refused() {
+        let mut f = facts();
+        // A block disk planned onto a path that is a file on the target, and the reverse.
+        f.probes
+            .insert("/dev/n5".into(), probe(PathKind::File, 64 * MIB));
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        assert_eq!(codes(&c), vec![ProblemCode::KindMismatch]);
+        f.probes
+            .insert("/srv/s/x.raw".into(), probe(PathKind::Block, 64 * MIB));
+        let (_, c) = judge("vdb=/srv/s/x.raw", &f);
+        assert_eq!(codes(&c), vec![ProblemCode::KindMismatch]);
+        // The same kind passes.
+        f.probes
+            .insert("/srv/s/x.raw".into(), probe(PathKind::File, 64 * MIB));
+        assert!(codes(&judge("vdb=/srv/s/x.raw", &f).1).is_empty());
+    }
+
+    #[test]
+    fn a_qcow2_disk_onto_a_block_device_is_refused_a_raw_one_is_not() {
+        let mut f = facts();
+        f.probes
+            .insert("/dev/n9".into(), probe(PathKind::Block, 32 * MIB));
+        let r = Rules {
+            map: vec![],
+            copy: vec![
+                "vda=/dev/n9".parse().unwrap(),
+                "vdb=/dev/n5".parse().unwrap(),
+            ],
+        };
+        let p = plan(GUEST, None, "h2", &r, &MigrationOptions::default()).unwrap();
+        let c = check(&p, &f);
+        assert_eq!(codes(&c), vec![ProblemCode::FormatOnBlock]);
+        assert_eq!(c.problems[0].disk.as_deref(), Some("vda"));
+    }
+
+    #[test]
+    fn a_copy_whose_destination_is_not_a_path_is_refused() {
+        let (mut p, c) = judge("vdb=/dev/n5", &facts());
+        assert!(c.problems.is_empty());
+        p.disks[1].dest_source = Some(DiskSource::Volume {
+            pool: "p".into(),
+            volume: "v".into(),
+            mode: None,
+        });
+        assert_eq!(codes(&check(&p, &facts())), vec![ProblemCode::DestNotPath]);
+    }
+
+    #[test]
+    fn a_paused_guest_migrates_live_a_shut_off_or_missing_one_does_not() {
+        let mut f = facts();
+        for (state, want) in [
+            (Some(DomainState::Running), vec![]),
+            (Some(DomainState::Paused), vec![]),
+            (
+                Some(DomainState::ShutOff),
+                vec![ProblemCode::SourceNotRunning],
+            ),
+            (None, vec![ProblemCode::SourceNotRunning]),
+        ] {
+            f.source_state = state;
+            assert_eq!(codes(&judge("vdb=/dev/n5", &f).1), want, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_of_the_seed_carries_its_code() {
+        let mut f = facts();
+        f.probes.remove("/mnt/b/a.img");
+        f.in_use.push(("/dev/n5".into(), "other".into()));
+        f.target_state = Some(DomainState::ShutOff);
+        f.target_uuid = Some("u1".into());
+        let (_, c) = judge("vdb=/dev/n5", &f);
+        assert_eq!(
+            codes(&c),
+            vec![
+                ProblemCode::OnTarget,
+                ProblemCode::SameHost,
+                ProblemCode::SharedPathMissing,
+                ProblemCode::DestInUse
+            ]
+        );
+        let json = serde_json::to_value(&c.problems[0]).unwrap();
+        assert_eq!(json["code"], "on_target");
+        for p in &c.problems {
+            assert_eq!(serde_json::to_value(p.code).unwrap(), p.code.as_str());
+        }
     }
 
     #[test]

@@ -144,6 +144,15 @@ struct State {
     fail_to: Vec<String>,
     /// Definitions on these hosts take effect, but the reply is lost (an error).
     define_reply_lost: Vec<String>,
+    /// Calls that fail before taking effect: volume creations at these paths, definitions
+    /// and undefinitions on these hosts.
+    fail_create: Vec<String>,
+    /// Connections to these hosts take this long to open (a host that accepts and is silent).
+    slow_connect: Vec<(String, std::time::Duration)>,
+    /// Connections being opened, since when.
+    connecting: Vec<(String, std::time::Instant)>,
+    fail_define: Vec<String>,
+    fail_undefine: Vec<String>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -203,6 +212,26 @@ impl Fake {
         self.lock().define_reply_lost.push(uri.to_string());
     }
 
+    /// Opening a connection to `uri` takes `wait` (and says so through `waiting_on`).
+    pub fn slow_connect(&self, uri: &str, wait: std::time::Duration) {
+        self.lock().slow_connect.push((uri.to_string(), wait));
+    }
+
+    /// Creating a volume at `path` fails (on any host), creating nothing.
+    pub fn fail_creating(&self, path: &str) {
+        self.lock().fail_create.push(path.to_string());
+    }
+
+    /// Defining a domain on `uri` fails, defining nothing.
+    pub fn fail_defines_on(&self, uri: &str) {
+        self.lock().fail_define.push(uri.to_string());
+    }
+
+    /// Undefining a domain on `uri` fails, leaving it defined.
+    pub fn fail_undefines_on(&self, uri: &str) {
+        self.lock().fail_undefine.push(uri.to_string());
+    }
+
     pub fn fail_connect(&self, uri: &str) {
         self.lock().fail_connect.push(uri.to_string());
     }
@@ -253,6 +282,19 @@ fn no_domain(uri: &str, name: &str) -> HvError {
 
 impl Hypervisor for Fake {
     fn connect(&self, uri: &str) -> Result<HostId, HvError> {
+        let slow = self
+            .lock()
+            .slow_connect
+            .iter()
+            .find(|(u, _)| u == uri)
+            .map(|(_, w)| *w);
+        if let Some(wait) = slow {
+            self.lock()
+                .connecting
+                .push((uri.to_string(), std::time::Instant::now()));
+            std::thread::sleep(wait);
+            self.lock().connecting.retain(|(u, _)| u != uri);
+        }
         let mut s = self.lock();
         s.calls.push(Call::Connect(uri.to_string()));
         if s.fail_connect.iter().any(|u| u == uri) || !s.hosts.contains_key(uri) {
@@ -267,6 +309,14 @@ impl Hypervisor for Fake {
 
     fn uri(&self, host: HostId) -> String {
         self.lock().uris[host.0].clone()
+    }
+
+    fn waiting_on(&self) -> Vec<(String, std::time::Duration)> {
+        self.lock()
+            .connecting
+            .iter()
+            .map(|(u, t)| (u.clone(), t.elapsed()))
+            .collect()
     }
 
     fn host_facts(&self, host: HostId) -> Result<HostFacts, HvError> {
@@ -354,6 +404,7 @@ impl Hypervisor for Fake {
         capacity: u64,
         format: &str,
     ) -> Result<(), HvError> {
+        let injected = self.lock().fail_create.iter().any(|p| p == path);
         self.with_host(host, |h, uri, calls| {
             calls.push(Call::CreateVolume {
                 host: uri.to_string(),
@@ -361,6 +412,14 @@ impl Hypervisor for Fake {
                 capacity,
                 format: format.to_string(),
             });
+            if injected {
+                return Err(HvError::Libvirt {
+                    host: uri.into(),
+                    what: "creating".into(),
+                    message: "injected failure".into(),
+                    code: 0,
+                });
+            }
             if h.paths.contains_key(path) {
                 return Err(HvError::Libvirt {
                     host: uri.into(),
@@ -616,6 +675,14 @@ impl Hypervisor for Fake {
             host: uri.clone(),
             name: name.to_string(),
         });
+        if s.fail_undefine.contains(&uri) {
+            return Err(HvError::Libvirt {
+                host: uri,
+                what: "undefining the domain".into(),
+                message: "injected failure".into(),
+                code: 0,
+            });
+        }
         if let Some(h) = s.hosts.get_mut(&uri) {
             if h.domains.get(name).is_some_and(|d| !d.state.is_active()) {
                 h.domains.remove(name);
@@ -639,6 +706,14 @@ impl Hypervisor for Fake {
             host: uri.clone(),
             name: name.clone(),
         });
+        if s.fail_define.contains(&uri) {
+            return Err(HvError::Libvirt {
+                host: uri,
+                what: "defining the domain".into(),
+                message: "injected failure".into(),
+                code: 0,
+            });
+        }
         if let Some(h) = s.hosts.get_mut(&uri) {
             h.domains.insert(
                 name,

@@ -63,10 +63,10 @@ pub(crate) fn finish(
             guest: inv.guest.clone(),
             cause: Box::new(cause),
             location: GuestLocation::Unknown,
-            cleanup: vec![format!(
-                "left {}'s definition on {} and the copies in place: inspect both hosts",
-                inv.guest, inv.dst_uri
-            )],
+            cleanup: vec![rollback::Cleanup::DefinitionLeft {
+                host: inv.dst_uri.clone(),
+                guest: inv.guest.clone(),
+            }],
         });
     }
     ctx.enter(
@@ -158,10 +158,7 @@ fn undo(ctx: &mut Ctx, created: &[CreatedVolume], cause: Cause) -> MigrateError 
         let _ = journal.finish(run, RunOutcome::Failed, &text);
         (
             GuestLocation::Unknown,
-            created
-                .iter()
-                .map(|v| format!("left {} on {} in place", v.path, inv.dst_uri))
-                .collect(),
+            rollback::left(inv, created, rollback::LeftBecause::GuestNotOnSource),
         )
     };
     MigrateError::Failed {

@@ -541,8 +541,8 @@ impl Flow<'_> {
                         inv,
                         reporter: &mut *self.reporter,
                     };
-                    for line in rollback::delete_created(&ctx, provisioned) {
-                        self.note(line);
+                    for done in rollback::delete_created(&ctx, provisioned) {
+                        self.note(done.to_string());
                     }
                     if let Err(e) = self.journal.finish(
                         run,
@@ -599,7 +599,7 @@ impl Flow<'_> {
             Ok(c) => Ok([provisioned, c].concat()),
             Err((e, made)) => {
                 let created = [provisioned, made].concat();
-                Err(rollback::after_failure(&mut ctx, &created, e.into(), None))
+                Err(rollback::after_failure(&mut ctx, &created, e.into(), false))
             }
         }
     }
@@ -671,8 +671,7 @@ fn live(
         }
     }
     if loc != GuestLocation::Target || j.unfinished {
-        let keep = j.unfinished.then_some("libvirt's job has not ended");
-        return Err(rollback::after_failure(ctx, created, cause, keep));
+        return Err(rollback::after_failure(ctx, created, cause, j.unfinished));
     }
     ctx.note(format!(
         "libvirt reported an error ({}), but the guest runs on {}: verifying",
@@ -711,7 +710,7 @@ fn verify_run(
         let _ = ctx.journal.finish(
             ctx.run,
             RunOutcome::MigratedUnverified,
-            &format!("verify: {}", v.problems.join("; ")),
+            &format!("verify: {}", crate::problems_text(&v.problems)),
         );
         return Err(MigrateError::VerifyFailed {
             problems: v.problems,

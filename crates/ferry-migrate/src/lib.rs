@@ -174,7 +174,7 @@ pub enum MigrateError {
         #[source]
         cause: Box<Cause>,
         location: GuestLocation,
-        cleanup: Vec<String>,
+        cleanup: Vec<rollback::Cleanup>,
     },
     /// A step that only reads the hosts was stopped: nothing was created or moved.
     #[error(
@@ -195,9 +195,9 @@ pub enum MigrateError {
         guest: String,
         ranking: ferry_core::placement::Ranking,
     },
-    #[error("the guest runs on the target, but verification found: {}", .problems.join("; "))]
+    #[error("the guest runs on the target, but verification found: {}", problems_text(.problems))]
     VerifyFailed {
-        problems: Vec<String>,
+        problems: Vec<verify::VerifyProblem>,
         summary: Box<Summary>,
     },
 }
@@ -224,13 +224,21 @@ fn no_target_text(guest: &str, r: &ferry_core::placement::Ranking) -> String {
     s
 }
 
-fn failure_text(guest: &str, loc: &GuestLocation, cleanup: &[String]) -> String {
+fn failure_text(guest: &str, loc: &GuestLocation, cleanup: &[rollback::Cleanup]) -> String {
     let mut s = format!("migration of {guest} failed; the guest {loc}");
     for c in cleanup {
-        s.push_str("\n  ");
-        s.push_str(c);
+        s.push_str(&format!("\n  {c}"));
     }
     s
+}
+
+/// Verification's problems, on one line.
+pub fn problems_text(problems: &[verify::VerifyProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn waiting_text(waiting: &[String]) -> String {

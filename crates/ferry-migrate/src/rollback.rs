@@ -75,27 +75,125 @@ pub fn locate(hv: &dyn Hypervisor, inv: &GuestOnHosts) -> GuestLocation {
     }
 }
 
+/// Why a volume Ferry created was left in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftBecause {
+    /// libvirt's job had not ended: the guest may still be moving onto it.
+    JobRunning,
+    /// The guest is not safely on the source: the volume may be its disk.
+    GuestNotOnSource,
+}
+
+/// One thing a rollback did, or left, for the operator (and JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cleanup", rename_all = "snake_case")]
+pub enum Cleanup {
+    /// Ferry had created nothing on the target.
+    NothingCreated { host: String },
+    /// Deleted, through whoever had made it, and journaled.
+    Deleted { host: String, path: String },
+    /// The deletion failed: the volume is journaled, for `ferry recover`.
+    NotDeleted {
+        host: String,
+        path: String,
+        error: String,
+    },
+    /// Kept, and why.
+    Left {
+        host: String,
+        path: String,
+        because: LeftBecause,
+    },
+    /// libvirt's job had not ended when Ferry stopped waiting: watch it.
+    JobNotEnded { host: String, guest: String },
+    /// The guest was defined on the target and its place could not be confirmed: nothing was
+    /// deleted.
+    DefinitionLeft { host: String, guest: String },
+    /// The run stays open: `ferry recover` resumes the failed post-copy.
+    RunOpen { run: ferry_journal::RunId },
+}
+
+impl std::fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NothingCreated { host } => write!(f, "Ferry had created nothing on {host}"),
+            Self::Deleted { host, path } => {
+                write!(f, "deleted {path} on {host} (Ferry had created it)")
+            }
+            Self::NotDeleted { host, path, error } => write!(
+                f,
+                "could NOT delete {path} on {host}: {error}; remove it by hand, or run `ferry \
+                 recover` later"
+            ),
+            Self::Left {
+                host,
+                path,
+                because: LeftBecause::JobRunning,
+            } => write!(
+                f,
+                "left {path} on {host} in place; once the job has ended and the guest runs on \
+                 the source, `ferry recover` deletes it"
+            ),
+            Self::Left {
+                host,
+                path,
+                because: LeftBecause::GuestNotOnSource,
+            } => write!(
+                f,
+                "left {path} on {host} in place: the guest is not safely on the source"
+            ),
+            Self::JobNotEnded { host, guest } => write!(
+                f,
+                "libvirt's job has not ended: watch it with virsh -c {host} domjobinfo {guest}"
+            ),
+            Self::DefinitionLeft { host, guest } => write!(
+                f,
+                "left {guest}'s definition on {host} and the copies in place: inspect both hosts"
+            ),
+            Self::RunOpen { run } => write!(
+                f,
+                "the run stays open in the journal: `ferry recover {run}` resumes the post-copy"
+            ),
+        }
+    }
+}
+
 /// Delete what Ferry created on the target, each through whoever made it (libvirt or a hook),
-/// journaling each deletion; a line per volume for the operator.
-pub(crate) fn delete_created(ctx: &Ctx, created: &[CreatedVolume]) -> Vec<String> {
+/// journaling each deletion.
+pub(crate) fn delete_created(ctx: &Ctx, created: &[CreatedVolume]) -> Vec<Cleanup> {
     let inv = ctx.inv;
     created
         .iter()
         .map(|v| {
+            let (host, path) = (inv.dst_uri.clone(), v.path.clone());
             match crate::provision::give_back(ctx.hv.as_ref(), inv.dst, &v.path, &v.provider) {
                 Ok(()) => {
                     let _ = ctx.journal.record_deleted(ctx.run, &inv.dst_uri, &v.path);
-                    format!(
-                        "deleted {} on {} (Ferry had created it)",
-                        v.path, inv.dst_uri
-                    )
+                    Cleanup::Deleted { host, path }
                 }
-                Err(e) => format!(
-                    "could NOT delete {} on {}: {e}; remove it by hand, or run `ferry recover` \
-                     later",
-                    v.path, inv.dst_uri
-                ),
+                Err(e) => Cleanup::NotDeleted {
+                    host,
+                    path,
+                    error: crate::error_chain(&e),
+                },
             }
+        })
+        .collect()
+}
+
+/// What was kept, and why, for each volume.
+pub(crate) fn left(
+    inv: &GuestOnHosts,
+    created: &[CreatedVolume],
+    because: LeftBecause,
+) -> Vec<Cleanup> {
+    created
+        .iter()
+        .map(|v| Cleanup::Left {
+            host: inv.dst_uri.clone(),
+            path: v.path.clone(),
+            because,
         })
         .collect()
 }
@@ -106,47 +204,36 @@ pub(crate) fn after_failure(
     ctx: &mut Ctx,
     created: &[CreatedVolume],
     cause: Cause,
-    keep: Option<&str>,
+    keep_job: bool,
 ) -> MigrateError {
     let text = crate::error_chain(&cause);
     ctx.enter(Step::Rollback, text.clone());
     let (inv, run, journal) = (ctx.inv, ctx.run, ctx.journal);
-    let location = match (locate(ctx.hv.as_ref(), inv), keep) {
-        (GuestLocation::Source, Some(_)) => GuestLocation::Unknown,
-        (l, _) => l,
+    let location = match locate(ctx.hv.as_ref(), inv) {
+        GuestLocation::Source if keep_job => GuestLocation::Unknown,
+        l => l,
     };
     let mut cleanup = Vec::new();
-    if let Some(why) = keep {
-        cleanup.push(format!(
-            "{why}: watch it with virsh -c {} domjobinfo {}",
-            inv.src_uri, inv.guest
-        ));
-        for v in created {
-            cleanup.push(format!(
-                "left {} on {} in place; once the job has ended and the guest runs on the source, `ferry recover` deletes it",
-                v.path, inv.dst_uri
-            ));
-        }
+    if keep_job {
+        cleanup.push(Cleanup::JobNotEnded {
+            host: inv.src_uri.clone(),
+            guest: inv.guest.clone(),
+        });
+        cleanup.extend(left(inv, created, LeftBecause::JobRunning));
     } else if location == GuestLocation::Source {
         if created.is_empty() {
-            cleanup.push(format!("Ferry had created nothing on {}", inv.dst_uri));
+            cleanup.push(Cleanup::NothingCreated {
+                host: inv.dst_uri.clone(),
+            });
         }
         cleanup.extend(delete_created(ctx, created));
     } else {
-        for v in created {
-            cleanup.push(format!(
-                "left {} on {} in place: the guest is not safely on the source",
-                v.path, inv.dst_uri
-            ));
-        }
+        cleanup.extend(left(inv, created, LeftBecause::GuestNotOnSource));
     }
     if location == GuestLocation::PostcopySplit {
         // Not an end: `ferry recover` resumes it.
         let _ = journal.set_phase(run, ferry_journal::RunPhase::PostcopyFailed);
-        cleanup.push(format!(
-            "the run stays open in the journal: `ferry recover {}` resumes the post-copy",
-            run
-        ));
+        cleanup.push(Cleanup::RunOpen { run });
     } else {
         let _ = journal.finish(
             run,

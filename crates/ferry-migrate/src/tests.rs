@@ -368,9 +368,12 @@ fn a_failed_migration_deletes_only_what_ferry_created_and_says_the_guest_stayed(
         panic!("{r:?}")
     };
     assert_eq!(*location, GuestLocation::Source);
-    assert!(
-        cleanup[0].contains("deleted /srv/store/vdb.raw"),
-        "{cleanup:?}"
+    assert_eq!(
+        cleanup[0],
+        rollback::Cleanup::Deleted {
+            host: DST.into(),
+            path: "/srv/store/vdb.raw".into()
+        }
     );
     let calls = mutating(&fake.calls());
     assert_eq!(
@@ -505,11 +508,19 @@ fn a_job_that_outlives_its_abort_is_reported_uncertain_and_nothing_is_deleted() 
         ),
         "{cause:?}"
     );
-    assert!(
-        cleanup
-            .iter()
-            .any(|c| c.contains("left /srv/store/vdb.raw")),
-        "{cleanup:?}"
+    assert_eq!(
+        cleanup,
+        &[
+            rollback::Cleanup::JobNotEnded {
+                host: SRC.into(),
+                guest: "g".into()
+            },
+            rollback::Cleanup::Left {
+                host: DST.into(),
+                path: "/srv/store/vdb.raw".into(),
+                because: rollback::LeftBecause::JobRunning
+            }
+        ]
     );
     assert!(!fake
         .calls()
@@ -611,6 +622,104 @@ fn a_larger_raw_block_device_is_used_through_a_storage_slice() {
         .any(|c| matches!(c, Call::CreateVolume { .. })));
 }
 
+/// While the flow only reads, a host that does not answer, the run's timeout and Ctrl-C end
+/// the run at once, naming the step and the host — and nothing is created or moved.
+#[test]
+fn a_read_only_step_is_stopped_by_a_silent_host_the_timeout_or_ctrl_c() {
+    use std::time::Duration;
+    for (connect_timeout, timeout, cancel, want) in [
+        (
+            Duration::from_millis(300),
+            None,
+            false,
+            StopReason::NoAnswer { within_s: 0 },
+        ),
+        (
+            ANSWER,
+            Some(Duration::from_millis(300)),
+            false,
+            StopReason::TimedOut { after_s: 0 },
+        ),
+        (ANSWER, None, true, StopReason::Cancelled),
+    ] {
+        let fake = lab();
+        fake.slow_connect(DST, Duration::from_secs(3));
+        let mut req = request("vdb=/dev/nvme1n5");
+        req.connect_timeout = connect_timeout;
+        req.timeout = timeout;
+        let journal = Journal::in_memory().unwrap();
+        let t = std::time::Instant::now();
+        let r = run(
+            &hv(&fake),
+            &journal,
+            &req,
+            &mut vec![],
+            &AtomicBool::new(cancel),
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "it did not wait");
+        let Err(MigrateError::Stopped {
+            step,
+            reason,
+            waiting_on,
+        }) = &r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((*step, *reason), (Step::Inventory, want));
+        assert_eq!(waiting_on, &[DST.to_string()]);
+        assert!(r.as_ref().unwrap_err().before_acting());
+        assert!(mutating(&fake.calls()).is_empty());
+    }
+}
+
+/// `ferry migrate` (lock, target, flow): a run stopped while reading ends in the journal,
+/// refused, its lock given back.
+#[test]
+fn a_stopped_migration_is_journaled_refused_and_unlocked() {
+    use crate::target::{HostSpec, SelectRequest};
+    let fake = lab();
+    fake.slow_connect(DST, std::time::Duration::from_secs(2));
+    let journal = Journal::in_memory().unwrap();
+    let ask = Ask {
+        select: SelectRequest {
+            guest: "g".into(),
+            source: HostSpec::uri(SRC),
+            candidates: vec![HostSpec::uri(DST)],
+            rules: request("vdb=/dev/nvme1n5").rules,
+            inventory: None,
+            answer_deadline: ANSWER,
+            explicit: true,
+        },
+        options: MigrationOptions::default(),
+        dry_run: false,
+        cold: false,
+        timeout: None,
+        started: std::time::Instant::now(),
+        abort_grace: ABORT_GRACE,
+    };
+    let r = crate::migrate(
+        &hv(&fake),
+        &journal,
+        &ask,
+        &mut vec![],
+        &AtomicBool::new(true),
+    );
+    assert!(
+        matches!(
+            r,
+            Err(MigrateError::Stopped {
+                step: Step::Target,
+                reason: StopReason::Cancelled,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let row = &journal.runs(1).unwrap()[0];
+    assert_eq!(row.outcome, Some(RunOutcome::Refused));
+    assert_eq!(journal.holder("g").unwrap(), None);
+}
+
 #[test]
 fn dry_run_checks_and_touches_nothing() {
     let fake = lab();
@@ -626,6 +735,77 @@ fn dry_run_checks_and_touches_nothing() {
         .any(|c| c.contains("Ferry will create /srv/store/vdb.raw")));
     assert!(mutating(&fake.calls()).is_empty());
     assert!(journal.runs(10).unwrap().is_empty());
+}
+
+/// A domain defined on the target but never started names the path only in its persistent
+/// definition: that counts as in use, and recover keeps the volume.
+#[test]
+fn recover_keeps_a_volume_only_a_persistent_definition_uses() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/b.raw".into(), file(MIB64, "raw"));
+    h2.domains.insert(
+        "other".into(),
+        FakeDomain {
+            state: DomainState::ShutOff,
+            live_xml: "<domain><name>other</name><devices></devices></domain>".into(),
+            inactive_xml: "<domain><name>other</name><devices><disk type='file'><source file='/srv/store/b.raw'/><target dev='vda'/></disk></devices></domain>".into(),
+            disks: HashMap::new(),
+        },
+    );
+    fake.add_host(DST, h2);
+    journal
+        .record_created(run_id, DST, "/srv/store/b.raw", MIB64)
+        .unwrap();
+    let done = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
+    assert_eq!(
+        done[0].recovery.steps[0],
+        recover::Action::Keep {
+            host: DST.into(),
+            path: "/srv/store/b.raw".into(),
+            why: "domain other uses it".into()
+        }
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+}
+
+/// A volume the journal places on a host other than the run's target (a damaged or foreign
+/// row) is never deleted there: a run creates only on its target.
+#[test]
+fn recover_deletes_only_on_the_runs_target() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    let mut h1 = fake.host_snapshot(SRC);
+    h1.paths
+        .insert("/srv/store/x.raw".into(), file(MIB64, "raw"));
+    fake.add_host(SRC, h1);
+    journal
+        .record_created(run_id, SRC, "/srv/store/x.raw", MIB64)
+        .unwrap();
+    let done = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
+    assert!(
+        matches!(&done[0].recovery.steps[0], recover::Action::Delete { host, .. } if host == SRC),
+        "{:?}",
+        done[0].recovery.steps
+    );
+    assert_eq!(done[0].failed.len(), 1, "{:?}", done[0].failed);
+    assert_eq!(done[0].failed[0].0, 0);
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert!(fake
+        .host_snapshot(SRC)
+        .paths
+        .contains_key("/srv/store/x.raw"));
+    assert_eq!(journal.leftovers().unwrap().len(), 1, "still journaled");
 }
 
 #[test]
@@ -1088,7 +1268,11 @@ fn a_hook_volume_is_made_before_the_plan_journaled_and_given_back_by_the_hook_on
     assert!(lines[0].contains("\"host\":\"h2\"") && lines[0].contains("\"disk\":\"vdb\""));
     assert!(lines[1].contains("\"action\":\"delete\"") && lines[1].contains("/dev/nvme1n5"));
     assert!(
-        cleanup.iter().any(|c| c.contains("deleted /dev/nvme1n5")),
+        cleanup.iter().any(|c| *c
+            == rollback::Cleanup::Deleted {
+                host: DST.into(),
+                path: "/dev/nvme1n5".into()
+            }),
         "{cleanup:?}"
     );
     // Given back by the hook, never through libvirt; the migration used the hook's device.
@@ -1444,7 +1628,7 @@ fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alon
             &mut ctx,
             &created,
             Cause::NoPath { disk: "vdb".into() },
-            None,
+            false,
         );
         let MigrateError::Failed { location, .. } = e else {
             panic!("{e:?}")
@@ -1475,6 +1659,51 @@ fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alon
     }
 }
 
+/// Two volumes to create, the second fails: the first, already made, is deleted — prepare
+/// hands back what it made, not nothing.
+#[test]
+fn a_second_creation_that_fails_rolls_back_the_first() {
+    let fake = lab();
+    fake.fail_creating("/srv/store/vdb.raw");
+    let mut req = request("vdb=/srv/store/vdb.raw");
+    req.rules.map.clear();
+    req.rules
+        .copy
+        .insert(0, "vda=/srv/store/vda.qcow2".parse().unwrap());
+    let (r, _, journal) = go(&fake, &req);
+    let Err(MigrateError::Failed {
+        location, cause, ..
+    }) = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::Source);
+    assert!(matches!(**cause, Cause::Host(_)), "{cause:?}");
+    let created: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::CreateVolume { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created, ["/srv/store/vda.qcow2", "/srv/store/vdb.raw"]);
+    let deleted: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::DeleteVolume { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["/srv/store/vda.qcow2"]);
+    assert!(journal.leftovers().unwrap().is_empty());
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { .. })));
+}
+
 #[test]
 fn verify_fails_when_the_guest_still_runs_on_the_source() {
     let fake = lab();
@@ -1486,7 +1715,7 @@ fn verify_fails_when_the_guest_still_runs_on_the_source() {
     assert!(
         problems
             .iter()
-            .any(|p| p.contains(&format!("g is still Running on {SRC}"))),
+            .any(|p| matches!(p, verify::VerifyProblem::StillOnSource { host, .. } if host == SRC)),
         "{problems:?}"
     );
     assert!(summary.verified.iter().any(|v| v.contains("is running on")));
@@ -1502,93 +1731,176 @@ fn verify_fails_when_the_guest_still_runs_on_the_source() {
     assert_eq!(mutating(&fake.calls()).len(), before, "nothing deleted");
 }
 
-#[test]
-fn verify_judges_each_host_and_each_disk() {
-    use DomainState::{Paused, Running, ShutOff};
+/// The guest placed on the fake's hosts as given, and what verification says of `plan`.
+struct VerifyCase<'a> {
+    on_src: Option<DomainState>,
+    on_dst: DomainState,
+    live: &'a dyn Fn(&str) -> String,
+    persistent: &'a dyn Fn(&str) -> String,
+    lose: Option<&'a str>,
+}
+
+fn verify_case(plan: &ferry_core::Plan, c: VerifyCase) -> verify::Verified {
     let fake = lab();
     let hv = hv(&fake);
     let req = request("vdb=/dev/nvme1n5");
     let inv = inventory::read(hv.as_ref(), &req).unwrap();
-    let plan = ferry_core::plan(
+    let guest = fake.host_snapshot(SRC).domains["g"].clone();
+    let (mut h1, mut h2) = (fake.host_snapshot(SRC), fake.host_snapshot(DST));
+    h1.domains.remove("g");
+    if let Some(state) = c.on_src {
+        h1.domains.insert(
+            "g".into(),
+            FakeDomain {
+                state,
+                ..guest.clone()
+            },
+        );
+    }
+    h2.domains.insert(
+        "g".into(),
+        FakeDomain {
+            state: c.on_dst,
+            live_xml: (c.live)(&plan.dest_xml),
+            inactive_xml: (c.persistent)(plan.persist_xml.as_deref().unwrap()),
+            ..guest
+        },
+    );
+    fake.add_host(SRC, h1);
+    fake.add_host(DST, h2);
+    if let Some(uri) = c.lose {
+        fake.lose_host(uri);
+    }
+    verify::check(hv.as_ref(), &inv, plan)
+}
+
+fn seed_plan() -> ferry_core::Plan {
+    let fake = lab();
+    let req = request("vdb=/dev/nvme1n5");
+    let inv = inventory::read(hv(&fake).as_ref(), &req).unwrap();
+    ferry_core::plan(
         &inv.live_xml,
         inv.inactive_xml.as_deref(),
         DST,
         &req.rules,
         &req.options,
     )
-    .unwrap();
-    // (on the source, on the target, vdb on the target) -> problems
-    type Case<'a> = (
-        Option<DomainState>,
-        Option<DomainState>,
-        &'a str,
-        &'a [&'a str],
-    );
-    let cases: [Case; 5] = [
-        (None, Some(Running), "/dev/nvme1n5", &[]),
-        (Some(ShutOff), Some(Paused), "/dev/nvme1n5", &[]),
-        (
-            Some(Running),
-            Some(Running),
-            "/dev/nvme1n5",
-            &["still Running"],
-        ),
-        (None, Some(ShutOff), "/dev/nvme1n5", &["is not running on"]),
-        (
-            None,
-            Some(Running),
-            "/dev/nvme1n6",
-            &["disk vdb has /dev/nvme1n6, the plan said /dev/nvme1n5"],
-        ),
-    ];
-    let guest = fake.host_snapshot(SRC).domains["g"].clone();
-    for (on_src, on_dst, vdb, want) in cases {
-        let mut h1 = fake.host_snapshot(SRC);
-        let mut h2 = fake.host_snapshot(DST);
-        let g = guest.clone();
-        h1.domains.remove("g");
-        if let Some(st) = on_src {
-            h1.domains.insert(
-                "g".into(),
-                FakeDomain {
-                    state: st,
-                    ..g.clone()
+    .unwrap()
+}
+
+#[test]
+fn verify_judges_each_host_and_each_disk() {
+    use verify::{Definition, VerifyProblem as P};
+    use DomainState::{Paused, Running, ShutOff};
+    let plan = seed_plan();
+    let same = |x: &str| x.to_string();
+    let other_vdb = |x: &str| x.replace("/dev/nvme1n5", "/dev/nvme1n6");
+    let no_vdb = |x: &str| {
+        let start = x.find("<disk type='block'").unwrap();
+        let end = start + x[start..].find("</disk>").unwrap() + "</disk>".len();
+        format!("{}{}", &x[..start], &x[end..])
+    };
+    let case =
+        |on_src, on_dst, live: &dyn Fn(&str) -> String, persistent: &dyn Fn(&str) -> String| {
+            verify_case(
+                &plan,
+                VerifyCase {
+                    on_src,
+                    on_dst,
+                    live,
+                    persistent,
+                    lose: None,
                 },
-            );
-        }
-        let xml = plan.dest_xml.replace("/dev/nvme1n5", vdb);
-        let pxml = plan
-            .persist_xml
-            .clone()
-            .unwrap()
-            .replace("/dev/nvme1n5", vdb);
-        h2.domains.insert(
-            "g".into(),
-            FakeDomain {
-                state: on_dst.unwrap(),
-                live_xml: xml,
-                inactive_xml: pxml,
-                ..g
+            )
+            .problems
+        };
+    let wrong = |which| P::WrongSource {
+        which,
+        disk: "vdb".into(),
+        got: "/dev/nvme1n6".into(),
+        want: "/dev/nvme1n5".into(),
+    };
+    // Where the guest runs.
+    assert_eq!(case(None, Running, &same, &same), vec![]);
+    assert_eq!(case(Some(ShutOff), Paused, &same, &same), vec![]);
+    assert_eq!(
+        case(Some(Running), Running, &same, &same),
+        vec![P::StillOnSource {
+            guest: "g".into(),
+            host: SRC.into(),
+            state: "Running".into()
+        }]
+    );
+    assert_eq!(
+        case(None, ShutOff, &same, &same),
+        vec![P::NotOnTarget {
+            guest: "g".into(),
+            host: DST.into(),
+            state: "Some(ShutOff)".into()
+        }]
+    );
+    // Each disk, in each definition: a wrong source, a missing disk, only the persistent one.
+    assert_eq!(
+        case(None, Running, &other_vdb, &other_vdb),
+        vec![wrong(Definition::Live), wrong(Definition::Persistent)]
+    );
+    assert_eq!(
+        case(None, Running, &same, &other_vdb),
+        vec![wrong(Definition::Persistent)]
+    );
+    assert_eq!(
+        case(None, Running, &no_vdb, &same),
+        vec![P::DiskMissing {
+            which: Definition::Live,
+            disk: "vdb".into()
+        }]
+    );
+}
+
+#[test]
+fn verify_wants_the_planned_slice_and_both_hosts_answers() {
+    use verify::{Definition, VerifyProblem as P};
+    let mut plan = seed_plan();
+    plan.disks[1].dest_slice = Some(MIB64);
+    let same = |x: &str| x.to_string();
+    let sliced = |x: &str| {
+        x.replace(
+            "<source dev='/dev/nvme1n5'/>",
+            "<source dev='/dev/nvme1n5'><slices><slice type='storage' offset='0' \
+             size='67108864'/></slices></source>",
+        )
+    };
+    let run = |live: &dyn Fn(&str) -> String, lose| {
+        verify_case(
+            &plan,
+            VerifyCase {
+                on_src: None,
+                on_dst: DomainState::Running,
+                live,
+                persistent: live,
+                lose,
             },
+        )
+        .problems
+    };
+    let no_slice = |which| P::NoSlice {
+        which,
+        disk: "vdb".into(),
+        bytes: MIB64,
+    };
+    assert_eq!(
+        run(&same, None),
+        vec![no_slice(Definition::Live), no_slice(Definition::Persistent)]
+    );
+    assert_eq!(run(&sliced, None), vec![], "the slice is there");
+    // A host that cannot be asked is a problem, never a pass.
+    for lost in [SRC, DST] {
+        let p = run(&same, Some(lost));
+        assert!(
+            p.iter()
+                .any(|p| matches!(p, P::CannotAsk { host, .. } if host == lost)),
+            "{lost}: {p:?}"
         );
-        fake.add_host(SRC, h1);
-        fake.add_host(DST, h2);
-        let v = verify::check(hv.as_ref(), &inv, &plan);
-        if want.is_empty() {
-            assert!(
-                v.problems.is_empty(),
-                "{on_src:?} {on_dst:?}: {:?}",
-                v.problems
-            );
-            assert_eq!(v.passed.len(), 4, "{:?}", v.passed);
-        }
-        for w in want {
-            assert!(
-                v.problems.iter().any(|p| p.contains(w)),
-                "{on_src:?} {on_dst:?} {vdb}: want {w:?} in {:?}",
-                v.problems
-            );
-        }
     }
 }
 
@@ -1683,14 +1995,15 @@ fn a_post_copy_that_cannot_be_resumed_deletes_nothing_and_stays_open_for_recover
             .any(|c| matches!(c, Call::DeleteVolume { .. })),
         "each side holds part of the guest: nothing may go"
     );
+    let run = &journal.runs(1).unwrap()[0];
     assert!(
-        cleanup
-            .iter()
-            .any(|l| l.contains("`ferry recover 1` resumes")),
+        cleanup.contains(&rollback::Cleanup::RunOpen { run: run.id }),
         "{cleanup:?}"
     );
-    let run = &journal.runs(1).unwrap()[0];
-    assert_eq!((run.outcome, run.phase.as_str()), (None, "postcopy_failed"));
+    assert_eq!(
+        (run.outcome, run.phase),
+        (None, ferry_journal::RunPhase::PostcopyFailed)
+    );
     // Once the link is sound again, recover resumes it with the run's own flags.
     fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: true });
     let done = crate::recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
@@ -2153,25 +2466,9 @@ fn with_the_links_known_each_migration_is_capped_at_its_share() {
     assert!(job_caps.iter().all(|b| b.is_some()), "{job_caps:?}");
 }
 
-/// The cold flow alone (as an evacuation runs it for a shut-off guest): a block device is
-/// copied whole, whatever its allocation, and the summary says what was done.
-#[test]
-fn a_cold_move_copies_a_block_device_whole_and_says_what_it_did() {
+/// `ferry migrate`'s cold move of the shut-off g3 from h1 to h2, on `fake`.
+fn cold_move_g3(fake: &Arc<Fake>) -> (Result<Outcome, MigrateError>, Journal) {
     use crate::target::{HostSpec, SelectRequest};
-    let fake = evacuation_lab();
-    let mut h1 = fake.host_snapshot(SRC);
-    let vdb = h1
-        .domains
-        .get_mut("g3")
-        .unwrap()
-        .disks
-        .get_mut("vdb")
-        .unwrap();
-    // A thin block device: libvirt's physical figure is not the bytes a copy must move.
-    vdb.allocation = MIB64 / 4;
-    vdb.physical = MIB64 / 4;
-    fake.add_host(SRC, h1);
-    let hv = hv(&fake);
     let journal = Journal::in_memory().unwrap();
     let ask = Ask {
         select: SelectRequest {
@@ -2193,7 +2490,87 @@ fn a_cold_move_copies_a_block_device_whole_and_says_what_it_did() {
         started: std::time::Instant::now(),
         abort_grace: std::time::Duration::from_secs(1),
     };
-    let out = crate::migrate(&hv, &journal, &ask, &mut vec![], &AtomicBool::new(false));
+    let out = crate::migrate(
+        &hv(fake),
+        &journal,
+        &ask,
+        &mut vec![],
+        &AtomicBool::new(false),
+    );
+    (out, journal)
+}
+
+/// A definition that failed on the target took no effect: the guest is where it was, and the
+/// volume Ferry created for it goes.
+#[test]
+fn a_cold_move_whose_definition_fails_deletes_its_volume_and_keeps_the_guest() {
+    let fake = evacuation_lab();
+    fake.fail_defines_on(DST);
+    let (out, journal) = cold_move_g3(&fake);
+    let Err(MigrateError::Failed {
+        location, cause, ..
+    }) = &out
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*location, GuestLocation::SourceShutOff);
+    assert!(matches!(**cause, Cause::Host(_)), "{cause:?}");
+    assert!(
+        fake.calls().iter().any(
+            |c| matches!(c, Call::DeleteVolume { path, .. } if path == "/srv/store/g3-vdb.img")
+        ),
+        "{:?}",
+        fake.calls()
+    );
+    assert!(fake.host_snapshot(SRC).domains.contains_key("g3"));
+    assert!(journal.leftovers().unwrap().is_empty());
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
+    );
+}
+
+/// The target has the guest, defined and checked; only the source's old definition could not
+/// be removed: the move happened, nothing is deleted, and the operator is told.
+#[test]
+fn a_cold_move_whose_source_undefine_fails_is_migrated_with_a_warning() {
+    let fake = evacuation_lab();
+    fake.fail_undefines_on(SRC);
+    let (out, journal) = cold_move_g3(&fake);
+    let Ok(Outcome::Migrated(s)) = &out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(fake.host_snapshot(DST).domains.contains_key("g3"));
+    assert!(fake.host_snapshot(SRC).domains.contains_key("g3"));
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Migrated)
+    );
+}
+
+/// The cold flow alone (as an evacuation runs it for a shut-off guest): a block device is
+/// copied whole, whatever its allocation, and the summary says what was done.
+#[test]
+fn a_cold_move_copies_a_block_device_whole_and_says_what_it_did() {
+    let fake = evacuation_lab();
+    let mut h1 = fake.host_snapshot(SRC);
+    let vdb = h1
+        .domains
+        .get_mut("g3")
+        .unwrap()
+        .disks
+        .get_mut("vdb")
+        .unwrap();
+    // A thin block device: libvirt's physical figure is not the bytes a copy must move.
+    vdb.allocation = MIB64 / 4;
+    vdb.physical = MIB64 / 4;
+    fake.add_host(SRC, h1);
+    let (out, journal) = cold_move_g3(&fake);
     let Ok(Outcome::Migrated(s)) = out else {
         panic!("{out:?}");
     };

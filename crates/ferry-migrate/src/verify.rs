@@ -4,17 +4,77 @@
 use ferry_core::domain::{self, DiskSource};
 use ferry_core::Plan;
 use ferry_hypervisor::{DomainState, Hypervisor};
+use serde::Serialize;
 
 use crate::inventory::GuestOnHosts;
+
+/// Which of the guest's definitions on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Definition {
+    Live,
+    Persistent,
+}
+
+impl std::fmt::Display for Definition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Live => "live",
+            Self::Persistent => "persistent",
+        })
+    }
+}
+
+/// What verification found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum VerifyProblem {
+    #[error("{guest} is not running on {host} ({state})")]
+    NotOnTarget {
+        guest: String,
+        host: String,
+        state: String,
+    },
+    #[error("{guest} is still {state} on {host}")]
+    StillOnSource {
+        guest: String,
+        host: String,
+        state: String,
+    },
+    #[error("cannot ask {host}: {error}")]
+    CannotAsk { host: String, error: String },
+    #[error("cannot read the {which} XML on the target: {error}")]
+    Unreadable { which: Definition, error: String },
+    #[error("{which}: disk {disk} is missing")]
+    DiskMissing { which: Definition, disk: String },
+    #[error("{which}: disk {disk} has no storage slice of {bytes} bytes")]
+    NoSlice {
+        which: Definition,
+        disk: String,
+        bytes: u64,
+    },
+    #[error("{which}: disk {disk} has {got}, the plan said {want}")]
+    WrongSource {
+        which: Definition,
+        disk: String,
+        got: String,
+        want: String,
+    },
+}
 
 #[derive(Debug, Default)]
 pub struct Verified {
     pub passed: Vec<String>,
-    pub problems: Vec<String>,
+    pub problems: Vec<VerifyProblem>,
+}
+
+fn source_text(s: Option<&DiskSource>) -> String {
+    s.map(|s| s.to_string())
+        .unwrap_or_else(|| "no source".into())
 }
 
 fn compare(
-    which: &str,
+    which: Definition,
     xml: Result<String, ferry_hypervisor::HvError>,
     plan: &Plan,
     v: &mut Verified,
@@ -24,42 +84,36 @@ fn compare(
         .and_then(|x| domain::parse(&x).map_err(|e| e.to_string()))
     {
         Ok(d) => d,
-        Err(e) => {
-            v.problems
-                .push(format!("cannot read the {which} XML on the target: {e}"));
+        Err(error) => {
+            v.problems.push(VerifyProblem::Unreadable { which, error });
             return;
         }
     };
     let mut ok = 0;
     for want in &plan.disks {
-        let got = dom.disks.iter().find(|d| d.target == want.target);
-        let got_src: Option<&DiskSource> = got.and_then(|d| d.source.as_ref());
-        if got.is_none() {
-            v.problems
-                .push(format!("{which}: disk {} is missing", want.target));
-        } else if got.and_then(|d| d.storage_slice).map(|s| s.1) != want.dest_slice
-            && want.dest_slice.is_some()
-        {
-            v.problems.push(format!(
-                "{which}: disk {} has no storage slice of {} bytes",
-                want.target,
-                want.dest_slice.unwrap_or(0)
-            ));
-        } else if got_src != want.dest_source.as_ref() {
-            v.problems.push(format!(
-                "{which}: disk {} has {}, the plan said {}",
-                want.target,
-                got_src
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "no source".into()),
-                want.dest_source
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "no source".into())
-            ));
-        } else {
-            ok += 1;
+        let disk = want.target.clone();
+        let Some(got) = dom.disks.iter().find(|d| d.target == want.target) else {
+            v.problems.push(VerifyProblem::DiskMissing { which, disk });
+            continue;
+        };
+        match want.dest_slice {
+            Some(bytes) if got.storage_slice.map(|s| s.1) != Some(bytes) => {
+                v.problems
+                    .push(VerifyProblem::NoSlice { which, disk, bytes });
+                continue;
+            }
+            _ => {}
         }
+        if got.source.as_ref() != want.dest_source.as_ref() {
+            v.problems.push(VerifyProblem::WrongSource {
+                which,
+                disk,
+                got: source_text(got.source.as_ref()),
+                want: source_text(want.dest_source.as_ref()),
+            });
+            continue;
+        }
+        ok += 1;
     }
     if ok == plan.disks.len() {
         v.passed.push(format!(
@@ -82,11 +136,15 @@ pub fn check(hv: &dyn Hypervisor, inv: &GuestOnHosts, plan: &Plan) -> Verified {
             },
             inv.dst_uri
         )),
-        Ok(s) => v.problems.push(format!(
-            "{} is not running on {} ({s:?})",
-            inv.guest, inv.dst_uri
-        )),
-        Err(e) => v.problems.push(format!("cannot ask {}: {e}", inv.dst_uri)),
+        Ok(s) => v.problems.push(VerifyProblem::NotOnTarget {
+            guest: inv.guest.clone(),
+            host: inv.dst_uri.clone(),
+            state: format!("{s:?}"),
+        }),
+        Err(e) => v.problems.push(VerifyProblem::CannotAsk {
+            host: inv.dst_uri.clone(),
+            error: e.to_string(),
+        }),
     }
     match hv.domain_state(inv.src, &inv.guest) {
         Ok(None) => v.passed.push(format!(
@@ -96,20 +154,25 @@ pub fn check(hv: &dyn Hypervisor, inv: &GuestOnHosts, plan: &Plan) -> Verified {
         Ok(Some(s)) if !s.is_active() => v
             .passed
             .push(format!("{} is not running on {}", inv.guest, inv.src_uri)),
-        Ok(Some(s)) => v
-            .problems
-            .push(format!("{} is still {s:?} on {}", inv.guest, inv.src_uri)),
-        Err(e) => v.problems.push(format!("cannot ask {}: {e}", inv.src_uri)),
+        Ok(Some(s)) => v.problems.push(VerifyProblem::StillOnSource {
+            guest: inv.guest.clone(),
+            host: inv.src_uri.clone(),
+            state: format!("{s:?}"),
+        }),
+        Err(e) => v.problems.push(VerifyProblem::CannotAsk {
+            host: inv.src_uri.clone(),
+            error: e.to_string(),
+        }),
     }
     compare(
-        "live",
+        Definition::Live,
         hv.domain_xml(inv.dst, &inv.guest, false),
         plan,
         &mut v,
     );
     if plan.persist_xml.is_some() {
         compare(
-            "persistent",
+            Definition::Persistent,
             hv.domain_xml(inv.dst, &inv.guest, true),
             plan,
             &mut v,

@@ -43,9 +43,11 @@ pub fn lab(args: &[&str]) -> (bool, String, String) {
 }
 
 /// virsh against a lab host, from the lab's client namespace (the only place that reaches the
-/// lab's addresses: no packet for them can leave the machine).
+/// lab's addresses: no packet for them can leave the machine). Under `LC_ALL=C`: its words are
+/// the ones the tests read.
 pub fn virsh(uri: &str, args: &[&str]) -> (bool, String, String) {
     run(Command::new(lab_script())
+        .env("LC_ALL", "C")
         .args(["client", "virsh", "-q", "-c", uri])
         .args(args))
 }
@@ -65,14 +67,59 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The state of the lab guest on `uri` ("running", "shut off", or "" when not defined there).
-pub fn domstate(uri: &str) -> String {
-    let (ok, out, _) = virsh(uri, &["domstate", GUEST]);
-    if ok {
-        out.trim().to_string()
-    } else {
-        String::new()
+/// The state of `guest` on `uri` ("running", "shut off", or "" when not defined there); an
+/// error when the host does not answer (then nothing can be said of the guest there).
+pub fn try_state_of(uri: &str, guest: &str) -> Result<String, String> {
+    let (ok, names, e) = virsh(uri, &["list", "--all", "--name"]);
+    if !ok {
+        return Err(format!("{uri} did not answer: {e}"));
     }
+    if !names.lines().any(|n| n.trim() == guest) {
+        return Ok(String::new());
+    }
+    let (ok, out, e) = virsh(uri, &["domstate", guest]);
+    if ok {
+        Ok(out.trim().to_string())
+    } else {
+        Err(format!("{uri}: domstate {guest}: {e}"))
+    }
+}
+
+/// [`try_state_of`] `guest`, where the host must answer.
+pub fn state_of(uri: &str, guest: &str) -> String {
+    try_state_of(uri, guest).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The lab guest's state on `uri`, where the host must answer.
+pub fn domstate(uri: &str) -> String {
+    state_of(uri, GUEST)
+}
+
+/// Cold-start the lab guest on `host` (`h2`, at `uri`) from its persistent definition, and wait
+/// until the new boot beats on its serial console.
+pub fn cold_start(host: &str, uri: &str) {
+    let log = format!("/var/lib/ferry-lab/{host}/log/qemu/{GUEST}-serial.log");
+    let read = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let boots = read().matches("FERRY-BOOT").count();
+    let (ok, _, e) = virsh(uri, &["destroy", GUEST]);
+    assert!(ok, "destroy on {host}: {e}");
+    let (ok, _, e) = virsh(uri, &["start", GUEST]);
+    assert!(
+        ok,
+        "cold start on {host} from the persistent definition: {e}"
+    );
+    wait_until(
+        "the cold-started guest beats",
+        Duration::from_secs(120),
+        || {
+            let text = read();
+            text.matches("FERRY-BOOT").count() > boots
+                && text
+                    .rsplit("FERRY-BOOT")
+                    .next()
+                    .is_some_and(|since| since.contains("FERRY-HB "))
+        },
+    );
 }
 
 /// The lab tests' lock: one lab at a time on this machine.
