@@ -287,27 +287,7 @@ fn print_table(results: &[GuestResult]) {
 pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
     let inv = a.inventory.load()?;
     let host = HostSpec::resolve(inv.as_ref(), &a.host);
-    let mut candidates: Vec<HostSpec> = if a.to.is_empty() {
-        let Some(i) = &inv else {
-            anyhow::bail!(
-                "no target: give --to HOST (repeatable), or an inventory of hosts (--inventory \
-                 FILE, FERRY_INVENTORY or {})",
-                crate::args::DEFAULT_INVENTORY
-            );
-        };
-        i.hosts
-            .iter()
-            .filter(|h| h.name != host.name && h.uri != host.uri)
-            .map(HostSpec::from_entry)
-            .collect()
-    } else {
-        a.to.iter()
-            .map(|t| HostSpec::resolve(inv.as_ref(), t))
-            .collect()
-    };
-    if candidates.is_empty() {
-        anyhow::bail!("the inventory lists no host other than {}", host.name);
-    }
+    let mut candidates = evacuate::targets(inv.as_ref(), &host, &a.to)?;
     let journal = if a.dry_run {
         Journal::open_existing(&a.journal.journal).or_else(|_| Journal::in_memory())?
     } else {
@@ -318,23 +298,12 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         })?
     };
     let draining = evacuate::draining(&journal, ferry_migrate::ferry_alive)?;
-    if let Some((n, _)) = draining
-        .iter()
-        .find(|(n, u)| *n == host.name || *u == host.uri)
-    {
-        anyhow::bail!("{n} is already being evacuated (see `ferry history`)");
-    }
     evacuate::mark_draining(&mut candidates, &draining);
-    let link_mib = std::iter::once(&host)
-        .chain(&candidates)
-        .filter_map(|h| {
-            let from_inv = inv
-                .as_ref()
-                .and_then(|i| i.host(&h.name))
-                .and_then(|e| e.link_bandwidth);
-            a.link_bandwidth.or(from_inv).map(|m| (h.name.clone(), m))
-        })
-        .collect();
+    let link_mib = evacuate::link_bandwidths(
+        inv.as_ref(),
+        std::iter::once(&host).chain(&candidates),
+        a.link_bandwidth,
+    );
     let policy = match a.schedule {
         Schedule::Ferry => Policy::Ferry,
         Schedule::AllAtOnce => Policy::Fixed,
@@ -382,12 +351,7 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let evacuation = journal.begin_evacuation(
-        &host.name,
-        &host.uri,
-        std::process::id(),
-        &ferry_migrate::this_machine(),
-    )?;
+    let evacuation = evacuate::begin(&journal, &host, ferry_migrate::ferry_alive)?;
     let stop = Arc::new(AtomicU8::new(evacuate::GO));
     {
         let s = stop.clone();
@@ -424,13 +388,9 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         makespan_ms,
     );
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "result", "outcome": verdict.outcome,
-                "makespan_ms": makespan_ms, "predicted_s": plan.predicted.makespan_s,
-                "bound_s": plan.bound_s, "guests": results,
-                "still_running": verdict.still_running})
-        );
+        crate::migrate_cmd::print_json(&ferry_migrate::report::ResultEvent::new(
+            &verdict.result(&plan, &results),
+        ));
     } else {
         print_table(&results);
         println!(

@@ -61,7 +61,12 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
 }
 
 pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
-    let j = Journal::open(&a.journal.journal)?;
+    // A dry run only reads: it creates no journal where there is none.
+    let j = if a.dry_run {
+        Journal::open_existing(&a.journal.journal)?
+    } else {
+        Journal::open(&a.journal.journal)?
+    };
     let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
         std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let done = ferry_migrate::recover::run(
@@ -72,15 +77,8 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         std::time::Duration::from_secs(a.connect_timeout),
     )?;
     // Evacuations whose Ferry died: their runs are recovered above; the evacuation ends.
-    let cut = if a.id.is_none() {
-        ferry_migrate::evacuate::interrupted(&j, ferry_migrate::ferry_alive)?
-    } else {
-        vec![]
-    };
+    let cut = ferry_migrate::recover::end_cut_evacuations(&j, a.id.map(RunId), a.dry_run)?;
     for e in &cut {
-        if !a.dry_run {
-            ferry_migrate::evacuate::end_interrupted(&j, e)?;
-        }
         if !a.json {
             println!(
                 "evacuation #{} of {}: cut short (Ferry pid {} is gone): {}",
@@ -163,7 +161,8 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
-    let j = Journal::open(&a.journal.journal)?;
+    // Release needs a run in an existing journal: none is created.
+    let j = Journal::open_existing(&a.journal.journal)?;
     let inv = a.inventory.load()?;
     let row = j.run_row(RunId(a.id))?.ok_or_else(|| {
         anyhow::anyhow!(

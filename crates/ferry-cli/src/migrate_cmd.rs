@@ -11,6 +11,7 @@ use ferry_core::convergence::Progress;
 use ferry_core::render::human_bytes;
 use ferry_core::XmlFiles;
 use ferry_journal::Journal;
+use ferry_migrate::report::{ResultEvent, RunResult};
 use ferry_migrate::target::SelectRequest;
 use ferry_migrate::{Ask, Event, MigrateError, Outcome, Reporter, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -255,10 +256,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(Outcome::Migrated(s)) => {
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "result", "outcome": "migrated", "summary": s})
-                );
+                print_json(&ResultEvent::new(&RunResult::Migrated { summary: &s }));
             } else {
                 print_summary(&s);
             }
@@ -300,62 +298,20 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Say why the run failed (and where the guest is), as text and with `--json` as JSON; the
-/// exit status: 3 when the guest may be on the target, else 1.
+/// exit status is the error's.
 fn report_error(a: &MigrateArgs, e: MigrateError) -> ExitCode {
-    let code = match &e {
-        MigrateError::VerifyFailed { .. } => 3,
-        MigrateError::Failed { location, .. } if !location.on_source() => 3,
-        _ => 1,
-    };
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "result", "outcome": "error", "exit": code,
-                "message": ferry_migrate::error_chain(&e), "error": error_json(&e)})
-        );
+        print_json(&ResultEvent::new(&e.result()));
     }
     eprintln!("ferry: error: {}", crate::because(&e));
-    ExitCode::from(code)
+    ExitCode::from(e.exit_status())
 }
 
-fn error_json(e: &MigrateError) -> serde_json::Value {
-    match e {
-        MigrateError::Refused { problems } => {
-            serde_json::json!({"kind": "refused", "problems": problems})
-        }
-        MigrateError::Failed {
-            cause,
-            location,
-            cleanup,
-            ..
-        } => {
-            serde_json::json!({"kind": "failed", "cause": ferry_migrate::error_chain(cause),
-                "guest_location": location, "cleanup": cleanup})
-        }
-        MigrateError::VerifyFailed { problems, summary } => {
-            serde_json::json!({"kind": "verify_failed", "problems": problems, "summary": summary})
-        }
-        MigrateError::Plan { source, .. } => {
-            serde_json::json!({"kind": "plan", "message": source.to_string()})
-        }
-        MigrateError::Host(h) => serde_json::json!({"kind": "host", "message": h.to_string()}),
-        MigrateError::Journal(j) => {
-            serde_json::json!({"kind": "journal", "message": j.to_string()})
-        }
-        MigrateError::Busy(b) => serde_json::json!({"kind": "busy", "message": b.to_string()}),
-        MigrateError::Stopped {
-            step,
-            reason,
-            waiting_on,
-        } => serde_json::json!({"kind": "stopped", "step": step, "reason": reason,
-            "waiting_on": waiting_on}),
-        MigrateError::StepThread { step, why } => {
-            serde_json::json!({"kind": "step_thread", "step": step, "message": why})
-        }
-        MigrateError::NoTarget { ranking, .. } => {
-            serde_json::json!({"kind": "no_target", "hosts": ranking.hosts})
-        }
-    }
+/// One JSON document on a line of stdout.
+pub(crate) fn print_json(v: &impl serde::Serialize) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = writeln!(out);
 }
 
 /// --release-source: after the grace period (Ctrl-C keeps the copies), delete the source's

@@ -16,6 +16,7 @@ pub mod provision;
 pub mod record;
 pub mod recover;
 pub mod release;
+pub mod report;
 pub mod rollback;
 mod step;
 pub mod target;

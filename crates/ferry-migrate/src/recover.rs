@@ -649,6 +649,26 @@ pub fn run(
     Ok(out)
 }
 
+/// After the runs: the evacuations whose Ferry died on this machine end in the journal (with a
+/// run number, `only`, none does: the operator asked about one run). With `dry_run`, the ones
+/// that would.
+pub fn end_cut_evacuations(
+    journal: &Journal,
+    only: Option<RunId>,
+    dry_run: bool,
+) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
+    if only.is_some() {
+        return Ok(vec![]);
+    }
+    let cut = crate::evacuate::interrupted(journal, crate::ferry_alive)?;
+    if !dry_run {
+        for e in &cut {
+            crate::evacuate::end_interrupted(journal, e)?;
+        }
+    }
+    Ok(cut)
+}
+
 fn act(
     hv: &dyn Hypervisor,
     journal: &Journal,
