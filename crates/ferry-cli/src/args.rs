@@ -8,6 +8,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use ferry_core::convergence::{Fallback, Policy};
 use ferry_core::inventory::Inventory;
+use ferry_core::limits;
 use ferry_core::{CopyRule, MapRule, MigrationOptions, Rules};
 
 /// Ferry live-migrates libvirt guests whose disks mix shared storage (NFS, iSCSI, Ceph: the
@@ -187,15 +188,15 @@ pub struct EvacuateArgs {
     pub to: Vec<String>,
     /// Migrations out of one host at once.
     #[arg(long, value_name = "N", default_value_t = 4,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONCURRENCY))]
     pub max_out: u64,
     /// Migrations into one host at once.
     #[arg(long, value_name = "N", default_value_t = 4,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONCURRENCY))]
     pub max_in: u64,
     /// Every host's link for migrations, MiB/s each way (overrides the inventory's
     /// link_bandwidth): shared among the migrations running on it.
-    #[arg(long, value_name = "MiB/s", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MiB/s", value_parser = within(limits::LINK_MIB))]
     pub link_bandwidth: Option<u64>,
     /// ferry: Ferry's schedule; all-at-once: every migration started at once, within
     /// --max-out and --max-in (for comparison).
@@ -217,7 +218,7 @@ pub struct EvacuateArgs {
     pub json: bool,
     /// A host not read within this many seconds is reported as not answering.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
     #[command(flatten)]
     pub inventory: InventoryArgs,
@@ -237,16 +238,16 @@ pub enum Schedule {
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Hosts in the fleet (512 GiB each).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, default_value_t = 1000, value_parser = within(SIM_HOSTS))]
     pub hosts: u64,
     /// Guests, spread evenly (memory 2-32 GiB; 60 % with a local disk of 20-200 GiB).
-    #[arg(long, default_value_t = 10000)]
+    #[arg(long, default_value_t = 10000, value_parser = within(SIM_GUESTS))]
     pub guests: u64,
     /// How many hosts are drained at once (the first N).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = within(SIM_HOSTS))]
     pub drain: u64,
     /// Every host's link, Gbit/s each way.
-    #[arg(long, value_name = "GBIT/S", default_value_t = 10.0)]
+    #[arg(long, value_name = "GBIT/S", default_value_t = 10.0, value_parser = link_gbit)]
     pub link_gbit: f64,
     /// The fleet generator's seed (the same seed, the same fleet).
     #[arg(long, default_value_t = 1)]
@@ -294,7 +295,7 @@ pub struct HostsArgs {
     pub json: bool,
     /// A host not read within this many seconds is reported as not answering.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
     #[command(flatten)]
     pub inventory: InventoryArgs,
@@ -327,12 +328,12 @@ pub struct MigrateArgs {
     /// Abort the migration if it has not finished after this many seconds (counted from the
     /// start of the run). Before anything is created, Ferry stops at once, naming the host it
     /// waits on.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", value_parser = within(limits::RUN_TIMEOUT_S))]
     pub timeout: Option<u64>,
     /// Give up on a host whose libvirt connection does not open within this many seconds (a
     /// host that accepts TCP and never answers would otherwise block for good).
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
     /// After a verified migration, delete the source's copy of every disk Ferry copied, after
     /// AFTER seconds of grace (default 0; Ctrl-C in the grace keeps them) — only those, only
@@ -377,7 +378,7 @@ pub struct ReleaseArgs {
     /// Give up on a host that has not answered within this many seconds (one that accepts
     /// TCP and never answers would otherwise block for good).
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
     #[command(flatten)]
     pub inventory: InventoryArgs,
@@ -410,7 +411,7 @@ pub struct RecoverArgs {
     /// Give up on a host that has not answered within this many seconds (one that accepts
     /// TCP and never answers would otherwise block for good).
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
@@ -457,7 +458,7 @@ pub struct PlanArgs {
     pub no_diff: bool,
     /// Online: a host not read within this many seconds is reported as not answering.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
     pub connect_timeout: u64,
 }
 
@@ -487,7 +488,7 @@ pub struct StorageArgs {
 pub struct MigrationArgs {
     /// Cap the whole migration at this many MiB/s (disk copy and memory). libvirt applies its
     /// figure to each disk mirror, so Ferry divides it among the copied disks.
-    #[arg(long, value_name = "MiB/s", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MiB/s", value_parser = within(limits::BANDWIDTH_MIB))]
     pub bandwidth: Option<u64>,
     /// Peer-to-peer: the source libvirtd talks to the target's (VIR_MIGRATE_PEER2PEER).
     #[arg(long)]
@@ -523,10 +524,10 @@ pub struct MigrationArgs {
 pub struct ConvergenceArgs {
     /// The max downtime set when the job starts, in ms [default: 100]. It doubles after each
     /// memory pass that brings the remaining bytes to no new low, up to --max-downtime-cap.
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", value_parser = within(limits::DOWNTIME_MS))]
     pub max_downtime: Option<u64>,
     /// The cap of the downtime's escalation, in ms [default: 2000].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", value_parser = within(limits::DOWNTIME_MS))]
     pub max_downtime_cap: Option<u64>,
     /// Let QEMU throttle the guest's vCPUs while memory does not converge
     /// (VIR_MIGRATE_AUTO_CONVERGE).
@@ -534,11 +535,11 @@ pub struct ConvergenceArgs {
     pub auto_converge: bool,
     /// The completion timeout: seconds per GiB of RAM plus copied disk [default: 800, never
     /// less than 120 s in all].
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", value_parser = within(limits::TIMEOUT_PER_GIB_S))]
     pub timeout_per_gib: Option<u64>,
     /// A stall: the remaining bytes of the storage copy, or of memory, reach no new low for
     /// this many seconds [default: 120].
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", value_parser = within(limits::STALL_S))]
     pub stall_timeout: Option<u64>,
     /// What to do with a migration that times out or stalls [default: abort]: abort (the guest
     /// stays on the source), postcopy (the guest runs on the target at once and fetches the
@@ -609,6 +610,34 @@ impl MigrationArgs {
             migrate_uri: self.migrate_uri.clone(),
             disks_uri: self.disks_uri.clone(),
         }
+    }
+}
+
+/// A flag's value parser from the one table of bounds ([`limits`]): a flag and the inventory
+/// refuse the same values.
+fn within(b: limits::Bound) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(b.min..=b.max)
+}
+
+/// `ferry simulate`'s fleet: what fits this machine's memory (about 1.2 KiB a guest).
+const SIM_HOSTS: limits::Bound = limits::Bound {
+    what: "hosts",
+    min: 2,
+    max: 100_000,
+};
+const SIM_GUESTS: limits::Bound = limits::Bound {
+    what: "guests",
+    min: 0,
+    max: 1_000_000,
+};
+
+/// A link of 0.001 to 10,000 Gbit/s.
+fn link_gbit(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.001..=10_000.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("a link is from 0.001 to 10000 Gbit/s, not {s}"))
     }
 }
 

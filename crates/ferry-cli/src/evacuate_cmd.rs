@@ -27,7 +27,7 @@ fn secs(v: u64) -> String {
 /// The plan for a person: each guest's target and what moves, then the model's schedule.
 fn print_plan(p: &EvacPlan) {
     let src = &p.hosts[0].name;
-    println!(
+    outln!(
         "Evacuating {src}: {} running guest(s) to move, {} cannot be placed, {} shut off \
          (listed, not moved). Read the hosts and decided in {}.",
         p.moves.len(),
@@ -36,8 +36,8 @@ fn print_plan(p: &EvacPlan) {
         secs(p.planning_ms)
     );
     if !p.moves.is_empty() {
-        println!("\n| guest | to | then | memory | disk copied | predicted start | end |");
-        println!("|---|---|---|---|---|---|---|");
+        outln!("\n| guest | to | then | memory | disk copied | predicted start | end |");
+        outln!("|---|---|---|---|---|---|---|");
         let mut rows: Vec<usize> = (0..p.moves.len()).collect();
         rows.sort_by(|&a, &b| p.predicted.spans[a].0.total_cmp(&p.predicted.spans[b].0));
         for i in rows {
@@ -48,7 +48,7 @@ fn print_plan(p: &EvacPlan) {
                 .iter()
                 .map(|&h| p.hosts[h].name.as_str())
                 .collect();
-            println!(
+            outln!(
                 "| {} | {} | {} | {} | {} | {s:.0} s | {e:.0} s |",
                 m.guest,
                 p.hosts[m.to].name,
@@ -61,7 +61,7 @@ fn print_plan(p: &EvacPlan) {
                 human_bytes(m.disk),
             );
         }
-        println!(
+        outln!(
             "\nPredicted makespan {:.0} s; lower bound {:.0} s (the busiest link's bytes over its \
              bandwidth, or the longest migration){}.",
             p.predicted.makespan_s,
@@ -78,15 +78,16 @@ fn print_plan(p: &EvacPlan) {
         );
     }
     for (g, why) in &p.unplaced {
-        println!("cannot place {g}: {why}");
+        outln!("cannot place {g}: {why}");
     }
     for g in &p.shut_off {
-        println!("shut off, not moved (--offline moves it cold): {g}");
+        outln!("shut off, not moved (--offline moves it cold): {g}");
     }
     for m in p.moves.iter().filter(|m| m.cold) {
-        println!(
+        outln!(
             "shut off, moved cold: {} -> {}",
-            m.guest, p.hosts[m.to].name
+            m.guest,
+            p.hosts[m.to].name
         );
     }
 }
@@ -257,10 +258,10 @@ impl EvacReporter for JsonLines {
 }
 
 fn print_table(results: &[GuestResult]) {
-    println!("\n| guest | target | outcome | attempts | duration | downtime | bytes |");
-    println!("|---|---|---|---|---|---|---|");
+    outln!("\n| guest | target | outcome | attempts | duration | downtime | bytes |");
+    outln!("|---|---|---|---|---|---|---|");
     for r in results {
-        println!(
+        outln!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             r.guest,
             r.target.as_deref().unwrap_or("-"),
@@ -279,7 +280,7 @@ fn print_table(results: &[GuestResult]) {
         .filter(|r| r.outcome != GuestOutcome::Migrated)
     {
         if let Some(m) = &r.message {
-            println!("\n{}: {m}", r.guest);
+            outln!("\n{}: {m}", r.guest);
         }
     }
 }
@@ -336,18 +337,18 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
     }
     let plan = evacuate::plan(&hv, &ask)?;
     if a.json {
-        println!("{}", serde_json::json!({"event": "plan", "plan": plan}));
+        outln!("{}", serde_json::json!({"event": "plan", "plan": plan}));
     } else {
         print_plan(&plan);
     }
     if a.dry_run {
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"event": "result", "outcome": "dry_run"})
             );
         } else {
-            println!("\nDry run: nothing was created or moved.");
+            outln!("\nDry run: nothing was created or moved.");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -393,9 +394,12 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         ));
     } else {
         print_table(&results);
-        println!(
+        outln!(
             "\n{}: {} (predicted {:.0} s, lower bound {:.0} s).",
-            host.name, verdict.message, plan.predicted.makespan_s, plan.bound_s
+            host.name,
+            verdict.message,
+            plan.predicted.makespan_s,
+            plan.bound_s
         );
     }
     Ok(if verdict.uncertain {

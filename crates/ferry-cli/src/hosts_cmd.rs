@@ -50,7 +50,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                 v
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"hosts": hosts, "total_ms": total_ms})
         );
@@ -58,7 +58,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
         for g in &all {
             let s = &g.spec;
             let Some(f) = &g.report.facts else {
-                println!(
+                outln!(
                     "{}  {}  UNREACHABLE: {}",
                     s.name,
                     s.uri,
@@ -66,7 +66,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                 );
                 continue;
             };
-            println!(
+            outln!(
                 "{}  {}  {}{}{}",
                 s.name,
                 s.uri,
@@ -82,7 +82,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                     format!("  labels: {}", s.labels.join(", "))
                 }
             );
-            println!(
+            outln!(
                 "    uuid {}  libvirt {}  QEMU {}  {} {}",
                 f.uuid.as_deref().unwrap_or("?"),
                 version_text(f.libvirt_version),
@@ -91,7 +91,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                 f.cpu_model.as_deref().unwrap_or("")
             );
             let running: Vec<_> = g.report.guests.iter().filter(|x| x.active).collect();
-            println!(
+            outln!(
                 "    memory {} free of {} (reserve {}); {} running guest(s){}",
                 human_bytes(f.memory_free),
                 human_bytes(f.memory_total),
@@ -111,7 +111,7 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
                 }
             );
             for p in &g.report.pools {
-                println!(
+                outln!(
                     "    pool {} ({}{}){}: {} free",
                     p.name,
                     p.kind.as_str(),
@@ -125,17 +125,17 @@ pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
             }
             let seen = inv.stores_seen(&g.spec.name, &g.report.pools);
             if !seen.is_empty() {
-                println!("    shared stores seen: {}", seen.join(", "));
+                outln!("    shared stores seen: {}", seen.join(", "));
             }
             let migrations: Vec<_> = g.report.migrations().map(|m| m.name.as_str()).collect();
             if !migrations.is_empty() {
-                println!("    migrations running: {}", migrations.join(", "));
+                outln!("    migrations running: {}", migrations.join(", "));
             }
             if !g.report.networks.is_empty() {
-                println!("    networks: {}", g.report.networks.join(", "));
+                outln!("    networks: {}", g.report.networks.join(", "));
             }
         }
-        println!(
+        outln!(
             "{} host(s), {} unreachable; read in {} ms (concurrently)",
             all.len(),
             unreachable,

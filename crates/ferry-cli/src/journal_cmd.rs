@@ -12,14 +12,14 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     let j = Journal::open_existing(&a.journal.journal)?;
     let runs = j.runs(a.last)?;
     if a.json {
-        println!("{}", serde_json::to_string(&runs)?);
+        outln!("{}", serde_json::to_string(&runs)?);
         return Ok(());
     }
     if runs.is_empty() {
-        println!("no runs in {}", a.journal.journal.display());
+        outln!("no runs in {}", a.journal.journal.display());
     }
     for r in runs {
-        println!(
+        outln!(
             "#{:<4} {} {} -> {}  {}{}",
             r.id,
             r.guest,
@@ -44,7 +44,7 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|(g, r)| format!("{g} #{r}"))
             .collect();
-        println!(
+        outln!(
             "evacuation #{} of {}: {}{}; runs: {}",
             e.id,
             e.host,
@@ -80,7 +80,7 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let cut = ferry_migrate::recover::end_cut_evacuations(&j, a.id.map(RunId), a.dry_run)?;
     for e in &cut {
         if !a.json {
-            println!(
+            outln!(
                 "evacuation #{} of {}: cut short (Ferry pid {} is gone): {}",
                 e.id,
                 e.host,
@@ -94,9 +94,9 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string(&done)?);
+        outln!("{}", serde_json::to_string(&done)?);
     } else if done.is_empty() && cut.is_empty() {
-        println!(
+        outln!(
             "nothing to recover: every run in {} has ended and left nothing behind",
             a.journal.journal.display()
         );
@@ -105,7 +105,7 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     for r in &done {
         let d = &r.recovery;
         if !a.json {
-            println!("run #{} {}: the guest {}", d.run, d.guest, d.location);
+            outln!("run #{} {}: the guest {}", d.run, d.guest, d.location);
         }
         for (i, step) in d.steps.iter().enumerate() {
             let failed = r.failed.iter().find(|(n, _)| *n == i);
@@ -114,10 +114,10 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             match (step, failed, a.dry_run) {
-                (_, Some((_, e)), _) => println!("  {step}: FAILED: {e}"),
-                (Action::Keep { .. } | Action::Leave { .. }, _, _) => println!("  {step}"),
-                (_, None, true) => println!("  would {step}"),
-                (_, None, false) => println!("  {step}: done"),
+                (_, Some((_, e)), _) => outln!("  {step}: FAILED: {e}"),
+                (Action::Keep { .. } | Action::Leave { .. }, _, _) => outln!("  {step}"),
+                (_, None, true) => outln!("  would {step}"),
+                (_, None, false) => outln!("  {step}: done"),
             }
         }
     }
@@ -138,14 +138,15 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
     );
     match abort::wait(&j, row.id, std::time::Duration::from_secs(a.wait))? {
         Ended::Outcome(outcome, message) => {
-            println!("run #{}: {outcome}: {message}", row.id);
+            outln!("run #{}: {outcome}: {message}", row.id);
             Ok(ExitCode::SUCCESS)
         }
         Ended::Stopped => {
-            println!(
+            outln!(
                 "run #{}: its Ferry stopped before anything was created or moved; `ferry \
                  recover {}` ends the run in the journal",
-                row.id, row.id
+                row.id,
+                row.id
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -195,14 +196,14 @@ pub fn print_released(
     use ferry_core::release::Release;
     if json {
         for (r, err) in done {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"event": "release", "source": source, "release": r, "error": err})
             );
         }
     }
     if done.is_empty() {
-        println!("the run copied no disk: nothing to release on {source}");
+        outln!("the run copied no disk: nothing to release on {source}");
     }
     let mut clean = true;
     for (r, err) in done {
@@ -212,9 +213,9 @@ pub fn print_released(
         }
         match (r, err, dry_run) {
             (_, Some(e), _) => eprintln!("{r} on {source}: FAILED: {e}"),
-            (Release::Keep { .. }, None, _) => println!("{r}"),
-            (Release::Delete { .. }, None, true) => println!("would {r} on {source}"),
-            (Release::Delete { .. }, None, false) => println!("{r} on {source}: done"),
+            (Release::Keep { .. }, None, _) => outln!("{r}"),
+            (Release::Delete { .. }, None, true) => outln!("would {r} on {source}"),
+            (Release::Delete { .. }, None, false) => outln!("{r} on {source}: done"),
         }
     }
     if clean {

@@ -1,10 +1,28 @@
 //! `ferry`: the thin command line over Ferry's crates.
 
+/// `println!` through [`out::write`]: a closed pipe or a full disk never panics.
+macro_rules! outln {
+    () => {
+        $crate::out::write(format_args!(""), true)
+    };
+    ($($t:tt)*) => {
+        $crate::out::write(format_args!($($t)*), true)
+    };
+}
+
+/// `print!` through [`out::write`].
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::out::write(format_args!($($t)*), false)
+    };
+}
+
 mod args;
 mod evacuate_cmd;
 mod hosts_cmd;
 mod journal_cmd;
 mod migrate_cmd;
+mod out;
 mod plan_cmd;
 mod simulate_cmd;
 
@@ -20,13 +38,21 @@ fn main() -> ExitCode {
         Command::Plan(a) => plan_cmd::run(&a),
         Command::Hosts(a) => hosts_cmd::run(&a),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            let mut text = vec![];
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut text);
+            out::bytes(&text);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(Into::into),
+        Command::Man => {
+            let mut text = vec![];
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut text)
+                .map(|()| {
+                    out::bytes(&text);
+                    ExitCode::SUCCESS
+                })
+                .map_err(Into::into)
+        }
         Command::Migrate(a) => migrate_cmd::run(&a),
         Command::History(a) => journal_cmd::history(&a).map(|()| ExitCode::SUCCESS),
         Command::Recover(a) => journal_cmd::recover(&a),

@@ -146,8 +146,8 @@ pub(crate) fn ms(v: Option<u64>) -> String {
 }
 
 fn print_summary(s: &Summary) {
-    println!("Migrated {}: {} -> {}", s.guest, s.from, s.to);
-    println!(
+    outln!("Migrated {}: {} -> {}", s.guest, s.from, s.to);
+    outln!(
         "  total {} (libvirt job {}, setup {}), downtime {}",
         ms(Some(s.total_ms)),
         ms(s.job_ms),
@@ -165,7 +165,7 @@ fn print_summary(s: &Summary) {
             s.copied_disks.join(", ")
         )
     };
-    println!(
+    outln!(
         "  {disks}; memory sent: {}; all data: {}",
         s.memory_bytes
             .map(human_bytes)
@@ -175,20 +175,20 @@ fn print_summary(s: &Summary) {
             .unwrap_or_else(|| "unknown".into())
     );
     for c in &s.created {
-        println!("  created on the target: {c}");
+        outln!("  created on the target: {c}");
     }
     for v in &s.verified {
-        println!("  verified: {v}");
+        outln!("  verified: {v}");
     }
     for w in &s.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
 }
 
 pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let inv = a.inventory.load()?.map(Arc::new);
-    let mut select = SelectRequest::new(
+    let select = SelectRequest::new(
         inv.clone(),
         &a.guest,
         &a.from,
@@ -205,10 +205,6 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 .to_string()
         })?
     };
-    // A host being evacuated is draining: never a target.
-    if let Ok(d) = ferry_migrate::evacuate::draining(&journal, ferry_migrate::ferry_alive) {
-        ferry_migrate::evacuate::mark_draining(&mut select.candidates, &d);
-    }
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let c = cancel.clone();
@@ -282,14 +278,14 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                     o.insert("outcome".into(), "dry_run".into());
                     o.insert("checks".into(), checks.into());
                 }
-                println!("{v}");
+                outln!("{v}");
             } else {
-                print!("{}", plan.render(&files, Some(&source_uri), true));
-                println!("\nChecks passed:");
+                out!("{}", plan.render(&files, Some(&source_uri), true));
+                outln!("\nChecks passed:");
                 for c in checks {
-                    println!("  {c}");
+                    outln!("  {c}");
                 }
-                println!("\nDry run: nothing was created or moved.");
+                outln!("\nDry run: nothing was created or moved.");
             }
             Ok(ExitCode::SUCCESS)
         }

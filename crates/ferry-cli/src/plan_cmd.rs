@@ -1,7 +1,7 @@
 //! `ferry plan`: online from the hosts (with target selection), or offline from domain XML
 //! files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -79,35 +79,107 @@ fn check_outputs(a: &PlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write every file or none: each goes to a temporary file in its own directory, synced; only
-/// when all are written are they renamed into place. A full disk leaves the old files intact.
+/// Where one output goes, decided from what its path is now.
+enum Sink {
+    /// A regular file or a new path: written to a temporary file beside it, then renamed over
+    /// it, so a full disk leaves the old file intact.
+    Replace(PathBuf),
+    /// A character device or a FIFO (`/dev/stdout`, a pipe): written through, never replaced.
+    Through(PathBuf),
+}
+
+/// Decide how to write `p`: a symlink is followed on purpose (the file it points to is
+/// written, the link itself stays); a directory, a block device or a socket is refused.
+fn sink(p: &Path, what: &str) -> anyhow::Result<Sink> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut target = p.to_path_buf();
+    // A chain of links, bounded as the kernel bounds it.
+    for _ in 0..40 {
+        let meta = match std::fs::symlink_metadata(&target) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Sink::Replace(target)),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot write the {what} to {}", p.display()))
+            }
+        };
+        let t = meta.file_type();
+        if t.is_symlink() {
+            let to = std::fs::read_link(&target)
+                .with_context(|| format!("cannot follow the link {}", target.display()))?;
+            target = match target.parent() {
+                Some(dir) if to.is_relative() => dir.join(to),
+                _ => to,
+            };
+            continue;
+        }
+        if t.is_file() {
+            return Ok(Sink::Replace(target));
+        }
+        if t.is_char_device() || t.is_fifo() {
+            return Ok(Sink::Through(target));
+        }
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_block_device() {
+            "a block device"
+        } else {
+            "a socket"
+        };
+        bail!(
+            "the {what} path {} is {kind}: give a file (or a character device or FIFO, such as \
+             /dev/stdout, to write through)",
+            p.display()
+        );
+    }
+    bail!("the {what} path {} is a loop of links", p.display())
+}
+
+/// Write every file or none of the regular ones: each goes to a temporary file in its own
+/// directory, synced; only when all are written are they renamed into place. A device or FIFO
+/// is written through, after the temporary files (a failure there leaves the regular files
+/// untouched).
 fn write_all(files: &[(&Path, &str, &str)]) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut temps: Vec<std::path::PathBuf> = Vec::new();
+    let mut sinks = vec![];
+    for (p, text, what) in files {
+        sinks.push((sink(p, what)?, *p, *text, *what));
+    }
+    let mut temps: Vec<(PathBuf, PathBuf, &str)> = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        for (p, text, what) in files {
+        for (sink, shown, text, what) in &sinks {
+            let Sink::Replace(p) = sink else { continue };
             let name = p
                 .file_name()
-                .with_context(|| format!("the {what} path {} names no file", p.display()))?;
+                .with_context(|| format!("the {what} path {} names no file", shown.display()))?;
             let tmp = p.with_file_name(format!(
                 ".{}.ferry-{}.tmp",
                 name.to_string_lossy(),
                 std::process::id()
             ));
-            temps.push(tmp.clone());
-            let cannot = || format!("cannot write the {what} to {}", p.display());
+            temps.push((tmp.clone(), p.clone(), what));
+            let cannot = || format!("cannot write the {what} to {}", shown.display());
             let mut f = std::fs::File::create(&tmp).with_context(cannot)?;
             f.write_all(text.as_bytes()).with_context(cannot)?;
             f.sync_all().with_context(cannot)?;
         }
-        for ((p, _, what), tmp) in files.iter().zip(&temps) {
+        for (sink, shown, text, what) in &sinks {
+            let Sink::Through(p) = sink else { continue };
+            let cannot = || format!("cannot write the {what} to {}", shown.display());
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .with_context(cannot)?;
+            f.write_all(text.as_bytes()).with_context(cannot)?;
+        }
+        for (tmp, p, what) in &temps {
             std::fs::rename(tmp, p)
                 .with_context(|| format!("cannot write the {what} to {}", p.display()))?;
         }
         Ok(())
     })();
     if result.is_err() {
-        for t in &temps {
+        for (t, _, _) in &temps {
             let _ = std::fs::remove_file(t);
         }
     }
@@ -180,12 +252,12 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
     let sel = ferry_migrate::target::select(&hv, &req)?;
     let Some((target, derived)) = &sel.chosen else {
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"target": null, "hosts": sel.ranking.hosts})
             );
         } else {
-            print!("{}", sel.ranking.render());
+            out!("{}", sel.ranking.render());
         }
         eprintln!("ferry: error: no host can take {guest}: each host's reasons are above");
         return Ok(ExitCode::FAILURE);
@@ -235,18 +307,18 @@ fn output(
             o.insert("hosts".into(), serde_json::to_value(&sel.ranking.hosts)?);
             o.insert("canaries".into(), serde_json::to_value(&sel.canaries)?);
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
         if let Some(sel) = sel {
-            print!("{}", sel.ranking.render());
+            out!("{}", sel.ranking.render());
             for w in &sel.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
-            println!();
+            outln!();
         }
-        print!("{}", plan.render(&files, source_uri, !a.no_diff));
+        out!("{}", plan.render(&files, source_uri, !a.no_diff));
         if a.out_xml.is_none() {
-            println!(
+            outln!(
                 "note: the virsh command reads {}: write it with --out-xml{}",
                 files.dest_xml,
                 if files.persist_xml.is_some() {

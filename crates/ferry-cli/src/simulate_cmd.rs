@@ -52,10 +52,10 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
                 "peak_flights": r.peak_flights, "simulated_ms": ms,
             })).collect::<Vec<_>>(),
         });
-        println!("{v}");
+        outln!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "Fleet: {} hosts on {} Gbit/s links, {} guests (seed {}); {} hosts drained: {} guests to move ({}), {} \
          with no room",
         a.hosts,
@@ -67,11 +67,11 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         human_bytes(bytes),
         drain.unplaced.len()
     );
-    println!("Ferry placed and scheduled them in {planning_ms:.0} ms. Lower bound: {lb:.0} s.\n");
-    println!("| policy | as | makespan | bound / makespan | on the wire | peak in flight |");
-    println!("|---|---|---|---|---|---|");
+    outln!("Ferry placed and scheduled them in {planning_ms:.0} ms. Lower bound: {lb:.0} s.\n");
+    outln!("| policy | as | makespan | bound / makespan | on the wire | peak in flight |");
+    outln!("|---|---|---|---|---|---|");
     for (c, r, _) in &rows {
-        println!(
+        outln!(
             "| {} | {} | {:.0} s | {:.2} | {} | {} |",
             c.name,
             c.after,

@@ -254,6 +254,27 @@ pub struct Policy {
     pub fallback: Fallback,
 }
 
+impl Policy {
+    /// Every figure within its bound ([`crate::limits`]), and the escalation's cap not below
+    /// where it starts.
+    pub fn check(&self) -> Result<(), crate::limits::OutOfBounds> {
+        use crate::limits::*;
+        DOWNTIME_MS.check(self.downtime_ms)?;
+        DOWNTIME_MS.check(self.downtime_max_ms)?;
+        ESCALATE_AFTER.check(self.escalate_after)?;
+        TIMEOUT_PER_GIB_S.check(self.timeout_per_gib_s)?;
+        TIMEOUT_MIN_S.check(self.timeout_min_s)?;
+        STALL_S.check(self.stall_s)?;
+        crate::limits::Bound {
+            what: "downtime_max_ms (not below downtime_ms)",
+            min: self.downtime_ms,
+            max: DOWNTIME_MS.max,
+        }
+        .check(self.downtime_max_ms)?;
+        Ok(())
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {

@@ -60,6 +60,39 @@ pub enum InventoryError {
          ...], not both or neither"
     )]
     StoreKind(String),
+    #[error("host {host}: {source}")]
+    HostValue {
+        host: String,
+        #[source]
+        source: crate::limits::OutOfBounds,
+    },
+    #[error("[convergence]: {0}")]
+    Convergence(#[source] crate::limits::OutOfBounds),
+    #[error("shared store {0:?} is listed twice in the inventory")]
+    DuplicateStore(String),
+    #[error("shared store {0:?} has no paths: give paths = {{ HOST = \"/path\", … }}")]
+    EmptyStore(String),
+    #[error(
+        "host {host}: migration_address {address:?} is not an address (an IP address or a host \
+         name, without scheme or port)"
+    )]
+    BadAddress { host: String, address: String },
+}
+
+/// An IP address or a DNS host name: what `tcp://ADDR` may carry.
+fn is_address(a: &str) -> bool {
+    if a.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !a.is_empty()
+        && a.len() <= 253
+        && a.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// A byte count, written as a number or with a unit: `2147483648`, `"2GiB"`, `"512 MiB"`,
@@ -87,7 +120,15 @@ impl std::str::FromStr for Bytes {
             "t" | "tb" | "tib" => 1 << 40,
             _ => return Err(format!("{s:?}: unknown unit (use KiB, MiB, GiB or TiB)")),
         };
-        Ok(Bytes((n * mult as f64) as u64))
+        let bytes = n * mult as f64;
+        // Not saturated into a number nobody meant: refused with the bound.
+        if !bytes.is_finite() || bytes > crate::limits::RESERVE_MEMORY.max as f64 {
+            return Err(format!(
+                "{s:?} is more than {} bytes (1 PiB)",
+                crate::limits::RESERVE_MEMORY.max
+            ));
+        }
+        Ok(Bytes(bytes as u64))
     }
 }
 
@@ -97,11 +138,23 @@ impl<'de> Deserialize<'de> for Bytes {
         #[serde(untagged)]
         enum Raw {
             N(u64),
+            Negative(i64),
+            Float(f64),
             S(String),
+            Other(toml::Value),
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Bytes(n)),
+            Raw::Negative(n) => Err(serde::de::Error::custom(format!(
+                "{n} is not a size: a size is not negative"
+            ))),
+            Raw::Float(f) => Err(serde::de::Error::custom(format!(
+                "{f} is not a whole number of bytes (write it with a unit: \"1.5GiB\")"
+            ))),
             Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::Other(v) => Err(serde::de::Error::custom(format!(
+                "{v} is not a size (e.g. 2GiB, 512MiB, 1073741824)"
+            ))),
         }
     }
 }
@@ -252,9 +305,33 @@ impl Inventory {
                 return Err(InventoryError::DuplicateName(o.name.clone()));
             }
             if h.local_stores.iter().any(|l| {
-                l.pool.is_some() == l.hook.is_some() || l.hook.as_ref().is_some_and(Vec::is_empty)
+                l.pool.is_some() == l.hook.is_some()
+                    || l.hook
+                        .as_ref()
+                        .is_some_and(|c| c.first().is_none_or(|cmd| cmd.trim().is_empty()))
             }) {
                 return Err(InventoryError::StoreKind(h.name.clone()));
+            }
+            let bad = |source| InventoryError::HostValue {
+                host: h.name.clone(),
+                source,
+            };
+            for l in h.local_stores.iter().filter(|l| l.hook.is_some()) {
+                crate::limits::HOOK_TIMEOUT_S
+                    .check(l.timeout)
+                    .map_err(bad)?;
+            }
+            if let Some(m) = h.link_bandwidth {
+                crate::limits::LINK_MIB.check(m).map_err(bad)?;
+            }
+            crate::limits::RESERVE_MEMORY
+                .check(h.reserve_memory.0)
+                .map_err(bad)?;
+            if let Some(a) = h.migration_address.as_deref().filter(|a| !is_address(a)) {
+                return Err(InventoryError::BadAddress {
+                    host: h.name.clone(),
+                    address: a.to_string(),
+                });
             }
             if let Some(o) = self.hosts[..i].iter().find(|o| o.uri == h.uri) {
                 return Err(InventoryError::DuplicateUri {
@@ -264,7 +341,16 @@ impl Inventory {
                 });
             }
         }
-        for s in &self.shared_stores {
+        self.convergence
+            .check()
+            .map_err(InventoryError::Convergence)?;
+        for (i, s) in self.shared_stores.iter().enumerate() {
+            if self.shared_stores[..i].iter().any(|o| o.name == s.name) {
+                return Err(InventoryError::DuplicateStore(s.name.clone()));
+            }
+            if s.paths.is_empty() {
+                return Err(InventoryError::EmptyStore(s.name.clone()));
+            }
             for (host, path) in &s.paths {
                 if self.host(host).is_none() {
                     return Err(InventoryError::UnknownHost {
@@ -472,5 +558,95 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod careless {
+    use super::*;
+
+    const HOST: &str = "[[host]]\nname = \"h1\"\nuri = \"qemu:///system\"\n";
+
+    fn err(extra_host: &str, rest: &str) -> String {
+        Inventory::from_toml(&format!("{HOST}{extra_host}{rest}"))
+            .map(|_| String::new())
+            .unwrap_or_else(|e| {
+                let mut s = e.to_string();
+                let mut c = std::error::Error::source(&e);
+                while let Some(x) = c {
+                    s.push_str(&format!(": {x}"));
+                    c = x.source();
+                }
+                s
+            })
+    }
+
+    #[test]
+    fn what_a_flag_refuses_the_inventory_refuses_too() {
+        assert!(
+            err("link_bandwidth = 0\n", "").contains("a link's bandwidth (MiB/s) must be from 1")
+        );
+        assert!(err("", "[convergence]\nstall_s = 0\n")
+            .contains("the stall timeout (seconds) must be from 1"));
+        assert!(err("", "[convergence]\ndowntime_ms = 0\n")
+            .contains("a max downtime (ms) must be from 1"));
+        assert!(err(
+            "",
+            "[convergence]\ndowntime_ms = 500\ndowntime_max_ms = 100\n"
+        )
+        .contains("not below downtime_ms"));
+        assert!(err(
+            "[[host.local_store]]\nhook = [\"/bin/h\"]\ntimeout = 0\n",
+            ""
+        )
+        .contains("a hook's timeout (seconds) must be from 1"));
+        assert!(err("[[host.local_store]]\nhook = [\"\"]\n", "").contains("either pool"));
+        assert!(err("[[host.local_store]]\nhook = []\n", "").contains("either pool"));
+        // The same settings within their bounds pass.
+        assert_eq!(
+            err("link_bandwidth = 1\n", "[convergence]\nstall_s = 1\n"),
+            ""
+        );
+    }
+
+    #[test]
+    fn shared_stores_need_a_name_of_their_own_and_paths() {
+        let store = |name: &str, paths: &str| {
+            format!("[[shared_store]]\nname = \"{name}\"\npaths = {{ {paths} }}\n")
+        };
+        let two = format!(
+            "{}{}",
+            store("nfs", "h1 = \"/mnt\""),
+            store("nfs", "h1 = \"/srv\"")
+        );
+        assert!(err("", &two).contains("shared store \"nfs\" is listed twice"));
+        assert!(err("", &store("nfs", "")).contains("has no paths"));
+    }
+
+    #[test]
+    fn a_migration_address_is_an_address() {
+        for good in ["10.0.0.1", "fe80::1", "kvm2.example.org", "kvm-2"] {
+            assert_eq!(
+                err(&format!("migration_address = \"{good}\"\n"), ""),
+                "",
+                "{good}"
+            );
+        }
+        for bad in ["tcp://10.0.0.1", "10.0.0.1:49152", "", "a b", "-x.org"] {
+            assert!(
+                err(&format!("migration_address = \"{bad}\"\n"), "").contains("is not an address"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reserve_memory_is_a_size_never_saturated_or_negative() {
+        assert!(err("reserve_memory = \"99999999999TiB\"\n", "").contains("is more than"));
+        assert!(err("reserve_memory = -1\n", "").contains("a size is not negative"));
+        assert!(err("reserve_memory = 1.5\n", "").contains("not a whole number of bytes"));
+        assert!(err("reserve_memory = 2251799813685248\n", "")
+            .contains("reserve_memory (bytes) must be"));
+        assert_eq!(err("reserve_memory = \"2GiB\"\n", ""), "");
     }
 }

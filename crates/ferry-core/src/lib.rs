@@ -10,6 +10,7 @@ pub mod domain;
 pub mod evacuate;
 pub mod facts;
 pub mod inventory;
+pub mod limits;
 pub mod placement;
 pub mod plan;
 pub mod preflight;

@@ -205,7 +205,7 @@ pub fn migrate(
         Some(lock(journal, &s.guest, &s.source.uri, to, reporter)?)
     };
     let run_id = guard.as_ref().map(|l| l.run);
-    let outcome = choose(hv, ask, reporter, cancel).and_then(|sel| {
+    let outcome = choose(hv, journal, ask, reporter, cancel).and_then(|sel| {
         let Some((target, derived)) = sel.chosen else {
             return Err(MigrateError::NoTarget {
                 guest: s.guest.clone(),
@@ -247,11 +247,15 @@ pub fn migrate(
 /// The target step: every candidate read and ranked (or the one named checked).
 fn choose(
     hv: &Arc<dyn Hypervisor>,
+    journal: &Journal,
     ask: &Ask,
     reporter: &mut dyn Reporter,
     cancel: &AtomicBool,
 ) -> Result<target::Selection, MigrateError> {
-    let (hv2, select) = (hv.clone(), ask.select.clone());
+    let (hv2, mut select) = (hv.clone(), ask.select.clone());
+    // A host being evacuated is draining: never a target.
+    let draining = crate::evacuate::draining(journal, crate::ferry_alive)?;
+    crate::evacuate::mark_draining(&mut select.candidates, &draining);
     let stop = || {
         stop_reason(
             hv.as_ref(),

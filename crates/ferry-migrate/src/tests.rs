@@ -720,6 +720,53 @@ fn a_stopped_migration_is_journaled_refused_and_unlocked() {
     assert_eq!(journal.holder("g").unwrap(), None);
 }
 
+/// A host another Ferry is evacuating is never a target, even when named: `ferry migrate`
+/// reads the journal's evacuations itself (any front end gets that).
+#[test]
+fn a_host_being_evacuated_is_refused_as_a_target() {
+    use crate::target::{HostSpec, SelectRequest};
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    journal
+        .begin_evacuation("h2", DST, 1, "another-machine")
+        .unwrap();
+    let ask = Ask {
+        select: SelectRequest {
+            guest: "g".into(),
+            source: HostSpec::uri(SRC),
+            candidates: vec![HostSpec::uri(DST)],
+            rules: request("vdb=/dev/nvme1n5").rules,
+            inventory: None,
+            answer_deadline: ANSWER,
+            explicit: true,
+        },
+        options: MigrationOptions::default(),
+        dry_run: true,
+        cold: false,
+        timeout: None,
+        started: std::time::Instant::now(),
+        abort_grace: ABORT_GRACE,
+    };
+    let r = crate::migrate(
+        &hv(&fake),
+        &journal,
+        &ask,
+        &mut vec![],
+        &AtomicBool::new(false),
+    );
+    let Err(MigrateError::NoTarget { ranking, .. }) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        ranking.hosts[0].reasons[0].code,
+        ferry_core::placement::Code::Draining
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::CreateVolume { .. } | Call::Migrate { .. })));
+}
+
 #[test]
 fn dry_run_checks_and_touches_nothing() {
     let fake = lab();

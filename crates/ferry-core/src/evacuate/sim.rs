@@ -104,13 +104,23 @@ impl Fl {
     fn advance(&mut self, m: &Move, now: f64) -> f64 {
         let mut dt = (now - self.since).max(0.0);
         self.since = now;
+        // What is left for less than the clock can tell apart at `now` is done: the next
+        // event could only fall on `now` again, and nothing would ever move (months-long runs
+        // over very slow links leave such residues).
+        let tick = now.abs() * f64::EPSILON * 4.0;
         match self.phase {
             FlightPhase::Setup => {
                 self.setup_left -= dt;
+                if self.setup_left <= tick {
+                    self.setup_left = 0.0;
+                }
                 0.0
             }
             FlightPhase::Finish => {
                 self.finish_left -= dt;
+                if self.finish_left <= tick {
+                    self.finish_left = 0.0;
+                }
                 0.0
             }
             FlightPhase::Transfer if self.rate > 0.0 => {
@@ -118,7 +128,14 @@ impl Fl {
                 let disk = self.disk_left.min(sent);
                 self.disk_left -= disk;
                 dt -= disk / self.rate;
-                self.mem_left = (self.mem_left - m.net_memory_bps(self.rate) * dt).max(0.0);
+                let mem_bps = m.net_memory_bps(self.rate);
+                self.mem_left = (self.mem_left - mem_bps * dt).max(0.0);
+                if self.disk_left / self.rate <= tick {
+                    self.disk_left = 0.0;
+                }
+                if self.mem_left / mem_bps <= tick {
+                    self.mem_left = 0.0;
+                }
                 sent
             }
             FlightPhase::Transfer => 0.0,
@@ -189,7 +206,13 @@ impl Run<'_> {
     fn push(&mut self, f: usize) {
         let m = &self.moves[self.fl[f].mv];
         self.fl[f].version += 1;
-        let t = self.fl[f].next_event(m, self.ov.setup_s);
+        // An event never falls on the instant its flight was brought up to: a change too
+        // small for the clock there (a residue of a months-long run) would be handled at that
+        // instant again and again. The next representable instant moves it on.
+        let since = self.fl[f].since;
+        let t = self.fl[f]
+            .next_event(m, self.ov.setup_s)
+            .max(since.next_up());
         if t.is_finite() {
             self.queue.push(Reverse((At(t), f, self.fl[f].version)));
         }
@@ -957,6 +980,41 @@ mod tests {
         let ferry = times.iter().find(|t| t.0 == "ferry").map_or(0.0, |t| t.1);
         for (name, t) in &times {
             assert!(ferry <= *t, "ferry {ferry} s, {name} {t} s");
+        }
+    }
+}
+
+#[cfg(test)]
+mod slow_links {
+    use super::*;
+    use crate::evacuate::CONTENDERS;
+
+    /// A link so slow that the evacuation lasts months: residues of bytes and seconds fall
+    /// below the clock's resolution there, and must end rather than be rescheduled at the same
+    /// instant for ever (`ferry simulate --link-gbit 0.001` once spun without end).
+    #[test]
+    fn a_very_slow_link_ends_its_simulation() {
+        for gbit in [0.001, 0.0003, 0.01, 1e-9] {
+            let f = Fleet::generate(2, 20, gbit, 1);
+            let d = f.drain(&[0]);
+            let ov = Overheads::default();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (links, moves) = (f.links.clone(), d.moves.clone());
+            std::thread::spawn(move || {
+                for c in CONTENDERS {
+                    let r = simulate(c.policy, &c.budgets, &ov, &links, &moves);
+                    let _ = tx.send((c.name, r.makespan_s));
+                }
+            });
+            for _ in CONTENDERS {
+                let (name, makespan) = rx
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("{gbit} Gbit/s: a simulation did not end"));
+                assert!(
+                    makespan.is_finite() && makespan > 0.0,
+                    "{gbit} {name}: {makespan}"
+                );
+            }
         }
     }
 }
