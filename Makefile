@@ -13,8 +13,14 @@ test: setup lint unit-test lab-test
 setup:
 	lab/setup
 
+# The tests write their temporary files in a directory of their own, which must be empty
+# after them: a run leaves nothing behind.
+TEST_TMP = $(CURDIR)/target/test-tmp
 unit-test:
-	$(CARGO) test --workspace
+	rm -rf $(TEST_TMP) && mkdir -p $(TEST_TMP)
+	TMPDIR=$(TEST_TMP) $(CARGO) test --workspace
+	@left=$$(ls -A $(TEST_TMP)); if [ -n "$$left" ]; then \
+		echo "the tests left files behind in $(TEST_TMP): $$left" >&2; exit 1; fi
 
 # Lab tests share fixed names and addresses: one at a time.
 lab-test:

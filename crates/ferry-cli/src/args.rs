@@ -244,7 +244,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 10000, value_parser = within(SIM_GUESTS))]
     pub guests: u64,
     /// How many hosts are drained at once (the first N).
-    #[arg(long, default_value_t = 100, value_parser = within(SIM_HOSTS))]
+    #[arg(long, default_value_t = 100, value_parser = within(SIM_DRAIN))]
     pub drain: u64,
     /// Every host's link, Gbit/s each way.
     #[arg(long, value_name = "GBIT/S", default_value_t = 10.0, value_parser = link_gbit)]
@@ -281,8 +281,12 @@ impl InventoryArgs {
             }
             None => return Ok(None),
         };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read the inventory {}", path.display()))?;
+        let text = crate::input::read_text(
+            &path,
+            "inventory",
+            crate::input::MAX_CONFIG,
+            crate::input::Accept::File,
+        )?;
         let inv = Inventory::from_toml(&text)
             .with_context(|| format!("in the inventory {}", path.display()))?;
         Ok(Some(inv))
@@ -359,8 +363,8 @@ pub struct JournalArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// How many runs.
-    #[arg(long, default_value_t = 20)]
+    /// How many runs (and evacuations), newest first.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub last: u32,
     #[arg(long)]
     pub json: bool,
@@ -581,8 +585,12 @@ impl StorageArgs {
     pub fn rules(&self) -> anyhow::Result<Rules> {
         let mut rules = match &self.rules {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the rules file {}", p.display()))?;
+                let text = crate::input::read_text(
+                    p,
+                    "rules file",
+                    crate::input::MAX_CONFIG,
+                    crate::input::Accept::File,
+                )?;
                 Rules::from_toml(&text)
                     .with_context(|| format!("in the rules file {}", p.display()))?
             }
@@ -623,6 +631,11 @@ fn within(b: limits::Bound) -> clap::builder::RangedU64ValueParser<u64> {
 const SIM_HOSTS: limits::Bound = limits::Bound {
     what: "hosts",
     min: 2,
+    max: 100_000,
+};
+const SIM_DRAIN: limits::Bound = limits::Bound {
+    what: "drained hosts",
+    min: 1,
     max: 100_000,
 };
 const SIM_GUESTS: limits::Bound = limits::Bound {

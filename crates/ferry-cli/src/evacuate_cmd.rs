@@ -350,7 +350,12 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         } else {
             outln!("\nDry run: nothing was created or moved.");
         }
-        return Ok(ExitCode::SUCCESS);
+        // A guest no host can take stays: the host would not be emptied.
+        return Ok(if plan.empties_the_host() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let evacuation = evacuate::begin(&journal, &host, ferry_migrate::ferry_alive)?;
     let stop = Arc::new(AtomicU8::new(evacuate::GO));

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use ferry_core::render::inert;
 use ferry_journal::Journal;
 use ferry_journal::RunId;
 use ferry_migrate::recover::Action;
@@ -19,16 +20,19 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
         outln!("no runs in {}", a.journal.journal.display());
     }
     for r in runs {
+        // Every text from the journal is inert on a terminal.
         outln!(
             "#{:<4} {} {} -> {}  {}{}",
             r.id,
-            r.guest,
-            r.source,
-            r.target,
+            inert(&r.guest),
+            inert(&r.source),
+            inert(&r.target),
             r.outcome
                 .map(|o| o.to_string())
                 .unwrap_or_else(|| format!("unfinished (last phase: {})", r.phase)),
-            r.message.map(|m| format!(": {m}")).unwrap_or_default()
+            r.message
+                .map(|m| format!(": {}", inert(&m)))
+                .unwrap_or_default()
         );
     }
     // Evacuations, newest first (a journal from before they existed has none).
@@ -42,14 +46,16 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             .evacuation_runs(e.id)
             .unwrap_or_default()
             .into_iter()
-            .map(|(g, r)| format!("{g} #{r}"))
+            .map(|(g, r)| format!("{} #{r}", inert(&g)))
             .collect();
         outln!(
             "evacuation #{} of {}: {}{}; runs: {}",
             e.id,
-            e.host,
+            inert(&e.host),
             e.outcome.map_or("running (or cut short)", |o| o.as_str()),
-            e.message.map(|m| format!(": {m}")).unwrap_or_default(),
+            e.message
+                .map(|m| format!(": {}", inert(&m)))
+                .unwrap_or_default(),
             if runs.is_empty() {
                 "none".to_string()
             } else {
@@ -61,12 +67,8 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
 }
 
 pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
-    // A dry run only reads: it creates no journal where there is none.
-    let j = if a.dry_run {
-        Journal::open_existing(&a.journal.journal)?
-    } else {
-        Journal::open(&a.journal.journal)?
-    };
+    // Recover acts on what a journal holds: it creates none where there is none.
+    let j = Journal::open_existing(&a.journal.journal)?;
     let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
         std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let done = ferry_migrate::recover::run(
@@ -105,7 +107,12 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     for r in &done {
         let d = &r.recovery;
         if !a.json {
-            outln!("run #{} {}: the guest {}", d.run, d.guest, d.location);
+            outln!(
+                "run #{} {}: the guest {}",
+                d.run,
+                inert(&d.guest),
+                d.location
+            );
         }
         for (i, step) in d.steps.iter().enumerate() {
             let failed = r.failed.iter().find(|(n, _)| *n == i);
@@ -113,8 +120,10 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
             if a.json {
                 continue;
             }
-            match (step, failed, a.dry_run) {
-                (_, Some((_, e)), _) => outln!("  {step}: FAILED: {e}"),
+            let step_text = step.to_string();
+            let step = inert(&step_text);
+            match (&r.recovery.steps[i], failed, a.dry_run) {
+                (_, Some((_, e)), _) => outln!("  {step}: FAILED: {}", inert(e)),
                 (Action::Keep { .. } | Action::Leave { .. }, _, _) => outln!("  {step}"),
                 (_, None, true) => outln!("  would {step}"),
                 (_, None, false) => outln!("  {step}: done"),
@@ -130,8 +139,20 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
 
 pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
     use ferry_migrate::abort::{self, Ended, Which};
-    let j = Journal::open(&a.journal.journal)?;
-    let row = abort::request(&j, &Which::parse(&a.which))?;
+    let which = Which::parse(&a.which);
+    // Nothing can be running without a journal: none is created to say so.
+    if !a.journal.journal.exists() {
+        let what = match &which {
+            Which::Run(r) => format!("there is no run #{r}"),
+            Which::Guest(g) => format!("no Ferry is migrating {g}"),
+        };
+        anyhow::bail!(
+            "{what}: there is no journal at {} (give the one it uses with --journal)",
+            a.journal.journal.display()
+        );
+    }
+    let j = Journal::open_existing(&a.journal.journal)?;
+    let row = abort::request(&j, &which)?;
     eprintln!(
         "asked the Ferry running run #{} ({} {} -> {}) to abort; waiting for it",
         row.id, row.guest, row.source, row.target

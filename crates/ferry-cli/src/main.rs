@@ -20,6 +20,7 @@ macro_rules! out {
 mod args;
 mod evacuate_cmd;
 mod hosts_cmd;
+mod input;
 mod journal_cmd;
 mod migrate_cmd;
 mod out;

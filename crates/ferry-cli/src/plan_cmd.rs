@@ -14,22 +14,7 @@ use crate::args::PlanArgs;
 const MAX_INPUT: u64 = 64 << 20;
 
 fn read(p: &Path, what: &str) -> anyhow::Result<String> {
-    use std::io::Read;
-    let cannot = || format!("cannot read the {what} {}", p.display());
-    let mut buf = Vec::new();
-    std::fs::File::open(p)
-        .with_context(cannot)?
-        .take(MAX_INPUT + 1)
-        .read_to_end(&mut buf)
-        .with_context(cannot)?;
-    if buf.len() as u64 > MAX_INPUT {
-        bail!(
-            "the {what} {} is larger than {} MiB: not a libvirt domain XML",
-            p.display(),
-            MAX_INPUT >> 20
-        );
-    }
-    String::from_utf8(buf).with_context(|| format!("the {what} {} is not UTF-8 text", p.display()))
+    crate::input::read_text(p, what, MAX_INPUT, crate::input::Accept::Stream)
 }
 
 /// The path as the filesystem resolves it (its directory, for a file not yet there).

@@ -262,3 +262,238 @@ fn a_closed_pipe_ends_ferry_quietly() {
         assert_eq!(out.status.code(), Some(141), "{args:?}");
     }
 }
+
+#[test]
+fn an_inventory_or_rules_file_that_never_ends_is_refused_at_once() {
+    let s = Scratch::new("endless");
+    let fifo = s.path("inv.fifo");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    let src = seed();
+    let src = src.to_str().unwrap();
+    for (args, what) in [
+        (vec!["hosts", "--inventory", fifo], "the inventory"),
+        (vec!["hosts", "--inventory", "/dev/zero"], "the inventory"),
+        (
+            vec!["plan", "--domain-xml", src, "--to", "u", "--rules", fifo],
+            "the rules file",
+        ),
+        (
+            vec![
+                "plan",
+                "--domain-xml",
+                src,
+                "--to",
+                "u",
+                "--rules",
+                "/dev/zero",
+            ],
+            "the rules file",
+        ),
+    ] {
+        let (code, _, err) = ferry_within(&args, Duration::from_secs(10));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(what) && err.contains("give a regular file"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A file with SQLite's header and one table of someone else's.
+fn foreign_sqlite(p: &Path) {
+    // The smallest valid database: sqlite3 is not needed, ferry's own journal opener is not
+    // used; a 0-byte file is one too (SQLite's empty database).
+    std::fs::write(p, b"").unwrap();
+}
+
+#[test]
+fn read_only_commands_create_no_journal_and_touch_no_foreign_file() {
+    let s = Scratch::new("readonly");
+    let missing = s.path("sub/j.db");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["recover", "--dry-run", "--journal", m],
+        vec!["release", "1", "--dry-run", "--journal", m],
+        vec!["release", "1", "--journal", m],
+        vec!["abort", "g", "--journal", m],
+        vec!["abort", "7", "--journal", m],
+        vec!["history", "--journal", m],
+    ] {
+        let (code, _, err) = ferry(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("sub/j.db"),
+            "{args:?}: the path is named: {err}"
+        );
+        assert!(
+            !s.path("sub").exists(),
+            "{args:?} created {}",
+            s.path("sub").display()
+        );
+    }
+    let empty = s.path("empty.db");
+    foreign_sqlite(&empty);
+    let e = empty.to_str().unwrap();
+    for args in [
+        vec!["recover", "--dry-run", "--journal", e],
+        vec!["release", "1", "--dry-run", "--journal", e],
+        vec!["abort", "g", "--journal", e],
+        vec!["history", "--journal", e],
+    ] {
+        let (code, _, err) = ferry(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("it is not Ferry's journal"), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::metadata(&empty).unwrap().len(),
+            0,
+            "{args:?} wrote into a file that is not its journal"
+        );
+    }
+}
+
+/// A journal with one ended run, as Ferry writes it.
+fn journal_with_a_run(p: &Path) {
+    let j = ferry_journal::Journal::open(p).unwrap();
+    let r = j.begin_run("g", "qemu:///a", "qemu:///b", "{}").unwrap();
+    j.finish(r, ferry_journal::RunOutcome::RolledBack, "x")
+        .unwrap();
+}
+
+#[test]
+fn messages_say_what_happened() {
+    let s = Scratch::new("messages");
+    let (code, _, err) = ferry(&["history", "--journal", s.0.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("it is a directory"), "{err}");
+    let j = s.path("j.db");
+    journal_with_a_run(&j);
+    let j = j.to_str().unwrap();
+    // --last 0 is no question: refused, not answered "no runs".
+    let (code, _, err) = ferry(&["history", "--journal", j, "--last", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--last"), "{err}");
+    let (code, out, _) = ferry(&["history", "--journal", j, "--last", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#1 "), "{out}");
+    // A run that does not exist: recover and release say the same.
+    for args in [
+        vec!["recover", "99", "--journal", j],
+        vec!["recover", "99", "--dry-run", "--journal", j],
+        vec!["release", "99", "--journal", j],
+    ] {
+        let (code, _, err) = ferry(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("there is no run #99"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn huge_numbers_are_refused_with_their_bound_never_a_panic() {
+    let src = seed();
+    let src = src.to_str().unwrap();
+    let huge = "9223372036854775807";
+    for args in [
+        vec![
+            "hosts",
+            "--inventory",
+            "/nonexistent.toml",
+            "--connect-timeout",
+            huge,
+        ],
+        vec![
+            "plan",
+            "--domain-xml",
+            src,
+            "--to",
+            "u",
+            "--connect-timeout",
+            huge,
+        ],
+        vec![
+            "evacuate",
+            "h1",
+            "--to",
+            "qemu:///x",
+            "--connect-timeout",
+            huge,
+        ],
+        vec![
+            "migrate",
+            "g",
+            "--from",
+            "qemu:///a",
+            "--to",
+            "qemu:///b",
+            "--bandwidth",
+            huge,
+        ],
+        vec![
+            "migrate",
+            "g",
+            "--from",
+            "qemu:///a",
+            "--to",
+            "qemu:///b",
+            "--timeout",
+            huge,
+        ],
+        vec!["simulate", "--guests", "10000000"],
+        vec!["simulate", "--link-gbit", "0"],
+    ] {
+        let (code, _, err) = ferry(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains("is not in") || err.contains("from 0.001"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_very_slow_link_is_simulated_to_its_end() {
+    let (code, out, err) = ferry_within(
+        &[
+            "simulate",
+            "--hosts",
+            "2",
+            "--guests",
+            "20",
+            "--drain",
+            "1",
+            "--link-gbit",
+            "0.001",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ferry"), "{out}");
+}
+
+#[test]
+fn journal_text_is_inert_on_a_terminal_and_exact_in_json() {
+    let s = Scratch::new("inert");
+    let p = s.path("j.db");
+    let evil = "g\n#9   forged -> x  migrated: ok\u{1b}[2J";
+    {
+        let j = ferry_journal::Journal::open(&p).unwrap();
+        let r = j.begin_run(evil, "qemu:///a", "qemu:///b", "{}").unwrap();
+        j.finish(r, ferry_journal::RunOutcome::Refused, "bad\u{7}")
+            .unwrap();
+    }
+    let j = p.to_str().unwrap();
+    let (code, out, err) = ferry(&["history", "--journal", j]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "a guest's name forged a line: {out}"
+    );
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+    assert!(out.contains("g\\n#9"), "{out}");
+    let (code, out, _) = ferry(&["history", "--journal", j, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["guest"], evil);
+}

@@ -21,10 +21,31 @@ fn ferry(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-plan-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// A path of this test process in the temporary directory; whatever is written there is
+/// removed when it is dropped: a run leaves nothing behind.
+struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Tmp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
+    Tmp(std::env::temp_dir().join(format!("ferry-plan-cli-{}-{name}", std::process::id())))
 }
 
 #[test]
@@ -185,7 +206,11 @@ fn output_files_never_overwrite_an_input_and_are_written_whole_or_not_at_all() {
         ferry(&a)
     };
     // The input, spelled another way.
-    let same = format!("{}/./in.xml", src.parent().unwrap().display());
+    let same = format!(
+        "{}/./{}",
+        src.parent().unwrap().display(),
+        src.file_name().unwrap().to_string_lossy()
+    );
     let (code, _, err) = plan(&["--out-xml", &same]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -230,7 +255,7 @@ fn an_endless_input_is_refused_at_its_bound() {
     let (code, _, err) = ferry(&["plan", "--domain-xml", "/dev/zero", "--to", "u"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("is larger than 64 MiB: not a libvirt domain XML"),
+        err.contains("is larger than 64 MiB: Ferry reads no more"),
         "{err}"
     );
 }

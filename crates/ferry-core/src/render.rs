@@ -274,3 +274,39 @@ pub fn human_bytes(b: u64) -> String {
         format!("{v:.1} {}", U[i])
     }
 }
+
+/// Text from outside (a guest's name, a journal's message) made inert for a terminal: every
+/// control character, newlines included, is shown escaped (`\n`, `\u{1b}`), so it can neither
+/// forge a line nor drive the terminal. JSON output is exact and never goes through this.
+pub fn inert(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod inert_tests {
+    use super::inert;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(inert("lab-guest"), "lab-guest");
+        assert_eq!(inert("a\nb"), "a\\nb");
+        assert_eq!(inert("\u{1b}[2J"), "\\u{1b}[2J");
+        assert_eq!(inert("tab\there\r"), "tab\\there\\r");
+        assert_eq!(inert("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(inert("café ✓"), "café ✓");
+        assert!(!inert("x\u{7}\u{7f}").chars().any(char::is_control));
+    }
+}

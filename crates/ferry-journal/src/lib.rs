@@ -28,6 +28,8 @@ pub enum JournalError {
          wait for it, or stop it (Ctrl-C in its terminal)", .holder.run, .holder.pid, .holder.host
     )]
     Locked { guest: String, holder: Holder },
+    #[error("there is no run #{0} in the journal (`ferry history` lists them)")]
+    NoRun(i64),
 }
 
 /// A run's id in the journal.
@@ -244,12 +246,21 @@ impl Journal {
             path: path.display().to_string(),
             why,
         };
-        if !path.is_file() {
-            return Err(read_err(
-                "there is no such file (Ferry writes it at its first migration; give another \
-                 with --journal)"
-                    .into(),
-            ));
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_dir() => {
+                return Err(read_err(
+                    "it is a directory: give the journal's file (e.g. journal.db in it)".into(),
+                ))
+            }
+            Ok(_) => return Err(read_err("it is not a regular file".into())),
+            Err(_) => {
+                return Err(read_err(
+                    "there is no such file (Ferry writes it at its first migration; give \
+                     another with --journal)"
+                        .into(),
+                ))
+            }
         }
         let db = Connection::open_with_flags(
             path,

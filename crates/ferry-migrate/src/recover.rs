@@ -558,6 +558,11 @@ pub fn run(
     answer: Duration,
 ) -> Result<Vec<Recovered>, JournalError> {
     let mut out = vec![];
+    if let Some(id) = only {
+        if journal.run_row(id)?.is_none() {
+            return Err(JournalError::NoRun(id.0));
+        }
+    }
     for r in journal.runs_to_recover(only)? {
         let me = crate::this_machine();
         // Hold the guest's lock while acting (a dead holder's is taken over); a live one means

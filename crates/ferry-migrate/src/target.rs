@@ -83,8 +83,21 @@ pub struct Gathered {
     #[serde(skip)]
     pub id: Option<HostId>,
     pub report: HostReport,
+    /// Why the host could not be read, as the boundary said it (`report.error` is its text).
+    #[serde(skip)]
+    pub failure: Option<HvError>,
     /// How long this host took to answer.
     pub took_ms: u64,
+}
+
+impl Gathered {
+    /// The host's failure as an error to return (a host with no id was not read).
+    pub fn unread(&self) -> HvError {
+        self.failure.clone().unwrap_or_else(|| HvError::Connect {
+            uri: self.spec.uri.clone(),
+            message: self.report.error.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// How long a host may take to be connected and read before it counts as not answering.
@@ -113,7 +126,7 @@ pub fn gather(hv: &Arc<dyn Hypervisor>, specs: &[HostSpec], deadline: Duration) 
     }
     drop(tx);
     let mut out: Vec<Option<Gathered>> = vec![None; specs.len()];
-    let end = Instant::now() + deadline;
+    let end = ferry_hypervisor::wait::deadline_in(deadline);
     while out.iter().any(Option::is_none) {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -128,9 +141,7 @@ pub fn gather(hv: &Arc<dyn Hypervisor>, specs: &[HostSpec], deadline: Duration) 
                 unanswered(
                     spec,
                     format!(
-                        "no answer from {} within {} s (it may accept connections and never \
-                         answer)",
-                        spec.uri,
+                        "no answer within {} s (it may accept connections and never answer)",
                         deadline.as_secs()
                     ),
                 )
@@ -140,13 +151,18 @@ pub fn gather(hv: &Arc<dyn Hypervisor>, specs: &[HostSpec], deadline: Duration) 
 }
 
 fn unanswered(spec: &HostSpec, why: String) -> Gathered {
+    let e = HvError::Connect {
+        uri: spec.uri.clone(),
+        message: why,
+    };
     Gathered {
         spec: spec.clone(),
         id: None,
         report: HostReport {
-            error: Some(why),
+            error: Some(e.to_string()),
             ..Default::default()
         },
+        failure: Some(e),
         took_ms: 0,
     }
 }
@@ -166,20 +182,22 @@ fn gather_one(hv: &dyn Hypervisor, spec: &HostSpec) -> Gathered {
             },
         ))
     };
-    let (id, report) = match read() {
-        Ok((id, r)) => (Some(id), r),
+    let (id, report, failure) = match read() {
+        Ok((id, r)) => (Some(id), r, None),
         Err(e) => (
             None,
             HostReport {
                 error: Some(e.to_string()),
                 ..Default::default()
             },
+            Some(e),
         ),
     };
     Gathered {
         spec: spec.clone(),
         id,
         report,
+        failure,
         took_ms: t.elapsed().as_millis() as u64,
     }
 }
@@ -301,10 +319,7 @@ pub fn select_among(
         }));
     };
     let Some(src_id) = src.id else {
-        return Err(MigrateError::Host(HvError::Connect {
-            uri: src.spec.uri.clone(),
-            message: src.report.error.clone().unwrap_or_default(),
-        }));
+        return Err(MigrateError::Host(src.unread()));
     };
     if hv.domain_state(src_id, &req.guest)?.is_none() {
         return Err(MigrateError::Host(HvError::NoDomain {

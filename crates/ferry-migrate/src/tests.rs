@@ -2126,10 +2126,46 @@ fn evacuate_ask() -> evacuate::EvacuateAsk {
     }
 }
 
-fn journal_file(name: &str) -> std::path::PathBuf {
+/// A journal file of this test process, removed when dropped: a run leaves nothing behind.
+struct JournalFile(std::path::PathBuf);
+
+impl std::ops::Deref for JournalFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for JournalFile {
+    fn drop(&mut self) {
+        for side in ["", "-journal", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(side);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn journal_file(name: &str) -> JournalFile {
     let p = std::env::temp_dir().join(format!("ferry-evac-{}-{name}.db", std::process::id()));
     let _ = std::fs::remove_file(&p);
-    p
+    JournalFile(p)
+}
+
+/// No target can be read: the plan says it leaves the guests, so a dry run can say the host
+/// would not be emptied.
+#[test]
+fn an_evacuation_that_cannot_place_a_guest_does_not_empty_the_host() {
+    let fake = evacuation_lab();
+    fake.fail_connect(DST);
+    fake.fail_connect(H3);
+    let p = evacuate::plan(&hv(&fake), &evacuate_ask()).unwrap();
+    let mut unplaced: Vec<&str> = p.unplaced.iter().map(|(g, _)| g.as_str()).collect();
+    unplaced.sort();
+    assert_eq!(unplaced, ["g", "g2"]);
+    assert!(!p.empties_the_host());
+    let placed = evacuate::plan(&hv(&evacuation_lab()), &evacuate_ask()).unwrap();
+    assert!(placed.empties_the_host());
 }
 
 #[test]
@@ -2199,7 +2235,7 @@ fn evacuation_migrates_every_guest_and_journals_each_run() {
         .filter(|e| matches!(e, evacuate::EvacEvent::Started { .. }))
         .count();
     assert_eq!(started, 2);
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&*path);
 }
 
 #[test]

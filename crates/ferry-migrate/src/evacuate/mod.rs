@@ -22,7 +22,7 @@ use ferry_core::evacuate::{
 use ferry_core::inventory::{HostState, Inventory, Store};
 use ferry_core::placement::Ranking;
 use ferry_core::{MigrationOptions, Rules};
-use ferry_hypervisor::{HvError, Hypervisor};
+use ferry_hypervisor::Hypervisor;
 use ferry_journal::{Journal, JournalError};
 use serde::Serialize;
 
@@ -89,6 +89,13 @@ pub struct EvacPlan {
     pub bound_s: f64,
     /// Seconds Ferry took to read the hosts and decide.
     pub planning_ms: u64,
+}
+
+impl EvacPlan {
+    /// Every running guest has a place: carried out, the plan empties the host.
+    pub fn empties_the_host(&self) -> bool {
+        self.unplaced.is_empty()
+    }
 }
 
 /// How one guest's evacuation ended.

@@ -34,10 +34,7 @@ pub fn plan(hv: &Arc<dyn Hypervisor>, ask: &EvacuateAsk) -> Result<EvacPlan, Mig
     let gather_ms = t.elapsed().as_millis() as u64;
     let src = &all[0];
     if src.id.is_none() {
-        return Err(MigrateError::Host(HvError::Connect {
-            uri: ask.host.uri.clone(),
-            message: src.report.error.clone().unwrap_or_default(),
-        }));
+        return Err(MigrateError::Host(src.unread()));
     }
     // The guests to move: the running ones, and with `offline` the shut-off ones too.
     let running: Vec<_> = src
