@@ -7,11 +7,18 @@ use ferry_journal::Journal;
 use ferry_journal::RunId;
 use ferry_migrate::recover::Action;
 
+use anyhow::Context;
+
 use crate::args::{AbortArgs, HistoryArgs, RecoverArgs, ReleaseArgs};
+
+/// Which journal an error came from.
+fn in_journal(a: &HistoryArgs) -> String {
+    format!("reading the journal {}", a.journal.journal.display())
+}
 
 pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     let j = Journal::open_existing(&a.journal.journal)?;
-    let runs = j.runs(a.last)?;
+    let runs = j.runs(a.last).with_context(|| in_journal(a))?;
     if a.json {
         outln!("{}", serde_json::to_string(&runs)?);
         return Ok(());
@@ -77,7 +84,8 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         a.id.map(RunId),
         a.dry_run,
         std::time::Duration::from_secs(a.connect_timeout),
-    )?;
+    )
+    .with_context(|| format!("in the journal {}", a.journal.journal.display()))?;
     // Evacuations whose Ferry died: their runs are recovered above; the evacuation ends.
     let cut = ferry_migrate::recover::end_cut_evacuations(&j, a.id.map(RunId), a.dry_run)?;
     for e in &cut {

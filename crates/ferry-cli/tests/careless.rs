@@ -497,3 +497,40 @@ fn journal_text_is_inert_on_a_terminal_and_exact_in_json() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["guest"], evil);
 }
+
+#[test]
+fn a_damaged_journal_is_named_with_what_is_wrong() {
+    let s = Scratch::new("damaged");
+    let p = s.path("j.db");
+    {
+        let j = ferry_journal::Journal::open(&p).unwrap();
+        for i in 0..400 {
+            let r = j
+                .begin_run(
+                    &format!("guest-{i}"),
+                    "qemu:///a",
+                    "qemu:///b",
+                    &"x".repeat(200),
+                )
+                .unwrap();
+            j.finish(r, ferry_journal::RunOutcome::Migrated, "verified")
+                .unwrap();
+        }
+    }
+    // Garbage over the pages after the schema's: the runs can no longer be read.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let len = bytes.len();
+    assert!(len > 16 * 4096, "{len}");
+    for b in &mut bytes[8 * 4096..len - 4096] {
+        *b = 0xa5;
+    }
+    std::fs::write(&p, &bytes).unwrap();
+    let (code, _, err) = ferry(&["history", "--journal", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(p.to_str().unwrap()),
+        "the path is named: {err}"
+    );
+    assert!(err.contains("malformed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -376,3 +376,35 @@ fn simulate_compares_every_policy_against_the_bound() {
     assert_eq!(code, 1);
     assert!(err.contains("leaves no host"), "{err}");
 }
+
+/// `ferry recover` of a run whose hosts accept the connection and never answer: bounded by
+/// --connect-timeout, each host named as not answering, nothing done.
+#[test]
+fn recover_of_a_run_on_a_silent_host_ends_within_its_connect_timeout() {
+    let uri = silent_host();
+    let journal = tmp("recover-silent.db", "");
+    std::fs::remove_file(&journal).unwrap();
+    {
+        let j = ferry_journal::Journal::open(std::path::Path::new(&*journal)).unwrap();
+        j.begin_run("g", &uri, &uri, "{}").unwrap();
+    }
+    let t = std::time::Instant::now();
+    let (code, out, err) = ferry_bounded(&[
+        "recover",
+        "--dry-run",
+        "--journal",
+        &journal,
+        "--connect-timeout",
+        "2",
+    ]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "it waited"
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!("{uri} did not answer (no answer within 2 s)")),
+        "{out}"
+    );
+    assert!(out.contains("nothing is done without both hosts"), "{out}");
+}

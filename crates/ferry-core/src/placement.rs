@@ -247,7 +247,12 @@ pub fn judge(guest: &GuestNeeds, source: &HostReport, c: &Candidate) -> Verdict 
         );
     }
     let incoming = c.report.incoming_memory();
-    let need = guest.memory + c.reserve_memory + incoming;
+    // Operator and host figures, summed without overflow: a sum past u64 needs more than any
+    // host has.
+    let need = guest
+        .memory
+        .saturating_add(c.reserve_memory)
+        .saturating_add(incoming);
     if f.memory_free < need {
         why(
             Code::Memory,
@@ -498,6 +503,10 @@ mod tests {
         c.reserve_memory = 2 * GIB + 1;
         let v = judge(&guest(), &src, &c);
         assert_eq!(codes(&v), vec![Code::Memory]);
+        // A reserve that would overflow the sum is refused, not wrapped into a small need.
+        let mut huge = c.clone();
+        huge.reserve_memory = u64::MAX;
+        assert_eq!(codes(&judge(&guest(), &src, &huge)), vec![Code::Memory]);
         assert!(
             v.reasons[0].message.contains("3.0 GiB free"),
             "{}",
