@@ -504,7 +504,7 @@ mod tests {
         let v = judge(&guest(), &src, &c);
         assert_eq!(codes(&v), vec![Code::Memory]);
         // A reserve that would overflow the sum is refused, not wrapped into a small need.
-        let mut huge = c.clone();
+        let mut huge = c;
         huge.reserve_memory = u64::MAX;
         assert_eq!(codes(&judge(&guest(), &src, &huge)), vec![Code::Memory]);
         assert!(
