@@ -70,19 +70,27 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
 /// The state of `guest` on `uri` ("running", "shut off", or "" when not defined there); an
 /// error when the host does not answer (then nothing can be said of the guest there).
 pub fn try_state_of(uri: &str, guest: &str) -> Result<String, String> {
-    let (ok, names, e) = virsh(uri, &["list", "--all", "--name"]);
-    if !ok {
-        return Err(format!("{uri} did not answer: {e}"));
-    }
-    if !names.lines().any(|n| n.trim() == guest) {
+    let listed = || -> Result<bool, String> {
+        let (ok, names, e) = virsh(uri, &["list", "--all", "--name"]);
+        if ok {
+            Ok(names.lines().any(|n| n.trim() == guest))
+        } else {
+            Err(format!("{uri} did not answer: {e}"))
+        }
+    };
+    if !listed()? {
         return Ok(String::new());
     }
     let (ok, out, e) = virsh(uri, &["domstate", guest]);
     if ok {
-        Ok(out.trim().to_string())
-    } else {
-        Err(format!("{uri}: domstate {guest}: {e}"))
+        return Ok(out.trim().to_string());
     }
+    // Undefined between the two questions (a migration ending): absent now, if the host says
+    // so; any other failure is an error.
+    if !listed()? {
+        return Ok(String::new());
+    }
+    Err(format!("{uri}: domstate {guest}: {e}"))
 }
 
 /// [`try_state_of`] `guest`, where the host must answer.
