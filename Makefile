@@ -74,9 +74,14 @@ lab-down:
 # a safety check no unit test would miss if it broke (`cargo install cargo-mutants` first).
 # Not in CI (hours on 2 cores); results in mutants.out/.
 MUTATE = crates/ferry-core/src/preflight.rs crates/ferry-core/src/release.rs \
-	crates/ferry-core/src/plan.rs crates/ferry-migrate/src/preflight.rs \
+	crates/ferry-core/src/plan.rs crates/ferry-core/src/limits.rs \
+	crates/ferry-migrate/src/preflight.rs \
 	crates/ferry-migrate/src/prepare.rs crates/ferry-migrate/src/verify.rs \
 	crates/ferry-migrate/src/rollback.rs crates/ferry-migrate/src/recover.rs \
-	crates/ferry-migrate/src/release.rs crates/ferry-migrate/src/cold.rs
+	crates/ferry-migrate/src/release.rs crates/ferry-migrate/src/cold.rs \
+	crates/ferry-migrate/src/flow.rs crates/ferry-migrate/src/step.rs \
+	crates/ferry-migrate/src/report.rs crates/ferry-migrate/src/evacuate/ask.rs \
+	crates/ferry-migrate/src/evacuate/run.rs crates/ferry-migrate/src/evacuate/verdict.rs \
+	crates/ferry-journal/src/vocab.rs
 mutants:
 	$(CARGO) mutants --test-workspace=false $(foreach f,$(MUTATE),-f $(f)) $(MUTANTS_ARGS)
