@@ -27,7 +27,8 @@ use crate::{
     Cause, Event, GuestLocation, MigrateError, Outcome, Reporter, Step, Summary,
 };
 
-/// A run whose target is chosen: what to migrate, where, under which rules.
+/// A run whose target is chosen: what to migrate, where, under which rules. The flow's own:
+/// a front end asks with an [`Ask`].
 #[derive(Debug, Clone)]
 pub struct Request {
     pub guest: String,
@@ -63,7 +64,8 @@ pub struct Request {
 /// The default [`Request::abort_grace`].
 pub const ABORT_GRACE: Duration = Duration::from_secs(60);
 
-/// What the operator asked for, before a target is chosen.
+/// What the operator asked for, before a target is chosen: the one request a front end (the
+/// CLI, a daemon) makes of the flow, through [`migrate`].
 #[derive(Debug)]
 pub struct Ask {
     pub select: target::SelectRequest,

@@ -29,7 +29,10 @@ use ferry_hypervisor::HvError;
 use ferry_journal::{Journal, JournalError, RunId, RunOutcome};
 use serde::Serialize;
 
-pub use flow::{migrate, run, Ask, Request, StopReason, ABORT_GRACE};
+// A front end asks with an `Ask` and `migrate`; `Request` and `run` are the flow's own, once
+// the target is chosen.
+pub(crate) use flow::Request;
+pub use flow::{migrate, Ask, StopReason, ABORT_GRACE};
 pub use preflight::Problem;
 pub use rollback::GuestLocation;
 pub use step::Step;

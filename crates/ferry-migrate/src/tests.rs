@@ -10,6 +10,7 @@ use ferry_hypervisor::fake::{Call, Fake, FakeDomain, FakeHost, MigrateOutcome};
 use ferry_hypervisor::{DiskSize, DomainState, HostId, Hypervisor, JobStats, PathInfo, PathKind};
 use ferry_journal::{Journal, RunOutcome};
 
+use crate::flow::run;
 use crate::*;
 
 const SRC: &str = "qemu+tcp://h1/system";
