@@ -127,6 +127,20 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_are_the_documented_ones() {
+        // README, "Careless and hostile input".
+        assert_eq!(CONNECT_TIMEOUT_S.max, 3600);
+        assert_eq!(RUN_TIMEOUT_S.max, 30 * 86_400);
+        assert_eq!(TIMEOUT_PER_GIB_S.max, 86_400);
+        assert_eq!(TIMEOUT_MIN_S.max, 30 * 86_400);
+        assert_eq!(STALL_S.max, 86_400);
+        assert_eq!(DOWNTIME_MS.max, 3_600_000);
+        assert_eq!(BANDWIDTH_MIB.max, 1_000_000);
+        assert_eq!(HOOK_TIMEOUT_S.max, 3600);
+        assert_eq!(RESERVE_MEMORY.max, 1 << 50);
+    }
+
+    #[test]
     fn every_bound_fits_the_arithmetic_done_with_it() {
         // Seconds as an Instant offset, ms as libvirt's downtime (unsigned long long), MiB/s
         // as QEMU's bytes per second (int64).

@@ -1779,6 +1779,36 @@ fn verify_fails_when_the_guest_still_runs_on_the_source() {
     assert_eq!(mutating(&fake.calls()).len(), before, "nothing deleted");
 }
 
+/// A failed post-copy leaves each side part of the guest: seen from either side, it is the
+/// split, never "on the source" (whose rollback would delete the target's half).
+#[test]
+fn a_post_copy_split_is_seen_from_either_side() {
+    use DomainState::{Paused, PostcopyFailed, Running};
+    for (on_src, on_dst) in [(PostcopyFailed, Running), (Paused, PostcopyFailed)] {
+        let fake = lab();
+        let hv = hv(&fake);
+        let inv = inventory::read(hv.as_ref(), &request("vdb=/dev/nvme1n5")).unwrap();
+        let (mut h1, mut h2) = (fake.host_snapshot(SRC), fake.host_snapshot(DST));
+        let g = h1.domains["g"].clone();
+        h1.domains.insert(
+            "g".into(),
+            FakeDomain {
+                state: on_src,
+                ..g.clone()
+            },
+        );
+        h2.domains
+            .insert("g".into(), FakeDomain { state: on_dst, ..g });
+        fake.add_host(SRC, h1);
+        fake.add_host(DST, h2);
+        assert_eq!(
+            rollback::locate(hv.as_ref(), &inv),
+            GuestLocation::PostcopySplit,
+            "{on_src:?} {on_dst:?}"
+        );
+    }
+}
+
 /// The guest placed on the fake's hosts as given, and what verification says of `plan`.
 struct VerifyCase<'a> {
     on_src: Option<DomainState>,

@@ -180,3 +180,26 @@ pub fn check(hv: &dyn Hypervisor, inv: &GuestOnHosts, plan: &Plan) -> Verified {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_names_the_definition_and_the_disk() {
+        let p = VerifyProblem::DiskMissing {
+            which: Definition::Persistent,
+            disk: "vdb".into(),
+        };
+        assert_eq!(p.to_string(), "persistent: disk vdb is missing");
+        let p = VerifyProblem::NoSlice {
+            which: Definition::Live,
+            disk: "vdb".into(),
+            bytes: 64,
+        };
+        assert_eq!(
+            p.to_string(),
+            "live: disk vdb has no storage slice of 64 bytes"
+        );
+    }
+}

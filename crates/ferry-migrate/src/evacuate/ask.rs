@@ -167,6 +167,17 @@ mod tests {
             1
         );
         assert!(matches!(targets(None, &h1, &[]), Err(AskError::NoTarget)));
+        // The source given by its URI alone (not resolved to its inventory name): it is still
+        // the source, never one of its own targets, by name or by URI.
+        let by_uri = HostSpec::uri("qemu+tcp://h1/system");
+        assert_eq!(
+            names(targets(Some(&inv), &by_uri, &[]).unwrap()),
+            ["h2", "h3"]
+        );
+        assert!(matches!(
+            targets(Some(&inv), &by_uri, &["h1".into()]),
+            Err(AskError::ToIsSource(_))
+        ));
     }
 
     #[test]
@@ -194,6 +205,15 @@ mod tests {
             Err(AskError::AlreadyEvacuating(_))
         ));
         begin(&j, &HostSpec::uri("qemu+tcp://h2/system"), alive).unwrap();
+        // The same host under its inventory name: one host, one evacuation.
+        let named = HostSpec {
+            name: "h1".into(),
+            ..h1.clone()
+        };
+        assert!(matches!(
+            begin(&j, &named, alive),
+            Err(AskError::AlreadyEvacuating(_))
+        ));
         // Its Ferry gone (on this machine): the host may be evacuated again.
         begin(&j, &h1, |_| false).unwrap();
     }

@@ -100,3 +100,42 @@ impl Verdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(guest: &str, outcome: GuestOutcome) -> GuestResult {
+        GuestResult {
+            guest: guest.into(),
+            target: None,
+            outcome,
+            attempts: 1,
+            duration_ms: 0,
+            downtime_ms: None,
+            bytes: None,
+            message: None,
+            runs: vec![],
+        }
+    }
+
+    #[test]
+    fn the_host_decides_emptied_and_an_uncertain_guest_is_said() {
+        let results = [
+            result("a", GuestOutcome::Migrated),
+            result("b", GuestOutcome::Uncertain),
+            result("c", GuestOutcome::StayedOnSource),
+        ];
+        let v = decide_verdict(vec![], &results, 1500);
+        assert_eq!(
+            (v.outcome, v.migrated, v.uncertain),
+            (ferry_journal::EvacuationOutcome::Emptied, 1, true)
+        );
+        let v = decide_verdict(vec!["c".into()], &results[..1], 1500);
+        assert_eq!(
+            (v.outcome, v.migrated, v.uncertain),
+            (ferry_journal::EvacuationOutcome::Incomplete, 1, false)
+        );
+        assert_eq!(v.still_running, ["c"]);
+    }
+}
