@@ -2730,3 +2730,176 @@ fn a_cold_move_whose_define_reply_is_lost_deletes_nothing() {
     let said = g3.message.as_deref().unwrap_or_default();
     assert!(said.contains("left /srv/store/g3-vdb.img"), "{said}");
 }
+
+/// Records, at each step's event, the phase the journal holds for the run then.
+struct PhaseWatch<'j> {
+    journal: &'j Journal,
+    seen: Vec<(Step, Option<ferry_journal::RunPhase>)>,
+    /// Set this flag when the flow enters this step (a Ctrl-C at that moment).
+    cancel_at: Option<(Step, &'j AtomicBool)>,
+}
+
+impl Reporter for PhaseWatch<'_> {
+    fn report(&mut self, event: Event) {
+        if let Event::Step { step, .. } = event {
+            let phase = self.journal.runs(1).unwrap().first().map(|r| r.phase);
+            self.seen.push((step, phase));
+            if let Some((at, flag)) = self.cancel_at {
+                if at == step {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// The journal's phase is the step's when the step is announced; a read-only step after a hook
+/// made a volume does not set the run back to `preflight`.
+#[test]
+fn each_step_is_in_the_journal_when_it_is_said() {
+    use ferry_journal::RunPhase;
+    let log = journal_file("phases-hook");
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let mut req = request("vdb");
+    req.rules.copy.clear();
+    req.provision = vec![logging_hook(&log)];
+    let mut w = PhaseWatch {
+        journal: &journal,
+        seen: vec![],
+        cancel_at: None,
+    };
+    let r = run(&hv(&fake), &journal, &req, &mut w, &AtomicBool::new(false));
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let phase_at = |s: Step| w.seen.iter().find(|(x, _)| *x == s).map(|(_, p)| *p);
+    assert_eq!(phase_at(Step::Prepare), Some(Some(RunPhase::Prepare)));
+    assert_eq!(
+        phase_at(Step::Preflight),
+        Some(Some(RunPhase::Prepare)),
+        "a volume exists: the run is past preflight"
+    );
+    assert_eq!(phase_at(Step::Migrate), Some(Some(RunPhase::Migrate)));
+    assert_eq!(phase_at(Step::Verify), Some(Some(RunPhase::Verify)));
+    assert_eq!(journal.runs(1).unwrap()[0].phase, RunPhase::Done);
+}
+
+/// A timeout that has not come does not stop the run.
+#[test]
+fn a_timeout_not_yet_reached_stops_nothing() {
+    let fake = lab();
+    let mut req = request("vdb=/dev/nvme1n5");
+    req.timeout = Some(std::time::Duration::from_secs(600));
+    let (r, _, _) = go(&fake, &req);
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+}
+
+/// Ctrl-C once a hook has made a volume: the flow does not stop in the middle of reading (the
+/// volume would be left); it goes on, aborts, and gives the volume back through the hook.
+#[test]
+fn a_stop_after_a_hook_made_a_volume_rolls_it_back() {
+    let log = journal_file("stop-after-hook");
+    let fake = lab();
+    // The job runs until it is aborted: the Ctrl-C reaches it.
+    fake.set_outcome(MigrateOutcome::RunUntilAborted);
+    let journal = Journal::in_memory().unwrap();
+    let mut req = request("vdb");
+    req.rules.copy.clear();
+    req.provision = vec![logging_hook(&log)];
+    let cancel = AtomicBool::new(false);
+    let mut w = PhaseWatch {
+        journal: &journal,
+        seen: vec![],
+        cancel_at: Some((Step::Preflight, &cancel)),
+    };
+    let r = run(&hv(&fake), &journal, &req, &mut w, &cancel);
+    let Err(MigrateError::Failed { location, .. }) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*location, GuestLocation::Source);
+    let said = std::fs::read_to_string(&*log).unwrap();
+    assert!(said.contains("\"action\":\"delete\""), "{said}");
+    assert!(journal.leftovers().unwrap().is_empty());
+}
+
+/// Through `migrate` (lock, target, flow): a failed post-copy's run stays open for `ferry
+/// recover`, never closed as refused.
+#[test]
+fn a_split_post_copy_stays_open_through_migrate() {
+    use crate::target::{HostSpec, SelectRequest};
+    let fake = lab();
+    fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: false });
+    fake.same_storage(&[(SRC, "/mnt/nfs"), (DST, "/mnt/nfs_second_mount")]);
+    let journal = Journal::in_memory().unwrap();
+    let req = postcopy_request();
+    let ask = Ask {
+        select: SelectRequest {
+            guest: "g".into(),
+            source: HostSpec::uri(SRC),
+            candidates: vec![HostSpec::uri(DST)],
+            rules: req.rules.clone(),
+            inventory: None,
+            answer_deadline: ANSWER,
+            explicit: true,
+        },
+        options: req.options.clone(),
+        dry_run: false,
+        cold: false,
+        timeout: None,
+        started: std::time::Instant::now(),
+        abort_grace: ABORT_GRACE,
+    };
+    let r = crate::migrate(
+        &hv(&fake),
+        &journal,
+        &ask,
+        &mut vec![],
+        &AtomicBool::new(false),
+    );
+    assert!(
+        matches!(
+            r,
+            Err(MigrateError::Failed {
+                location: GuestLocation::PostcopySplit,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let run = &journal.runs(1).unwrap()[0];
+    assert_eq!(
+        (run.outcome, run.phase),
+        (None, ferry_journal::RunPhase::PostcopyFailed)
+    );
+}
+
+/// `ferry recover` ends the evacuations whose Ferry is gone — not in a dry run, not when asked
+/// about one run.
+#[test]
+fn recover_ends_an_evacuation_cut_short() {
+    let j = Journal::in_memory().unwrap();
+    // Its Ferry: a pid of this machine that is no Ferry (this test).
+    let e = j
+        .begin_evacuation("h1", SRC, std::process::id(), &crate::this_machine())
+        .unwrap();
+    assert!(
+        recover::end_cut_evacuations(&j, Some(ferry_journal::RunId(1)), false)
+            .unwrap()
+            .is_empty()
+    );
+    let dry = recover::end_cut_evacuations(&j, None, true).unwrap();
+    assert_eq!(dry.iter().map(|r| r.id).collect::<Vec<_>>(), [e]);
+    assert_eq!(
+        j.open_evacuations().unwrap().len(),
+        1,
+        "a dry run ends nothing"
+    );
+    let done = recover::end_cut_evacuations(&j, None, false).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        j.evacuations().unwrap()[0].outcome,
+        Some(ferry_journal::EvacuationOutcome::Interrupted)
+    );
+    assert!(recover::end_cut_evacuations(&j, None, false)
+        .unwrap()
+        .is_empty());
+}
