@@ -2783,10 +2783,12 @@ fn each_step_is_in_the_journal_when_it_is_said() {
     assert_eq!(journal.runs(1).unwrap()[0].phase, RunPhase::Done);
 }
 
-/// A timeout that has not come does not stop the run.
+/// A timeout that has not come does not stop the run (a host slow to connect: the stop's
+/// reasons are asked while the read waits).
 #[test]
 fn a_timeout_not_yet_reached_stops_nothing() {
     let fake = lab();
+    fake.slow_connect(DST, std::time::Duration::from_millis(300));
     let mut req = request("vdb=/dev/nvme1n5");
     req.timeout = Some(std::time::Duration::from_secs(600));
     let (r, _, _) = go(&fake, &req);
