@@ -677,27 +677,14 @@ fn a_read_only_step_is_stopped_by_a_silent_host_the_timeout_or_ctrl_c() {
 /// refused, its lock given back.
 #[test]
 fn a_stopped_migration_is_journaled_refused_and_unlocked() {
-    use crate::target::{HostSpec, SelectRequest};
     let fake = lab();
     fake.slow_connect(DST, std::time::Duration::from_secs(2));
     let journal = Journal::in_memory().unwrap();
-    let ask = Ask {
-        select: SelectRequest {
-            guest: "g".into(),
-            source: HostSpec::uri(SRC),
-            candidates: vec![HostSpec::uri(DST)],
-            rules: request("vdb=/dev/nvme1n5").rules,
-            inventory: None,
-            answer_deadline: ANSWER,
-            explicit: true,
-        },
-        options: MigrationOptions::default(),
-        dry_run: false,
-        cold: false,
-        timeout: None,
-        started: std::time::Instant::now(),
-        abort_grace: ABORT_GRACE,
-    };
+    let ask = explicit_ask(
+        "g",
+        request("vdb=/dev/nvme1n5").rules,
+        MigrationOptions::default(),
+    );
     let r = crate::migrate(
         &hv(&fake),
         &journal,
@@ -725,28 +712,18 @@ fn a_stopped_migration_is_journaled_refused_and_unlocked() {
 /// reads the journal's evacuations itself (any front end gets that).
 #[test]
 fn a_host_being_evacuated_is_refused_as_a_target() {
-    use crate::target::{HostSpec, SelectRequest};
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     journal
         .begin_evacuation("h2", DST, 1, "another-machine")
         .unwrap();
     let ask = Ask {
-        select: SelectRequest {
-            guest: "g".into(),
-            source: HostSpec::uri(SRC),
-            candidates: vec![HostSpec::uri(DST)],
-            rules: request("vdb=/dev/nvme1n5").rules,
-            inventory: None,
-            answer_deadline: ANSWER,
-            explicit: true,
-        },
-        options: MigrationOptions::default(),
         dry_run: true,
-        cold: false,
-        timeout: None,
-        started: std::time::Instant::now(),
-        abort_grace: ABORT_GRACE,
+        ..explicit_ask(
+            "g",
+            request("vdb=/dev/nvme1n5").rules,
+            MigrationOptions::default(),
+        )
     };
     let r = crate::migrate(
         &hv(&fake),
@@ -2580,29 +2557,48 @@ fn with_the_links_known_each_migration_is_capped_at_its_share() {
     assert!(job_caps.iter().all(|b| b.is_some()), "{job_caps:?}");
 }
 
-/// `ferry migrate`'s cold move of the shut-off g3 from h1 to h2, on `fake`.
-fn cold_move_g3(fake: &Arc<Fake>) -> (Result<Outcome, MigrateError>, Journal) {
+/// `ferry migrate GUEST --from h1 --to h2` as a front end asks it.
+fn explicit_ask(guest: &str, rules: Rules, options: MigrationOptions) -> Ask {
     use crate::target::{HostSpec, SelectRequest};
-    let journal = Journal::in_memory().unwrap();
-    let ask = Ask {
+    Ask {
         select: SelectRequest {
-            guest: "g3".into(),
+            guest: guest.into(),
             source: HostSpec::uri(SRC),
             candidates: vec![HostSpec::uri(DST)],
-            rules: Rules::default(),
+            rules,
             inventory: None,
-            answer_deadline: crate::target::ANSWER_DEADLINE,
+            answer_deadline: ANSWER,
             explicit: true,
         },
-        options: MigrationOptions {
+        options,
+        dry_run: false,
+        cold: false,
+        timeout: None,
+        started: std::time::Instant::now(),
+        abort_grace: ABORT_GRACE,
+    }
+}
+
+/// `ferry migrate`'s cold move of the shut-off g3 from h1 to h2, on `fake`.
+fn cold_move_g3(fake: &Arc<Fake>) -> (Result<Outcome, MigrateError>, Journal) {
+    use crate::target::SelectRequest;
+    let journal = Journal::in_memory().unwrap();
+    let base = explicit_ask(
+        "g3",
+        Rules::default(),
+        MigrationOptions {
             unsafe_: true,
             ..Default::default()
         },
-        dry_run: false,
+    );
+    let ask = Ask {
         cold: true,
-        timeout: None,
-        started: std::time::Instant::now(),
         abort_grace: std::time::Duration::from_secs(1),
+        select: SelectRequest {
+            answer_deadline: crate::target::ANSWER_DEADLINE,
+            ..base.select
+        },
+        ..base
     };
     let out = crate::migrate(
         &hv(fake),
@@ -2827,29 +2823,12 @@ fn a_stop_after_a_hook_made_a_volume_rolls_it_back() {
 /// recover`, never closed as refused.
 #[test]
 fn a_split_post_copy_stays_open_through_migrate() {
-    use crate::target::{HostSpec, SelectRequest};
     let fake = lab();
     fake.set_outcome(MigrateOutcome::PostcopyFails { resumable: false });
     fake.same_storage(&[(SRC, "/mnt/nfs"), (DST, "/mnt/nfs_second_mount")]);
     let journal = Journal::in_memory().unwrap();
     let req = postcopy_request();
-    let ask = Ask {
-        select: SelectRequest {
-            guest: "g".into(),
-            source: HostSpec::uri(SRC),
-            candidates: vec![HostSpec::uri(DST)],
-            rules: req.rules.clone(),
-            inventory: None,
-            answer_deadline: ANSWER,
-            explicit: true,
-        },
-        options: req.options.clone(),
-        dry_run: false,
-        cold: false,
-        timeout: None,
-        started: std::time::Instant::now(),
-        abort_grace: ABORT_GRACE,
-    };
+    let ask = explicit_ask("g", req.rules.clone(), req.options.clone());
     let r = crate::migrate(
         &hv(&fake),
         &journal,
