@@ -644,13 +644,24 @@ const SIM_GUESTS: limits::Bound = limits::Bound {
     max: 1_000_000,
 };
 
+/// Why `--link-gbit` was refused.
+#[derive(Debug, thiserror::Error)]
+enum LinkGbitError {
+    #[error("{0:?} is not a number")]
+    NotANumber(String, #[source] std::num::ParseFloatError),
+    #[error("a link is from 0.001 to 10000 Gbit/s, not {0}")]
+    OutOfBounds(f64),
+}
+
 /// A link of 0.001 to 10,000 Gbit/s.
-fn link_gbit(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+fn link_gbit(s: &str) -> Result<f64, LinkGbitError> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| LinkGbitError::NotANumber(s.to_string(), e))?;
     if (0.001..=10_000.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("a link is from 0.001 to 10000 Gbit/s, not {s}"))
+        Err(LinkGbitError::OutOfBounds(v))
     }
 }
 

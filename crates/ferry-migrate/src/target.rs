@@ -109,43 +109,32 @@ pub const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
 /// is reported as not answering, and its thread is left behind: libvirt's call cannot be
 /// interrupted.
 pub fn gather(hv: &Arc<dyn Hypervisor>, specs: &[HostSpec], deadline: Duration) -> Vec<Gathered> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (i, spec) in specs.iter().enumerate() {
-        let (hv, spec, t) = (hv.clone(), spec.clone(), tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("facts {}", spec.name))
-            .spawn(move || {
-                let _ = t.send((i, gather_one(hv.as_ref(), &spec)));
-            });
-        if let Err(e) = spawned {
-            let _ = tx.send((
-                i,
-                unanswered(&specs[i], format!("cannot start a thread: {e}")),
-            ));
-        }
-    }
-    drop(tx);
-    let mut out: Vec<Option<Gathered>> = vec![None; specs.len()];
-    let end = ferry_hypervisor::wait::deadline_in(deadline);
-    while out.iter().any(Option::is_none) {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((i, g)) => out[i] = Some(g),
-            Err(_) => break,
-        }
-    }
-    out.into_iter()
-        .zip(specs)
-        .map(|(g, spec)| {
-            g.unwrap_or_else(|| {
-                unanswered(
-                    spec,
-                    format!(
-                        "no answer within {} s (it may accept connections and never answer)",
-                        deadline.as_secs()
-                    ),
-                )
+    use ferry_hypervisor::wait::{self, NoAnswer};
+    // Every host's read starts at once; each is then waited for until the same deadline.
+    let pending: Vec<_> = specs
+        .iter()
+        .map(|spec| {
+            let (hv, spec) = (hv.clone(), spec.clone());
+            wait::spawn(&format!("facts {}", spec.name), move || {
+                gather_one(hv.as_ref(), &spec)
             })
+        })
+        .collect();
+    let end = wait::deadline_in(deadline);
+    pending
+        .iter()
+        .zip(specs)
+        .map(|(p, spec)| match p.wait(end) {
+            Ok(g) => g,
+            Err(NoAnswer::Late) => unanswered(
+                spec,
+                format!(
+                    "no answer within {} s (it may accept connections and never answer)",
+                    deadline.as_secs()
+                ),
+            ),
+            Err(NoAnswer::Failed(why)) => unanswered(spec, format!("its read failed: {why}")),
+            Err(NoAnswer::Stopped(never)) => match never {},
         })
         .collect()
 }

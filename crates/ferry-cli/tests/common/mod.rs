@@ -69,13 +69,18 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
 
 /// The state of `guest` on `uri` ("running", "shut off", or "" when not defined there); an
 /// error when the host does not answer (then nothing can be said of the guest there).
-pub fn try_state_of(uri: &str, guest: &str) -> Result<String, String> {
-    let listed = || -> Result<bool, String> {
+pub fn try_state_of(uri: &str, guest: &str) -> Result<String, VirshFailed> {
+    let failed = |what: &str, stderr: String| VirshFailed {
+        uri: uri.to_string(),
+        what: what.to_string(),
+        stderr,
+    };
+    let listed = || -> Result<bool, VirshFailed> {
         let (ok, names, e) = virsh(uri, &["list", "--all", "--name"]);
         if ok {
             Ok(names.lines().any(|n| n.trim() == guest))
         } else {
-            Err(format!("{uri} did not answer: {e}"))
+            Err(failed("list --all", e))
         }
     };
     if !listed()? {
@@ -90,8 +95,30 @@ pub fn try_state_of(uri: &str, guest: &str) -> Result<String, String> {
     if !listed()? {
         return Ok(String::new());
     }
-    Err(format!("{uri}: domstate {guest}: {e}"))
+    Err(failed(&format!("domstate {guest}"), e))
 }
+
+/// A virsh call that failed: the host did not answer, or refused the question.
+#[derive(Debug)]
+pub struct VirshFailed {
+    pub uri: String,
+    pub what: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for VirshFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: virsh {}: {}",
+            self.uri,
+            self.what,
+            self.stderr.trim()
+        )
+    }
+}
+
+impl std::error::Error for VirshFailed {}
 
 /// [`try_state_of`] `guest`, where the host must answer.
 pub fn state_of(uri: &str, guest: &str) -> String {
