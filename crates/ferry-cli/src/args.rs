@@ -517,6 +517,30 @@ pub struct MigrationArgs {
     /// converges, at the cost of the guest's write latency during the copy.
     #[arg(long)]
     pub copy_storage_synchronous_writes: bool,
+    /// Pre-seed the copied disks before the live phase: freeze each onto a qcow2 overlay in
+    /// --preseed-store on the source, copy the frozen disk to the target outside the migration
+    /// job (zero chunks cross the wire as holes, every chunk digested), then migrate only what
+    /// the guest wrote since (VIR_MIGRATE_NON_SHARED_INC) and commit the overlay into the disk
+    /// where the guest runs. The live phase no longer grows with the disk. For raw file or
+    /// block-device disks of a running guest.
+    #[arg(long)]
+    pub preseed: bool,
+    /// With --preseed: the directory, on both hosts, that holds the overlays while the guest
+    /// runs on them (a storage pool's, or one Ferry makes a transient pool of).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/libvirt/images",
+        requires = "preseed"
+    )]
+    pub preseed_store: String,
+    /// With --preseed: which copied chunks are read back from the target and compared with
+    /// what was sent: all (the whole volume crosses the wire again), sample (the first, last
+    /// and every 16th chunk), none.
+    #[arg(long, value_name = "WHICH", default_value = "sample", requires = "preseed",
+          value_parser = clap::builder::PossibleValuesParser::new(["all", "sample", "none"])
+              .try_map(|s| s.parse::<ferry_core::preseed::Verify>()))]
+    pub preseed_verify: ferry_core::preseed::Verify,
     #[command(flatten)]
     pub convergence: ConvergenceArgs,
 }
@@ -617,6 +641,11 @@ impl MigrationArgs {
             bandwidth_mib: self.bandwidth,
             migrate_uri: self.migrate_uri.clone(),
             disks_uri: self.disks_uri.clone(),
+            preseed: self.preseed.then(|| ferry_core::preseed::Preseed {
+                store: self.preseed_store.clone(),
+                verify: self.preseed_verify,
+                bandwidth_mib: self.bandwidth,
+            }),
         }
     }
 }

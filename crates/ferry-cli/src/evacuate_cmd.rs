@@ -188,6 +188,7 @@ impl EvacReporter for Live {
                         s
                     }
                     Event::Note { message } => message.clone(),
+                    Event::Seed(p) => crate::migrate_cmd::seed_line(p),
                     Event::Target(_) => return,
                 };
                 if let Some(b) = self.bars.get(&guest) {

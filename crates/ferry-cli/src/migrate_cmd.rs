@@ -101,26 +101,54 @@ impl Reporter for Terminal {
             Event::Target(_) => {}
             Event::Job(p) => {
                 let line = Self::job_line(&p);
-                if self.tty {
-                    let bar = self.bar.get_or_insert_with(|| {
-                        let b = ProgressBar::new(1);
-                        b.set_style(
-                            ProgressStyle::with_template("    [{bar:30}] {msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
-                        );
-                        b
-                    });
-                    let (done, total) = Self::done_total(&p);
-                    bar.set_length(total.max(1));
-                    bar.set_position(done);
-                    bar.set_message(line);
-                } else if self.last_line.elapsed() >= Duration::from_secs(1) {
-                    // Not a terminal (a log, CI): one line a second.
-                    eprintln!("    {line}");
-                    self.last_line = std::time::Instant::now();
-                }
+                let (done, total) = Self::done_total(&p);
+                self.progress(line, done, total);
             }
+            Event::Seed(p) => {
+                let line = seed_line(&p);
+                self.progress(line, p.done, p.total);
+            }
+        }
+    }
+}
+
+/// A pre-seeded disk's copy in one line: done, rate, what went as data and as holes, ETA.
+pub(crate) fn seed_line(p: &ferry_migrate::preseed::SeedProgress) -> String {
+    let mut s = format!(
+        "seed {:<6} {:>10} / {:<10} {:>10}/s  data {} holes {}",
+        p.disk,
+        human_bytes(p.done),
+        human_bytes(p.total),
+        human_bytes(p.rate_bps),
+        human_bytes(p.data),
+        human_bytes(p.zeros)
+    );
+    if let Some(eta) = p.eta_s {
+        s.push_str(&format!("  ETA {eta} s"));
+    }
+    s
+}
+
+impl Terminal {
+    /// A progress line: a bar on a terminal, one line a second elsewhere.
+    fn progress(&mut self, line: String, done: u64, total: u64) {
+        if self.tty {
+            let bar = self.bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(1);
+                b.set_style(
+                    ProgressStyle::with_template("    [{bar:30}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                b
+            });
+            bar.set_length(total.max(1));
+            bar.set_position(done);
+            bar.set_message(line);
+        } else if self.last_line.elapsed() >= Duration::from_secs(1) {
+            // Not a terminal (a log, CI): one line a second.
+            eprintln!("    {line}");
+            self.last_line = std::time::Instant::now();
         }
     }
 }
@@ -174,6 +202,17 @@ fn print_summary(s: &Summary) {
             .map(human_bytes)
             .unwrap_or_else(|| "unknown".into())
     );
+    for p in &s.seeded {
+        outln!(
+            "  pre-seeded {}: {} before the live phase: {} as data, {} as holes; {} chunk(s) \
+             read back and equal",
+            p.disk,
+            human_bytes(p.total),
+            human_bytes(p.data),
+            human_bytes(p.zeros),
+            p.verified_chunks
+        );
+    }
     for c in &s.created {
         outln!("  created on the target: {c}");
     }

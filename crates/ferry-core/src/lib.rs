@@ -14,6 +14,7 @@ pub mod limits;
 pub mod placement;
 pub mod plan;
 pub mod preflight;
+pub mod preseed;
 pub mod release;
 pub mod render;
 pub mod rewrite;

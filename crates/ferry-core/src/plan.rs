@@ -144,6 +144,8 @@ pub struct MigrationOptions {
     /// (`NON_SHARED_SYNCHRONOUS_WRITES`): the copy converges however hard the guest writes.
     pub sync_writes: bool,
     pub policy: convergence::Policy,
+    /// Pre-seed the copied disks before the live phase (`--preseed`).
+    pub preseed: Option<crate::preseed::Preseed>,
 }
 
 /// libvirt migration flags Ferry sets (`virDomainMigrateFlags`). Read back from the journal's
@@ -156,6 +158,10 @@ pub struct Flags {
     pub undefine_source: bool,
     pub abort_on_error: bool,
     pub non_shared_disk: bool,
+    /// Copy only the top image of each copied disk (a pre-seeded disk's overlay): the target
+    /// already holds its backing image.
+    #[serde(default)]
+    pub non_shared_inc: bool,
     pub peer2peer: bool,
     pub tls: bool,
     pub unsafe_: bool,
@@ -179,7 +185,7 @@ pub struct FlagDef {
 
 /// Every flag Ferry sets, in libvirt's (bit) order: the one table the plan's names, the virsh
 /// line and the libvirt call are made from.
-pub const FLAG_TABLE: [FlagDef; 12] = [
+pub const FLAG_TABLE: [FlagDef; 13] = [
     FlagDef {
         name: "LIVE",
         bit: 1,
@@ -209,6 +215,12 @@ pub const FLAG_TABLE: [FlagDef; 12] = [
         bit: 1 << 6,
         virsh: "--copy-storage-all",
         get: |f| f.non_shared_disk,
+    },
+    FlagDef {
+        name: "NON_SHARED_INC",
+        bit: 1 << 7,
+        virsh: "--copy-storage-inc",
+        get: |f| f.non_shared_inc,
     },
     FlagDef {
         name: "UNSAFE",
@@ -416,6 +428,7 @@ pub fn plan(
         undefine_source: true,
         abort_on_error: true,
         non_shared_disk: !migrate_disks.is_empty(),
+        non_shared_inc: false,
         peer2peer: options.p2p,
         tls: options.tls,
         unsafe_: options.unsafe_,

@@ -51,6 +51,9 @@ pub enum ProblemCode {
     DirMissing,
     /// Not enough room in the destination's directory.
     NoRoom,
+    /// `--preseed` and a copied disk that cannot be frozen (shareable, read-only, a chain, a
+    /// slice, not a raw file or device), or a cold move.
+    CannotPreseed,
 }
 
 impl ProblemCode {
@@ -73,6 +76,7 @@ impl ProblemCode {
             Self::BlockMissing => "block_missing",
             Self::DirMissing => "dir_missing",
             Self::NoRoom => "no_room",
+            Self::CannotPreseed => "cannot_preseed",
         }
     }
 }

@@ -5,11 +5,12 @@
 //! reported), never that a migration works.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{
     CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError, Hypervisor,
-    JobStats, MigrateFlags, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
+    JobStats, MigrateFlags, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts, VolumeReader,
+    VolumeWriter,
 };
 
 /// One recorded call.
@@ -79,6 +80,36 @@ pub enum Call {
         host: String,
         dir: String,
     },
+    /// A storage stream written: how many bytes arrived as data and as holes.
+    WriteVolume {
+        host: String,
+        path: String,
+        offset: u64,
+        data: u64,
+        zeros: u64,
+    },
+    ReadVolume {
+        host: String,
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Freeze {
+        host: String,
+        name: String,
+        overlays: Vec<(String, String)>,
+        keep: Vec<String>,
+    },
+    CreateOverlay {
+        host: String,
+        path: String,
+        backing: String,
+    },
+    CommitActive {
+        host: String,
+        name: String,
+        disk: String,
+    },
 }
 
 /// A domain on a fake host.
@@ -106,6 +137,9 @@ pub struct FakeHost {
     pub memory_free: Option<u64>,
     /// The answer to a CPU comparison (default identical).
     pub cpu: Option<CpuCompat>,
+    /// The bytes of volumes, by path, for storage streams (a path in `paths` without an entry
+    /// here reads as zeros).
+    pub contents: HashMap<String, Vec<u8>>,
 }
 
 /// How the scripted migration ends.
@@ -153,6 +187,8 @@ struct State {
     connecting: Vec<(String, std::time::Instant)>,
     fail_define: Vec<String>,
     fail_undefine: Vec<String>,
+    /// A write stream to this path fails once this many bytes (data or zeros) were written.
+    fail_write_after: Vec<(String, u64)>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -162,10 +198,14 @@ struct State {
     canaries: Vec<(Vec<(String, String)>, String)>,
 }
 
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The fake hypervisor.
 #[derive(Debug, Default)]
 pub struct Fake {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl Fake {
@@ -232,6 +272,11 @@ impl Fake {
         self.lock().fail_undefine.push(uri.to_string());
     }
 
+    /// A write stream to `path` fails after `bytes` (a link cut during a bulk copy).
+    pub fn fail_writing_after(&self, path: &str, bytes: u64) {
+        self.lock().fail_write_after.push((path.to_string(), bytes));
+    }
+
     pub fn fail_connect(&self, uri: &str) {
         self.lock().fail_connect.push(uri.to_string());
     }
@@ -245,7 +290,7 @@ impl Fake {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn with_host<T>(
@@ -736,6 +781,170 @@ impl Hypervisor for Fake {
         Ok(())
     }
 
+    fn read_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeReader>, HvError> {
+        let bytes = self.with_host(host, |h, uri, calls| {
+            calls.push(Call::ReadVolume {
+                host: uri.to_string(),
+                path: path.to_string(),
+                offset,
+                len,
+            });
+            let info = h.paths.get(path).ok_or_else(|| HvError::Libvirt {
+                host: uri.to_string(),
+                what: format!("finding volume {path}"),
+                message: "no such volume".into(),
+                code: 0,
+            })?;
+            let mut all = h.contents.get(path).cloned().unwrap_or_default();
+            all.resize(usize::try_from(info.capacity).unwrap_or(0), 0);
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+            let end = usize::try_from(offset.saturating_add(len))
+                .unwrap_or(usize::MAX)
+                .min(all.len());
+            Ok(all[start..end].to_vec())
+        })?;
+        Ok(Box::new(FakeReader { bytes, at: 0 }))
+    }
+
+    fn write_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeWriter>, HvError> {
+        let uri = self.with_host(host, |h, uri, _| {
+            if h.paths.contains_key(path) {
+                Ok(uri.to_string())
+            } else {
+                Err(HvError::Libvirt {
+                    host: uri.to_string(),
+                    what: format!("finding volume {path}"),
+                    message: "no such volume".into(),
+                    code: 0,
+                })
+            }
+        })?;
+        let fail_after = self
+            .lock()
+            .fail_write_after
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, n)| *n);
+        Ok(Box::new(FakeWriter {
+            state: self.state.clone(),
+            uri,
+            path: path.to_string(),
+            offset,
+            end: offset.saturating_add(len),
+            at: offset,
+            data: 0,
+            zeros: 0,
+            fail_after,
+        }))
+    }
+
+    fn freeze_disks(
+        &self,
+        host: HostId,
+        name: &str,
+        overlays: &[(String, String)],
+        keep: &[String],
+    ) -> Result<(), HvError> {
+        self.with_host(host, |h, uri, calls| {
+            calls.push(Call::Freeze {
+                host: uri.to_string(),
+                name: name.to_string(),
+                overlays: overlays.to_vec(),
+                keep: keep.to_vec(),
+            });
+            if !h.domains.contains_key(name) {
+                return Err(HvError::NoDomain {
+                    host: uri.to_string(),
+                    name: name.to_string(),
+                });
+            }
+            for (_, o) in overlays {
+                h.paths.insert(
+                    o.clone(),
+                    PathInfo {
+                        kind: PathKind::File,
+                        capacity: 0,
+                        allocation: 0,
+                        format: Some("qcow2".into()),
+                    },
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn create_overlay(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        backing: &str,
+        _backing_format: &str,
+    ) -> Result<(), HvError> {
+        let injected = self.lock().fail_create.iter().any(|p| p == path);
+        self.with_host(host, |h, uri, calls| {
+            calls.push(Call::CreateOverlay {
+                host: uri.to_string(),
+                path: path.to_string(),
+                backing: backing.to_string(),
+            });
+            if injected || h.paths.contains_key(path) {
+                return Err(HvError::Libvirt {
+                    host: uri.into(),
+                    what: format!("creating overlay {path}"),
+                    message: "injected failure or path exists".into(),
+                    code: 0,
+                });
+            }
+            h.paths.insert(
+                path.to_string(),
+                PathInfo {
+                    kind: PathKind::File,
+                    capacity,
+                    allocation: 0,
+                    format: Some("qcow2".into()),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn commit_active(
+        &self,
+        host: HostId,
+        name: &str,
+        disk: &str,
+        _within: std::time::Duration,
+    ) -> Result<(), HvError> {
+        self.with_host(host, |h, uri, calls| {
+            calls.push(Call::CommitActive {
+                host: uri.to_string(),
+                name: name.to_string(),
+                disk: disk.to_string(),
+            });
+            if h.domains.contains_key(name) {
+                Ok(())
+            } else {
+                Err(HvError::NoDomain {
+                    host: uri.to_string(),
+                    name: name.to_string(),
+                })
+            }
+        })
+    }
+
     fn copy_volume(
         &self,
         src: HostId,
@@ -831,5 +1040,112 @@ impl Hypervisor for Fake {
         let place = storage_of(&s, host, dir);
         s.canaries.retain(|(p, n)| !(*p == place && n == name));
         Ok(())
+    }
+}
+
+/// A fake download: the bytes of the range, as they were when it was opened.
+struct FakeReader {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl VolumeReader for FakeReader {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, HvError> {
+        let n = buf.len().min(self.bytes.len() - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), HvError> {
+        Ok(())
+    }
+}
+
+/// A fake upload: writes go into the host's `contents` as they come; the call is recorded
+/// when the stream ends, finished or not.
+struct FakeWriter {
+    state: Arc<Mutex<State>>,
+    uri: String,
+    path: String,
+    offset: u64,
+    end: u64,
+    at: u64,
+    data: u64,
+    zeros: u64,
+    fail_after: Option<u64>,
+}
+
+impl FakeWriter {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), HvError> {
+        let len = bytes.len() as u64;
+        if let Some(limit) = self.fail_after {
+            if self.data + self.zeros + len > limit {
+                return Err(HvError::ConnectionLost {
+                    host: self.uri.clone(),
+                });
+            }
+        }
+        if self.at + len > self.end {
+            return Err(HvError::Libvirt {
+                host: self.uri.clone(),
+                what: format!("writing {}", self.path),
+                message: "past the end of the stream's range".into(),
+                code: 0,
+            });
+        }
+        let mut s = lock(&self.state);
+        let Some(h) = s.hosts.get_mut(&self.uri) else {
+            return Err(HvError::ConnectionLost {
+                host: self.uri.clone(),
+            });
+        };
+        let v = h.contents.entry(self.path.clone()).or_default();
+        let (a, b) = (self.at as usize, (self.at + len) as usize);
+        if v.len() < b {
+            v.resize(b, 0);
+        }
+        v[a..b].copy_from_slice(bytes);
+        self.at += len;
+        Ok(())
+    }
+}
+
+impl VolumeWriter for FakeWriter {
+    fn write(&mut self, data: &[u8]) -> Result<(), HvError> {
+        self.put(data)?;
+        self.data += data.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> Result<(), HvError> {
+        self.put(&vec![0; usize::try_from(len).unwrap_or(0)])?;
+        self.zeros += len;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), HvError> {
+        if self.at != self.end {
+            return Err(HvError::Libvirt {
+                host: self.uri.clone(),
+                what: format!("writing {}", self.path),
+                message: format!("the stream ended at {} of {}", self.at, self.end),
+                code: 0,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FakeWriter {
+    fn drop(&mut self) {
+        let call = Call::WriteVolume {
+            host: self.uri.clone(),
+            path: self.path.clone(),
+            offset: self.offset,
+            data: self.data,
+            zeros: self.zeros,
+        };
+        lock(&self.state).calls.push(call);
     }
 }

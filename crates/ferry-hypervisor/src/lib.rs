@@ -138,6 +138,56 @@ pub trait Hypervisor: Send + Sync {
         bytes: u64,
     ) -> Result<(), HvError>;
 
+    /// Read `len` bytes of the volume at `path` from `offset` on, through a storage stream
+    /// (`virStorageVolDownload`).
+    fn read_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeReader>, HvError>;
+    /// Write `len` bytes of the volume at `path` from `offset` on, through a sparse storage
+    /// stream (`virStorageVolUpload` with `SPARSE_STREAM`): data, and runs of zeros sent as
+    /// holes (libvirt writes zeros for a hole on a block device, punches one in a file).
+    fn write_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeWriter>, HvError>;
+    /// Freeze disks of a running domain: an external disk-only snapshot without metadata,
+    /// each disk of `overlays` (target dev, overlay path) onto a new qcow2 overlay that libvirt
+    /// creates; every disk of `keep` is left as it is. The guest's writes go to the overlays.
+    fn freeze_disks(
+        &self,
+        host: HostId,
+        name: &str,
+        overlays: &[(String, String)],
+        keep: &[String],
+    ) -> Result<(), HvError>;
+    /// Create a qcow2 overlay at `path` of `capacity` bytes whose backing image is `backing`
+    /// (in format `backing_format`), through the storage API.
+    fn create_overlay(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        backing: &str,
+        backing_format: &str,
+    ) -> Result<(), HvError>;
+    /// Commit the active overlay of `disk` into its backing image and pivot the guest onto it
+    /// (`virDomainBlockCommit` with `ACTIVE`, then `virDomainBlockJobAbort` with `PIVOT`); waits
+    /// at most `within` for the commit to be ready.
+    fn commit_active(
+        &self,
+        host: HostId,
+        name: &str,
+        disk: &str,
+        within: std::time::Duration,
+    ) -> Result<(), HvError>;
+
     /// Every domain on the host with its memory and whether a job runs for it.
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError>;
     /// Every storage pool on the host, with what its definition says about its storage.
@@ -160,6 +210,24 @@ pub trait Hypervisor: Send + Sync {
     fn waiting_on(&self) -> Vec<(String, std::time::Duration)> {
         Vec::new()
     }
+}
+
+/// A volume read through a storage stream.
+pub trait VolumeReader: Send {
+    /// Fill `buf` (or part of it) with the next bytes; `Ok(0)` at the end of the range.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, HvError>;
+    /// End the stream (it must have been read to its end).
+    fn finish(self: Box<Self>) -> Result<(), HvError>;
+}
+
+/// A volume written through a sparse storage stream.
+pub trait VolumeWriter: Send {
+    /// The next bytes.
+    fn write(&mut self, data: &[u8]) -> Result<(), HvError>;
+    /// The next `len` bytes read as zeros afterwards; only the length crosses the wire.
+    fn zeros(&mut self, len: u64) -> Result<(), HvError>;
+    /// End the stream: every byte of the range was given.
+    fn finish(self: Box<Self>) -> Result<(), HvError>;
 }
 
 /// A canary's name: unique per process, call and time.

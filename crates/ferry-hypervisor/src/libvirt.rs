@@ -20,7 +20,8 @@ use ferry_core::facts::PoolKind;
 
 use crate::{
     split_path, CpuCompat, CpuQuery, DiskSize, DomainState, GuestFacts, HostFacts, HostId, HvError,
-    Hypervisor, JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts,
+    Hypervisor, JobStats, MigrateRequest, PathInfo, PathKind, PathProbe, PoolFacts, VolumeReader,
+    VolumeWriter,
 };
 
 /// The last job-completed statistics seen per domain name, filled by libvirt's event loop.
@@ -108,6 +109,24 @@ fn is_code(e: &VirtError, code: sys::virErrorNumber) -> bool {
     code_of(e) == code
 }
 
+/// A libvirt error on host `h`: the connection lost when it is, else libvirt's own.
+fn err_on(h: &HostConn, what: impl Into<String>, e: VirtError) -> HvError {
+    let code = code_of(&e) as i32;
+    // SAFETY: the connection pointer is valid while `h` holds it.
+    let alive = unsafe { sys::virConnectIsAlive(h.conn.as_ptr()) };
+    if alive == 0 {
+        return HvError::ConnectionLost {
+            host: h.uri.clone(),
+        };
+    }
+    HvError::Libvirt {
+        host: h.uri.clone(),
+        what: what.into(),
+        message: e.message().to_string(),
+        code,
+    }
+}
+
 impl Libvirt {
     pub fn new() -> Self {
         start_event_loop();
@@ -120,20 +139,7 @@ impl Libvirt {
     }
 
     fn err(&self, h: &HostConn, what: impl Into<String>, e: VirtError) -> HvError {
-        let code = code_of(&e) as i32;
-        // SAFETY: the connection pointer is valid while `h` holds it.
-        let alive = unsafe { sys::virConnectIsAlive(h.conn.as_ptr()) };
-        if alive == 0 {
-            return HvError::ConnectionLost {
-                host: h.uri.clone(),
-            };
-        }
-        HvError::Libvirt {
-            host: h.uri.clone(),
-            what: what.into(),
-            message: e.message().to_string(),
-            code,
-        }
+        err_on(h, what, e)
     }
 
     fn lookup(&self, h: &HostConn, name: &str) -> Result<Domain, HvError> {
@@ -815,6 +821,188 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
+    fn read_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeReader>, HvError> {
+        let h = self.host(host);
+        let vol = h
+            .conn
+            .lookup_storage_vol_by_path(path)
+            .map_err(|e| self.err(&h, format!("finding volume {path}"), e))?;
+        let stream = virt::stream::Stream::new(&h.conn, 0)
+            .map_err(|e| self.err(&h, "opening a stream", e))?;
+        vol.download(&stream, offset, len, 0)
+            .map_err(|e| self.err(&h, format!("reading {path}"), e))?;
+        Ok(Box::new(StreamReader {
+            what: format!("reading {path}"),
+            stream: Some(stream),
+            h,
+        }))
+    }
+
+    fn write_volume(
+        &self,
+        host: HostId,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn VolumeWriter>, HvError> {
+        let h = self.host(host);
+        let vol = h
+            .conn
+            .lookup_storage_vol_by_path(path)
+            .map_err(|e| self.err(&h, format!("finding volume {path}"), e))?;
+        let stream = virt::stream::Stream::new(&h.conn, 0)
+            .map_err(|e| self.err(&h, "opening a stream", e))?;
+        vol.upload(
+            &stream,
+            offset,
+            len,
+            sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+        )
+        .map_err(|e| self.err(&h, format!("writing {path}"), e))?;
+        Ok(Box::new(StreamWriter {
+            what: format!("writing {path}"),
+            stream: Some(stream),
+            h,
+        }))
+    }
+
+    fn freeze_disks(
+        &self,
+        host: HostId,
+        name: &str,
+        overlays: &[(String, String)],
+        keep: &[String],
+    ) -> Result<(), HvError> {
+        use ferry_core::xml::escape_attr;
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        let mut xml = String::from("<domainsnapshot><disks>");
+        for (disk, overlay) in overlays {
+            xml.push_str(&format!(
+                "<disk name='{}' snapshot='external' type='file'><driver type='qcow2'/>\
+                 <source file='{}'/></disk>",
+                escape_attr(disk, '\''),
+                escape_attr(overlay, '\'')
+            ));
+        }
+        for disk in keep {
+            xml.push_str(&format!(
+                "<disk name='{}' snapshot='no'/>",
+                escape_attr(disk, '\'')
+            ));
+        }
+        xml.push_str("</disks></domainsnapshot>");
+        let flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+        dom.create_snapshot_xml(&xml, flags)
+            .map(|_| ())
+            .map_err(|e| self.err(&h, format!("freezing the disks of {name}"), e))
+    }
+
+    fn create_overlay(
+        &self,
+        host: HostId,
+        path: &str,
+        capacity: u64,
+        backing: &str,
+        backing_format: &str,
+    ) -> Result<(), HvError> {
+        use ferry_core::xml::escape_attr;
+        let h = self.host(host);
+        let (pool, base) = self.pool_of(&h, path, "creating")?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
+             <target><format type='qcow2'/></target><backingStore><path>{}</path>\
+             <format type='{}'/></backingStore></volume>",
+            escape_attr(base, '\''),
+            escape_attr(backing, '\''),
+            escape_attr(backing_format, '\'')
+        );
+        StorageVol::create_xml(&pool.pool, &xml, 0)
+            .map(|_| ())
+            .map_err(|e| self.err(&h, format!("creating overlay {path} over {backing}"), e))
+    }
+
+    fn commit_active(
+        &self,
+        host: HostId,
+        name: &str,
+        disk: &str,
+        within: std::time::Duration,
+    ) -> Result<(), HvError> {
+        let h = self.host(host);
+        let dom = self.lookup(&h, name)?;
+        let what = format!("committing the overlay of {name}'s {disk}");
+        let cdisk = CString::new(disk).map_err(|_| HvError::Libvirt {
+            host: h.uri.clone(),
+            what: what.clone(),
+            message: "the disk name has a NUL byte".into(),
+            code: 0,
+        })?;
+        let last = |h: &HostConn| err_on(h, what.clone(), VirtError::last_error());
+        // SAFETY: `dom` is valid for the call; `cdisk` is a NUL-terminated string that outlives
+        // it; NULL base and top mean the active layer into its backing image.
+        let r = unsafe {
+            sys::virDomainBlockCommit(
+                dom.as_ptr(),
+                cdisk.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
+            )
+        };
+        if r < 0 {
+            return Err(last(&h));
+        }
+        // Ready when the job has copied everything (cur == end): then the pivot.
+        let deadline = crate::wait::deadline_in(within);
+        let ready =
+            crate::wait::poll_until(deadline, std::time::Duration::from_millis(100), || {
+                let mut info = sys::_virDomainBlockJobInfo {
+                    type_: 0,
+                    bandwidth: 0,
+                    cur: 0,
+                    end: 0,
+                };
+                // SAFETY: `dom` and `cdisk` are valid; `info` is writable for the call.
+                let r = unsafe {
+                    sys::virDomainGetBlockJobInfo(dom.as_ptr(), cdisk.as_ptr(), &mut info, 0)
+                };
+                (r == 1 && info.end > 0 && info.cur == info.end).then_some(())
+            });
+        if ready.is_none() {
+            // SAFETY: as above; without PIVOT the job is cancelled and the guest stays on the
+            // overlay.
+            unsafe { sys::virDomainBlockJobAbort(dom.as_ptr(), cdisk.as_ptr(), 0) };
+            return Err(HvError::Libvirt {
+                host: h.uri.clone(),
+                what,
+                message: format!("the commit was not ready within {} s", within.as_secs()),
+                code: 0,
+            });
+        }
+        // SAFETY: as above.
+        let r = unsafe {
+            sys::virDomainBlockJobAbort(
+                dom.as_ptr(),
+                cdisk.as_ptr(),
+                sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT,
+            )
+        };
+        if r < 0 {
+            return Err(last(&h));
+        }
+        Ok(())
+    }
+
     fn guests(&self, host: HostId) -> Result<Vec<GuestFacts>, HvError> {
         let h = self.host(host);
         let doms = h
@@ -989,6 +1177,99 @@ fn get_job_stats(
     Ok(stats)
 }
 
+/// A volume being downloaded; the stream is aborted if it is dropped unfinished.
+struct StreamReader {
+    what: String,
+    stream: Option<virt::stream::Stream>,
+    h: Arc<HostConn>,
+}
+
+impl VolumeReader for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, HvError> {
+        let Some(s) = &self.stream else {
+            return Ok(0);
+        };
+        let n = s
+            .recv(buf)
+            .map_err(|e| err_on(&self.h, self.what.clone(), e))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), HvError> {
+        match self.stream.take() {
+            Some(s) => s
+                .finish()
+                .map_err(|e| err_on(&self.h, self.what.clone(), e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.abort();
+        }
+    }
+}
+
+/// A volume being uploaded through a sparse stream; aborted if dropped unfinished.
+struct StreamWriter {
+    what: String,
+    stream: Option<virt::stream::Stream>,
+    h: Arc<HostConn>,
+}
+
+impl VolumeWriter for StreamWriter {
+    fn write(&mut self, mut data: &[u8]) -> Result<(), HvError> {
+        let Some(s) = &self.stream else {
+            return Ok(());
+        };
+        while !data.is_empty() {
+            let k = s
+                .send(data)
+                .map_err(|e| err_on(&self.h, self.what.clone(), e))?;
+            data = &data[usize::try_from(k).unwrap_or(0).min(data.len())..];
+        }
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> Result<(), HvError> {
+        let Some(s) = &self.stream else {
+            return Ok(());
+        };
+        let len = i64::try_from(len).map_err(|_| HvError::Libvirt {
+            host: self.h.uri.clone(),
+            what: self.what.clone(),
+            message: format!("a hole of {len} bytes is too long"),
+            code: 0,
+        })?;
+        // SAFETY: the stream is valid while `s` holds it; a hole is only a length.
+        let r = unsafe { sys::virStreamSendHole(s.as_ptr(), len, 0) };
+        if r < 0 {
+            return Err(err_on(&self.h, self.what.clone(), VirtError::last_error()));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), HvError> {
+        match self.stream.take() {
+            Some(s) => s
+                .finish()
+                .map_err(|e| err_on(&self.h, self.what.clone(), e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Against libvirt's `test:///default` driver (in-process, no daemon): lookups, states and
@@ -1026,6 +1307,7 @@ mod tests {
             ("PERSIST_DEST", sys::VIR_MIGRATE_PERSIST_DEST),
             ("UNDEFINE_SOURCE", sys::VIR_MIGRATE_UNDEFINE_SOURCE),
             ("NON_SHARED_DISK", sys::VIR_MIGRATE_NON_SHARED_DISK),
+            ("NON_SHARED_INC", sys::VIR_MIGRATE_NON_SHARED_INC),
             ("UNSAFE", sys::VIR_MIGRATE_UNSAFE),
             ("ABORT_ON_ERROR", sys::VIR_MIGRATE_ABORT_ON_ERROR),
             ("AUTO_CONVERGE", sys::VIR_MIGRATE_AUTO_CONVERGE),

@@ -74,8 +74,14 @@ vocabulary! {
         Preflight = "preflight",
         /// Creating the target's volumes.
         Prepare = "prepare",
+        /// Pre-seeding: the copied disks frozen onto overlays on the source.
+        Freeze = "freeze",
+        /// Pre-seeding: the frozen disks copied to the target outside the migration job.
+        Seed = "seed",
         /// libvirt's migration job.
         Migrate = "migrate",
+        /// Pre-seeding: the overlays committed into the disks where the guest runs.
+        Collapse = "collapse",
         /// A cold move's storage copy.
         Copy = "copy",
         /// A cold move's definition on the target.

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::inventory::GuestOnHosts;
 use crate::prepare::CreatedVolume;
+use crate::preseed;
 use crate::{
     cold, inventory, lock, migrate as job, preflight, prepare, provision, rollback, target, verify,
     Cause, Event, GuestLocation, MigrateError, Outcome, Reporter, Step, Summary,
@@ -298,7 +299,15 @@ pub fn run(
     };
     let inv = flow.inventory()?;
     let (rules, provisioned) = flow.provision(&inv)?;
-    let (plan, checked) = flow.plan(&inv, rules, &provisioned)?;
+    let (plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
+    if plan.options.preseed.is_some() {
+        checked.problems.extend(ferry_core::preseed::problems(
+            &inv.live_xml,
+            &plan,
+            req.cold,
+            &req.from,
+        ));
+    }
     if !checked.problems.is_empty() {
         return Err(flow.refuse(&inv, &plan, checked, &provisioned));
     }
@@ -312,7 +321,7 @@ pub fn run(
         flow.note(c.clone());
     }
     let run = flow.record_plan(&plan)?;
-    let created = flow.prepare(run, &inv, &checked, provisioned)?;
+    let mut created = flow.prepare(run, &inv, &checked, provisioned)?;
     let mut ctx = Ctx {
         hv: flow.hv,
         journal,
@@ -323,8 +332,31 @@ pub fn run(
     if req.cold {
         return cold::finish(&mut ctx, &plan, &created, req, flow.t0);
     }
-    let last = live(&mut ctx, &plan, &created, req, cancel)?;
-    verify_run(&mut ctx, &plan, &created, req, last.as_ref(), flow.t0)
+    let Some(pre) = &plan.options.preseed else {
+        let last = live(&mut ctx, &plan, &created, req, cancel)?;
+        return verify_run(&mut ctx, &plan, &created, req, last.as_ref(), flow.t0);
+    };
+    // Pre-seeded: the live phase runs the staged plan (each copied disk on an overlay); the
+    // guest ends on the plan's own definition once the overlays are committed.
+    let seeded = preseed::before_live(&mut ctx, &plan, &mut created, req, pre, cancel)?;
+    let last = match live(&mut ctx, &seeded.plan, &created, req, cancel) {
+        Ok(l) => l,
+        Err(e) => return Err(preseed::after_live_failure(&mut ctx, &seeded, e)),
+    };
+    if let Err(e) = preseed::collapse(&mut ctx, &seeded, &plan, &mut created) {
+        ctx.note(format!(
+            "the overlays could not be committed on {}: {}",
+            req.to,
+            crate::error_chain(&e)
+        ));
+    }
+    let mut out = verify_run(&mut ctx, &plan, &created, req, last.as_ref(), flow.t0);
+    match &mut out {
+        Ok(Outcome::Migrated(s)) => s.seeded = seeded.progress,
+        Err(MigrateError::VerifyFailed { summary, .. }) => summary.seeded = seeded.progress,
+        _ => {}
+    }
+    out
 }
 
 /// The flow before its run has acted: what the steps up to the plan need.
@@ -759,5 +791,6 @@ fn summarise(
         created: created.iter().map(|v| v.path.clone()).collect(),
         verified: vec![],
         warnings: vec![],
+        seeded: vec![],
     }
 }

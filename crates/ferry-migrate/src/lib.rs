@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod migrate;
 pub mod preflight;
 pub mod prepare;
+pub mod preseed;
 pub mod provision;
 pub mod record;
 pub mod recover;
@@ -63,6 +64,8 @@ pub enum Event {
     Job(Progress),
     /// Something done or found worth a line of its own.
     Note { message: String },
+    /// A pre-seeded disk's copy, as it goes.
+    Seed(preseed::SeedProgress),
     /// The target chosen, and every host's verdict.
     Target(ferry_core::placement::Ranking),
 }
@@ -100,6 +103,9 @@ pub struct Summary {
     pub created: Vec<String>,
     pub verified: Vec<String>,
     pub warnings: Vec<String>,
+    /// Each pre-seeded disk's copy (`--preseed`): data and holes sent, chunks read back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeded: Vec<preseed::SeedProgress>,
 }
 
 /// The result of [`run`].
@@ -146,6 +152,9 @@ pub enum Cause {
     /// The thread carrying libvirt's call could not be started, or ended without an answer.
     #[error("the thread carrying libvirt's {what} call failed: {why}")]
     Thread { what: &'static str, why: String },
+    /// Pre-seeding failed (a stream, a read-back, a stop).
+    #[error(transparent)]
+    Seed(#[from] preseed::SeedError),
     /// A copied disk's plan has no path on one of the hosts.
     #[error("disk {disk} has no path to copy")]
     NoPath { disk: String },

@@ -112,11 +112,69 @@ pub enum Cleanup {
     DefinitionLeft { host: String, guest: String },
     /// The run stays open: `ferry recover` resumes the failed post-copy.
     RunOpen { run: ferry_journal::RunId },
+    /// A pre-seeded disk's overlay committed back into the disk on the source, and deleted.
+    Thawed {
+        host: String,
+        disk: String,
+        overlay: String,
+    },
+    /// The commit back failed: the guest still runs on the overlay.
+    NotThawed {
+        host: String,
+        disk: String,
+        overlay: String,
+        error: String,
+    },
+    /// The guest is not on the source: its overlay there is left as it is.
+    OverlayLeft {
+        host: String,
+        disk: String,
+        overlay: String,
+    },
+    /// After the commit back, the guest's own persistent definition could not be restored.
+    NotRedefined {
+        host: String,
+        guest: String,
+        error: String,
+    },
 }
 
 impl std::fmt::Display for Cleanup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Thawed {
+                host,
+                disk,
+                overlay,
+            } => write!(
+                f,
+                "committed {overlay} back into disk {disk} on {host} and deleted it: the guest \
+                 runs on its own disk again"
+            ),
+            Self::NotThawed {
+                host,
+                disk,
+                overlay,
+                error,
+            } => write!(
+                f,
+                "could NOT commit {overlay} back into disk {disk} on {host}: {error}; the guest \
+                 still writes to the overlay: `virsh blockcommit GUEST {disk} --active --pivot` \
+                 there, then delete {overlay}"
+            ),
+            Self::OverlayLeft {
+                host,
+                disk,
+                overlay,
+            } => write!(
+                f,
+                "left the overlay {overlay} of disk {disk} on {host}: the guest is not known to \
+                 run there; `ferry recover` decides once it is"
+            ),
+            Self::NotRedefined { host, guest, error } => write!(
+                f,
+                "could NOT restore the persistent definition of {guest} on {host}: {error}"
+            ),
             Self::NothingCreated { host } => write!(f, "Ferry had created nothing on {host}"),
             Self::Deleted { host, path } => {
                 write!(f, "deleted {path} on {host} (Ferry had created it)")

@@ -18,8 +18,14 @@ pub enum Step {
     Plan,
     /// Creating the target's volumes (libvirt's storage API, or a hook).
     Prepare,
+    /// Pre-seeding: the copied disks frozen onto overlays on the source.
+    Freeze,
+    /// Pre-seeding: the frozen disks copied to the target volumes, outside the migration job.
+    Seed,
     /// libvirt's live migration job.
     Migrate,
+    /// Pre-seeding: the overlay committed into the disk where the guest runs, and deleted.
+    Collapse,
     /// A cold move's disks through libvirt's storage streams.
     Copy,
     /// A cold move's definition on the target.
@@ -32,13 +38,16 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 13] = [
         Step::Target,
         Step::Inventory,
         Step::Preflight,
         Step::Plan,
         Step::Prepare,
+        Step::Freeze,
+        Step::Seed,
         Step::Migrate,
+        Step::Collapse,
         Step::Copy,
         Step::Define,
         Step::Verify,
@@ -60,7 +69,10 @@ impl Step {
         match self {
             Self::Target | Self::Inventory | Self::Preflight | Self::Plan => RunPhase::Preflight,
             Self::Prepare => RunPhase::Prepare,
+            Self::Freeze => RunPhase::Freeze,
+            Self::Seed => RunPhase::Seed,
             Self::Migrate => RunPhase::Migrate,
+            Self::Collapse => RunPhase::Collapse,
             Self::Copy => RunPhase::Copy,
             Self::Define => RunPhase::Define,
             Self::Verify => RunPhase::Verify,
@@ -75,7 +87,10 @@ impl Step {
             Self::Preflight => "preflight",
             Self::Plan => "plan",
             Self::Prepare => "prepare",
+            Self::Freeze => "freeze",
+            Self::Seed => "seed",
             Self::Migrate => "migrate",
+            Self::Collapse => "collapse",
             Self::Copy => "copy",
             Self::Define => "define",
             Self::Verify => "verify",

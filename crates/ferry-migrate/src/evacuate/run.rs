@@ -38,13 +38,16 @@ struct Live {
 /// figures tell).
 fn flight_phase(step: Step) -> Option<FlightPhase> {
     match step {
-        Step::Target | Step::Inventory | Step::Preflight | Step::Plan | Step::Prepare => {
-            Some(FlightPhase::Setup)
-        }
+        Step::Target
+        | Step::Inventory
+        | Step::Preflight
+        | Step::Plan
+        | Step::Prepare
+        | Step::Freeze => Some(FlightPhase::Setup),
         Step::Migrate => None,
-        // A cold move's disks going through the storage streams.
-        Step::Copy => Some(FlightPhase::Transfer),
-        Step::Define | Step::Verify | Step::Rollback => Some(FlightPhase::Finish),
+        // A cold move's or a pre-seed's disks going through the storage streams.
+        Step::Copy | Step::Seed => Some(FlightPhase::Transfer),
+        Step::Collapse | Step::Define | Step::Verify | Step::Rollback => Some(FlightPhase::Finish),
     }
 }
 
