@@ -189,6 +189,8 @@ struct State {
     fail_undefine: Vec<String>,
     /// A write stream to this path fails once this many bytes (data or zeros) were written.
     fail_write_after: Vec<(String, u64)>,
+    /// Data written to these paths arrives with its first byte flipped (a bad disk, a bug).
+    corrupt: Vec<String>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -275,6 +277,11 @@ impl Fake {
     /// A write stream to `path` fails after `bytes` (a link cut during a bulk copy).
     pub fn fail_writing_after(&self, path: &str, bytes: u64) {
         self.lock().fail_write_after.push((path.to_string(), bytes));
+    }
+
+    /// Data written to `path` through a stream arrives with its first byte flipped.
+    pub fn corrupt_writes_to(&self, path: &str) {
+        self.lock().corrupt.push(path.to_string());
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -760,15 +767,21 @@ impl Hypervisor for Fake {
             });
         }
         if let Some(h) = s.hosts.get_mut(&uri) {
-            h.domains.insert(
-                name,
-                FakeDomain {
-                    state: DomainState::ShutOff,
-                    live_xml: xml.to_string(),
-                    inactive_xml: xml.to_string(),
-                    disks: HashMap::new(),
-                },
-            );
+            match h.domains.get_mut(&name) {
+                // As libvirt: a running domain's new definition is for its next start.
+                Some(d) if d.state != DomainState::ShutOff => d.inactive_xml = xml.to_string(),
+                _ => {
+                    h.domains.insert(
+                        name,
+                        FakeDomain {
+                            state: DomainState::ShutOff,
+                            live_xml: xml.to_string(),
+                            inactive_xml: xml.to_string(),
+                            disks: HashMap::new(),
+                        },
+                    );
+                }
+            }
         }
         if s.define_reply_lost.contains(&uri) {
             return Err(HvError::Libvirt {
@@ -831,12 +844,16 @@ impl Hypervisor for Fake {
                 })
             }
         })?;
-        let fail_after = self
-            .lock()
-            .fail_write_after
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, n)| *n);
+        let (fail_after, corrupt) = {
+            let s = self.lock();
+            (
+                s.fail_write_after
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, n)| *n),
+                s.corrupt.iter().any(|p| p == path),
+            )
+        };
         Ok(Box::new(FakeWriter {
             state: self.state.clone(),
             uri,
@@ -847,6 +864,7 @@ impl Hypervisor for Fake {
             data: 0,
             zeros: 0,
             fail_after,
+            corrupt,
         }))
     }
 
@@ -934,14 +952,16 @@ impl Hypervisor for Fake {
                 name: name.to_string(),
                 disk: disk.to_string(),
             });
-            if h.domains.contains_key(name) {
-                Ok(())
-            } else {
-                Err(HvError::NoDomain {
+            let Some(d) = h.domains.get_mut(name) else {
+                return Err(HvError::NoDomain {
                     host: uri.to_string(),
                     name: name.to_string(),
-                })
-            }
+                });
+            };
+            // As libvirt's pivot: the disk is its backing image again, live and persistent.
+            d.live_xml = pivot(&d.live_xml, disk);
+            d.inactive_xml = pivot(&d.inactive_xml, disk);
+            Ok(())
         })
     }
 
@@ -1043,6 +1063,52 @@ impl Hypervisor for Fake {
     }
 }
 
+/// `doc` with disk `target` pivoted onto its backing image (when it has one): the `<disk>`'s
+/// type, driver format and source become the backing store's, the backing store goes.
+fn pivot(doc: &str, target: &str) -> String {
+    use ferry_core::rewrite::{apply, Edit};
+    let Ok(root) = ferry_core::xml::parse(doc) else {
+        return doc.to_string();
+    };
+    let Some(disk) = root
+        .child("devices")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+        .find(|d| d.child("target").and_then(|t| t.attr("dev")) == Some(target))
+    else {
+        return doc.to_string();
+    };
+    let (Some(src), Some(back)) = (disk.child("source"), disk.child("backingStore")) else {
+        return doc.to_string();
+    };
+    let (Some(bsrc), Some(kind)) = (back.child("source"), back.attr("type")) else {
+        return doc.to_string();
+    };
+    let format = back
+        .child("format")
+        .and_then(|f| f.attr("type"))
+        .unwrap_or("raw");
+    let mut edits = vec![
+        Edit {
+            range: src.span.start..back.span.end,
+            text: doc[bsrc.span.clone()].to_string(),
+        },
+    ];
+    if let Some(t) = disk.attr_full("type") {
+        edits.push(Edit {
+            range: t.value_span.clone(),
+            text: kind.to_string(),
+        });
+    }
+    if let Some(t) = disk.child("driver").and_then(|d| d.attr_full("type")) {
+        edits.push(Edit {
+            range: t.value_span.clone(),
+            text: format.to_string(),
+        });
+    }
+    apply(doc, &edits).text
+}
+
 /// A fake download: the bytes of the range, as they were when it was opened.
 struct FakeReader {
     bytes: Vec<u8>,
@@ -1074,6 +1140,7 @@ struct FakeWriter {
     data: u64,
     zeros: u64,
     fail_after: Option<u64>,
+    corrupt: bool,
 }
 
 impl FakeWriter {
@@ -1113,7 +1180,13 @@ impl FakeWriter {
 
 impl VolumeWriter for FakeWriter {
     fn write(&mut self, data: &[u8]) -> Result<(), HvError> {
-        self.put(data)?;
+        if self.corrupt && !data.is_empty() {
+            let mut bad = data.to_vec();
+            bad[0] ^= 1;
+            self.put(&bad)?;
+        } else {
+            self.put(data)?;
+        }
         self.data += data.len() as u64;
         Ok(())
     }

@@ -13,6 +13,8 @@ use ferry_journal::{Journal, RunOutcome};
 use crate::flow::run;
 use crate::*;
 
+mod preseed;
+
 const SRC: &str = "qemu+tcp://h1/system";
 const DST: &str = "qemu+tcp://h2/system";
 const MIB64: u64 = 64 << 20;

@@ -1,0 +1,289 @@
+//! `--preseed` against the fake: what crosses the relay, what the target ends up holding, and
+//! what a failure undoes. (That it migrates a real guest is proven in the lab.)
+
+use super::*;
+use ferry_core::preseed::{Preseed, Verify, CHUNK};
+
+const OVERLAY: &str = "/srv/store/ferry-g-vdb-run1.qcow2";
+
+/// 64 MiB of vdb: chunk 0 and chunk 5 hold data (the rest is zero); the target's device is
+/// full of garbage.
+fn seeded_lab() -> (Arc<Fake>, Vec<u8>) {
+    let fake = lab();
+    let mut vdb = vec![0u8; MIB64 as usize];
+    vdb[..1000].fill(7);
+    vdb[5 * CHUNK as usize + 17] = 1;
+    let mut src = fake.host_snapshot(SRC);
+    src.paths.insert("/dev/nvme2n2".into(), block(MIB64));
+    src.contents.insert("/dev/nvme2n2".into(), vdb.clone());
+    src.dirs.insert("/srv/store".into(), 1 << 30);
+    fake.add_host(SRC, src);
+    let mut dst = fake.host_snapshot(DST);
+    dst.contents
+        .insert("/dev/nvme1n5".into(), vec![0xAA; MIB64 as usize]);
+    fake.add_host(DST, dst);
+    (fake, vdb)
+}
+
+fn preseed_request(verify: Verify) -> Request {
+    let mut r = request("vdb=/dev/nvme1n5");
+    r.options.preseed = Some(Preseed {
+        store: "/srv/store".into(),
+        verify,
+        bandwidth_mib: None,
+    });
+    r
+}
+
+fn position(calls: &[Call], f: impl Fn(&Call) -> bool) -> usize {
+    calls.iter().position(f).expect("no such call")
+}
+
+#[test]
+fn zero_chunks_cross_as_holes_and_the_target_holds_every_byte() {
+    let (fake, vdb) = seeded_lab();
+    let (r, events, journal) = go(&fake, &preseed_request(Verify::All));
+    let Ok(Outcome::Migrated(s)) = r else {
+        panic!("{r:?}")
+    };
+    // Two chunks of data, fourteen of holes; the garbage under the holes is gone.
+    assert_eq!(
+        fake.host_snapshot(DST).contents["/dev/nvme1n5"],
+        vdb,
+        "the target's bytes"
+    );
+    let calls = fake.calls();
+    let writes: Vec<_> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::WriteVolume {
+                path, data, zeros, ..
+            } => Some((path.clone(), *data, *zeros)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        vec![("/dev/nvme1n5".to_string(), 2 * CHUNK, MIB64 - 2 * CHUNK)]
+    );
+    assert_eq!(s.seeded.len(), 1);
+    assert_eq!(
+        (s.seeded[0].data, s.seeded[0].zeros, s.seeded[0].verified_chunks),
+        (2 * CHUNK, MIB64 - 2 * CHUNK, MIB64 / CHUNK)
+    );
+    // The order: freeze, relay, target overlay, live (incremental), commit, overlays deleted.
+    let freeze = position(&calls, |c| matches!(c, Call::Freeze { .. }));
+    let read = position(&calls, |c| matches!(c, Call::ReadVolume { .. }));
+    let overlay = position(&calls, |c| matches!(c, Call::CreateOverlay { .. }));
+    let migrate = position(&calls, |c| matches!(c, Call::Migrate { .. }));
+    let commit = position(&calls, |c| matches!(c, Call::CommitActive { .. }));
+    assert!(freeze < read && read < overlay && overlay < migrate && migrate < commit);
+    let Call::Freeze { overlays, keep, .. } = &calls[freeze] else {
+        unreachable!()
+    };
+    assert_eq!(overlays, &[("vdb".to_string(), OVERLAY.to_string())]);
+    assert_eq!(keep, &["vda".to_string()]);
+    let Call::Migrate {
+        flags,
+        migrate_disks,
+        ..
+    } = &calls[migrate]
+    else {
+        unreachable!()
+    };
+    assert!(flags.non_shared_inc && !flags.non_shared_disk, "{flags:?}");
+    assert_eq!(migrate_disks, &["vdb".to_string()]);
+    assert_eq!(
+        calls[commit],
+        Call::CommitActive {
+            host: DST.into(),
+            name: "g".into(),
+            disk: "vdb".into()
+        }
+    );
+    for host in [SRC, DST] {
+        assert!(
+            calls.contains(&Call::DeleteVolume {
+                host: host.into(),
+                path: OVERLAY.into()
+            }),
+            "{host}"
+        );
+        assert!(!fake.host_snapshot(host).paths.contains_key(OVERLAY));
+    }
+    // The guest ends on the plan's definition: the target volume alone.
+    let g = &fake.host_snapshot(DST).domains["g"];
+    assert!(g.live_xml.contains("<source dev='/dev/nvme1n5'/>"), "{}", g.live_xml);
+    assert!(!g.live_xml.contains("qcow2'/>\n      <source dev"), "{}", g.live_xml);
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Migrated)
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Seed(p) if p.done == MIB64)));
+}
+
+#[test]
+fn a_failed_live_phase_commits_the_overlay_back_on_the_source() {
+    let (fake, _) = seeded_lab();
+    fake.fail_migrations_to(DST);
+    let (r, _, journal) = go(&fake, &preseed_request(Verify::Sample));
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(location, GuestLocation::Source);
+    assert!(
+        cleanup.contains(&rollback::Cleanup::Thawed {
+            host: SRC.into(),
+            disk: "vdb".into(),
+            overlay: OVERLAY.into()
+        }),
+        "{cleanup:?}"
+    );
+    let calls = fake.calls();
+    assert!(calls.contains(&Call::CommitActive {
+        host: SRC.into(),
+        name: "g".into(),
+        disk: "vdb".into()
+    }));
+    // The target's overlay went with the rollback; the source's after the commit.
+    for host in [SRC, DST] {
+        assert!(!fake.host_snapshot(host).paths.contains_key(OVERLAY), "{host}");
+    }
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
+    );
+}
+
+#[test]
+fn a_cut_relay_thaws_the_guest_before_any_overlay_or_migration() {
+    let (fake, _) = seeded_lab();
+    fake.fail_writing_after("/dev/nvme1n5", 3 * CHUNK);
+    let (r, _, _) = go(&fake, &preseed_request(Verify::Sample));
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(location, GuestLocation::Source);
+    assert!(cleanup
+        .iter()
+        .any(|c| matches!(c, rollback::Cleanup::Thawed { .. })));
+    let calls = fake.calls();
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { .. } | Call::CreateOverlay { .. })));
+    assert!(calls.contains(&Call::CommitActive {
+        host: SRC.into(),
+        name: "g".into(),
+        disk: "vdb".into()
+    }));
+}
+
+#[test]
+fn a_read_back_that_differs_refuses_the_copy() {
+    let (fake, _) = seeded_lab();
+    fake.corrupt_writes_to("/dev/nvme1n5");
+    let (r, _, _) = go(&fake, &preseed_request(Verify::Sample));
+    let Err(MigrateError::Failed { cause, .. }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        matches!(
+            **cause,
+            Cause::Seed(crate::preseed::SeedError::Mismatch { start: 0, end, .. }) if end == CHUNK
+        ),
+        "{cause:?}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Migrate { .. })));
+    // Without a read-back, the same corruption would have gone on to the live phase: the
+    // verification is what caught it.
+    let (fake, _) = seeded_lab();
+    fake.corrupt_writes_to("/dev/nvme1n5");
+    let (r, _, _) = go(&fake, &preseed_request(Verify::None));
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn a_disk_that_cannot_be_frozen_is_refused_before_anything_moves() {
+    let (fake, _) = seeded_lab();
+    let mut src = fake.host_snapshot(SRC);
+    let g = src.domains.get_mut("g").unwrap();
+    // A qcow2 image on the device: the plan could copy it, pre-seeding cannot.
+    g.live_xml = g.live_xml.replace(
+        "<driver name='qemu' type='raw' cache='none' io='native'/>",
+        "<driver name='qemu' type='qcow2' cache='none' io='native'/>",
+    );
+    fake.add_host(SRC, src);
+    let (r, _, journal) = go(&fake, &preseed_request(Verify::Sample));
+    let Err(MigrateError::Refused { problems }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        problems.iter().any(|p| p.code
+            == ferry_core::preflight::ProblemCode::CannotPreseed
+            && p.disk.as_deref() == Some("vdb")),
+        "{problems:?}"
+    );
+    assert_eq!(mutating(&fake.calls()), vec![]);
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::Refused)
+    );
+    // A cold move has nothing to freeze.
+    let (fake, _) = seeded_lab();
+    let mut req = preseed_request(Verify::Sample);
+    req.cold = true;
+    let mut src = fake.host_snapshot(SRC);
+    src.domains.get_mut("g").unwrap().state = DomainState::ShutOff;
+    fake.add_host(SRC, src);
+    let (r, _, _) = go(&fake, &req);
+    let Err(MigrateError::Refused { problems }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(problems
+        .iter()
+        .any(|p| p.code == ferry_core::preflight::ProblemCode::CannotPreseed && p.disk.is_none()));
+}
+
+#[test]
+fn ctrl_c_during_the_relay_stops_it_and_thaws() {
+    let (fake, _) = seeded_lab();
+    let journal = Journal::in_memory().unwrap();
+    let mut req = preseed_request(Verify::None);
+    // 1 MiB/s: the first data chunk (4 MiB) holds the relay for 4 s; Ctrl-C comes at once.
+    if let Some(p) = req.options.preseed.as_mut() {
+        p.bandwidth_mib = Some(1);
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        c2.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let t0 = std::time::Instant::now();
+    let r = run(&hv(&fake), &journal, &req, &mut Vec::new(), &cancel);
+    t.join().unwrap();
+    let Err(MigrateError::Failed { cause, cleanup, .. }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        matches!(
+            **cause,
+            Cause::Seed(crate::preseed::SeedError::Stopped(migrate::AbortReason::Cancelled))
+        ),
+        "{cause:?}"
+    );
+    assert!(cleanup
+        .iter()
+        .any(|c| matches!(c, rollback::Cleanup::Thawed { .. })));
+    // Stopped within the throttle's wait, not after it.
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
+}
