@@ -54,6 +54,8 @@ pub enum ProblemCode {
     /// `--preseed` and a copied disk that cannot be frozen (shareable, read-only, a chain, a
     /// slice, not a raw file or device), or a cold move.
     CannotPreseed,
+    /// A disk runs on an overlay of an earlier run's pre-seed that did not end.
+    Frozen,
 }
 
 impl ProblemCode {
@@ -77,6 +79,7 @@ impl ProblemCode {
             Self::DirMissing => "dir_missing",
             Self::NoRoom => "no_room",
             Self::CannotPreseed => "cannot_preseed",
+            Self::Frozen => "frozen",
         }
     }
 }

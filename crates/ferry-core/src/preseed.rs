@@ -189,23 +189,25 @@ pub fn refusal(disk: &Disk) -> Option<Refusal> {
 
 /// The overlay a pre-seeded disk gets in `store` (the same name on both hosts).
 pub fn overlay_path(store: &str, guest: &str, disk: &str, run: i64) -> String {
-    let safe = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
     format!(
         "{}/ferry-{}-{}-run{run}.qcow2",
         store.trim_end_matches('/'),
-        safe(guest),
-        safe(disk)
+        safe_name(guest),
+        safe_name(disk)
     )
+}
+
+/// A name as it goes into a file name: letters, digits, `-` and `_`; anything else `_`.
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The domain XML `doc` with disk `target` running on `overlay` (qcow2) over the disk's own
@@ -217,12 +219,7 @@ pub fn stage(doc: &str, target: &str, overlay: &str) -> Result<String, Refusal> 
     let no_disk = || Refusal::NoDisk {
         target: target.to_string(),
     };
-    let disk = root
-        .child("devices")
-        .into_iter()
-        .flat_map(|d| d.children_named("disk"))
-        .find(|d| d.child("target").and_then(|t| t.attr("dev")) == Some(target))
-        .ok_or_else(no_disk)?;
+    let disk = find_disk(&root, target).ok_or_else(no_disk)?;
     let kind = disk.attr("type").unwrap_or("file");
     let attr = match kind {
         "file" => "file",
@@ -293,6 +290,95 @@ pub fn stage(doc: &str, target: &str, overlay: &str) -> Result<String, Refusal> 
     Ok(apply(doc, &edits).text)
 }
 
+/// The domain XML `doc` as libvirt makes it when disk `target`'s overlay is committed into
+/// its backing image and the guest pivots onto it: the `<disk>`'s type, driver format and
+/// `<source>` become the backing store's, and the backing store goes. The inverse of [`stage`];
+/// what a run that finds a disk frozen by an earlier run plans from.
+pub fn thawed(doc: &str, target: &str) -> Result<String, Refusal> {
+    let root = xml::parse(doc)?;
+    let no_disk = || Refusal::NoDisk {
+        target: target.to_string(),
+    };
+    let disk = find_disk(&root, target).ok_or_else(no_disk)?;
+    let (Some(src), Some(back)) = (disk.child("source"), disk.child("backingStore")) else {
+        return Err(no_disk());
+    };
+    let (Some(bsrc), Some(kind)) = (back.child("source"), back.attr("type")) else {
+        return Err(no_disk());
+    };
+    let format = back
+        .child("format")
+        .and_then(|f| f.attr("type"))
+        .unwrap_or("raw");
+    // The overlay's own source and whatever lies between it and its backing store (an
+    // index, whitespace) go with it.
+    let mut edits = vec![Edit {
+        range: src.span.start..back.span.end,
+        text: doc[bsrc.span.clone()].to_string(),
+    }];
+    if let Some(t) = disk.attr_full("type") {
+        edits.push(Edit {
+            range: t.value_span.clone(),
+            text: kind.to_string(),
+        });
+    }
+    if let Some(t) = disk.child("driver").and_then(|d| d.attr_full("type")) {
+        edits.push(Edit {
+            range: t.value_span.clone(),
+            text: format.to_string(),
+        });
+    }
+    Ok(apply(doc, &edits).text)
+}
+
+/// A disk that an earlier Ferry run froze (its source is that run's overlay): found in the
+/// guest's live XML, so a run that comes later knows before it plans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FoundFrozen {
+    pub disk: String,
+    pub overlay: String,
+    /// The disk's own image under the overlay.
+    pub base: String,
+    /// The run that froze it.
+    pub run: i64,
+}
+
+/// Every disk of `doc` running on an overlay Ferry made for guest `guest`.
+pub fn frozen(doc: &str, guest: &str) -> Vec<FoundFrozen> {
+    let Ok(dom) = crate::domain::parse(doc) else {
+        return Vec::new();
+    };
+    dom.disks
+        .iter()
+        .filter_map(|d| {
+            let overlay = d.path()?;
+            let name = overlay.rsplit('/').next()?;
+            let prefix = format!("ferry-{}-{}-run", safe_name(guest), safe_name(&d.target));
+            let run = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".qcow2")?
+                .parse()
+                .ok()?;
+            let [DiskSource::Path { path: base }] = d.backing_chain.as_slice() else {
+                return None;
+            };
+            Some(FoundFrozen {
+                disk: d.target.clone(),
+                overlay: overlay.to_string(),
+                base: base.clone(),
+                run,
+            })
+        })
+        .collect()
+}
+
+fn find_disk<'e>(root: &'e Element, target: &str) -> Option<&'e Element> {
+    root.child("devices")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+        .find(|d| d.child("target").and_then(|t| t.attr("dev")) == Some(target))
+}
+
 /// The end of an element's name in its start tag (where an attribute can be inserted).
 fn tag_name_end(e: &Element) -> usize {
     e.start_tag.start + 1 + e.name.len()
@@ -309,6 +395,15 @@ pub fn chunks(capacity: u64, from: u64) -> impl Iterator<Item = Range<u64>> {
     let first = from / CHUNK;
     let n = capacity.div_ceil(CHUNK);
     (first..n).map(move |i| i * CHUNK..((i + 1) * CHUNK).min(capacity))
+}
+
+/// The journaled windows of a volume of `capacity` bytes from `from` on (`from` is a window's
+/// start).
+pub fn windows(capacity: u64, from: u64) -> impl Iterator<Item = Range<u64>> {
+    let w = CHUNK * WINDOW_CHUNKS;
+    let first = from / w;
+    let n = capacity.div_ceil(w);
+    (first..n).map(move |i| i * w..((i + 1) * w).min(capacity))
 }
 
 /// Where a resumed copy starts: the end of the last journaled window, never past `capacity`.
@@ -334,6 +429,37 @@ mod tests {
         let d = domain::parse(&out).unwrap().disks.remove(0);
         assert_eq!(d.format.as_deref(), Some("qcow2"));
         assert_eq!(d.backing_chain.len(), 1);
+    }
+
+    #[test]
+    fn thawed_undoes_stage_and_a_frozen_disk_is_found_by_its_overlay() {
+        let staged = stage(BLOCK, "vdb", "/srv/store/ferry-g-vdb-run7.qcow2").unwrap();
+        let found = frozen(&staged, "g");
+        assert_eq!(
+            found,
+            vec![FoundFrozen {
+                disk: "vdb".into(),
+                overlay: "/srv/store/ferry-g-vdb-run7.qcow2".into(),
+                base: "/dev/nvme1n5".into(),
+                run: 7
+            }]
+        );
+        // Not Ferry's overlay (another guest's name, another disk): not Ferry's to take over.
+        assert!(frozen(&staged, "h").is_empty());
+        let back = thawed(&staged, "vdb").unwrap();
+        let d = domain::parse(&back).unwrap().disks.remove(0);
+        assert_eq!(d.disk_type, DiskType::Block);
+        assert_eq!(d.format.as_deref(), Some("raw"));
+        assert_eq!(d.path(), Some("/dev/nvme1n5"));
+        assert!(d.backing_chain.is_empty());
+        assert!(frozen(&back, "g").is_empty());
+        // libvirt's own form of a frozen disk (as dumped after the snapshot).
+        let libvirt = "<domain><name>g</name><devices><disk type='file' device='disk'>\n  <driver name='qemu' type='qcow2' cache='none' io='native'/>\n  <source file='/srv/ferry-store/ferry-g-vdb-run1.qcow2' index='3'/>\n  <backingStore type='block' index='1'>\n    <format type='raw'/>\n    <source dev='/dev/ferry-lab/nvme2n2'/>\n    <backingStore/>\n  </backingStore>\n  <target dev='vdb' bus='virtio'/>\n</disk></devices></domain>";
+        assert_eq!(frozen(libvirt, "g")[0].base, "/dev/ferry-lab/nvme2n2");
+        assert_eq!(
+            thawed(libvirt, "vdb").unwrap(),
+            "<domain><name>g</name><devices><disk type='block' device='disk'>\n  <driver name='qemu' type='raw' cache='none' io='native'/>\n  <source dev='/dev/ferry-lab/nvme2n2'/>\n  <target dev='vdb' bus='virtio'/>\n</disk></devices></domain>"
+        );
     }
 
     #[test]
@@ -388,6 +514,9 @@ mod tests {
         assert_eq!(resume_offset(w + 7, 10 * w), w);
         assert_eq!(resume_offset(3 * w, 2 * w), 2 * w);
         assert_eq!(resume_offset(w - 1, 10 * w), 0);
+        let ws: Vec<_> = windows(2 * w + 1, w).collect();
+        assert_eq!(ws, vec![w..2 * w, 2 * w..2 * w + 1]);
+        assert_eq!(windows(w, w).count(), 0);
     }
 
     #[test]

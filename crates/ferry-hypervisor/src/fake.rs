@@ -187,10 +187,12 @@ struct State {
     connecting: Vec<(String, std::time::Instant)>,
     fail_define: Vec<String>,
     fail_undefine: Vec<String>,
-    /// A write stream to this path fails once this many bytes (data or zeros) were written.
+    /// A write stream to this path fails when it would write past this byte of the volume.
     fail_write_after: Vec<(String, u64)>,
     /// Data written to these paths arrives with its first byte flipped (a bad disk, a bug).
     corrupt: Vec<String>,
+    /// Commits of overlays fail on these hosts.
+    fail_commit: Vec<String>,
     aborted: bool,
     /// The job was switched to post-copy or its guest paused: it completes.
     switched: bool,
@@ -274,14 +276,30 @@ impl Fake {
         self.lock().fail_undefine.push(uri.to_string());
     }
 
-    /// A write stream to `path` fails after `bytes` (a link cut during a bulk copy).
+    /// A write stream to `path` fails when it would write past byte `bytes` of the volume (a
+    /// link cut during a bulk copy).
     pub fn fail_writing_after(&self, path: &str, bytes: u64) {
         self.lock().fail_write_after.push((path.to_string(), bytes));
+    }
+
+    /// Writes to `path` work again.
+    pub fn heal_writing(&self, path: &str) {
+        self.lock().fail_write_after.retain(|(p, _)| p != path);
     }
 
     /// Data written to `path` through a stream arrives with its first byte flipped.
     pub fn corrupt_writes_to(&self, path: &str) {
         self.lock().corrupt.push(path.to_string());
+    }
+
+    /// Every overlay commit on `uri` fails, the guest staying on its overlay.
+    pub fn fail_commits_on(&self, uri: &str) {
+        self.lock().fail_commit.push(uri.to_string());
+    }
+
+    /// Let commits on `uri` work again.
+    pub fn heal_commits_on(&self, uri: &str) {
+        self.lock().fail_commit.retain(|u| u != uri);
     }
 
     pub fn fail_connect(&self, uri: &str) {
@@ -882,11 +900,17 @@ impl Hypervisor for Fake {
                 overlays: overlays.to_vec(),
                 keep: keep.to_vec(),
             });
-            if !h.domains.contains_key(name) {
+            let Some(d) = h.domains.get_mut(name) else {
                 return Err(HvError::NoDomain {
                     host: uri.to_string(),
                     name: name.to_string(),
                 });
+            };
+            // As libvirt's snapshot: each disk runs on its overlay, live and persistent.
+            for (disk, o) in overlays {
+                let stage = |x: &str| ferry_core::preseed::stage(x, disk, o).unwrap_or(x.to_string());
+                d.live_xml = stage(&d.live_xml);
+                d.inactive_xml = stage(&d.inactive_xml);
             }
             for (_, o) in overlays {
                 h.paths.insert(
@@ -946,12 +970,26 @@ impl Hypervisor for Fake {
         disk: &str,
         _within: std::time::Duration,
     ) -> Result<(), HvError> {
+        let failing = {
+            let s = self.lock();
+            s.uris
+                .get(host.0)
+                .is_some_and(|u| s.fail_commit.contains(u))
+        };
         self.with_host(host, |h, uri, calls| {
             calls.push(Call::CommitActive {
                 host: uri.to_string(),
                 name: name.to_string(),
                 disk: disk.to_string(),
             });
+            if failing {
+                return Err(HvError::Libvirt {
+                    host: uri.to_string(),
+                    what: format!("committing the overlay of {name}'s {disk}"),
+                    message: "injected failure".into(),
+                    code: 0,
+                });
+            }
             let Some(d) = h.domains.get_mut(name) else {
                 return Err(HvError::NoDomain {
                     host: uri.to_string(),
@@ -959,8 +997,9 @@ impl Hypervisor for Fake {
                 });
             };
             // As libvirt's pivot: the disk is its backing image again, live and persistent.
-            d.live_xml = pivot(&d.live_xml, disk);
-            d.inactive_xml = pivot(&d.inactive_xml, disk);
+            let pivot = |x: &str| ferry_core::preseed::thawed(x, disk).unwrap_or(x.to_string());
+            d.live_xml = pivot(&d.live_xml);
+            d.inactive_xml = pivot(&d.inactive_xml);
             Ok(())
         })
     }
@@ -1063,52 +1102,6 @@ impl Hypervisor for Fake {
     }
 }
 
-/// `doc` with disk `target` pivoted onto its backing image (when it has one): the `<disk>`'s
-/// type, driver format and source become the backing store's, the backing store goes.
-fn pivot(doc: &str, target: &str) -> String {
-    use ferry_core::rewrite::{apply, Edit};
-    let Ok(root) = ferry_core::xml::parse(doc) else {
-        return doc.to_string();
-    };
-    let Some(disk) = root
-        .child("devices")
-        .into_iter()
-        .flat_map(|d| d.children_named("disk"))
-        .find(|d| d.child("target").and_then(|t| t.attr("dev")) == Some(target))
-    else {
-        return doc.to_string();
-    };
-    let (Some(src), Some(back)) = (disk.child("source"), disk.child("backingStore")) else {
-        return doc.to_string();
-    };
-    let (Some(bsrc), Some(kind)) = (back.child("source"), back.attr("type")) else {
-        return doc.to_string();
-    };
-    let format = back
-        .child("format")
-        .and_then(|f| f.attr("type"))
-        .unwrap_or("raw");
-    let mut edits = vec![
-        Edit {
-            range: src.span.start..back.span.end,
-            text: doc[bsrc.span.clone()].to_string(),
-        },
-    ];
-    if let Some(t) = disk.attr_full("type") {
-        edits.push(Edit {
-            range: t.value_span.clone(),
-            text: kind.to_string(),
-        });
-    }
-    if let Some(t) = disk.child("driver").and_then(|d| d.attr_full("type")) {
-        edits.push(Edit {
-            range: t.value_span.clone(),
-            text: format.to_string(),
-        });
-    }
-    apply(doc, &edits).text
-}
-
 /// A fake download: the bytes of the range, as they were when it was opened.
 struct FakeReader {
     bytes: Vec<u8>,
@@ -1147,7 +1140,7 @@ impl FakeWriter {
     fn put(&mut self, bytes: &[u8]) -> Result<(), HvError> {
         let len = bytes.len() as u64;
         if let Some(limit) = self.fail_after {
-            if self.data + self.zeros + len > limit {
+            if self.at + len > limit {
                 return Err(HvError::ConnectionLost {
                     host: self.uri.clone(),
                 });

@@ -147,6 +147,12 @@ CREATE TABLE IF NOT EXISTS evacuation_runs (
     guest TEXT NOT NULL,
     run INTEGER NOT NULL REFERENCES runs(id)
 );
+CREATE TABLE IF NOT EXISTS seeded (
+    run INTEGER NOT NULL REFERENCES runs(id),
+    disk TEXT NOT NULL,
+    upto INTEGER NOT NULL,
+    PRIMARY KEY (run, disk)
+);
 CREATE TABLE IF NOT EXISTS locks (
     guest TEXT PRIMARY KEY,
     run INTEGER NOT NULL,
@@ -374,6 +380,44 @@ impl Journal {
             params![now(), run.0, host, path],
         )?;
         Ok(())
+    }
+
+    /// A pre-seeded disk's copy is on the target up to byte `upto` (a window ended: its
+    /// streams finished). Written after each window, so a resumed copy starts there.
+    pub fn record_seeded(&self, run: RunId, disk: &str, upto: u64) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO seeded (run, disk, upto) VALUES (?1, ?2, ?3)",
+            params![run.0, disk, upto as i64],
+        )?;
+        Ok(())
+    }
+
+    /// How far run `run` copied disk `disk` (0 when it never finished a window).
+    pub fn seeded(&self, run: RunId, disk: &str) -> Result<u64, JournalError> {
+        let v: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT upto FROM seeded WHERE run = ?1 AND disk = ?2",
+                params![run.0, disk],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// Run `to` takes over what run `from` created and has not deleted (a resumed pre-seed):
+    /// from now on those volumes are `to`'s, deleted by its rollback or kept with its guest.
+    /// Returns them.
+    pub fn hand_over(&self, from: RunId, to: RunId) -> Result<Vec<Created>, JournalError> {
+        let moved = self.created_of(from)?;
+        self.db.execute(
+            "UPDATE created SET run = ?1 WHERE run = ?2 AND deleted IS NULL",
+            params![to.0, from.0],
+        )?;
+        Ok(moved
+            .into_iter()
+            .map(|c| Created { run: to.0, ..c })
+            .collect())
     }
 
     /// End a run.

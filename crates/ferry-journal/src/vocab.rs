@@ -112,6 +112,9 @@ vocabulary! {
         Refused = "refused",
         /// The migration failed and the guest is not known to run on the source.
         Failed = "failed",
+        /// Its Ferry stopped during a pre-seed; a later run of the same migration took its
+        /// frozen disks over and resumed the copy (the message names that run).
+        Resumed = "resumed",
     }
 }
 

@@ -297,7 +297,8 @@ pub fn run(
         run: req.run,
         t0: Instant::now(),
     };
-    let inv = flow.inventory()?;
+    let mut inv = flow.inventory()?;
+    let resume = preseed::adopt(&mut inv, req.options.preseed.is_some())?;
     let (rules, provisioned) = flow.provision(&inv)?;
     let (plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
     if plan.options.preseed.is_some() {
@@ -338,7 +339,15 @@ pub fn run(
     };
     // Pre-seeded: the live phase runs the staged plan (each copied disk on an overlay); the
     // guest ends on the plan's own definition once the overlays are committed.
-    let seeded = preseed::before_live(&mut ctx, &plan, &mut created, req, pre, cancel)?;
+    let seeded = preseed::before_live(
+        &mut ctx,
+        &plan,
+        &mut created,
+        req,
+        pre,
+        resume.as_ref(),
+        cancel,
+    )?;
     let last = match live(&mut ctx, &seeded.plan, &created, req, cancel) {
         Ok(l) => l,
         Err(e) => return Err(preseed::after_live_failure(&mut ctx, &seeded, e)),

@@ -24,6 +24,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::flow::{Ctx, Request};
+use crate::inventory::GuestOnHosts;
+use ferry_core::preflight::{Problem, ProblemCode};
+use ferry_journal::{RunId, RunOutcome};
 use crate::migrate::AbortReason;
 use crate::prepare::CreatedVolume;
 use crate::provision::Provider;
@@ -101,41 +104,114 @@ pub(crate) struct Seeded {
     /// The plan with each copied disk on its target overlay, migrated with `NON_SHARED_INC`.
     pub plan: Plan,
     pub progress: Vec<SeedProgress>,
+    /// This run froze the disks: a thaw gives the guest back its persistent definition as this
+    /// run read it. (A run that took the freeze over never read it unfrozen.)
+    pub restore_inactive: bool,
 }
 
-/// Freeze, seed and stage. On failure the guest is thawed (when it was frozen) and what was
-/// created is rolled back: the error says what was done.
+/// A pre-seed taken over from an earlier run whose Ferry stopped: its frozen disks, found in
+/// the guest's live XML.
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    pub from: RunId,
+    pub disks: Vec<core::FoundFrozen>,
+}
+
+/// Facts first: disks an earlier run froze (the guest runs on that run's overlays). With
+/// `--preseed` the pre-seed is taken over: the plan is made from the guest as it will be once
+/// thawed, and the copy resumes where that run's journal says. Without, refused: planning from
+/// an overlay would copy the overlay, and the frozen disk would be lost to the guest.
+pub(crate) fn adopt(
+    inv: &mut GuestOnHosts,
+    preseed: bool,
+) -> Result<Option<Resume>, crate::MigrateError> {
+    let found = core::frozen(&inv.live_xml, &inv.guest);
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
+    let refuse = |what: String, fix: &str| crate::MigrateError::Refused {
+        problems: vec![Problem {
+            code: ProblemCode::Frozen,
+            host: inv.src_uri.clone(),
+            disk: Some(first.disk.clone()),
+            path: Some(first.overlay.clone()),
+            what,
+            fix: fix.to_string(),
+        }],
+    };
+    if !preseed {
+        return Err(refuse(
+            format!(
+                "runs on Ferry's overlay {} over {}: run #{}'s pre-seed stopped before its end",
+                first.overlay, first.base, first.run
+            ),
+            "run the same `ferry migrate` with --preseed to resume it, or `ferry recover` to \
+             commit the overlay back",
+        ));
+    }
+    if found.iter().any(|f| f.run != first.run) {
+        return Err(refuse(
+            "the guest's disks run on overlays of several runs".into(),
+            "`ferry recover` each of those runs first",
+        ));
+    }
+    for f in &found {
+        inv.live_xml = core::thawed(&inv.live_xml, &f.disk).map_err(|e| {
+            refuse(e.to_string(), "`ferry recover` the run that froze it")
+        })?;
+        if let Some(x) = &inv.inactive_xml {
+            // The snapshot changed the persistent definition too (when it has the disk).
+            if let Ok(t) = core::thawed(x, &f.disk) {
+                inv.inactive_xml = Some(t);
+            }
+        }
+    }
+    Ok(Some(Resume {
+        from: RunId(first.run),
+        disks: found,
+    }))
+}
+
+/// Freeze (or take over an earlier run's frozen disks), seed and stage. On failure the guest
+/// is thawed and what was created is rolled back: the error says what was done.
 pub(crate) fn before_live(
     ctx: &mut Ctx,
     plan: &Plan,
     created: &mut Vec<CreatedVolume>,
     req: &Request,
     pre: &Preseed,
+    resume: Option<&Resume>,
     cancel: &AtomicBool,
 ) -> Result<Seeded, crate::MigrateError> {
-    let disks = match layout(ctx, plan, pre) {
+    let mut disks = match layout(ctx, plan, pre) {
         Ok(d) => d,
         Err(e) => return Err(crate::rollback::after_failure(ctx, created, e, false)),
     };
-    ctx.enter(
-        Step::Freeze,
-        format!(
-            "{} onto overlays in {} on {}",
-            plan.migrate_disks.join(", "),
-            pre.store,
-            ctx.inv.src_uri
-        ),
-    );
-    if let Err(e) = freeze(ctx, &disks) {
-        // The snapshot is atomic: nothing was frozen.
-        return Err(crate::rollback::after_failure(
-            ctx,
-            created,
-            e.into(),
-            false,
-        ));
-    }
-    let seeded = seed_all(ctx, &disks, pre, req, cancel)
+    let starts = match resume {
+        None => {
+            ctx.enter(
+                Step::Freeze,
+                format!(
+                    "{} onto overlays in {} on {}",
+                    plan.migrate_disks.join(", "),
+                    pre.store,
+                    ctx.inv.src_uri
+                ),
+            );
+            if let Err(e) = freeze(ctx, &disks) {
+                // The snapshot is atomic: nothing was frozen.
+                return Err(crate::rollback::after_failure(
+                    ctx,
+                    created,
+                    e.into(),
+                    false,
+                ));
+            }
+            vec![0; disks.len()]
+        }
+        Some(r) => take_over(ctx, r, &mut disks, created),
+    };
+    let seeded = seed_all(ctx, &disks, &starts, pre, req, cancel)
         .map_err(Cause::from)
         .and_then(|progress| {
             let plan = stage(ctx, plan, &disks, created)?;
@@ -146,9 +222,78 @@ pub(crate) fn before_live(
             frozen: disks,
             plan,
             progress,
+            restore_inactive: resume.is_none(),
         }),
-        Err(cause) => Err(with_thaw(ctx, created, &disks, cause)),
+        Err(cause) => Err(with_thaw(ctx, created, &disks, cause, resume.is_none())),
     }
+}
+
+/// Take over run `r`'s frozen disks: its overlays are this run's, its volumes on the target
+/// too (journaled under this run from now on), and each copy starts where `r`'s journaled
+/// windows end. `r` ends as resumed.
+fn take_over(
+    ctx: &mut Ctx,
+    r: &Resume,
+    disks: &mut [FrozenDisk],
+    created: &mut Vec<CreatedVolume>,
+) -> Vec<u64> {
+    let (inv, journal, run) = (ctx.inv, ctx.journal, ctx.run);
+    ctx.enter(
+        Step::Freeze,
+        format!(
+            "already frozen by run #{}: taking its pre-seed over",
+            r.from
+        ),
+    );
+    if journal.outcome(r.from).ok().flatten().is_none() {
+        let _ = journal.finish(
+            r.from,
+            RunOutcome::Resumed,
+            &format!("run #{run} took its frozen disks over and resumed the copy"),
+        );
+    }
+    match journal.hand_over(r.from, run) {
+        Ok(moved) => {
+            for c in moved {
+                match crate::recover::provider(&c) {
+                    Ok(provider) if !created.iter().any(|v| v.path == c.path) => {
+                        created.push(CreatedVolume {
+                            path: c.path.clone(),
+                            capacity: c.bytes,
+                            provider,
+                        })
+                    }
+                    _ => {}
+                }
+                ctx.note(format!(
+                    "{} on {} (created by run #{}) is this run's now",
+                    c.path, c.host, r.from
+                ));
+            }
+        }
+        Err(e) => ctx.note(format!(
+            "warning: could not take over run #{}'s volumes in the journal: {e}",
+            r.from
+        )),
+    }
+    let mut starts = Vec::new();
+    for d in disks.iter_mut() {
+        let start = match r.disks.iter().find(|f| f.disk == d.disk) {
+            Some(f) => {
+                d.overlay = f.overlay.clone();
+                let done = journal.seeded(r.from, &d.disk).unwrap_or(0);
+                core::resume_offset(done, d.capacity)
+            }
+            None => 0,
+        };
+        let _ = journal.record_seeded(run, &d.disk, start);
+        ctx.note(format!(
+            "{} runs on {} on {}: its copy resumes at byte {start} of {}",
+            d.disk, d.overlay, inv.src_uri, d.capacity
+        ));
+        starts.push(start);
+    }
+    starts
 }
 
 /// The live phase failed: roll back as always, and thaw the guest when it is on the source.
@@ -157,7 +302,7 @@ pub(crate) fn after_live_failure(
     seeded: &Seeded,
     err: crate::MigrateError,
 ) -> crate::MigrateError {
-    thaw_if_on_source(ctx, &seeded.frozen, err)
+    thaw_if_on_source(ctx, &seeded.frozen, err, seeded.restore_inactive)
 }
 
 fn with_thaw(
@@ -165,22 +310,39 @@ fn with_thaw(
     created: &[CreatedVolume],
     disks: &[FrozenDisk],
     cause: Cause,
+    restore_inactive: bool,
 ) -> crate::MigrateError {
     let err = crate::rollback::after_failure(ctx, created, cause, false);
-    thaw_if_on_source(ctx, disks, err)
+    thaw_if_on_source(ctx, disks, err, restore_inactive)
 }
 
 fn thaw_if_on_source(
     ctx: &mut Ctx,
     disks: &[FrozenDisk],
     mut err: crate::MigrateError,
+    restore_inactive: bool,
 ) -> crate::MigrateError {
     if let crate::MigrateError::Failed {
         location, cleanup, ..
     } = &mut err
     {
         if *location == crate::GuestLocation::Source {
-            cleanup.extend(thaw(ctx, disks));
+            let thawed = thaw(ctx, disks, restore_inactive);
+            let stuck: Vec<String> = thawed
+                .iter()
+                .filter(|c| matches!(c, Cleanup::NotThawed { .. }))
+                .map(|c| c.to_string())
+                .collect();
+            if !stuck.is_empty() {
+                // The journal says the guest still runs on an overlay.
+                let message = ctx.journal.run_row(ctx.run).ok().flatten().and_then(|r| r.message);
+                let _ = ctx.journal.finish(
+                    ctx.run,
+                    RunOutcome::RolledBack,
+                    &format!("{}; {}", message.unwrap_or_default(), stuck.join("; ")),
+                );
+            }
+            cleanup.extend(thawed);
         } else {
             for d in disks {
                 cleanup.push(Cleanup::OverlayLeft {
@@ -247,11 +409,16 @@ fn freeze(ctx: &mut Ctx, disks: &[FrozenDisk]) -> Result<(), HvError> {
 fn seed_all(
     ctx: &mut Ctx,
     disks: &[FrozenDisk],
+    starts: &[u64],
     pre: &Preseed,
     req: &Request,
     cancel: &AtomicBool,
 ) -> Result<Vec<SeedProgress>, SeedError> {
-    let total: u64 = disks.iter().map(|d| d.capacity).sum();
+    let total: u64 = disks
+        .iter()
+        .zip(starts)
+        .map(|(d, s)| d.capacity - s)
+        .sum();
     ctx.enter(
         Step::Seed,
         format!(
@@ -263,8 +430,8 @@ fn seed_all(
         ),
     );
     let mut out = Vec::new();
-    for d in disks {
-        let p = seed_disk(ctx, d, pre, req, cancel)?;
+    for (d, start) in disks.iter().zip(starts) {
+        let p = seed_disk(ctx, d, *start, pre, req, cancel)?;
         ctx.note(format!(
             "seeded {} to {}: {} bytes as data, {} as holes{}",
             d.disk,
@@ -308,22 +475,25 @@ fn fill(r: &mut dyn VolumeReader, buf: &mut [u8]) -> Result<usize, HvError> {
     Ok(at)
 }
 
-/// One disk through the relay: every chunk read from the frozen base, sent as data or as a
-/// hole, digested when the read-back will check it; then the read-back.
+/// One disk through the relay, from byte `start` on (0, or where an earlier run's journaled
+/// windows end): window by window, each through its own pair of streams, journaled once both
+/// streams finished (the target has the window). Every chunk is read from the frozen base,
+/// sent as data or as a hole, and digested when the read-back will check it; then the
+/// read-back.
 fn seed_disk(
     ctx: &mut Ctx,
     d: &FrozenDisk,
+    start: u64,
     pre: &Preseed,
     req: &Request,
     cancel: &AtomicBool,
 ) -> Result<SeedProgress, SeedError> {
     let (hv, inv) = (ctx.hv.clone(), ctx.inv);
-    let mut reader = hv.read_volume(inv.src, &d.base, 0, d.capacity)?;
-    let mut writer: Box<dyn VolumeWriter> = hv.write_volume(inv.dst, &d.dest, 0, d.capacity)?;
     let n = d.capacity.div_ceil(CHUNK);
     let mut p = SeedProgress {
         disk: d.disk.clone(),
         total: d.capacity,
+        done: start,
         ..Default::default()
     };
     let mut digests: Vec<(u64, u64, [u8; 32])> = Vec::new();
@@ -331,63 +501,77 @@ fn seed_disk(
     let t0 = Instant::now();
     let cap_bps = pre.bandwidth_mib.map(|m| m.saturating_mul(1 << 20));
     let mut last_report = Instant::now();
-    for (i, range) in core::chunks(d.capacity, 0).enumerate() {
-        if let Some(why) = stopped(req, cancel) {
-            return Err(SeedError::Stopped(why));
-        }
-        let len = (range.end - range.start) as usize;
-        let got = fill(reader.as_mut(), &mut buf[..len])?;
-        if got < len {
-            return Err(SeedError::Short {
-                disk: d.disk.clone(),
-                at: range.start + got as u64,
-                total: d.capacity,
-            });
-        }
-        let chunk = &buf[..len];
-        if core::is_zero(chunk) {
-            writer.zeros(len as u64)?;
-            p.zeros += len as u64;
-        } else {
-            writer.write(chunk)?;
-            p.data += len as u64;
-        }
-        if pre.verify.checks(i as u64, n) {
-            digests.push((range.start, range.end, Sha256::digest(chunk).into()));
-        }
-        p.done = range.end;
-        let secs = t0.elapsed().as_secs_f64();
-        // The cap counts what crossed the wire: the data (a hole is a few bytes).
-        if let Some(cap) = cap_bps {
-            let due = p.data as f64 / cap as f64;
-            if due > secs {
-                // Wait out the cap, still answering Ctrl-C and the timeout.
-                let until = Instant::now() + Duration::from_secs_f64(due - secs);
-                if let Some(why) =
-                    ferry_hypervisor::wait::poll_until(until, STOP_CHECK, || stopped(req, cancel))
-                {
-                    return Err(SeedError::Stopped(why));
+    for window in core::windows(d.capacity, start) {
+        let len = window.end - window.start;
+        let mut reader = hv.read_volume(inv.src, &d.base, window.start, len)?;
+        let mut writer: Box<dyn VolumeWriter> =
+            hv.write_volume(inv.dst, &d.dest, window.start, len)?;
+        for range in core::chunks(window.end, window.start) {
+            if let Some(why) = stopped(req, cancel) {
+                return Err(SeedError::Stopped(why));
+            }
+            let len = (range.end - range.start) as usize;
+            let got = fill(reader.as_mut(), &mut buf[..len])?;
+            if got < len {
+                return Err(SeedError::Short {
+                    disk: d.disk.clone(),
+                    at: range.start + got as u64,
+                    total: d.capacity,
+                });
+            }
+            let chunk = &buf[..len];
+            if core::is_zero(chunk) {
+                writer.zeros(len as u64)?;
+                p.zeros += len as u64;
+            } else {
+                writer.write(chunk)?;
+                p.data += len as u64;
+            }
+            if pre.verify.checks(range.start / CHUNK, n) {
+                digests.push((range.start, range.end, Sha256::digest(chunk).into()));
+            }
+            p.done = range.end;
+            let secs = t0.elapsed().as_secs_f64();
+            // The cap counts what crossed the wire: the data (a hole is a few bytes).
+            if let Some(cap) = cap_bps {
+                let due = p.data as f64 / cap as f64;
+                if due > secs {
+                    // Wait out the cap, still answering Ctrl-C and the timeout.
+                    let until = Instant::now() + Duration::from_secs_f64(due - secs);
+                    if let Some(why) =
+                        ferry_hypervisor::wait::poll_until(until, STOP_CHECK, || {
+                            stopped(req, cancel)
+                        })
+                    {
+                        return Err(SeedError::Stopped(why));
+                    }
                 }
             }
+            let secs = t0.elapsed().as_secs_f64().max(1e-3);
+            p.rate_bps = ((p.done - start) as f64 / secs) as u64;
+            p.eta_s = (p.rate_bps > 0).then(|| (p.total - p.done) / p.rate_bps);
+            if last_report.elapsed() >= Duration::from_millis(500) || p.done == p.total {
+                last_report = Instant::now();
+                ctx.reporter.report(Event::Seed(p.clone()));
+            }
         }
-        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        p.rate_bps = (p.done as f64 / secs) as u64;
-        p.eta_s = (p.rate_bps > 0).then(|| (p.total - p.done) / p.rate_bps);
-        if last_report.elapsed() >= Duration::from_millis(500) || p.done == p.total {
-            last_report = Instant::now();
-            ctx.reporter.report(Event::Seed(p.clone()));
+        reader.finish()?;
+        writer.finish()?;
+        if let Err(e) = ctx.journal.record_seeded(ctx.run, &d.disk, window.end) {
+            ctx.note(format!(
+                "warning: could not journal the copy of {} up to byte {}: {e}",
+                d.disk, window.end
+            ));
         }
     }
-    reader.finish()?;
-    writer.finish()?;
-    // The read-back: the target's bytes, as it now holds them, against what was sent.
-    for (start, end, want) in digests {
-        let mut r = hv.read_volume(inv.dst, &d.dest, start, end - start)?;
-        let len = (end - start) as usize;
-        let got = fill(r.as_mut(), &mut buf[..len])?;
-        r.finish()?;
-        let have: [u8; 32] = Sha256::digest(&buf[..got]).into();
-        if got != len || have != want {
+    // The read-back: the target's bytes, as it now holds them, against what was sent — and,
+    // for what an earlier run sent, against the frozen base read again.
+    let mut check = |start: u64, end: u64, want: Option<[u8; 32]>| -> Result<(), SeedError> {
+        let want = match want {
+            Some(w) => w,
+            None => digest_of(hv.as_ref(), inv.src, &d.base, start, end, &mut buf)?,
+        };
+        if digest_of(hv.as_ref(), inv.dst, &d.dest, start, end, &mut buf)? != want {
             return Err(SeedError::Mismatch {
                 disk: d.disk.clone(),
                 start,
@@ -395,8 +579,40 @@ fn seed_disk(
             });
         }
         p.verified_chunks += 1;
+        Ok(())
+    };
+    for range in core::chunks(start.min(d.capacity), 0) {
+        if pre.verify.checks(range.start / CHUNK, n) {
+            check(range.start, range.end, None)?;
+        }
+    }
+    for (start, end, want) in digests {
+        check(start, end, Some(want))?;
     }
     Ok(p)
+}
+
+/// The SHA-256 of bytes `start..end` of a volume, read through a stream.
+fn digest_of(
+    hv: &dyn ferry_hypervisor::Hypervisor,
+    host: ferry_hypervisor::HostId,
+    path: &str,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> Result<[u8; 32], SeedError> {
+    let len = (end - start) as usize;
+    let mut r = hv.read_volume(host, path, start, end - start)?;
+    let got = fill(r.as_mut(), &mut buf[..len])?;
+    r.finish()?;
+    if got != len {
+        return Err(SeedError::Short {
+            disk: path.to_string(),
+            at: start + got as u64,
+            total: end,
+        });
+    }
+    Ok(Sha256::digest(&buf[..len]).into())
 }
 
 /// The target's overlays (journaled, deleted by a rollback like any volume Ferry made) and the
@@ -515,7 +731,7 @@ pub(crate) fn collapse(
 
 /// The guest stays on the source: commit each overlay back into its disk, give the guest its
 /// own persistent definition again, delete the overlays.
-fn thaw(ctx: &mut Ctx, disks: &[FrozenDisk]) -> Vec<Cleanup> {
+fn thaw(ctx: &mut Ctx, disks: &[FrozenDisk], restore_inactive: bool) -> Vec<Cleanup> {
     let inv = ctx.inv;
     let mut out = Vec::new();
     let mut all = true;
@@ -549,7 +765,7 @@ fn thaw(ctx: &mut Ctx, disks: &[FrozenDisk]) -> Vec<Cleanup> {
     }
     // The commit rewrote the persistent definition too: where it differs from the guest's
     // own, give that back.
-    if all {
+    if all && restore_inactive {
         let now = ctx.hv.domain_xml(inv.src, &inv.guest, true).ok();
         if let Some(x) = inv
             .inactive_xml

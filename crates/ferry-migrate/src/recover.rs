@@ -333,7 +333,7 @@ pub fn decide(f: &RunFacts) -> Recovery {
 
 /// Who made a volume: no record means libvirt's storage API; a record Ferry cannot read (another
 /// Ferry's, damaged) is an error, and the volume is kept rather than deleted the wrong way.
-fn provider(c: &Created) -> Result<Provider, ()> {
+pub(crate) fn provider(c: &Created) -> Result<Provider, ()> {
     match c.provider.as_deref() {
         None => Ok(Provider::Libvirt),
         Some(p) => serde_json::from_str(p).map_err(|_| ()),

@@ -287,3 +287,99 @@ fn ctrl_c_during_the_relay_stops_it_and_thaws() {
     // Stopped within the throttle's wait, not after it.
     assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
 }
+
+/// `seeded_lab` with vdb and its target three windows long (192 MiB): data in each window.
+fn three_window_lab() -> (Arc<Fake>, Vec<u8>) {
+    let (fake, _) = seeded_lab();
+    let size = 3 * MIB64;
+    let mut vdb = vec![0u8; size as usize];
+    for w in 0..3usize {
+        vdb[w * MIB64 as usize + 100] = 1 + w as u8;
+    }
+    let mut src = fake.host_snapshot(SRC);
+    src.paths.insert("/dev/nvme2n2".into(), block(size));
+    src.contents.insert("/dev/nvme2n2".into(), vdb.clone());
+    src.domains.get_mut("g").unwrap().disks.insert(
+        "vdb".into(),
+        DiskSize {
+            capacity: size,
+            allocation: size,
+            physical: size,
+        },
+    );
+    fake.add_host(SRC, src);
+    let mut dst = fake.host_snapshot(DST);
+    dst.paths.insert("/dev/nvme1n5".into(), block(size));
+    dst.contents
+        .insert("/dev/nvme1n5".into(), vec![0xAA; size as usize]);
+    fake.add_host(DST, dst);
+    (fake, vdb)
+}
+
+#[test]
+fn a_stopped_pre_seed_is_resumed_by_the_same_migrate_from_its_last_window() {
+    let (fake, vdb) = three_window_lab();
+    let journal = Journal::in_memory().unwrap();
+    // Run 1: the relay is cut in its second window, and the guest cannot be thawed (as if
+    // Ferry had been killed): it stays frozen on run 1's overlay.
+    fake.fail_writing_after("/dev/nvme1n5", MIB64 + CHUNK);
+    fake.fail_commits_on(SRC);
+    let req = preseed_request(Verify::Sample);
+    let mut r1 = req.clone();
+    r1.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
+    let r = run(&hv(&fake), &journal, &r1, &mut Vec::new(), &AtomicBool::new(false));
+    let Err(MigrateError::Failed { cleanup, .. }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(cleanup
+        .iter()
+        .any(|c| matches!(c, rollback::Cleanup::NotThawed { .. })));
+    let frozen = fake.host_snapshot(SRC).domains["g"].live_xml.clone();
+    assert!(frozen.contains(OVERLAY), "{frozen}");
+    // Without --preseed, a frozen guest is refused, naming the run that froze it.
+    fake.heal_writing("/dev/nvme1n5");
+    fake.heal_commits_on(SRC);
+    let mut plain = request("vdb=/dev/nvme1n5");
+    plain.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
+    let r = run(&hv(&fake), &journal, &plain, &mut Vec::new(), &AtomicBool::new(false));
+    let Err(MigrateError::Refused { problems }) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(problems[0].code, ferry_core::preflight::ProblemCode::Frozen);
+    assert_eq!(problems[0].path.as_deref(), Some(OVERLAY));
+    let before = fake.calls().len();
+    // Run 3, the same command again: it takes the freeze over and resumes at the window run 1
+    // journaled, re-sending nothing before it.
+    let mut r3 = req.clone();
+    let id3 = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    r3.run = Some(id3);
+    let r = run(&hv(&fake), &journal, &r3, &mut Vec::new(), &AtomicBool::new(false));
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let calls = &fake.calls()[before..];
+    assert!(!calls.iter().any(|c| matches!(c, Call::Freeze { .. })));
+    let writes: Vec<(u64, u64)> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::WriteVolume {
+                offset,
+                data,
+                zeros,
+                ..
+            } => Some((*offset, data + zeros)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, vec![(MIB64, MIB64), (2 * MIB64, MIB64)]);
+    assert_eq!(fake.host_snapshot(DST).contents["/dev/nvme1n5"], vdb);
+    // The source's overlay, run 1's, was committed on the target side's success and deleted.
+    assert!(calls.contains(&Call::DeleteVolume {
+        host: SRC.into(),
+        path: OVERLAY.into()
+    }));
+    let runs = journal.runs(5).unwrap();
+    let outcome = |id: ferry_journal::RunId| runs.iter().find(|r| r.id == id).unwrap().outcome;
+    // Run 1 had ended itself (rolled back, its thaw failed); a run whose Ferry was killed
+    // has no end, and the taker ends it as resumed (proven in the lab's fault matrix).
+    assert_eq!(outcome(r1.run.unwrap()), Some(RunOutcome::RolledBack));
+    assert_eq!(outcome(id3), Some(RunOutcome::Migrated));
+}
