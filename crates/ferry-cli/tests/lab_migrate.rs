@@ -411,3 +411,87 @@ fn release_source_deletes_the_copy_ferry_made_and_keeps_what_it_cannot_give_back
     drop(lab);
     assert_lab_gone();
 }
+
+/// `--preseed` on a 256 MiB vdb holding 24 MiB of data, onto a target device full of garbage:
+/// Ctrl-C during the bulk copy thaws the guest and leaves its definition as it was; then the
+/// migration: zero chunks cross as holes, the live phase copies only what the guest wrote
+/// since the freeze, every byte of vdb is right on the target (the zero regions too), and no
+/// overlay is left on either host.
+#[test]
+fn preseed_sends_only_data_and_the_live_phase_only_what_the_guest_wrote() {
+    let lab = Lab::up(&["--vdb-mb", "256", "--static-mb", "24"]);
+    let (ok, _, e) = lab_shell(
+        "h2",
+        "head -c 256M /dev/urandom >/dev/ferry-lab/nvme1n5",
+    );
+    assert!(ok, "{e}");
+    let preseed = [
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n5",
+        "--preseed",
+        "--preseed-store",
+        "/srv/ferry-store",
+    ];
+    let inactive = || virsh(H1, &["dumpxml", "--inactive", GUEST]).1;
+    let before = inactive();
+    // Ctrl-C during the bulk copy (held at 2 MiB/s): the guest is thawed where it runs.
+    let mut args = migrate_args(&preseed);
+    args.extend(["--bandwidth", "2", "--json"]);
+    let mut m = Running::spawn(&args);
+    m.wait_for_output("\"event\":\"seed\"", Duration::from_secs(90));
+    assert!(run(Command::new("kill").args(["-INT", &m.pid.to_string()])).0);
+    let (code, out, err) = m.wait(Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}{err}");
+    let r = result(&out);
+    let cleanup = &r["error"]["cleanup"];
+    assert!(
+        cleanup
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cleanup"] == "thawed" && c["disk"] == "vdb"),
+        "{r}"
+    );
+    assert_eq!(inactive(), before, "the persistent definition after the thaw");
+    let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
+    assert!(blk.contains("/dev/ferry-lab/nvme2n2"), "{blk}");
+    assert!(store("h1").is_empty() && store("h2").is_empty());
+    lab.verify_guest("h1");
+
+    let mut args = preseed.to_vec();
+    args.push("--json");
+    let (code, out, err) = migrate(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = result(&out);
+    let s = &r["summary"];
+    let seeded = &s["seeded"][0];
+    let (data, zeros) = (
+        seeded["data"].as_u64().unwrap(),
+        seeded["zeros"].as_u64().unwrap(),
+    );
+    // The static 24 MiB and the chunks the guest's write sequence touched: data; the rest of
+    // the 256 MiB went as holes.
+    assert!((24 * MIB..=32 * MIB).contains(&data), "data {data}: {s}");
+    assert_eq!(data + zeros, 256 * MIB, "{s}");
+    // The live phase copied the overlay only: what the guest wrote since the freeze.
+    let live_disk = s["disk_bytes"].as_u64().unwrap();
+    assert!(live_disk < 16 * MIB, "the live phase copied {live_disk} bytes: {s}");
+    assert!(seeded["verified_chunks"].as_u64().unwrap() > 0, "{s}");
+    let v = lab.verify_guest("h2");
+    assert!(
+        v.contains("ok vdb /dev/ferry-lab/nvme1n5: static region intact, write sequence unbroken"),
+        "{v}"
+    );
+    let (_, blk, _) = virsh(H2, &["domblklist", GUEST]);
+    assert!(blk.contains("/dev/ferry-lab/nvme1n5"), "{blk}");
+    assert!(!blk.contains(".qcow2"), "{blk}");
+    assert!(store("h1").is_empty(), "h1 keeps {:?}", store("h1"));
+    assert!(store("h2").is_empty(), "h2 keeps {:?}", store("h2"));
+    // The persistent definition is the plan's: a cold start runs on the device alone.
+    cold_start("h2", H2);
+    lab.verify_guest("h2");
+    drop(lab);
+    assert_lab_gone();
+}

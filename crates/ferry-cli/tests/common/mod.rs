@@ -291,6 +291,11 @@ pub fn result(stdout: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// `sh -c CMD` inside a lab host's namespaces.
+pub fn lab_shell(host: &str, cmd: &str) -> (bool, String, String) {
+    lab(&["shell", host, "sh", "-c", cmd])
+}
+
 /// The files in a lab host's /srv/ferry-store (where Ferry creates copy targets).
 pub fn store(host: &str) -> Vec<String> {
     let dir = format!("/var/lib/ferry-lab/{host}/store");
