@@ -659,6 +659,137 @@ fn hard_writing_guest(r: &mut Report) {
 
 type Case = fn(&mut Report);
 
+/// `--preseed` onto h2's device, through a link held to 20 MiB/s of data.
+const PRESEED: [&str; 9] = [
+    "--map",
+    "/mnt/nfs=/mnt/nfs_second_mount",
+    "--copy",
+    "vdb=/dev/ferry-lab/nvme1n5",
+    "--preseed",
+    "--preseed-store",
+    "/srv/ferry-store",
+    "--bandwidth",
+    "20",
+];
+
+/// A `--json` progress line of the bulk copy: bytes of the disk done.
+fn seed_done(line: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["event"] == "seed").then(|| v["done"].as_u64()).flatten()
+}
+
+/// 14b, 14a on one lab (vdb 256 MiB, 200 MiB of it data): the target's libvirtd killed during
+/// the bulk copy (the guest is thawed on the source, nothing is left on the target); then Ferry
+/// SIGKILLed during the bulk copy, and the same command again resumes it.
+fn preseed_faults_in_the_bulk_copy(r: &mut Report) {
+    let the_lab = Lab::up(&["--vdb-mb", "256", "--static-mb", "200"]);
+    let mut args = migrate_args(&PRESEED);
+    args.push("--json");
+    let mut m = Running::spawn(&args);
+    m.wait_for_output("\"event\":\"seed\"", Duration::from_secs(90));
+    let t = Instant::now();
+    let (ok, _, e) = lab(&["libvirtd", "h2", "kill"]);
+    assert!(ok, "{e}");
+    let (code, out, err) = m.wait(Duration::from_secs(120));
+    assert_eq!(code, 1, "{out}{err}");
+    let res = common::result(&out);
+    assert_eq!(res["error"]["guest_location"], "source", "{res}");
+    assert!(
+        res["error"]["cleanup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cleanup"] == "thawed"),
+        "{res}"
+    );
+    let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
+    assert!(blk.contains("/dev/ferry-lab/nvme2n2"), "the guest is on its own disk: {blk}");
+    let (ok, _, e) = lab(&["libvirtd", "h2", "start"]);
+    assert!(ok, "{e}");
+    wait_h2_answers_and_holds_no_guest();
+    r.settled(
+        "14b",
+        "--preseed: target's libvirtd SIGKILLed during the bulk copy",
+        &the_lab,
+        t,
+    );
+
+    let mut m = Running::spawn(&args);
+    // Past the second journaled window (64 MiB each).
+    m.wait_for_line("a seed line past 128 MiB", Duration::from_secs(120), |l| {
+        seed_done(l).is_some_and(|d| d >= 128 * MIB)
+    });
+    let t = Instant::now();
+    kill("-KILL", m.pid);
+    let (_, out, _) = m.wait(Duration::from_secs(30));
+    let done_at_kill = out.lines().filter_map(seed_done).max().unwrap();
+    let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
+    assert!(blk.contains("/srv/ferry-store/ferry-lab-guest-vdb-run"), "frozen: {blk}");
+    // The same command again (without the cap): it takes the freeze over and resumes.
+    let mut again = migrate_args(&PRESEED[..7]);
+    again.push("--json");
+    let (code, out, err) = ferry(&again);
+    assert_eq!(code, 0, "{out}{err}");
+    let seeded = &common::result(&out)["summary"]["seeded"][0];
+    let sent = seeded["data"].as_u64().unwrap() + seeded["zeros"].as_u64().unwrap();
+    let resumed_at = 256 * MIB - sent;
+    assert!(
+        resumed_at + 64 * MIB >= done_at_kill && resumed_at <= done_at_kill,
+        "resumed at {resumed_at}, killed at {done_at_kill}: more than one window re-sent"
+    );
+    r.settled(
+        "14a",
+        &format!(
+            "--preseed: Ferry SIGKILLed in the bulk copy at {} MiB; the same command resumed at {} MiB",
+            done_at_kill / MIB,
+            resumed_at / MIB
+        ),
+        &the_lab,
+        t,
+    );
+    drop(the_lab);
+    assert_lab_gone();
+}
+
+/// 14c: the link to the target cut during the live phase of a pre-seeded migration: rolled
+/// back, the overlay committed back on the source; the target's overlay, unreachable then, is
+/// deleted by `ferry recover` once the link is back.
+fn preseed_link_cut_in_the_live_phase(r: &mut Report) {
+    let the_lab = Lab::up(&["--rate", "60"]);
+    let mut args = migrate_args(&PRESEED[..7]);
+    args.push("--json");
+    let mut m = Running::spawn(&args);
+    m.wait_for_output(&phase("memory"), Duration::from_secs(120));
+    let t = Instant::now();
+    let (ok, _, e) = lab(&["link", "h2", "down"]);
+    assert!(ok, "{e}");
+    let (code, out, err) = m.wait(Duration::from_secs(180));
+    assert_eq!(code, 1, "{out}{err}");
+    let res = common::result(&out);
+    assert_eq!(res["error"]["guest_location"], "source", "{res}");
+    assert!(
+        res["error"]["cleanup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cleanup"] == "thawed"),
+        "{res}"
+    );
+    let (ok, _, e) = lab(&["link", "h2", "up"]);
+    assert!(ok, "{e}");
+    wait_h2_answers_and_holds_no_guest();
+    let out = recover();
+    assert!(out.contains("delete /srv/ferry-store/ferry-lab-guest-vdb-run1.qcow2"), "{out}");
+    r.settled(
+        "14c",
+        "--preseed: link to the target cut in the live phase; back; ferry recover",
+        &the_lab,
+        t,
+    );
+    drop(the_lab);
+    assert_lab_gone();
+}
+
 const CASES: &[(&[&str], Case)] = &[
     (
         &["1", "2", "13a", "13b", "13c", "13d"],
@@ -703,6 +834,8 @@ const CASES: &[(&[&str], Case)] = &[
     (&["10"], ferry_abort_from_another_terminal),
     (&["11a", "11b"], dirtying_guest),
     (&["12a", "12b"], hard_writing_guest),
+    (&["14a", "14b"], preseed_faults_in_the_bulk_copy),
+    (&["14c"], preseed_link_cut_in_the_live_phase),
 ];
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
