@@ -786,6 +786,45 @@ fn preseed_link_cut_in_the_live_phase(r: &mut Report) {
         &the_lab,
         t,
     );
+
+    // 14d: Ferry SIGKILLed in the live phase of a peer-to-peer pre-seeded migration: the
+    // source's libvirtd finishes it alone, and the guest runs on the target on its overlay,
+    // never committed. `ferry recover` commits it there and deletes both overlays.
+    let mut args = migrate_args(&PRESEED[..7]);
+    args.extend(["--p2p", "--max-downtime", "2000", "--json"]);
+    let mut m = Running::spawn(&args);
+    m.wait_for_output(&phase("memory"), Duration::from_secs(120));
+    let t = Instant::now();
+    kill("-KILL", m.pid);
+    let _ = m.wait(Duration::from_secs(30));
+    wait_until(
+        "the p2p job ends with the guest on h2",
+        Duration::from_secs(180),
+        || domstate(H1).is_empty() && domstate(H2) == "running",
+    );
+    let (_, blk, _) = virsh(H2, &["domblklist", GUEST]);
+    assert!(
+        blk.contains("/srv/ferry-store/ferry-lab-guest-vdb-run2.qcow2"),
+        "on its overlay: {blk}"
+    );
+    let (code, dry, err) = ferry(&["recover", "--journal", JOURNAL, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        dry.contains("would commit /srv/ferry-store/ferry-lab-guest-vdb-run2.qcow2 into disk vdb on qemu+tcp://10.77.0.2/system"),
+        "{dry}"
+    );
+    let out = recover();
+    assert!(out.contains("journal: migrated"), "{out}");
+    let (_, blk, _) = virsh(H2, &["domblklist", GUEST]);
+    assert!(blk.contains("/dev/ferry-lab/nvme1n5"), "{blk}");
+    let (_, persistent, _) = virsh(H2, &["dumpxml", "--inactive", GUEST]);
+    assert!(!persistent.contains(".qcow2"), "{persistent}");
+    r.settled(
+        "14d",
+        "--preseed --p2p: Ferry SIGKILLed in the live phase (never committed); ferry recover",
+        &the_lab,
+        t,
+    );
     drop(the_lab);
     assert_lab_gone();
 }
@@ -835,7 +874,7 @@ const CASES: &[(&[&str], Case)] = &[
     (&["11a", "11b"], dirtying_guest),
     (&["12a", "12b"], hard_writing_guest),
     (&["14a", "14b"], preseed_faults_in_the_bulk_copy),
-    (&["14c"], preseed_link_cut_in_the_live_phase),
+    (&["14c", "14d"], preseed_link_cut_in_the_live_phase),
 ];
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -372,6 +372,15 @@ pub fn frozen(doc: &str, guest: &str) -> Vec<FoundFrozen> {
         .collect()
 }
 
+/// Whether `path` is an overlay Ferry makes for guest `guest` (`…/ferry-GUEST-DISK-runN.qcow2`).
+pub fn is_overlay(path: &str, guest: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    name.strip_prefix(&format!("ferry-{}-", safe_name(guest)))
+        .and_then(|rest| rest.strip_suffix(".qcow2"))
+        .and_then(|rest| rest.rsplit_once("-run"))
+        .is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
 fn find_disk<'e>(root: &'e Element, target: &str) -> Option<&'e Element> {
     root.child("devices")
         .into_iter()
@@ -453,6 +462,10 @@ mod tests {
         assert_eq!(d.path(), Some("/dev/nvme1n5"));
         assert!(d.backing_chain.is_empty());
         assert!(frozen(&back, "g").is_empty());
+        assert!(is_overlay("/srv/store/ferry-g-vdb-run7.qcow2", "g"));
+        assert!(!is_overlay("/srv/store/ferry-g-vdb-run7.qcow2", "h"));
+        assert!(!is_overlay("/srv/store/ferry-g-vdb-run.qcow2", "g"));
+        assert!(!is_overlay("/srv/store/vdb.raw", "g"));
         // libvirt's own form of a frozen disk (as dumped after the snapshot).
         let libvirt = "<domain><name>g</name><devices><disk type='file' device='disk'>\n  <driver name='qemu' type='qcow2' cache='none' io='native'/>\n  <source file='/srv/ferry-store/ferry-g-vdb-run1.qcow2' index='3'/>\n  <backingStore type='block' index='1'>\n    <format type='raw'/>\n    <source dev='/dev/ferry-lab/nvme2n2'/>\n    <backingStore/>\n  </backingStore>\n  <target dev='vdb' bus='virtio'/>\n</disk></devices></domain>";
         assert_eq!(frozen(libvirt, "g")[0].base, "/dev/ferry-lab/nvme2n2");

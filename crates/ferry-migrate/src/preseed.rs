@@ -255,8 +255,12 @@ fn take_over(
     match journal.hand_over(r.from, run) {
         Ok(moved) => {
             for c in moved {
+                // The flow's list holds the target's volumes (its rollback deletes them
+                // there); the source's overlay is the freeze's, thawed or collapsed.
                 match crate::recover::provider(&c) {
-                    Ok(provider) if !created.iter().any(|v| v.path == c.path) => {
+                    Ok(provider)
+                        if c.host == inv.dst_uri && !created.iter().any(|v| v.path == c.path) =>
+                    {
                         created.push(CreatedVolume {
                             path: c.path.clone(),
                             capacity: c.bytes,
@@ -398,6 +402,14 @@ fn freeze(ctx: &mut Ctx, disks: &[FrozenDisk]) -> Result<(), HvError> {
         .collect();
     ctx.hv.freeze_disks(inv.src, &inv.guest, &overlays, &keep)?;
     for d in disks {
+        // Journaled on the source: `ferry recover` commits it back (or, once the guest runs
+        // on the target, deletes it) when this Ferry is gone.
+        if let Err(e) = ctx
+            .journal
+            .record_created(ctx.run, &inv.src_uri, &d.overlay, 0)
+        {
+            ctx.note(format!("warning: could not journal {}: {e}", d.overlay));
+        }
         ctx.note(format!(
             "froze {} ({}): the guest now writes to {} on {}",
             d.disk, d.base, d.overlay, inv.src_uri
@@ -717,13 +729,18 @@ pub(crate) fn collapse(
             )),
         }
         // The source's overlay: its guest is gone from there.
-        if let Err(e) = ctx.hv.delete_volume(inv.src, &d.overlay) {
-            ctx.note(format!(
+        match ctx.hv.delete_volume(inv.src, &d.overlay) {
+            Ok(()) => {
+                let _ = ctx
+                    .journal
+                    .record_deleted(ctx.run, &inv.src_uri, &d.overlay);
+            }
+            Err(e) => ctx.note(format!(
                 "warning: could not delete the overlay {} on {}: {}",
                 d.overlay,
                 inv.src_uri,
                 crate::error_chain(&e)
-            ));
+            )),
         }
     }
     Ok(())
@@ -741,10 +758,15 @@ fn thaw(ctx: &mut Ctx, disks: &[FrozenDisk], restore_inactive: bool) -> Vec<Clea
             .commit_active(inv.src, &inv.guest, &d.disk, COMMIT_WAIT)
         {
             Ok(()) => match ctx.hv.delete_volume(inv.src, &d.overlay) {
-                Ok(()) => out.push(Cleanup::Thawed {
-                    host: inv.src_uri.clone(),
-                    disk: d.disk.clone(),
-                    overlay: d.overlay.clone(),
+                Ok(()) => out.push({
+                    let _ = ctx
+                        .journal
+                        .record_deleted(ctx.run, &inv.src_uri, &d.overlay);
+                    Cleanup::Thawed {
+                        host: inv.src_uri.clone(),
+                        disk: d.disk.clone(),
+                        overlay: d.overlay.clone(),
+                    }
                 }),
                 Err(e) => out.push(Cleanup::NotDeleted {
                     host: inv.src_uri.clone(),

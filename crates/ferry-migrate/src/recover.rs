@@ -72,6 +72,13 @@ pub enum Action {
     ResumePostcopy { from: String, to: String },
     /// Undefine the guest's leftover (inactive) definition on the source.
     UndefineSource { host: String },
+    /// Commit a pre-seeded disk's overlay into the disk where the guest runs (it pivots onto
+    /// the disk alone); the overlay is deleted by a later step.
+    Commit {
+        host: String,
+        disk: String,
+        overlay: String,
+    },
     /// Delete a volume the run created, through whoever made it.
     Delete {
         host: String,
@@ -103,6 +110,14 @@ impl std::fmt::Display for Action {
             Self::UndefineSource { host } => {
                 write!(f, "undefine the guest's leftover definition on {host}")
             }
+            Self::Commit {
+                host,
+                disk,
+                overlay,
+            } => write!(
+                f,
+                "commit {overlay} into disk {disk} on {host} (the guest runs on it there)"
+            ),
             Self::ResumePostcopy { from, to } => write!(
                 f,
                 "resume the failed post-copy from {from} to {to}, then look again"
@@ -229,12 +244,80 @@ pub fn decide(f: &RunFacts) -> Recovery {
         }
         return d;
     }
+    // A pre-seed the run left: the guest runs on its overlay where it is. The overlay is
+    // committed first; then it is a leftover like any other.
+    let live_of = |v: &HostView| match v {
+        HostView::Seen { live_xml, .. } => live_xml.clone(),
+        HostView::Unreachable(_) => None,
+    };
+    let (host_of_guest, view_of_guest) = match d.location {
+        GuestLocation::Target => (&r.target, target),
+        _ => (&r.source, &f.source),
+    };
+    let frozen: Vec<ferry_core::preseed::FoundFrozen> = live_of(view_of_guest)
+        .map(|x| ferry_core::preseed::frozen(&x, &r.guest))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|z| {
+            f.created
+                .iter()
+                .any(|c| &c.host == host_of_guest && c.path == z.overlay)
+        })
+        .collect();
+    let committed = |path: &str| frozen.iter().any(|z| z.overlay == path);
     let in_use_on_target = |path: &str| match target {
         HostView::Seen { in_use, .. } => in_use
             .iter()
-            .find(|(p, _)| p == path)
+            .find(|(p, _)| p == path && !committed(p))
             .map(|(_, dom)| dom.clone()),
         HostView::Unreachable(_) => None,
+    };
+    let in_use_on_source = |path: &str| match &f.source {
+        HostView::Seen { in_use, .. } => in_use
+            .iter()
+            .find(|(p, _)| p == path && !committed(p))
+            .map(|(_, dom)| dom.clone()),
+        HostView::Unreachable(_) => None,
+    };
+    let commits: Vec<Action> = frozen
+        .iter()
+        .map(|z| Action::Commit {
+            host: host_of_guest.clone(),
+            disk: z.disk.clone(),
+            overlay: z.overlay.clone(),
+        })
+        .collect();
+    let is_overlay = |c: &Created| ferry_core::preseed::is_overlay(&c.path, &r.guest);
+    // A volume the run created, as a leftover: deleted unless a domain uses it.
+    let leftover = |c: &Created| {
+        let used = if c.host == r.source {
+            in_use_on_source(&c.path)
+        } else {
+            in_use_on_target(&c.path)
+        };
+        match used {
+            Some(dom) => Action::Keep {
+                host: c.host.clone(),
+                path: c.path.clone(),
+                why: format!("domain {dom} uses it"),
+            },
+            None => match provider(c) {
+                Err(()) => Action::Keep {
+                    host: c.host.clone(),
+                    path: c.path.clone(),
+                    why: format!(
+                        "the journal's record of who made it cannot be read ({}); delete it by \
+                         hand",
+                        c.provider.as_deref().unwrap_or("")
+                    ),
+                },
+                Ok(by) => Action::Delete {
+                    host: c.host.clone(),
+                    path: c.path.clone(),
+                    by,
+                },
+            },
+        }
     };
     let keep_all = |d: &mut Recovery, why: &str| {
         for c in &f.created {
@@ -258,12 +341,29 @@ pub fn decide(f: &RunFacts) -> Recovery {
                     host: r.source.clone(),
                 });
             }
-            keep_all(&mut d, "the migrated guest's disk");
+            d.steps.extend(commits);
+            for c in &f.created {
+                d.steps.push(if is_overlay(c) {
+                    leftover(c)
+                } else {
+                    Action::Keep {
+                        host: c.host.clone(),
+                        path: c.path.clone(),
+                        why: "the migrated guest's disk".into(),
+                    }
+                });
+            }
             if unfinished {
-                let live = match target {
-                    HostView::Seen { live_xml, .. } => live_xml.as_deref(),
-                    HostView::Unreachable(_) => None,
-                };
+                // As it runs once its overlays are committed.
+                let live = live_of(target).map(|mut x| {
+                    for z in &frozen {
+                        if let Ok(t) = ferry_core::preseed::thawed(&x, &z.disk) {
+                            x = t;
+                        }
+                    }
+                    x
+                });
+                let live = live.as_deref();
                 // Found on the target with its disks as planned: migrated. Otherwise the guest
                 // runs there unverified, and nothing of the source may be released.
                 let (outcome, message) = match check_sources(f.planned.as_deref(), live) {
@@ -286,30 +386,9 @@ pub fn decide(f: &RunFacts) -> Recovery {
             }
         }
         GuestLocation::Source | GuestLocation::SourceShutOff => {
+            d.steps.extend(commits);
             for c in &f.created {
-                match in_use_on_target(&c.path) {
-                    Some(dom) => d.steps.push(Action::Keep {
-                        host: c.host.clone(),
-                        path: c.path.clone(),
-                        why: format!("domain {dom} uses it"),
-                    }),
-                    None => match provider(c) {
-                        Err(()) => d.steps.push(Action::Keep {
-                            host: c.host.clone(),
-                            path: c.path.clone(),
-                            why: format!(
-                                "the journal's record of who made it cannot be read ({}); delete \
-                                 it by hand",
-                                c.provider.as_deref().unwrap_or("")
-                            ),
-                        }),
-                        Ok(by) => d.steps.push(Action::Delete {
-                            host: c.host.clone(),
-                            path: c.path.clone(),
-                            by,
-                        }),
-                    },
-                }
+                d.steps.push(leftover(c));
             }
             if unfinished {
                 d.steps.push(Action::Finish {
@@ -640,6 +719,14 @@ pub fn run(
             for (i, step) in d.steps.iter().enumerate() {
                 if let Err(e) = act(hv.as_ref(), journal, &r, step, src, dst) {
                     failed.push((i, crate::error_chain(&e)));
+                    // The guest still runs on the overlay: deleting it, or ending the run,
+                    // would lose its writes. Nothing after a failed commit is done.
+                    if matches!(step, Action::Commit { .. }) {
+                        for j in i + 1..d.steps.len() {
+                            failed.push((j, "not done: the commit before it failed".into()));
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -692,10 +779,22 @@ fn act(
             let h = src.ok_or(ActionError::SourceUnanswered)?;
             Ok(hv.undefine(h, &r.guest)?)
         }
-        Action::Delete { host, path, by } => {
-            // Only ever on the run's own target, the one host it created anything on.
-            let h = if *host == r.target { dst } else { None }
+        Action::Commit { host, disk, .. } => {
+            let h = if *host == r.target { dst } else { src }
                 .ok_or_else(|| ActionError::NotTarget { host: host.clone() })?;
+            Ok(hv.commit_active(h, &r.guest, disk, crate::preseed::COMMIT_WAIT)?)
+        }
+        Action::Delete { host, path, by } => {
+            // On the run's own target, the host it created its volumes on; on the source, only
+            // a pre-seed's overlay.
+            let h = if *host == r.target {
+                dst
+            } else if *host == r.source && ferry_core::preseed::is_overlay(path, &r.guest) {
+                src
+            } else {
+                None
+            }
+            .ok_or_else(|| ActionError::NotTarget { host: host.clone() })?;
             crate::provision::give_back(hv, h, path, by)?;
             Ok(journal.record_deleted(r.id, host, path)?)
         }
@@ -801,6 +900,114 @@ mod tests {
     }
 
     const RUNNING: Option<DomainState> = Some(DomainState::Running);
+
+    const OVERLAY: &str = "/srv/store/ferry-g-vdb-run7.qcow2";
+    const FROZEN: &str = "<domain><name>g</name><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/store/ferry-g-vdb-run7.qcow2'/><backingStore type='block'><format type='raw'/><source dev='/dev/nvme1n5'/></backingStore><target dev='vdb'/></disk></devices></domain>";
+
+    fn on_overlay(host_of_guest: &str) -> HostView {
+        HostView::Seen {
+            state: RUNNING,
+            job: false,
+            in_use: vec![(OVERLAY.into(), "g".into())],
+            live_xml: Some(FROZEN.replace("/dev/nvme1n5", host_of_guest)),
+        }
+    }
+
+    fn overlay_on(host: &str) -> Created {
+        Created {
+            host: host.into(),
+            path: OVERLAY.into(),
+            bytes: 0,
+            ..created()
+        }
+    }
+
+    #[test]
+    fn a_pre_seed_cut_with_the_guest_on_the_source_is_committed_back_before_its_overlay_goes() {
+        let mut f = facts(on_overlay("/dev/nvme2n2"), Some(seen(None, false)));
+        f.created = vec![overlay_on("qemu+tcp://h1/system")];
+        let d = decide(&f);
+        assert_eq!(d.location, GuestLocation::Source);
+        assert_eq!(
+            d.steps,
+            vec![
+                Action::Commit {
+                    host: "qemu+tcp://h1/system".into(),
+                    disk: "vdb".into(),
+                    overlay: OVERLAY.into()
+                },
+                Action::Delete {
+                    host: "qemu+tcp://h1/system".into(),
+                    path: OVERLAY.into(),
+                    by: Provider::Libvirt
+                },
+                Action::Finish {
+                    outcome: RunOutcome::RolledBack,
+                    message: "recovered: g runs on qemu+tcp://h1/system".into()
+                }
+            ]
+        );
+        // Another guest's overlay is not this run's to commit or delete.
+        let mut other = f.clone();
+        other.source = HostView::Seen {
+            state: RUNNING,
+            job: false,
+            in_use: vec![(OVERLAY.into(), "g2".into())],
+            live_xml: Some(String::new()),
+        };
+        assert!(matches!(
+            &decide(&other).steps[..],
+            [Action::Keep { why, .. }, Action::Finish { .. }] if why.contains("g2")
+        ));
+    }
+
+    #[test]
+    fn a_pre_seed_cut_after_the_switchover_is_committed_on_the_target_and_verified_as_thawed() {
+        let mut f = facts(seen(None, false), Some(on_overlay("/dev/nvme1n5")));
+        f.created = vec![
+            overlay_on("qemu+tcp://h1/system"),
+            overlay_on("qemu+tcp://h2/system"),
+            created(),
+        ];
+        f.planned = Some(vec![(
+            "vdb".into(),
+            Some(DiskSource::Path {
+                path: "/dev/nvme1n5".into(),
+            }),
+        )]);
+        let d = decide(&f);
+        assert_eq!(d.location, GuestLocation::Target);
+        assert_eq!(
+            d.steps[..4],
+            [
+                Action::Commit {
+                    host: "qemu+tcp://h2/system".into(),
+                    disk: "vdb".into(),
+                    overlay: OVERLAY.into()
+                },
+                Action::Delete {
+                    host: "qemu+tcp://h1/system".into(),
+                    path: OVERLAY.into(),
+                    by: Provider::Libvirt
+                },
+                Action::Delete {
+                    host: "qemu+tcp://h2/system".into(),
+                    path: OVERLAY.into(),
+                    by: Provider::Libvirt
+                },
+                Action::Keep {
+                    host: "qemu+tcp://h2/system".into(),
+                    path: "/srv/g-vdb.img".into(),
+                    why: "the migrated guest's disk".into()
+                },
+            ]
+        );
+        assert!(
+            matches!(&d.steps[4], Action::Finish { outcome: RunOutcome::Migrated, .. }),
+            "{:?}",
+            d.steps[4]
+        );
+    }
 
     #[test]
     fn a_run_cut_before_its_target_was_chosen_only_ends_in_the_journal() {

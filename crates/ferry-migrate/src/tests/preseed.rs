@@ -383,3 +383,39 @@ fn a_stopped_pre_seed_is_resumed_by_the_same_migrate_from_its_last_window() {
     assert_eq!(outcome(r1.run.unwrap()), Some(RunOutcome::RolledBack));
     assert_eq!(outcome(id3), Some(RunOutcome::Migrated));
 }
+
+#[test]
+fn recover_commits_a_frozen_guest_back_and_never_deletes_an_overlay_it_could_not_commit() {
+    let (fake, vdb) = seeded_lab();
+    let journal = Journal::in_memory().unwrap();
+    fake.fail_writing_after("/dev/nvme1n5", CHUNK);
+    fake.fail_commits_on(SRC);
+    let mut req = preseed_request(Verify::Sample);
+    req.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
+    let r = run(&hv(&fake), &journal, &req, &mut Vec::new(), &AtomicBool::new(false));
+    assert!(r.is_err());
+    assert!(fake.host_snapshot(SRC).paths.contains_key(OVERLAY));
+    // The commit still fails: recover stops there; the overlay the guest writes to stays.
+    let out = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
+    assert_eq!(out.len(), 1);
+    let steps = &out[0].recovery.steps;
+    assert!(matches!(steps[0], recover::Action::Commit { .. }), "{steps:?}");
+    assert_eq!(
+        out[0].failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..steps.len()).collect::<Vec<_>>(),
+        "{:?}",
+        out[0].failed
+    );
+    assert!(fake.host_snapshot(SRC).paths.contains_key(OVERLAY));
+    // It works: committed back, the overlay deleted, the guest on its own disk.
+    fake.heal_commits_on(SRC);
+    let out = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
+    assert!(out[0].failed.is_empty(), "{:?}", out[0].failed);
+    let src = fake.host_snapshot(SRC);
+    assert!(!src.paths.contains_key(OVERLAY));
+    assert!(src.domains["g"].live_xml.contains("<source dev='/dev/nvme2n2'/>"));
+    assert_eq!(src.contents["/dev/nvme2n2"], vdb);
+    assert!(recover::run(&hv(&fake), &journal, None, true, ANSWER)
+        .unwrap()
+        .is_empty());
+}
