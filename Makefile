@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed lab-down mutants faults
 
 test: setup lint unit-test lab-test
 
@@ -48,6 +48,13 @@ bench-migrate: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench --rate $(RATE) target/release/ferry
 
+# Plain --copy-storage-all against --preseed for a mostly empty vdb of each size (MiB), each
+# on a fresh lab: wall time, live phase, downtime, bytes on the wire (RATE in Mbit/s).
+SIZES ?= 1024 4096
+bench-preseed: setup
+	$(CARGO) build --release -p ferry-cli
+	lab/bench-preseed --rate $(RATE) --sizes "$(SIZES)" target/release/ferry
+
 # `ferry hosts` on a 4-host lab: the whole call against the sum of the per-host times.
 bench-hosts: setup
 	$(CARGO) build --release -p ferry-cli
@@ -75,6 +82,7 @@ lab-down:
 # Not in CI (hours on 2 cores); results in mutants.out/.
 MUTATE = crates/ferry-core/src/preflight.rs crates/ferry-core/src/release.rs \
 	crates/ferry-core/src/plan.rs crates/ferry-core/src/limits.rs \
+	crates/ferry-core/src/preseed.rs crates/ferry-migrate/src/preseed.rs \
 	crates/ferry-migrate/src/preflight.rs \
 	crates/ferry-migrate/src/prepare.rs crates/ferry-migrate/src/verify.rs \
 	crates/ferry-migrate/src/rollback.rs crates/ferry-migrate/src/recover.rs \

@@ -35,10 +35,19 @@ BS=4096
 STATIC_BLOCKS=$((STATIC_MB * 1024 * 1024 / BS))
 R=$((WRITE_KIB / 4))  # blocks per record
 K=$(( ($(blockdev --getsize64 /dev/vdb) / BS - STATIC_BLOCKS) / R ))
-# Continue after the highest record already on the disk (a cold boot after a migration).
-last=$(dd if=/dev/vdb bs=$BS skip=$STATIC_BLOCKS count=$K 2>/dev/null | strings -n 9 \
-    | sed -n 's/^FERRYSEQ \([0-9]*\) *$/\1/p' | sort -n | tail -n 1)
-seq=$(( ${last:-0} + 0 ))
+# Continue after the highest record already on the disk (a cold boot after a migration). The
+# records fill the region from its start (record n in slot n mod K), so the scan stops at the
+# first MiB without one: a fresh disk of any size boots at once.
+last=0
+off=0
+while [ $off -lt $((K * R)) ]; do
+    top=$(dd if=/dev/vdb bs=$BS skip=$((STATIC_BLOCKS + off)) count=256 2>/dev/null | strings -n 9 \
+        | sed -n 's/^FERRYSEQ \([0-9]*\) *$/\1/p' | sort -n | tail -n 1)
+    [ -n "$top" ] || break
+    [ "$top" -gt "$last" ] && last=$top
+    off=$((off + 256))
+done
+seq=$last
 echo "FERRY-BOOT k=$K static_blocks=$STATIC_BLOCKS start_seq=$seq" >/dev/ttyS0
 
 writer() {

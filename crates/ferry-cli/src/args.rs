@@ -519,10 +519,13 @@ pub struct MigrationArgs {
     pub copy_storage_synchronous_writes: bool,
     /// Pre-seed the copied disks before the live phase: freeze each onto a qcow2 overlay in
     /// --preseed-store on the source, copy the frozen disk to the target outside the migration
-    /// job (zero chunks cross the wire as holes, every chunk digested), then migrate only what
-    /// the guest wrote since (VIR_MIGRATE_NON_SHARED_INC) and commit the overlay into the disk
-    /// where the guest runs. The live phase no longer grows with the disk. For raw file or
-    /// block-device disks of a running guest.
+    /// job (zero chunks cross as holes, then chunks read back and compared: --preseed-verify),
+    /// then migrate only what the guest wrote since (VIR_MIGRATE_NON_SHARED_INC) and commit the
+    /// overlay into the disk where the guest runs: the live phase no longer grows with the
+    /// disk. A stopped pre-seed resumes at its last 64 MiB window when the same command runs
+    /// again. Ferry relays the copy: run it on the source host (--from qemu:///system), or the
+    /// relay's download carries the zeros too. For raw file or block-device disks of a running
+    /// guest.
     #[arg(long)]
     pub preseed: bool,
     /// With --preseed: the directory, on both hosts, that holds the overlays while the guest

@@ -703,7 +703,10 @@ fn preseed_faults_in_the_bulk_copy(r: &mut Report) {
         "{res}"
     );
     let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
-    assert!(blk.contains("/dev/ferry-lab/nvme2n2"), "the guest is on its own disk: {blk}");
+    assert!(
+        blk.contains("/dev/ferry-lab/nvme2n2"),
+        "the guest is on its own disk: {blk}"
+    );
     let (ok, _, e) = lab(&["libvirtd", "h2", "start"]);
     assert!(ok, "{e}");
     wait_h2_answers_and_holds_no_guest();
@@ -724,7 +727,10 @@ fn preseed_faults_in_the_bulk_copy(r: &mut Report) {
     let (_, out, _) = m.wait(Duration::from_secs(30));
     let done_at_kill = out.lines().filter_map(seed_done).max().unwrap();
     let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
-    assert!(blk.contains("/srv/ferry-store/ferry-lab-guest-vdb-run"), "frozen: {blk}");
+    assert!(
+        blk.contains("/srv/ferry-store/ferry-lab-guest-vdb-run"),
+        "frozen: {blk}"
+    );
     // The same command again (without the cap): it takes the freeze over and resumes.
     let mut again = migrate_args(&PRESEED[..7]);
     again.push("--json");
@@ -779,7 +785,10 @@ fn preseed_link_cut_in_the_live_phase(r: &mut Report) {
     assert!(ok, "{e}");
     wait_h2_answers_and_holds_no_guest();
     let out = recover();
-    assert!(out.contains("delete /srv/ferry-store/ferry-lab-guest-vdb-run1.qcow2"), "{out}");
+    assert!(
+        out.contains("delete /srv/ferry-store/ferry-lab-guest-vdb-run1.qcow2"),
+        "{out}"
+    );
     r.settled(
         "14c",
         "--preseed: link to the target cut in the live phase; back; ferry recover",

@@ -420,10 +420,7 @@ fn release_source_deletes_the_copy_ferry_made_and_keeps_what_it_cannot_give_back
 #[test]
 fn preseed_sends_only_data_and_the_live_phase_only_what_the_guest_wrote() {
     let lab = Lab::up(&["--vdb-mb", "256", "--static-mb", "24"]);
-    let (ok, _, e) = lab_shell(
-        "h2",
-        "head -c 256M /dev/urandom >/dev/ferry-lab/nvme1n5",
-    );
+    let (ok, _, e) = lab_shell("h2", "head -c 256M /dev/urandom >/dev/ferry-lab/nvme1n5");
     assert!(ok, "{e}");
     let preseed = [
         "--map",
@@ -454,7 +451,11 @@ fn preseed_sends_only_data_and_the_live_phase_only_what_the_guest_wrote() {
             .any(|c| c["cleanup"] == "thawed" && c["disk"] == "vdb"),
         "{r}"
     );
-    assert_eq!(inactive(), before, "the persistent definition after the thaw");
+    assert_eq!(
+        inactive(),
+        before,
+        "the persistent definition after the thaw"
+    );
     let (_, blk, _) = virsh(H1, &["domblklist", GUEST]);
     assert!(blk.contains("/dev/ferry-lab/nvme2n2"), "{blk}");
     assert!(store("h1").is_empty() && store("h2").is_empty());
@@ -477,7 +478,10 @@ fn preseed_sends_only_data_and_the_live_phase_only_what_the_guest_wrote() {
     assert_eq!(data + zeros, 256 * MIB, "{s}");
     // The live phase copied the overlay only: what the guest wrote since the freeze.
     let live_disk = s["disk_bytes"].as_u64().unwrap();
-    assert!(live_disk < 16 * MIB, "the live phase copied {live_disk} bytes: {s}");
+    assert!(
+        live_disk < 16 * MIB,
+        "the live phase copied {live_disk} bytes: {s}"
+    );
     assert!(seeded["verified_chunks"].as_u64().unwrap() > 0, "{s}");
     let v = lab.verify_guest("h2");
     assert!(

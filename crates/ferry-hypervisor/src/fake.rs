@@ -908,7 +908,8 @@ impl Hypervisor for Fake {
             };
             // As libvirt's snapshot: each disk runs on its overlay, live and persistent.
             for (disk, o) in overlays {
-                let stage = |x: &str| ferry_core::preseed::stage(x, disk, o).unwrap_or(x.to_string());
+                let stage =
+                    |x: &str| ferry_core::preseed::stage(x, disk, o).unwrap_or(x.to_string());
                 d.live_xml = stage(&d.live_xml);
                 d.inactive_xml = stage(&d.inactive_xml);
             }

@@ -1022,4 +1022,30 @@ mod tests {
         assert!(aborter.run_row(RunId(99)).unwrap().is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
+    #[test]
+    fn a_pre_seed_is_journaled_by_window_and_its_volumes_change_hands_on_a_resume() {
+        let j = Journal::in_memory().unwrap();
+        let a = j.begin_run("g", "s", "t", "{}").unwrap();
+        assert_eq!(j.seeded(a, "vdb").unwrap(), 0);
+        j.record_seeded(a, "vdb", 64).unwrap();
+        j.record_seeded(a, "vdb", 128).unwrap();
+        assert_eq!(j.seeded(a, "vdb").unwrap(), 128);
+        assert_eq!(j.seeded(a, "vdc").unwrap(), 0);
+        j.record_created(a, "s", "/store/ferry-g-vdb-run1.qcow2", 0)
+            .unwrap();
+        j.record_created(a, "t", "/store/g-vdb.img", 5).unwrap();
+        j.record_created(a, "t", "/store/gone", 5).unwrap();
+        j.record_deleted(a, "t", "/store/gone").unwrap();
+        let b = j.begin_run("g", "s", "t", "{}").unwrap();
+        let moved = j.hand_over(a, b).unwrap();
+        assert_eq!(moved.len(), 2);
+        assert!(moved.iter().all(|c| c.run == b.0));
+        assert!(j.created_of(a).unwrap().is_empty());
+        assert_eq!(j.created_of(b).unwrap(), moved);
+        j.finish(a, RunOutcome::Resumed, "run #2 resumed it").unwrap();
+        assert_eq!(j.outcome(a).unwrap(), Some(RunOutcome::Resumed));
+        // A resumed run leaves nothing to recover: its volumes are the taker's.
+        assert!(j.runs_to_recover(Some(a)).unwrap().is_empty());
+    }
+
 }

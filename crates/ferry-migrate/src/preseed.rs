@@ -25,14 +25,14 @@ use sha2::{Digest, Sha256};
 
 use crate::flow::{Ctx, Request};
 use crate::inventory::GuestOnHosts;
-use ferry_core::preflight::{Problem, ProblemCode};
-use ferry_journal::{RunId, RunOutcome};
 use crate::migrate::AbortReason;
 use crate::prepare::CreatedVolume;
 use crate::provision::Provider;
 use crate::rollback::Cleanup;
 use crate::step::Step;
 use crate::{Cause, Event};
+use ferry_core::preflight::{Problem, ProblemCode};
+use ferry_journal::{RunId, RunOutcome};
 
 /// How long a commit may take to be ready (its copy is what the guest wrote since the freeze,
 /// at local disk speed).
@@ -156,9 +156,8 @@ pub(crate) fn adopt(
         ));
     }
     for f in &found {
-        inv.live_xml = core::thawed(&inv.live_xml, &f.disk).map_err(|e| {
-            refuse(e.to_string(), "`ferry recover` the run that froze it")
-        })?;
+        inv.live_xml = core::thawed(&inv.live_xml, &f.disk)
+            .map_err(|e| refuse(e.to_string(), "`ferry recover` the run that froze it"))?;
         if let Some(x) = &inv.inactive_xml {
             // The snapshot changed the persistent definition too (when it has the disk).
             if let Ok(t) = core::thawed(x, &f.disk) {
@@ -339,7 +338,12 @@ fn thaw_if_on_source(
                 .collect();
             if !stuck.is_empty() {
                 // The journal says the guest still runs on an overlay.
-                let message = ctx.journal.run_row(ctx.run).ok().flatten().and_then(|r| r.message);
+                let message = ctx
+                    .journal
+                    .run_row(ctx.run)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.message);
                 let _ = ctx.journal.finish(
                     ctx.run,
                     RunOutcome::RolledBack,
@@ -426,11 +430,7 @@ fn seed_all(
     req: &Request,
     cancel: &AtomicBool,
 ) -> Result<Vec<SeedProgress>, SeedError> {
-    let total: u64 = disks
-        .iter()
-        .zip(starts)
-        .map(|(d, s)| d.capacity - s)
-        .sum();
+    let total: u64 = disks.iter().zip(starts).map(|(d, s)| d.capacity - s).sum();
     ctx.enter(
         Step::Seed,
         format!(
@@ -550,11 +550,9 @@ fn seed_disk(
                 if due > secs {
                     // Wait out the cap, still answering Ctrl-C and the timeout.
                     let until = Instant::now() + Duration::from_secs_f64(due - secs);
-                    if let Some(why) =
-                        ferry_hypervisor::wait::poll_until(until, STOP_CHECK, || {
-                            stopped(req, cancel)
-                        })
-                    {
+                    if let Some(why) = ferry_hypervisor::wait::poll_until(until, STOP_CHECK, || {
+                        stopped(req, cancel)
+                    }) {
                         return Err(SeedError::Stopped(why));
                     }
                 }

@@ -1003,7 +1003,13 @@ mod tests {
             ]
         );
         assert!(
-            matches!(&d.steps[4], Action::Finish { outcome: RunOutcome::Migrated, .. }),
+            matches!(
+                &d.steps[4],
+                Action::Finish {
+                    outcome: RunOutcome::Migrated,
+                    ..
+                }
+            ),
             "{:?}",
             d.steps[4]
         );

@@ -68,7 +68,11 @@ fn zero_chunks_cross_as_holes_and_the_target_holds_every_byte() {
     );
     assert_eq!(s.seeded.len(), 1);
     assert_eq!(
-        (s.seeded[0].data, s.seeded[0].zeros, s.seeded[0].verified_chunks),
+        (
+            s.seeded[0].data,
+            s.seeded[0].zeros,
+            s.seeded[0].verified_chunks
+        ),
         (2 * CHUNK, MIB64 - 2 * CHUNK, MIB64 / CHUNK)
     );
     // The order: freeze, relay, target overlay, live (incremental), commit, overlays deleted.
@@ -113,13 +117,23 @@ fn zero_chunks_cross_as_holes_and_the_target_holds_every_byte() {
     }
     // The guest ends on the plan's definition: the target volume alone.
     let g = &fake.host_snapshot(DST).domains["g"];
-    assert!(g.live_xml.contains("<source dev='/dev/nvme1n5'/>"), "{}", g.live_xml);
-    assert!(!g.live_xml.contains("qcow2'/>\n      <source dev"), "{}", g.live_xml);
+    assert!(
+        g.live_xml.contains("<source dev='/dev/nvme1n5'/>"),
+        "{}",
+        g.live_xml
+    );
+    assert!(
+        !g.live_xml.contains("qcow2'/>\n      <source dev"),
+        "{}",
+        g.live_xml
+    );
     assert_eq!(
         journal.runs(1).unwrap()[0].outcome,
         Some(RunOutcome::Migrated)
     );
-    assert!(events.iter().any(|e| matches!(e, Event::Seed(p) if p.done == MIB64)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Seed(p) if p.done == MIB64)));
 }
 
 #[test]
@@ -150,7 +164,10 @@ fn a_failed_live_phase_commits_the_overlay_back_on_the_source() {
     }));
     // The target's overlay went with the rollback; the source's after the commit.
     for host in [SRC, DST] {
-        assert!(!fake.host_snapshot(host).paths.contains_key(OVERLAY), "{host}");
+        assert!(
+            !fake.host_snapshot(host).paths.contains_key(OVERLAY),
+            "{host}"
+        );
     }
     assert_eq!(
         journal.runs(1).unwrap()[0].outcome,
@@ -227,9 +244,10 @@ fn a_disk_that_cannot_be_frozen_is_refused_before_anything_moves() {
         panic!("{r:?}")
     };
     assert!(
-        problems.iter().any(|p| p.code
-            == ferry_core::preflight::ProblemCode::CannotPreseed
-            && p.disk.as_deref() == Some("vdb")),
+        problems.iter().any(
+            |p| p.code == ferry_core::preflight::ProblemCode::CannotPreseed
+                && p.disk.as_deref() == Some("vdb")
+        ),
         "{problems:?}"
     );
     assert_eq!(mutating(&fake.calls()), vec![]);
@@ -277,7 +295,9 @@ fn ctrl_c_during_the_relay_stops_it_and_thaws() {
     assert!(
         matches!(
             **cause,
-            Cause::Seed(crate::preseed::SeedError::Stopped(migrate::AbortReason::Cancelled))
+            Cause::Seed(crate::preseed::SeedError::Stopped(
+                migrate::AbortReason::Cancelled
+            ))
         ),
         "{cause:?}"
     );
@@ -285,7 +305,11 @@ fn ctrl_c_during_the_relay_stops_it_and_thaws() {
         .iter()
         .any(|c| matches!(c, rollback::Cleanup::Thawed { .. })));
     // Stopped within the throttle's wait, not after it.
-    assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 /// `seeded_lab` with vdb and its target three windows long (192 MiB): data in each window.
@@ -327,7 +351,13 @@ fn a_stopped_pre_seed_is_resumed_by_the_same_migrate_from_its_last_window() {
     let req = preseed_request(Verify::Sample);
     let mut r1 = req.clone();
     r1.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
-    let r = run(&hv(&fake), &journal, &r1, &mut Vec::new(), &AtomicBool::new(false));
+    let r = run(
+        &hv(&fake),
+        &journal,
+        &r1,
+        &mut Vec::new(),
+        &AtomicBool::new(false),
+    );
     let Err(MigrateError::Failed { cleanup, .. }) = &r else {
         panic!("{r:?}")
     };
@@ -341,7 +371,13 @@ fn a_stopped_pre_seed_is_resumed_by_the_same_migrate_from_its_last_window() {
     fake.heal_commits_on(SRC);
     let mut plain = request("vdb=/dev/nvme1n5");
     plain.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
-    let r = run(&hv(&fake), &journal, &plain, &mut Vec::new(), &AtomicBool::new(false));
+    let r = run(
+        &hv(&fake),
+        &journal,
+        &plain,
+        &mut Vec::new(),
+        &AtomicBool::new(false),
+    );
     let Err(MigrateError::Refused { problems }) = &r else {
         panic!("{r:?}")
     };
@@ -353,7 +389,13 @@ fn a_stopped_pre_seed_is_resumed_by_the_same_migrate_from_its_last_window() {
     let mut r3 = req.clone();
     let id3 = journal.begin_run("g", SRC, DST, "{}").unwrap();
     r3.run = Some(id3);
-    let r = run(&hv(&fake), &journal, &r3, &mut Vec::new(), &AtomicBool::new(false));
+    let r = run(
+        &hv(&fake),
+        &journal,
+        &r3,
+        &mut Vec::new(),
+        &AtomicBool::new(false),
+    );
     assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
     let calls = &fake.calls()[before..];
     assert!(!calls.iter().any(|c| matches!(c, Call::Freeze { .. })));
@@ -392,14 +434,23 @@ fn recover_commits_a_frozen_guest_back_and_never_deletes_an_overlay_it_could_not
     fake.fail_commits_on(SRC);
     let mut req = preseed_request(Verify::Sample);
     req.run = Some(journal.begin_run("g", SRC, DST, "{}").unwrap());
-    let r = run(&hv(&fake), &journal, &req, &mut Vec::new(), &AtomicBool::new(false));
+    let r = run(
+        &hv(&fake),
+        &journal,
+        &req,
+        &mut Vec::new(),
+        &AtomicBool::new(false),
+    );
     assert!(r.is_err());
     assert!(fake.host_snapshot(SRC).paths.contains_key(OVERLAY));
     // The commit still fails: recover stops there; the overlay the guest writes to stays.
     let out = recover::run(&hv(&fake), &journal, None, false, ANSWER).unwrap();
     assert_eq!(out.len(), 1);
     let steps = &out[0].recovery.steps;
-    assert!(matches!(steps[0], recover::Action::Commit { .. }), "{steps:?}");
+    assert!(
+        matches!(steps[0], recover::Action::Commit { .. }),
+        "{steps:?}"
+    );
     assert_eq!(
         out[0].failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         (0..steps.len()).collect::<Vec<_>>(),
@@ -413,7 +464,9 @@ fn recover_commits_a_frozen_guest_back_and_never_deletes_an_overlay_it_could_not
     assert!(out[0].failed.is_empty(), "{:?}", out[0].failed);
     let src = fake.host_snapshot(SRC);
     assert!(!src.paths.contains_key(OVERLAY));
-    assert!(src.domains["g"].live_xml.contains("<source dev='/dev/nvme2n2'/>"));
+    assert!(src.domains["g"]
+        .live_xml
+        .contains("<source dev='/dev/nvme2n2'/>"));
     assert_eq!(src.contents["/dev/nvme2n2"], vdb);
     assert!(recover::run(&hv(&fake), &journal, None, true, ANSWER)
         .unwrap()
