@@ -83,6 +83,45 @@ pub fn problems(live_xml: &str, plan: &crate::Plan, cold: bool, host: &str) -> V
     out
 }
 
+/// The room a store must have for the overlays, as a share of the copied disks' bytes: the
+/// source's overlay holds what the guest writes during the bulk copy, the target's what the
+/// live phase brings. A tenth is a guess at a busy guest's writes, not a bound.
+pub const STORE_ROOM_DIVISOR: u64 = 10;
+
+/// The problems of the pre-seed store on each host (`(host, what its directory is)`): it must
+/// exist, and have room for a tenth of the copied disks' `need` bytes.
+pub fn store_problems(
+    store: &str,
+    hosts: &[(&str, &crate::facts::PathProbe)],
+    need: u64,
+) -> Vec<Problem> {
+    let room = need / STORE_ROOM_DIVISOR;
+    hosts
+        .iter()
+        .filter_map(|(host, p)| {
+            let what = if !p.parent_exists {
+                format!("the pre-seed store {store} does not exist there")
+            } else {
+                match p.parent_free {
+                    Some(free) if free < room => format!(
+                        "the pre-seed store {store} has {free} bytes free; the overlays need \
+                         room for a tenth of the copied disks ({room} bytes)"
+                    ),
+                    _ => return None,
+                }
+            };
+            Some(Problem {
+                code: ProblemCode::CannotPreseed,
+                host: host.to_string(),
+                disk: None,
+                path: Some(store.to_string()),
+                what,
+                fix: "give --preseed-store a local directory with room on both hosts".into(),
+            })
+        })
+        .collect()
+}
+
 /// Which chunks the read-back of the target compares with what was sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -544,6 +583,33 @@ mod tests {
         assert!(Verify::Sample.checks(0, 40) && Verify::Sample.checks(39, 40));
         assert!(Verify::Sample.checks(16, 40) && !Verify::Sample.checks(17, 40));
         assert!(Verify::All.checks(17, 40) && !Verify::None.checks(0, 40));
+    }
+
+    #[test]
+    fn a_store_must_exist_with_room_for_a_tenth_of_the_disks() {
+        let probe = |exists, free| crate::facts::PathProbe {
+            info: None,
+            parent_exists: exists,
+            parent_free: free,
+            parent_pool: None,
+        };
+        let (ok, small, none) = (
+            probe(true, Some(100)),
+            probe(true, Some(99)),
+            probe(false, None),
+        );
+        assert!(store_problems("/s", &[("a", &ok), ("b", &ok)], 1000).is_empty());
+        let p = store_problems("/s", &[("a", &small), ("b", &none)], 1000);
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.host.as_str(), p.code))
+                .collect::<Vec<_>>(),
+            vec![
+                ("a", ProblemCode::CannotPreseed),
+                ("b", ProblemCode::CannotPreseed)
+            ]
+        );
+        assert!(p[1].what.contains("does not exist"));
     }
 
     #[test]

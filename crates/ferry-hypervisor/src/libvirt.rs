@@ -209,6 +209,25 @@ impl Libvirt {
         }
     }
 
+    /// The volume at `path`: libvirt's lookup when a pool lists it, else through the pool of
+    /// its directory (a transient one where none covers it, kept with the volume).
+    fn volume_at(
+        &self,
+        h: &HostConn,
+        path: &str,
+        doing: &str,
+    ) -> Result<(StorageVol, Option<PoolGuard>), HvError> {
+        if let Ok(v) = h.conn.lookup_storage_vol_by_path(path) {
+            return Ok((v, None));
+        }
+        let (pool, base) = self.pool_of(h, path, doing)?;
+        let v = pool
+            .pool
+            .lookup_storage_vol_by_name(base)
+            .map_err(|e| self.err(h, format!("finding volume {path}"), e))?;
+        Ok((v, Some(pool)))
+    }
+
     /// The pool of `path`'s directory (which must exist) and the volume name in it.
     fn pool_of<'p>(
         &self,
@@ -771,14 +790,8 @@ impl Hypervisor for Libvirt {
         bytes: u64,
     ) -> Result<(), HvError> {
         let (s, d) = (self.host(src), self.host(dst));
-        let from = s
-            .conn
-            .lookup_storage_vol_by_path(src_path)
-            .map_err(|e| self.err(&s, format!("finding volume {src_path}"), e))?;
-        let to = d
-            .conn
-            .lookup_storage_vol_by_path(dst_path)
-            .map_err(|e| self.err(&d, format!("finding volume {dst_path}"), e))?;
+        let (from, _from_pool) = self.volume_at(&s, src_path, "reading")?;
+        let (to, _to_pool) = self.volume_at(&d, dst_path, "writing")?;
         let down = virt::stream::Stream::new(&s.conn, 0)
             .map_err(|e| self.err(&s, "opening a stream", e))?;
         let up = virt::stream::Stream::new(&d.conn, 0)
@@ -829,10 +842,7 @@ impl Hypervisor for Libvirt {
         len: u64,
     ) -> Result<Box<dyn VolumeReader>, HvError> {
         let h = self.host(host);
-        let vol = h
-            .conn
-            .lookup_storage_vol_by_path(path)
-            .map_err(|e| self.err(&h, format!("finding volume {path}"), e))?;
+        let (vol, pool) = self.volume_at(&h, path, "reading")?;
         let stream = virt::stream::Stream::new(&h.conn, 0)
             .map_err(|e| self.err(&h, "opening a stream", e))?;
         vol.download(&stream, offset, len, 0)
@@ -841,6 +851,7 @@ impl Hypervisor for Libvirt {
             what: format!("reading {path}"),
             stream: Some(stream),
             h,
+            _pool: pool,
         }))
     }
 
@@ -852,10 +863,7 @@ impl Hypervisor for Libvirt {
         len: u64,
     ) -> Result<Box<dyn VolumeWriter>, HvError> {
         let h = self.host(host);
-        let vol = h
-            .conn
-            .lookup_storage_vol_by_path(path)
-            .map_err(|e| self.err(&h, format!("finding volume {path}"), e))?;
+        let (vol, pool) = self.volume_at(&h, path, "writing")?;
         let stream = virt::stream::Stream::new(&h.conn, 0)
             .map_err(|e| self.err(&h, "opening a stream", e))?;
         vol.upload(
@@ -869,6 +877,7 @@ impl Hypervisor for Libvirt {
             what: format!("writing {path}"),
             stream: Some(stream),
             h,
+            _pool: pool,
         }))
     }
 
@@ -1182,6 +1191,8 @@ struct StreamReader {
     what: String,
     stream: Option<virt::stream::Stream>,
     h: Arc<HostConn>,
+    /// The transient pool the volume was found through, if any: it lives as long as the stream.
+    _pool: Option<PoolGuard>,
 }
 
 impl VolumeReader for StreamReader {
@@ -1218,6 +1229,8 @@ struct StreamWriter {
     what: String,
     stream: Option<virt::stream::Stream>,
     h: Arc<HostConn>,
+    /// The transient pool the volume was found through, if any: it lives as long as the stream.
+    _pool: Option<PoolGuard>,
 }
 
 impl VolumeWriter for StreamWriter {

@@ -1042,10 +1042,10 @@ mod tests {
         assert!(moved.iter().all(|c| c.run == b.0));
         assert!(j.created_of(a).unwrap().is_empty());
         assert_eq!(j.created_of(b).unwrap(), moved);
-        j.finish(a, RunOutcome::Resumed, "run #2 resumed it").unwrap();
+        j.finish(a, RunOutcome::Resumed, "run #2 resumed it")
+            .unwrap();
         assert_eq!(j.outcome(a).unwrap(), Some(RunOutcome::Resumed));
         // A resumed run leaves nothing to recover: its volumes are the taker's.
         assert!(j.runs_to_recover(Some(a)).unwrap().is_empty());
     }
-
 }

@@ -16,7 +16,7 @@ use ferry_core::facts::MigrationFacts;
 use ferry_core::preflight::Checked;
 use ferry_core::{MigrationOptions, Plan, Rules};
 use ferry_hypervisor::wait::{self, NoAnswer};
-use ferry_hypervisor::{Hypervisor, JobStats};
+use ferry_hypervisor::{Hypervisor, JobStats, PathProbe};
 use ferry_journal::{Journal, JournalError, RunId, RunOutcome};
 use serde::Serialize;
 
@@ -301,12 +301,24 @@ pub fn run(
     let resume = preseed::adopt(&mut inv, req.options.preseed.is_some())?;
     let (rules, provisioned) = flow.provision(&inv)?;
     let (plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
-    if plan.options.preseed.is_some() {
+    if let Some(pre) = &plan.options.preseed {
         checked.problems.extend(ferry_core::preseed::problems(
             &inv.live_xml,
             &plan,
             req.cold,
             &req.from,
+        ));
+        let stores = flow.store_facts(&inv, &pre.store)?;
+        let need = plan
+            .disks
+            .iter()
+            .filter(|d| plan.migrate_disks.contains(&d.target))
+            .filter_map(|d| d.bytes_to_copy)
+            .sum::<u64>();
+        checked.problems.extend(ferry_core::preseed::store_problems(
+            &pre.store,
+            &[(req.from.as_str(), &stores.0), (req.to.as_str(), &stores.1)],
+            need,
         ));
     }
     if !checked.problems.is_empty() {
@@ -392,6 +404,20 @@ impl Flow<'_> {
     fn stop(&self) -> impl FnMut() -> Option<StopReason> + use<'_> {
         let (hv, cancel, req) = (self.hv.as_ref(), self.cancel, self.req);
         move || stop_reason(hv, cancel, req.timeout, req.started, req.connect_timeout)
+    }
+
+    /// What the pre-seed store is on the source and on the target (read like every preflight
+    /// fact: stopped by Ctrl-C, the timeout, a silent host).
+    fn store_facts(
+        &mut self,
+        inv: &GuestOnHosts,
+        store: &str,
+    ) -> Result<(PathProbe, PathProbe), MigrateError> {
+        let (hv, src, dst) = (self.hv.clone(), inv.src, inv.dst);
+        let probe = format!("{}/.ferry-store-probe", store.trim_end_matches('/'));
+        read_only(self.hv.as_ref(), Step::Preflight, self.stop(), move || {
+            Ok((hv.probe_path(src, &probe)?, hv.probe_path(dst, &probe)?))
+        })
     }
 
     /// The journal's run, begun now if the caller began none.

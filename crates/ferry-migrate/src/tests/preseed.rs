@@ -472,3 +472,24 @@ fn recover_commits_a_frozen_guest_back_and_never_deletes_an_overlay_it_could_not
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_store_missing_on_the_target_is_refused_before_anything_moves() {
+    let (fake, _) = seeded_lab();
+    let mut dst = fake.host_snapshot(DST);
+    dst.dirs.remove("/srv/store");
+    fake.add_host(DST, dst);
+    let (r, _, _) = go(&fake, &preseed_request(Verify::Sample));
+    let Err(MigrateError::Refused { problems }) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        problems.iter().any(
+            |p| p.code == ferry_core::preflight::ProblemCode::CannotPreseed
+                && p.host == DST
+                && p.path.as_deref() == Some("/srv/store")
+        ),
+        "{problems:?}"
+    );
+    assert_eq!(mutating(&fake.calls()), vec![]);
+}
