@@ -517,30 +517,36 @@ pub struct MigrationArgs {
     /// converges, at the cost of the guest's write latency during the copy.
     #[arg(long)]
     pub copy_storage_synchronous_writes: bool,
-    /// Pre-seed the copied disks before the live phase: freeze each onto a qcow2 overlay in
-    /// --preseed-store on the source, copy the frozen disk to the target outside the migration
-    /// job (zero chunks cross as holes, then chunks read back and compared: --preseed-verify),
-    /// then migrate only what the guest wrote since (VIR_MIGRATE_NON_SHARED_INC) and commit the
-    /// overlay into the disk where the guest runs: the live phase no longer grows with the
-    /// disk. A stopped pre-seed resumes at its last 64 MiB window when the same command runs
-    /// again. Ferry relays the copy: run it on the source host (--from qemu:///system), or the
-    /// relay's download carries the zeros too. For raw file or block-device disks of a running
-    /// guest.
-    #[arg(long)]
+    /// Pre-seed the copied disks before the live phase, and refuse what cannot be: freeze each
+    /// onto a qcow2 overlay in --preseed-store on the source, copy the frozen disk to the target
+    /// outside the migration job (zero chunks cross as holes, then chunks read back and
+    /// compared: --preseed-verify), then migrate only what the guest wrote since
+    /// (VIR_MIGRATE_NON_SHARED_INC) and commit the overlay into the disk where the guest runs:
+    /// the live phase no longer grows with the disk. A stopped pre-seed resumes at its last
+    /// 64 MiB window when the same command runs again. Ferry relays the copy: run it on the
+    /// source host (--from qemu:///system), or the relay's download carries the zeros too. For
+    /// raw file or block-device disks of a running guest. By default (neither flag) Ferry
+    /// pre-seeds when the copied disks hold 1 GiB or more and nothing refuses it, and copies
+    /// inside the job otherwise, saying which.
+    #[arg(long, conflicts_with = "no_preseed")]
     pub preseed: bool,
-    /// With --preseed: the directory, on both hosts, that holds the overlays while the guest
-    /// runs on them (a storage pool's, or one Ferry makes a transient pool of).
+    /// Never pre-seed: every copied disk crosses inside the migration job.
+    #[arg(long)]
+    pub no_preseed: bool,
+    /// Where pre-seeding keeps the overlays while the guest runs on them: a directory on both
+    /// hosts (a storage pool's, or one Ferry makes a transient pool of), with room for a tenth
+    /// of the copied disks.
     #[arg(
         long,
         value_name = "DIR",
         default_value = "/var/lib/libvirt/images",
-        requires = "preseed"
+        conflicts_with = "no_preseed"
     )]
     pub preseed_store: String,
-    /// With --preseed: which copied chunks are read back from the target and compared with
-    /// what was sent: all (the whole volume crosses the wire again), sample (the first, last
-    /// and every 16th chunk), none.
-    #[arg(long, value_name = "WHICH", default_value = "sample", requires = "preseed",
+    /// Which pre-seeded chunks are read back from the target and compared with what was sent:
+    /// all (the whole volume crosses the wire again), sample (the first, last and every 16th
+    /// chunk), none.
+    #[arg(long, value_name = "WHICH", default_value = "sample", conflicts_with = "no_preseed",
           value_parser = clap::builder::PossibleValuesParser::new(["all", "sample", "none"])
               .try_map(|s| s.parse::<ferry_core::preseed::Verify>()))]
     pub preseed_verify: ferry_core::preseed::Verify,
@@ -644,10 +650,11 @@ impl MigrationArgs {
             bandwidth_mib: self.bandwidth,
             migrate_uri: self.migrate_uri.clone(),
             disks_uri: self.disks_uri.clone(),
-            preseed: self.preseed.then(|| ferry_core::preseed::Preseed {
+            preseed: (!self.no_preseed).then(|| ferry_core::preseed::Preseed {
                 store: self.preseed_store.clone(),
                 verify: self.preseed_verify,
                 bandwidth_mib: self.bandwidth,
+                auto_from: (!self.preseed).then_some(ferry_core::preseed::AUTO_MIN_BYTES),
             }),
         }
     }

@@ -35,6 +35,39 @@ pub struct Preseed {
     /// The relay's cap in MiB/s (the migration's `--bandwidth`).
     #[serde(default)]
     pub bandwidth_mib: Option<u64>,
+    /// Ferry's default: pre-seed only from this many bytes of copied disks on, and only when
+    /// nothing refuses it ([`auto_declines`]), else migrate as usual. `None`: asked for
+    /// (`--preseed`), and what cannot be pre-seeded is refused.
+    #[serde(default)]
+    pub auto_from: Option<u64>,
+}
+
+/// Below this many bytes of copied disks, the default migrates as usual: the freeze, the
+/// commit and the overlays cost more than the copy inside the job. Measured with
+/// `make bench-preseed` at 1 GiB (10 % data): the live phase 51 s plain, 6.4 s pre-seeded.
+pub const AUTO_MIN_BYTES: u64 = 1 << 30;
+
+/// Why the default does not pre-seed this migration (`None`: it does): copied disks smaller
+/// than `from` ([`AUTO_MIN_BYTES`] unless told) in all, or a problem that would refuse
+/// `--preseed`.
+pub fn auto_declines(copy_bytes: u64, from: u64, problems: &[Problem]) -> Option<String> {
+    if copy_bytes < from {
+        return Some(format!(
+            "the copied disks hold {copy_bytes} bytes, under {from}: copied inside the migration \
+             job"
+        ));
+    }
+    problems.first().map(|p| {
+        format!(
+            "{}{}: {}",
+            p.host,
+            p.disk
+                .as_deref()
+                .map(|d| format!(" disk {d}"))
+                .unwrap_or_default(),
+            p.what
+        )
+    })
 }
 
 /// The problems that refuse a pre-seeded migration before anything moves: each copied disk of
@@ -610,6 +643,24 @@ mod tests {
             ]
         );
         assert!(p[1].what.contains("does not exist"));
+    }
+
+    #[test]
+    fn the_default_pre_seeds_from_a_gib_of_copied_disks_when_nothing_refuses() {
+        assert_eq!(auto_declines(AUTO_MIN_BYTES, AUTO_MIN_BYTES, &[]), None);
+        assert!(auto_declines(AUTO_MIN_BYTES - 1, AUTO_MIN_BYTES, &[]).is_some());
+        let p = Problem {
+            code: ProblemCode::CannotPreseed,
+            host: "h".into(),
+            disk: Some("vdb".into()),
+            path: None,
+            what: "w".into(),
+            fix: "f".into(),
+        };
+        assert_eq!(
+            auto_declines(AUTO_MIN_BYTES, AUTO_MIN_BYTES, &[p]).as_deref(),
+            Some("h disk vdb: w")
+        );
     }
 
     #[test]

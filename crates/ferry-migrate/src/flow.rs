@@ -300,26 +300,32 @@ pub fn run(
     let mut inv = flow.inventory()?;
     let resume = preseed::adopt(&mut inv, req.options.preseed.is_some())?;
     let (rules, provisioned) = flow.provision(&inv)?;
-    let (plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
-    if let Some(pre) = &plan.options.preseed {
-        checked.problems.extend(ferry_core::preseed::problems(
-            &inv.live_xml,
-            &plan,
-            req.cold,
-            &req.from,
-        ));
-        let stores = flow.store_facts(&inv, &pre.store)?;
-        let need = plan
-            .disks
-            .iter()
-            .filter(|d| plan.migrate_disks.contains(&d.target))
-            .filter_map(|d| d.bytes_to_copy)
-            .sum::<u64>();
-        checked.problems.extend(ferry_core::preseed::store_problems(
-            &pre.store,
-            &[(req.from.as_str(), &stores.0), (req.to.as_str(), &stores.1)],
-            need,
-        ));
+    let (mut plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
+    if let Some(pre) = plan.options.preseed.clone() {
+        let copy_bytes = copied_bytes(&plan);
+        // The default asks the hosts nothing for a migration it would not pre-seed anyway.
+        let small = resume.is_none() && pre.auto_from.is_some_and(|from| copy_bytes < from);
+        let problems = if small {
+            vec![]
+        } else {
+            flow.preseed_problems(&inv, &plan, &pre)?
+        };
+        match pre.auto_from {
+            None => checked.problems.extend(problems),
+            // Taking over an earlier run's frozen disks: pre-seeding goes on.
+            Some(_) if resume.is_some() => {}
+            // The default: pre-seed where it wins, else migrate as usual, and say which.
+            Some(from) => match ferry_core::preseed::auto_declines(copy_bytes, from, &problems) {
+                Some(why) => {
+                    plan.options.preseed = None;
+                    checked.passed.push(format!("pre-seeding: not used ({why})"));
+                }
+                None => checked.passed.push(format!(
+                    "pre-seeding: used, {copy_bytes} bytes of copied disks (from {from} on by \
+                     default; --no-preseed copies inside the job)"
+                )),
+            },
+        }
     }
     if !checked.problems.is_empty() {
         return Err(flow.refuse(&inv, &plan, checked, &provisioned));
@@ -380,6 +386,15 @@ pub fn run(
     out
 }
 
+/// The bytes a copy inside the job would move for the plan's copied disks.
+fn copied_bytes(plan: &Plan) -> u64 {
+    plan.disks
+        .iter()
+        .filter(|d| plan.migrate_disks.contains(&d.target))
+        .filter_map(|d| d.bytes_to_copy)
+        .sum()
+}
+
 /// The flow before its run has acted: what the steps up to the plan need.
 struct Flow<'a> {
     hv: &'a Arc<dyn Hypervisor>,
@@ -404,6 +419,28 @@ impl Flow<'_> {
     fn stop(&self) -> impl FnMut() -> Option<StopReason> + use<'_> {
         let (hv, cancel, req) = (self.hv.as_ref(), self.cancel, self.req);
         move || stop_reason(hv, cancel, req.timeout, req.started, req.connect_timeout)
+    }
+
+    /// Everything that refuses `--preseed` for this plan: the disks, a cold move, the store
+    /// on both hosts (read only when the disks allow it).
+    fn preseed_problems(
+        &mut self,
+        inv: &GuestOnHosts,
+        plan: &Plan,
+        pre: &ferry_core::preseed::Preseed,
+    ) -> Result<Vec<ferry_core::preflight::Problem>, MigrateError> {
+        let req = self.req;
+        let mut problems =
+            ferry_core::preseed::problems(&inv.live_xml, plan, req.cold, &req.from);
+        if problems.is_empty() {
+            let stores = self.store_facts(inv, &pre.store)?;
+            problems.extend(ferry_core::preseed::store_problems(
+                &pre.store,
+                &[(req.from.as_str(), &stores.0), (req.to.as_str(), &stores.1)],
+                copied_bytes(plan),
+            ));
+        }
+        Ok(problems)
     }
 
     /// What the pre-seed store is on the source and on the target (read like every preflight

@@ -31,6 +31,7 @@ fn preseed_request(verify: Verify) -> Request {
         store: "/srv/store".into(),
         verify,
         bandwidth_mib: None,
+        auto_from: None,
     });
     r
 }
@@ -492,4 +493,43 @@ fn a_store_missing_on_the_target_is_refused_before_anything_moves() {
         "{problems:?}"
     );
     assert_eq!(mutating(&fake.calls()), vec![]);
+}
+
+#[test]
+fn the_default_pre_seeds_from_its_threshold_and_copies_inside_the_job_below_it() {
+    let auto = |from: u64| {
+        let mut r = preseed_request(Verify::Sample);
+        if let Some(p) = r.options.preseed.as_mut() {
+            p.auto_from = Some(from);
+        }
+        r
+    };
+    // Under the threshold: no freeze, a plain copy inside the job, and said.
+    let (fake, _) = seeded_lab();
+    let (r, events, _) = go(&fake, &auto(MIB64 + 1));
+    assert!(matches!(r, Ok(Outcome::Migrated(_))), "{r:?}");
+    let calls = fake.calls();
+    assert!(!calls.iter().any(|c| matches!(c, Call::Freeze { .. })));
+    assert!(calls.iter().any(
+        |c| matches!(c, Call::Migrate { flags, .. } if flags.non_shared_disk && !flags.non_shared_inc)
+    ));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Note { message } if message.starts_with("pre-seeding: not used"))
+    ));
+    // At it: pre-seeded.
+    let (fake, vdb) = seeded_lab();
+    let (r, _, _) = go(&fake, &auto(MIB64));
+    let Ok(Outcome::Migrated(s)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(s.seeded.len(), 1);
+    assert_eq!(fake.host_snapshot(DST).contents["/dev/nvme1n5"], vdb);
+    // At it, but a disk that cannot be frozen: copied inside the job, not refused.
+    let (fake, _) = seeded_lab();
+    let mut src = fake.host_snapshot(SRC);
+    src.dirs.remove("/srv/store");
+    fake.add_host(SRC, src);
+    let (r, _, _) = go(&fake, &auto(MIB64));
+    assert!(matches!(r, Ok(Outcome::Migrated(ref s)) if s.seeded.is_empty()), "{r:?}");
+    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Freeze { .. })));
 }
