@@ -586,6 +586,9 @@ mod tests {
         assert!(matches!(refusal(&d(q)), Some(Refusal::Format { .. })));
         let n = "<domain><devices><disk type='network'><driver type='raw'/><source protocol='rbd' name='p/i'/><target dev='vdb'/></disk></devices></domain>";
         assert!(matches!(refusal(&d(n)), Some(Refusal::Kind { .. })));
+        // A path, but a directory: not a disk image to copy.
+        let dir = "<domain><devices><disk type='dir'><driver type='raw'/><source dir='/srv/d'/><target dev='vdb'/></disk></devices></domain>";
+        assert!(matches!(refusal(&d(dir)), Some(Refusal::Kind { .. })));
     }
 
     #[test]
@@ -616,6 +619,36 @@ mod tests {
         assert!(Verify::Sample.checks(0, 40) && Verify::Sample.checks(39, 40));
         assert!(Verify::Sample.checks(16, 40) && !Verify::Sample.checks(17, 40));
         assert!(Verify::All.checks(17, 40) && !Verify::None.checks(0, 40));
+    }
+
+    #[test]
+    fn problems_name_each_copied_disk_that_cannot_be_frozen_and_a_cold_move() {
+        let rules = crate::Rules {
+            map: vec![],
+            copy: vec!["vdb=/dev/nvme1n5".parse().unwrap()],
+        };
+        let plan_of = |xml: &str| {
+            crate::plan(xml, None, "qemu+tcp://h2/system", &rules, &Default::default()).unwrap()
+        };
+        let ok = plan_of(BLOCK);
+        assert!(problems(BLOCK, &ok, false, "h1").is_empty());
+        let cold = problems(BLOCK, &ok, true, "h1");
+        assert_eq!(cold.len(), 1);
+        assert_eq!((cold[0].code, cold[0].disk.as_deref()), (ProblemCode::CannotPreseed, None));
+        let qcow = BLOCK.replace("type='raw' cache", "type='qcow2' cache");
+        let p = problems(&qcow, &plan_of(&qcow), false, "h1");
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.code, p.host.as_str(), p.disk.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![(ProblemCode::CannotPreseed, "h1", Some("vdb"))]
+        );
+        // A copied disk the live XML does not have (the plan and the XML disagree).
+        let mut other = ok.clone();
+        other.migrate_disks = vec!["vdc".into()];
+        let p = problems(BLOCK, &other, false, "h1");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].disk.as_deref(), Some("vdc"));
     }
 
     #[test]
@@ -669,5 +702,13 @@ mod tests {
             overlay_path("/srv/store/", "a/b", "vdb", 7),
             "/srv/store/ferry-a_b-vdb-run7.qcow2"
         );
+        assert_eq!(
+            overlay_path("/s", "lab-guest_2.x", "vdb", 1),
+            "/s/ferry-lab-guest_2_x-vdb-run1.qcow2"
+        );
+        for v in [Verify::All, Verify::Sample, Verify::None] {
+            assert_eq!(v.to_string().parse::<Verify>(), Ok(v));
+        }
+        assert!("most".parse::<Verify>().is_err());
     }
 }
