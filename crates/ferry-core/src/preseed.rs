@@ -628,13 +628,23 @@ mod tests {
             copy: vec!["vdb=/dev/nvme1n5".parse().unwrap()],
         };
         let plan_of = |xml: &str| {
-            crate::plan(xml, None, "qemu+tcp://h2/system", &rules, &Default::default()).unwrap()
+            crate::plan(
+                xml,
+                None,
+                "qemu+tcp://h2/system",
+                &rules,
+                &Default::default(),
+            )
+            .unwrap()
         };
         let ok = plan_of(BLOCK);
         assert!(problems(BLOCK, &ok, false, "h1").is_empty());
         let cold = problems(BLOCK, &ok, true, "h1");
         assert_eq!(cold.len(), 1);
-        assert_eq!((cold[0].code, cold[0].disk.as_deref()), (ProblemCode::CannotPreseed, None));
+        assert_eq!(
+            (cold[0].code, cold[0].disk.as_deref()),
+            (ProblemCode::CannotPreseed, None)
+        );
         let qcow = BLOCK.replace("type='raw' cache", "type='qcow2' cache");
         let p = problems(&qcow, &plan_of(&qcow), false, "h1");
         assert_eq!(

@@ -318,7 +318,9 @@ pub fn run(
             Some(from) => match ferry_core::preseed::auto_declines(copy_bytes, from, &problems) {
                 Some(why) => {
                     plan.options.preseed = None;
-                    checked.passed.push(format!("pre-seeding: not used ({why})"));
+                    checked
+                        .passed
+                        .push(format!("pre-seeding: not used ({why})"));
                 }
                 None => checked.passed.push(format!(
                     "pre-seeding: used, {copy_bytes} bytes of copied disks (from {from} on by \
@@ -430,8 +432,7 @@ impl Flow<'_> {
         pre: &ferry_core::preseed::Preseed,
     ) -> Result<Vec<ferry_core::preflight::Problem>, MigrateError> {
         let req = self.req;
-        let mut problems =
-            ferry_core::preseed::problems(&inv.live_xml, plan, req.cold, &req.from);
+        let mut problems = ferry_core::preseed::problems(&inv.live_xml, plan, req.cold, &req.from);
         if problems.is_empty() {
             let stores = self.store_facts(inv, &pre.store)?;
             problems.extend(ferry_core::preseed::store_problems(

@@ -530,6 +530,12 @@ fn the_default_pre_seeds_from_its_threshold_and_copies_inside_the_job_below_it()
     src.dirs.remove("/srv/store");
     fake.add_host(SRC, src);
     let (r, _, _) = go(&fake, &auto(MIB64));
-    assert!(matches!(r, Ok(Outcome::Migrated(ref s)) if s.seeded.is_empty()), "{r:?}");
-    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Freeze { .. })));
+    assert!(
+        matches!(r, Ok(Outcome::Migrated(ref s)) if s.seeded.is_empty()),
+        "{r:?}"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Freeze { .. })));
 }
