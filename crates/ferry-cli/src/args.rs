@@ -535,21 +535,17 @@ pub struct MigrationArgs {
     pub no_preseed: bool,
     /// Where pre-seeding keeps the overlays while the guest runs on them: a directory on both
     /// hosts (a storage pool's, or one Ferry makes a transient pool of), with room for a tenth
-    /// of the copied disks.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/lib/libvirt/images",
-        conflicts_with = "no_preseed"
-    )]
-    pub preseed_store: String,
+    /// of the copied disks [default: the inventory's [preseed] store, else
+    /// /var/lib/libvirt/images].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_preseed")]
+    pub preseed_store: Option<String>,
     /// Which pre-seeded chunks are read back from the target and compared with what was sent:
     /// all (the whole volume crosses the wire again), sample (the first, last and every 16th
-    /// chunk), none.
-    #[arg(long, value_name = "WHICH", default_value = "sample", conflicts_with = "no_preseed",
+    /// chunk), none [default: the inventory's [preseed] verify, else sample].
+    #[arg(long, value_name = "WHICH", conflicts_with = "no_preseed",
           value_parser = clap::builder::PossibleValuesParser::new(["all", "sample", "none"])
               .try_map(|s| s.parse::<ferry_core::preseed::Verify>()))]
-    pub preseed_verify: ferry_core::preseed::Verify,
+    pub preseed_verify: Option<ferry_core::preseed::Verify>,
     #[command(flatten)]
     pub convergence: ConvergenceArgs,
 }
@@ -650,13 +646,27 @@ impl MigrationArgs {
             bandwidth_mib: self.bandwidth,
             migrate_uri: self.migrate_uri.clone(),
             disks_uri: self.disks_uri.clone(),
-            preseed: (!self.no_preseed).then(|| ferry_core::preseed::Preseed {
-                store: self.preseed_store.clone(),
-                verify: self.preseed_verify,
-                bandwidth_mib: self.bandwidth,
-                auto_from: (!self.preseed).then_some(ferry_core::preseed::AUTO_MIN_BYTES),
-            }),
+            preseed: self.preseed(inv),
         }
+    }
+}
+
+impl MigrationArgs {
+    /// Pre-seeding: the flags over the inventory's `[preseed]` (or the defaults).
+    fn preseed(&self, inv: Option<&Inventory>) -> Option<ferry_core::preseed::Preseed> {
+        use ferry_core::inventory::PreseedMode;
+        let sec = inv.map(|i| i.preseed.clone()).unwrap_or_default();
+        let mode = match (self.preseed, self.no_preseed) {
+            (true, _) => PreseedMode::Always,
+            (_, true) => PreseedMode::Never,
+            _ => sec.mode,
+        };
+        (mode != PreseedMode::Never).then(|| ferry_core::preseed::Preseed {
+            store: self.preseed_store.clone().unwrap_or(sec.store),
+            verify: self.preseed_verify.unwrap_or(sec.verify),
+            bandwidth_mib: self.bandwidth,
+            auto_from: (mode == PreseedMode::Auto).then_some(sec.from.0),
+        })
     }
 }
 
@@ -801,5 +811,47 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn preseed_flags_override_the_inventorys_section() {
+        use ferry_core::inventory::PreseedMode;
+        use ferry_core::preseed::Verify;
+        let options = |extra: &[&str], inv: Option<&Inventory>| {
+            let mut a = vec!["ferry", "plan", "--domain-xml", "x", "--to", "u"];
+            a.extend_from_slice(extra);
+            let Command::Plan(p) = Cli::try_parse_from(a).unwrap().command else {
+                panic!("not plan")
+            };
+            p.migration.options(inv).preseed
+        };
+        let mut inv =
+            Inventory::from_toml("[[host]]\nname = \"a\"\nuri = \"qemu:///system\"\n").unwrap();
+        // The defaults: auto from 1 GiB, the default store, a sample read back.
+        let d = options(&[], None).unwrap();
+        assert_eq!(d.auto_from, Some(ferry_core::preseed::AUTO_MIN_BYTES));
+        assert_eq!(
+            (d.store.as_str(), d.verify),
+            ("/var/lib/libvirt/images", Verify::Sample)
+        );
+        inv.preseed.mode = PreseedMode::Never;
+        assert_eq!(options(&[], Some(&inv)), None);
+        let forced = options(&["--preseed"], Some(&inv)).unwrap();
+        assert_eq!(forced.auto_from, None, "--preseed asks: never auto");
+        inv.preseed.mode = PreseedMode::Always;
+        inv.preseed.store = "/srv/s".into();
+        inv.preseed.verify = Verify::All;
+        let from_inv = options(&[], Some(&inv)).unwrap();
+        assert_eq!(
+            (from_inv.auto_from, from_inv.store.as_str(), from_inv.verify),
+            (None, "/srv/s", Verify::All)
+        );
+        assert_eq!(options(&["--no-preseed"], Some(&inv)), None);
+        let flags = options(
+            &["--preseed-store", "/x", "--preseed-verify", "none"],
+            Some(&inv),
+        )
+        .unwrap();
+        assert_eq!((flags.store.as_str(), flags.verify), ("/x", Verify::None));
     }
 }

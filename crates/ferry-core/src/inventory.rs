@@ -278,6 +278,46 @@ pub struct Inventory {
     /// The convergence policy for every migration (per-call flags override it).
     #[serde(default)]
     pub convergence: crate::convergence::Policy,
+    /// Pre-seeding for every migration (`--preseed`, `--no-preseed`, `--preseed-store` and
+    /// `--preseed-verify` override it).
+    #[serde(default)]
+    pub preseed: PreseedSection,
+}
+
+/// When Ferry pre-seeds the copied disks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreseedMode {
+    /// From `from` bytes of copied disks on, when nothing refuses it.
+    #[default]
+    Auto,
+    /// Always; what cannot be pre-seeded is refused (`--preseed`).
+    Always,
+    /// Never (`--no-preseed`).
+    Never,
+}
+
+/// The inventory's `[preseed]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreseedSection {
+    pub mode: PreseedMode,
+    /// The directory, on every host, that holds the overlays.
+    pub store: String,
+    pub verify: crate::preseed::Verify,
+    /// With `mode = "auto"`: pre-seed from this many bytes of copied disks on.
+    pub from: Bytes,
+}
+
+impl Default for PreseedSection {
+    fn default() -> Self {
+        PreseedSection {
+            mode: PreseedMode::Auto,
+            store: crate::preseed::DEFAULT_STORE.to_string(),
+            verify: crate::preseed::Verify::Sample,
+            from: Bytes(crate::preseed::AUTO_MIN_BYTES),
+        }
+    }
 }
 
 impl Inventory {
@@ -498,6 +538,27 @@ mod tests {
     }
 
     #[test]
+    fn a_preseed_section_sets_the_mode_store_and_threshold_and_typos_are_refused() {
+        let base = "[[host]]\nname = \"a\"\nuri = \"qemu:///system\"\n";
+        let inv = Inventory::from_toml(base).unwrap();
+        assert_eq!(inv.preseed, PreseedSection::default());
+        let inv = Inventory::from_toml(&format!(
+            "{base}[preseed]\nmode = \"always\"\nstore = \"/srv/ferry\"\nverify = \"all\"\nfrom = \"4GiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(inv.preseed.mode, PreseedMode::Always);
+        assert_eq!(inv.preseed.store, "/srv/ferry");
+        assert_eq!(inv.preseed.verify, crate::preseed::Verify::All);
+        assert_eq!(inv.preseed.from, Bytes(4 << 30));
+        for bad in ["mode = \"sometimes\"", "verify = \"most\"", "stor = \"/x\""] {
+            assert!(
+                Inventory::from_toml(&format!("{base}[preseed]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn a_convergence_section_overrides_the_defaults_and_typos_are_refused() {
         let base = "[[host]]\nname = \"a\"\nuri = \"qemu:///system\"\n";
         let inv = Inventory::from_toml(&format!(
@@ -525,8 +586,9 @@ mod tests {
         assert!(inv.hosts.iter().any(|h| h.reserve_memory.0 > 0));
         assert!(!inv.shared_stores.is_empty());
         assert!(inv.hosts.iter().any(|h| !h.local_stores.is_empty()));
-        // The documented [convergence] section is the defaults, spelled out.
+        // The documented [convergence] and [preseed] sections are the defaults, spelled out.
         assert_eq!(inv.convergence, crate::convergence::Policy::default());
+        assert_eq!(inv.preseed, PreseedSection::default());
         let hook = inv
             .hosts
             .iter()

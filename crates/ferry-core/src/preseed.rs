@@ -42,6 +42,9 @@ pub struct Preseed {
     pub auto_from: Option<u64>,
 }
 
+/// Where the overlays go unless told (`--preseed-store`, the inventory's `[preseed] store`).
+pub const DEFAULT_STORE: &str = "/var/lib/libvirt/images";
+
 /// Below this many bytes of copied disks, the default migrates as usual: the freeze, the
 /// commit and the overlays cost more than the copy inside the job. Measured with
 /// `make bench-preseed` at 1 GiB (10 % data): the live phase 51 s plain, 6.4 s pre-seeded.
