@@ -427,13 +427,10 @@ pub fn frozen(doc: &str, guest: &str) -> Vec<FoundFrozen> {
         .iter()
         .filter_map(|d| {
             let overlay = d.path()?;
-            let name = overlay.rsplit('/').next()?;
-            let prefix = format!("ferry-{}-{}-run", safe_name(guest), safe_name(&d.target));
-            let run = name
-                .strip_prefix(&prefix)?
-                .strip_suffix(".qcow2")?
-                .parse()
-                .ok()?;
+            let (disk, run) = overlay_of(overlay, guest)?;
+            if disk != safe_name(&d.target) {
+                return None;
+            }
             let [DiskSource::Path { path: base }] = d.backing_chain.as_slice() else {
                 return None;
             };
@@ -449,11 +446,19 @@ pub fn frozen(doc: &str, guest: &str) -> Vec<FoundFrozen> {
 
 /// Whether `path` is an overlay Ferry makes for guest `guest` (`…/ferry-GUEST-DISK-runN.qcow2`).
 pub fn is_overlay(path: &str, guest: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or_default();
-    name.strip_prefix(&format!("ferry-{}-", safe_name(guest)))
-        .and_then(|rest| rest.strip_suffix(".qcow2"))
-        .and_then(|rest| rest.rsplit_once("-run"))
-        .is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    overlay_of(path, guest).is_some()
+}
+
+/// The disk (as [`overlay_path`] spells it) and the run of an overlay [`overlay_path`] names for
+/// guest `guest`; `None` for any other path.
+fn overlay_of<'p>(path: &'p str, guest: &str) -> Option<(&'p str, i64)> {
+    let name = path.rsplit('/').next()?;
+    let (disk, run) = name
+        .strip_prefix(&format!("ferry-{}-", safe_name(guest)))?
+        .strip_suffix(".qcow2")?
+        .rsplit_once("-run")?;
+    let all_digits = !run.is_empty() && run.chars().all(|c| c.is_ascii_digit());
+    Some((disk, run.parse().ok().filter(|_| all_digits)?))
 }
 
 fn find_disk<'e>(root: &'e Element, target: &str) -> Option<&'e Element> {

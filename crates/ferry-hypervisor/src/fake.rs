@@ -202,6 +202,42 @@ struct State {
     canaries: Vec<(Vec<(String, String)>, String)>,
 }
 
+/// A new empty file volume on a fake host, as libvirt's storage API makes one: refused when
+/// `injected` or when the path is taken.
+fn new_file(
+    h: &mut FakeHost,
+    uri: &str,
+    path: &str,
+    capacity: u64,
+    format: &str,
+    injected: bool,
+) -> Result<(), HvError> {
+    let refuse = |message: &str| {
+        Err(HvError::Libvirt {
+            host: uri.into(),
+            what: "creating".into(),
+            message: message.into(),
+            code: 0,
+        })
+    };
+    if injected {
+        return refuse("injected failure");
+    }
+    if h.paths.contains_key(path) {
+        return refuse("exists");
+    }
+    h.paths.insert(
+        path.to_string(),
+        PathInfo {
+            kind: PathKind::File,
+            capacity,
+            allocation: 0,
+            format: Some(format.to_string()),
+        },
+    );
+    Ok(())
+}
+
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -482,32 +518,7 @@ impl Hypervisor for Fake {
                 capacity,
                 format: format.to_string(),
             });
-            if injected {
-                return Err(HvError::Libvirt {
-                    host: uri.into(),
-                    what: "creating".into(),
-                    message: "injected failure".into(),
-                    code: 0,
-                });
-            }
-            if h.paths.contains_key(path) {
-                return Err(HvError::Libvirt {
-                    host: uri.into(),
-                    what: "creating".into(),
-                    message: "exists".into(),
-                    code: 0,
-                });
-            }
-            h.paths.insert(
-                path.to_string(),
-                PathInfo {
-                    kind: PathKind::File,
-                    capacity,
-                    allocation: 0,
-                    format: Some(format.to_string()),
-                },
-            );
-            Ok(())
+            new_file(h, uri, path, capacity, format, injected)
         })
     }
 
@@ -943,24 +954,7 @@ impl Hypervisor for Fake {
                 path: path.to_string(),
                 backing: backing.to_string(),
             });
-            if injected || h.paths.contains_key(path) {
-                return Err(HvError::Libvirt {
-                    host: uri.into(),
-                    what: format!("creating overlay {path}"),
-                    message: "injected failure or path exists".into(),
-                    code: 0,
-                });
-            }
-            h.paths.insert(
-                path.to_string(),
-                PathInfo {
-                    kind: PathKind::File,
-                    capacity,
-                    allocation: 0,
-                    format: Some("qcow2".into()),
-                },
-            );
-            Ok(())
+            new_file(h, uri, path, capacity, "qcow2", injected)
         })
     }
 

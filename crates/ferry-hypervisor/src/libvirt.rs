@@ -847,7 +847,7 @@ impl Hypervisor for Libvirt {
             .map_err(|e| self.err(&h, "opening a stream", e))?;
         vol.download(&stream, offset, len, 0)
             .map_err(|e| self.err(&h, format!("reading {path}"), e))?;
-        Ok(Box::new(StreamReader {
+        Ok(Box::new(VolStream {
             what: format!("reading {path}"),
             stream: Some(stream),
             h,
@@ -873,7 +873,7 @@ impl Hypervisor for Libvirt {
             sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
         )
         .map_err(|e| self.err(&h, format!("writing {path}"), e))?;
-        Ok(Box::new(StreamWriter {
+        Ok(Box::new(VolStream {
             what: format!("writing {path}"),
             stream: Some(stream),
             h,
@@ -1186,8 +1186,8 @@ fn get_job_stats(
     Ok(stats)
 }
 
-/// A volume being downloaded; the stream is aborted if it is dropped unfinished.
-struct StreamReader {
+/// A volume's storage stream, a download or an upload: aborted if dropped unfinished.
+struct VolStream {
     what: String,
     stream: Option<virt::stream::Stream>,
     h: Arc<HostConn>,
@@ -1195,28 +1195,26 @@ struct StreamReader {
     _pool: Option<PoolGuard>,
 }
 
-impl VolumeReader for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, HvError> {
-        let Some(s) = &self.stream else {
-            return Ok(0);
-        };
-        let n = s
-            .recv(buf)
-            .map_err(|e| err_on(&self.h, self.what.clone(), e))?;
-        Ok(usize::try_from(n).unwrap_or(0))
+impl VolStream {
+    /// The open stream (`None` once finished).
+    fn open(&self) -> Option<&virt::stream::Stream> {
+        self.stream.as_ref()
     }
 
-    fn finish(mut self: Box<Self>) -> Result<(), HvError> {
+    fn fail(&self, e: VirtError) -> HvError {
+        err_on(&self.h, self.what.clone(), e)
+    }
+
+    /// End the stream: libvirt says whether the other end has every byte.
+    fn end(&mut self) -> Result<(), HvError> {
         match self.stream.take() {
-            Some(s) => s
-                .finish()
-                .map_err(|e| err_on(&self.h, self.what.clone(), e)),
+            Some(s) => s.finish().map_err(|e| self.fail(e)),
             None => Ok(()),
         }
     }
 }
 
-impl Drop for StreamReader {
+impl Drop for VolStream {
     fn drop(&mut self) {
         if let Some(s) = self.stream.take() {
             let _ = s.abort();
@@ -1224,31 +1222,34 @@ impl Drop for StreamReader {
     }
 }
 
-/// A volume being uploaded through a sparse stream; aborted if dropped unfinished.
-struct StreamWriter {
-    what: String,
-    stream: Option<virt::stream::Stream>,
-    h: Arc<HostConn>,
-    /// The transient pool the volume was found through, if any: it lives as long as the stream.
-    _pool: Option<PoolGuard>,
+impl VolumeReader for VolStream {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, HvError> {
+        let Some(s) = self.open() else {
+            return Ok(0);
+        };
+        let n = s.recv(buf).map_err(|e| self.fail(e))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), HvError> {
+        self.end()
+    }
 }
 
-impl VolumeWriter for StreamWriter {
+impl VolumeWriter for VolStream {
     fn write(&mut self, mut data: &[u8]) -> Result<(), HvError> {
-        let Some(s) = &self.stream else {
+        let Some(s) = self.open() else {
             return Ok(());
         };
         while !data.is_empty() {
-            let k = s
-                .send(data)
-                .map_err(|e| err_on(&self.h, self.what.clone(), e))?;
+            let k = s.send(data).map_err(|e| self.fail(e))?;
             data = &data[usize::try_from(k).unwrap_or(0).min(data.len())..];
         }
         Ok(())
     }
 
     fn zeros(&mut self, len: u64) -> Result<(), HvError> {
-        let Some(s) = &self.stream else {
+        let Some(s) = self.open() else {
             return Ok(());
         };
         let len = i64::try_from(len).map_err(|_| HvError::Libvirt {
@@ -1260,26 +1261,13 @@ impl VolumeWriter for StreamWriter {
         // SAFETY: the stream is valid while `s` holds it; a hole is only a length.
         let r = unsafe { sys::virStreamSendHole(s.as_ptr(), len, 0) };
         if r < 0 {
-            return Err(err_on(&self.h, self.what.clone(), VirtError::last_error()));
+            return Err(self.fail(VirtError::last_error()));
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), HvError> {
-        match self.stream.take() {
-            Some(s) => s
-                .finish()
-                .map_err(|e| err_on(&self.h, self.what.clone(), e)),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for StreamWriter {
-    fn drop(&mut self) {
-        if let Some(s) = self.stream.take() {
-            let _ = s.abort();
-        }
+        self.end()
     }
 }
 

@@ -104,8 +104,8 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// How often a read-only step's stop reasons are looked at.
-const STOP_CHECK: Duration = Duration::from_millis(100);
+/// How often a read-only step's (and a throttled relay's) stop reasons are looked at.
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Whether to stop now: the operator, the run's timeout, a connection that does not open.
 fn stop_reason(
@@ -302,7 +302,7 @@ pub fn run(
     let (rules, provisioned) = flow.provision(&inv)?;
     let (mut plan, mut checked) = flow.plan(&inv, rules, &provisioned)?;
     if let Some(pre) = plan.options.preseed.clone() {
-        let copy_bytes = copied_bytes(&plan);
+        let copy_bytes = plan.copy_bytes().unwrap_or(0);
         // The default asks the hosts nothing for a migration it would not pre-seed anyway.
         let small = resume.is_none() && pre.auto_from.is_some_and(|from| copy_bytes < from);
         let problems = if small {
@@ -388,15 +388,6 @@ pub fn run(
     out
 }
 
-/// The bytes a copy inside the job would move for the plan's copied disks.
-fn copied_bytes(plan: &Plan) -> u64 {
-    plan.disks
-        .iter()
-        .filter(|d| plan.migrate_disks.contains(&d.target))
-        .filter_map(|d| d.bytes_to_copy)
-        .sum()
-}
-
 /// The flow before its run has acted: what the steps up to the plan need.
 struct Flow<'a> {
     hv: &'a Arc<dyn Hypervisor>,
@@ -438,7 +429,7 @@ impl Flow<'_> {
             problems.extend(ferry_core::preseed::store_problems(
                 &pre.store,
                 &[(req.from.as_str(), &stores.0), (req.to.as_str(), &stores.1)],
-                copied_bytes(plan),
+                plan.copy_bytes().unwrap_or(0),
             ));
         }
         Ok(problems)

@@ -55,6 +55,21 @@ impl std::fmt::Display for AbortReason {
     }
 }
 
+impl AbortReason {
+    /// The operator's reasons to stop acting now: Ctrl-C or `ferry abort` (`cancel`), or the
+    /// run's `--timeout` passed.
+    pub fn asked(req: &Request, cancel: &AtomicBool) -> Option<AbortReason> {
+        if cancel.load(Ordering::SeqCst) {
+            return Some(AbortReason::Cancelled);
+        }
+        req.timeout
+            .filter(|t| req.started.elapsed() > *t)
+            .map(|t| AbortReason::TimedOut {
+                after_s: t.as_secs(),
+            })
+    }
+}
+
 /// What the migration call left.
 #[derive(Debug)]
 pub struct JobResult {
@@ -185,16 +200,7 @@ pub fn execute(
         }
         match &aborted {
             None => {
-                let why = if cancel.load(Ordering::SeqCst) {
-                    Some(AbortReason::Cancelled)
-                } else {
-                    req.timeout.filter(|t| req.started.elapsed() > *t).map(|t| {
-                        AbortReason::TimedOut {
-                            after_s: t.as_secs(),
-                        }
-                    })
-                };
-                if let Some(why) = why {
+                if let Some(why) = AbortReason::asked(req, cancel) {
                     reporter.report(Event::Note {
                         message: format!("{why}: aborting the migration job on {}", inv.src_uri),
                     });

@@ -13,7 +13,7 @@
 //!          define the guest's own persistent XML again, delete the overlay
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use ferry_core::domain::DiskSource;
@@ -37,9 +37,6 @@ use ferry_journal::{RunId, RunOutcome};
 /// How long a commit may take to be ready (its copy is what the guest wrote since the freeze,
 /// at local disk speed).
 pub const COMMIT_WAIT: Duration = Duration::from_secs(600);
-
-/// How often a throttled relay looks at Ctrl-C and the timeout.
-const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// One frozen disk: where its parts are on both hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +84,13 @@ pub enum SeedError {
          after the copy): the copy is not trusted"
     )]
     Mismatch { disk: String, start: u64, end: u64 },
-    #[error("disk {disk}: the source's stream ended at byte {at} of {total}")]
-    Short { disk: String, at: u64, total: u64 },
+    #[error("disk {disk}: the stream reading {path} ended at byte {at}, before byte {end}")]
+    Short {
+        disk: String,
+        path: String,
+        at: u64,
+        end: u64,
+    },
     #[error("disk {disk}: {why}")]
     Stage {
         disk: String,
@@ -461,19 +463,6 @@ fn seed_all(
     Ok(out)
 }
 
-/// Why to stop now, if so: Ctrl-C / `ferry abort`, or the run's timeout.
-fn stopped(req: &Request, cancel: &AtomicBool) -> Option<AbortReason> {
-    if cancel.load(Ordering::SeqCst) {
-        return Some(AbortReason::Cancelled);
-    }
-    match req.timeout {
-        Some(t) if req.started.elapsed() > t => Some(AbortReason::TimedOut {
-            after_s: t.as_secs(),
-        }),
-        _ => None,
-    }
-}
-
 /// Read exactly `buf.len()` bytes unless the stream ends first; the bytes read.
 fn fill(r: &mut dyn VolumeReader, buf: &mut [u8]) -> Result<usize, HvError> {
     let mut at = 0;
@@ -519,7 +508,7 @@ fn seed_disk(
         let mut writer: Box<dyn VolumeWriter> =
             hv.write_volume(inv.dst, &d.dest, window.start, len)?;
         for range in core::chunks(window.end, window.start) {
-            if let Some(why) = stopped(req, cancel) {
+            if let Some(why) = AbortReason::asked(req, cancel) {
                 return Err(SeedError::Stopped(why));
             }
             let len = (range.end - range.start) as usize;
@@ -527,8 +516,9 @@ fn seed_disk(
             if got < len {
                 return Err(SeedError::Short {
                     disk: d.disk.clone(),
+                    path: d.base.clone(),
                     at: range.start + got as u64,
-                    total: d.capacity,
+                    end: range.end,
                 });
             }
             let chunk = &buf[..len];
@@ -550,9 +540,11 @@ fn seed_disk(
                 if due > secs {
                     // Wait out the cap, still answering Ctrl-C and the timeout.
                     let until = Instant::now() + Duration::from_secs_f64(due - secs);
-                    if let Some(why) = ferry_hypervisor::wait::poll_until(until, STOP_CHECK, || {
-                        stopped(req, cancel)
-                    }) {
+                    if let Some(why) =
+                        ferry_hypervisor::wait::poll_until(until, crate::flow::STOP_CHECK, || {
+                            AbortReason::asked(req, cancel)
+                        })
+                    {
                         return Err(SeedError::Stopped(why));
                     }
                 }
@@ -579,9 +571,9 @@ fn seed_disk(
     let mut check = |start: u64, end: u64, want: Option<[u8; 32]>| -> Result<(), SeedError> {
         let want = match want {
             Some(w) => w,
-            None => digest_of(hv.as_ref(), inv.src, &d.base, start, end, &mut buf)?,
+            None => digest_of(hv.as_ref(), inv.src, &d.disk, &d.base, start..end, &mut buf)?,
         };
-        if digest_of(hv.as_ref(), inv.dst, &d.dest, start, end, &mut buf)? != want {
+        if digest_of(hv.as_ref(), inv.dst, &d.disk, &d.dest, start..end, &mut buf)? != want {
             return Err(SeedError::Mismatch {
                 disk: d.disk.clone(),
                 start,
@@ -606,20 +598,21 @@ fn seed_disk(
 fn digest_of(
     hv: &dyn ferry_hypervisor::Hypervisor,
     host: ferry_hypervisor::HostId,
+    disk: &str,
     path: &str,
-    start: u64,
-    end: u64,
+    range: std::ops::Range<u64>,
     buf: &mut [u8],
 ) -> Result<[u8; 32], SeedError> {
-    let len = (end - start) as usize;
-    let mut r = hv.read_volume(host, path, start, end - start)?;
+    let len = (range.end - range.start) as usize;
+    let mut r = hv.read_volume(host, path, range.start, range.end - range.start)?;
     let got = fill(r.as_mut(), &mut buf[..len])?;
     r.finish()?;
     if got != len {
         return Err(SeedError::Short {
-            disk: path.to_string(),
-            at: start + got as u64,
-            total: end,
+            disk: disk.to_string(),
+            path: path.to_string(),
+            at: range.start + got as u64,
+            end: range.end,
         });
     }
     Ok(Sha256::digest(&buf[..len]).into())

@@ -291,6 +291,25 @@ pub fn result(stdout: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// `--preseed` of lab-guest's vdb onto h2's device, the overlays in the hosts' stores.
+pub const PRESEED: [&str; 7] = [
+    "--map",
+    "/mnt/nfs=/mnt/nfs_second_mount",
+    "--copy",
+    "vdb=/dev/ferry-lab/nvme1n5",
+    "--preseed",
+    "--preseed-store",
+    "/srv/ferry-store",
+];
+
+/// Whether a `--json` result's cleanup committed disk `disk`'s overlay back on the source.
+pub fn thawed(res: &serde_json::Value, disk: &str) -> bool {
+    res["error"]["cleanup"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["cleanup"] == "thawed" && c["disk"] == disk)
+    })
+}
+
 /// `sh -c CMD` inside a lab host's namespaces.
 pub fn lab_shell(host: &str, cmd: &str) -> (bool, String, String) {
     lab(&["shell", host, "sh", "-c", cmd])

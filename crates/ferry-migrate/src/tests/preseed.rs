@@ -36,6 +36,30 @@ fn preseed_request(verify: Verify) -> Request {
     r
 }
 
+/// A failure with the guest on the source whose cleanup committed an overlay back there: the
+/// cleanup.
+fn thawed_on_source(r: Result<Outcome, MigrateError>) -> Vec<rollback::Cleanup> {
+    let Err(MigrateError::Failed {
+        location, cleanup, ..
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(location, GuestLocation::Source);
+    assert!(
+        cleanup
+            .iter()
+            .any(|c| matches!(c, rollback::Cleanup::Thawed { .. })),
+        "{cleanup:?}"
+    );
+    cleanup
+}
+
+/// How the journal's latest run ended.
+fn last_outcome(journal: &Journal) -> Option<RunOutcome> {
+    journal.runs(1).unwrap()[0].outcome
+}
+
 fn position(calls: &[Call], f: impl Fn(&Call) -> bool) -> usize {
     calls.iter().position(f).expect("no such call")
 }
@@ -128,10 +152,7 @@ fn zero_chunks_cross_as_holes_and_the_target_holds_every_byte() {
         "{}",
         g.live_xml
     );
-    assert_eq!(
-        journal.runs(1).unwrap()[0].outcome,
-        Some(RunOutcome::Migrated)
-    );
+    assert_eq!(last_outcome(&journal), Some(RunOutcome::Migrated));
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::Seed(p) if p.done == MIB64)));
@@ -142,13 +163,7 @@ fn a_failed_live_phase_commits_the_overlay_back_on_the_source() {
     let (fake, _) = seeded_lab();
     fake.fail_migrations_to(DST);
     let (r, _, journal) = go(&fake, &preseed_request(Verify::Sample));
-    let Err(MigrateError::Failed {
-        location, cleanup, ..
-    }) = r
-    else {
-        panic!("{r:?}")
-    };
-    assert_eq!(location, GuestLocation::Source);
+    let cleanup = thawed_on_source(r);
     assert!(
         cleanup.contains(&rollback::Cleanup::Thawed {
             host: SRC.into(),
@@ -170,10 +185,7 @@ fn a_failed_live_phase_commits_the_overlay_back_on_the_source() {
             "{host}"
         );
     }
-    assert_eq!(
-        journal.runs(1).unwrap()[0].outcome,
-        Some(RunOutcome::RolledBack)
-    );
+    assert_eq!(last_outcome(&journal), Some(RunOutcome::RolledBack));
 }
 
 #[test]
@@ -181,16 +193,7 @@ fn a_cut_relay_thaws_the_guest_before_any_overlay_or_migration() {
     let (fake, _) = seeded_lab();
     fake.fail_writing_after("/dev/nvme1n5", 3 * CHUNK);
     let (r, _, _) = go(&fake, &preseed_request(Verify::Sample));
-    let Err(MigrateError::Failed {
-        location, cleanup, ..
-    }) = r
-    else {
-        panic!("{r:?}")
-    };
-    assert_eq!(location, GuestLocation::Source);
-    assert!(cleanup
-        .iter()
-        .any(|c| matches!(c, rollback::Cleanup::Thawed { .. })));
+    thawed_on_source(r);
     let calls = fake.calls();
     assert!(!calls
         .iter()
@@ -252,10 +255,7 @@ fn a_disk_that_cannot_be_frozen_is_refused_before_anything_moves() {
         "{problems:?}"
     );
     assert_eq!(mutating(&fake.calls()), vec![]);
-    assert_eq!(
-        journal.runs(1).unwrap()[0].outcome,
-        Some(RunOutcome::Refused)
-    );
+    assert_eq!(last_outcome(&journal), Some(RunOutcome::Refused));
     // A cold move has nothing to freeze.
     let (fake, _) = seeded_lab();
     let mut req = preseed_request(Verify::Sample);
