@@ -165,6 +165,28 @@ pub enum Command {
     /// Example: ferry simulate --hosts 1000 --guests 10000 --drain 100
     Simulate(SimulateArgs),
 
+    /// Run Ferry as a service: an HTTP API over the same flow (plans, migrations, aborts,
+    /// runs, hosts), live events over Server-Sent Events, Prometheus metrics, and a page to
+    /// watch and drive migrations from a browser.
+    ///
+    /// Every request needs a bearer token from --tokens (a file: `read TOKEN` or `operate
+    /// TOKEN` a line, `#` comments; read tokens look, operate tokens also start and abort).
+    /// Request bodies are JSON objects whose keys are `ferry migrate`'s long options:
+    ///
+    ///   ferry serve --tokens /etc/ferry/tokens --inventory /etc/ferry/inventory.toml
+    ///   curl -H "Authorization: Bearer $T" -d '{"guest": "web1", "from": "kvm1"}' \
+    ///       http://127.0.0.1:8470/v1/migrations
+    ///   curl -N -H "Authorization: Bearer $T" http://127.0.0.1:8470/v1/events
+    ///
+    /// The page is at http://ADDR/ (paste a token, or open http://ADDR/#token=TOKEN); the API's
+    /// OpenAPI document at /v1/openapi.json.
+    ///
+    /// Plain HTTP listens on loopback only, unless --insecure-listen says otherwise (put a TLS
+    /// proxy in front). SIGTERM (or Ctrl-C): no new work; the running migrations finish. A
+    /// second SIGTERM aborts them (each rolls back, the guests stay on their sources).
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Example: ferry completions bash > /etc/bash_completion.d/ferry
@@ -345,6 +367,29 @@ pub struct MigrateArgs {
     /// there. `ferry release RUN` does the same later.
     #[arg(long, value_name = "AFTER", num_args = 0..=1, default_missing_value = "0")]
     pub release_source: Option<u64>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen, ADDRESS:PORT.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8470")]
+    pub listen: std::net::SocketAddr,
+    /// The tokens file: `read TOKEN` or `operate TOKEN` a line (at least 16 characters each),
+    /// `#` comments.
+    #[arg(long, value_name = "FILE", env = "FERRY_TOKENS")]
+    pub tokens: PathBuf,
+    /// Listen with plain HTTP on an address other than loopback (the tokens then cross the
+    /// network in clear: only behind a TLS proxy, or on a network you trust).
+    #[arg(long)]
+    pub insecure_listen: bool,
+    /// How long a host's libvirt connection may take to open.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = within(limits::CONNECT_TIMEOUT_S))]
+    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

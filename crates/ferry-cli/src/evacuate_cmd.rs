@@ -189,7 +189,7 @@ impl EvacReporter for Live {
                     }
                     Event::Note { message } => message.clone(),
                     Event::Seed(p) => crate::migrate_cmd::seed_line(p),
-                    Event::Target(_) => return,
+                    Event::Target(_) | Event::Run { .. } => return,
                 };
                 if let Some(b) = self.bars.get(&guest) {
                     b.set_message(text.clone());

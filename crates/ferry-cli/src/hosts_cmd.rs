@@ -9,51 +9,62 @@ use ferry_migrate::target::{self, HostSpec};
 
 use crate::args::HostsArgs;
 
+/// Every inventory host, read concurrently (each bounded by `connect_timeout`).
+pub(crate) fn gather(
+    inv: &ferry_core::inventory::Inventory,
+    hv: &std::sync::Arc<dyn ferry_hypervisor::Hypervisor>,
+    connect_timeout: std::time::Duration,
+) -> Vec<target::Gathered> {
+    let specs: Vec<HostSpec> = inv.hosts.iter().map(HostSpec::from_entry).collect();
+    target::gather(hv, &specs, connect_timeout)
+}
+
+/// The hosts as `ferry hosts --json` prints them (and `GET /v1/hosts` answers).
+pub(crate) fn to_json(
+    inv: &ferry_core::inventory::Inventory,
+    all: &[target::Gathered],
+    total_ms: u64,
+) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = all
+        .iter()
+        .map(|g| {
+            let mut v = serde_json::to_value(g).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("name".into(), g.spec.name.clone().into());
+                o.insert("uri".into(), g.spec.uri.clone().into());
+                o.insert("reachable".into(), g.report.reachable().into());
+                o.insert(
+                    "shared_stores_seen".into(),
+                    inv.stores_seen(&g.spec.name, &g.report.pools).into(),
+                );
+                o.insert(
+                    "migrations".into(),
+                    g.report
+                        .migrations()
+                        .map(|m| m.name.clone())
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({"hosts": hosts, "total_ms": total_ms})
+}
+
 pub fn run(a: &HostsArgs) -> anyhow::Result<ExitCode> {
     let inv = a.inventory.load()?.context(
         "ferry hosts lists the inventory's hosts: give one with --inventory FILE (or \
          FERRY_INVENTORY, or /etc/ferry/inventory.toml); see examples/inventory.toml",
     )?;
-    let specs: Vec<HostSpec> = inv.hosts.iter().map(HostSpec::from_entry).collect();
     let hv: std::sync::Arc<dyn ferry_hypervisor::Hypervisor> =
         std::sync::Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     let t = std::time::Instant::now();
-    let all = target::gather(
-        &hv,
-        &specs,
-        std::time::Duration::from_secs(a.connect_timeout),
-    );
+    let all = gather(&inv, &hv, std::time::Duration::from_secs(a.connect_timeout));
     let total_ms = t.elapsed().as_millis() as u64;
     let unreachable = all.iter().filter(|g| !g.report.reachable()).count();
     if a.json {
-        let hosts: Vec<serde_json::Value> = all
-            .iter()
-            .map(|g| {
-                let mut v = serde_json::to_value(g).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("name".into(), g.spec.name.clone().into());
-                    o.insert("uri".into(), g.spec.uri.clone().into());
-                    o.insert("reachable".into(), g.report.reachable().into());
-                    o.insert(
-                        "shared_stores_seen".into(),
-                        inv.stores_seen(&g.spec.name, &g.report.pools).into(),
-                    );
-                    o.insert(
-                        "migrations".into(),
-                        g.report
-                            .migrations()
-                            .map(|m| m.name.clone())
-                            .collect::<Vec<_>>()
-                            .into(),
-                    );
-                }
-                v
-            })
-            .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"hosts": hosts, "total_ms": total_ms})
-        );
+        outln!("{}", to_json(&inv, &all, total_ms));
     } else {
         for g in &all {
             let s = &g.spec;

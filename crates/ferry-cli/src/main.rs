@@ -25,6 +25,7 @@ mod journal_cmd;
 mod migrate_cmd;
 mod out;
 mod plan_cmd;
+mod serve;
 mod simulate_cmd;
 
 use std::process::ExitCode;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Command::Release(a) => journal_cmd::release(&a),
         Command::Simulate(a) => simulate_cmd::run(&a),
         Command::Evacuate(a) => evacuate_cmd::run(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     match result {
         Ok(code) => code,

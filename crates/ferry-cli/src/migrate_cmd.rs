@@ -98,7 +98,7 @@ impl Reporter for Terminal {
                     eprintln!("    {line}");
                 }
             }
-            Event::Target(_) => {}
+            Event::Target(_) | Event::Run { .. } => {}
             Event::Job(p) => {
                 let line = Self::job_line(&p);
                 let (done, total) = Self::done_total(&p);
@@ -224,9 +224,13 @@ fn print_summary(s: &Summary) {
     }
 }
 
-pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
-    let inv = a.inventory.load()?.map(Arc::new);
+/// The flow's request for these arguments, over the inventory `inv` (the CLI's and the
+/// daemon's one translation of `ferry migrate`'s options).
+pub(crate) fn ask(
+    a: &MigrateArgs,
+    inv: Option<Arc<ferry_core::inventory::Inventory>>,
+    started: std::time::Instant,
+) -> anyhow::Result<Ask> {
     let select = SelectRequest::new(
         inv.clone(),
         &a.guest,
@@ -235,6 +239,21 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         a.storage.rules()?,
         Duration::from_secs(a.connect_timeout),
     )?;
+    Ok(Ask {
+        select,
+        options: a.migration.options(inv.as_deref()),
+        dry_run: a.dry_run,
+        cold: false,
+        timeout: a.timeout.map(Duration::from_secs),
+        started,
+        abort_grace: ferry_migrate::ABORT_GRACE,
+    })
+}
+
+pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let inv = a.inventory.load()?.map(Arc::new);
+    let ask = ask(a, inv.clone(), started)?;
     let journal = if a.dry_run {
         Journal::in_memory()?
     } else {
@@ -276,16 +295,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             show_ranking: a.to.is_none(),
         })
     };
-    let source_uri = select.source.uri.clone();
-    let ask = Ask {
-        select,
-        options: a.migration.options(inv.as_deref()),
-        dry_run: a.dry_run,
-        cold: false,
-        timeout: a.timeout.map(Duration::from_secs),
-        started,
-        abort_grace: ferry_migrate::ABORT_GRACE,
-    };
+    let source_uri = ask.select.source.uri.clone();
     let outcome = ferry_migrate::migrate(&hv, &journal, &ask, reporter.as_mut(), &cancel);
     drop(reporter);
     match outcome {

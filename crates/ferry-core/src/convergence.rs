@@ -80,6 +80,9 @@ pub struct Progress {
     /// What the convergence policy makes of the figures (set by [`Watch::forecast`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forecast: Option<Forecast>,
+    /// The max downtime the policy has asked of the job, in ms (set with the forecast).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_downtime_ms: Option<u64>,
 }
 
 impl Progress {
@@ -175,6 +178,7 @@ impl Progress {
             dirty_rate_bps,
             eta_s,
             forecast: None,
+            max_downtime_ms: None,
         }
     }
 }

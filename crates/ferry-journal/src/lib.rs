@@ -443,6 +443,19 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A page of runs, newest first: at most `limit`, older than `before` when given.
+    pub fn runs_before(
+        &self,
+        before: Option<RunId>,
+        limit: u32,
+    ) -> Result<Vec<RunRow>, JournalError> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(rusqlite::params![before.map(|r| r.0), limit], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Runs `ferry recover` looks at: unfinished ones, and ended ones that did not migrate but
     /// left volumes undeleted; only `only` when given. Oldest first.
     pub fn runs_to_recover(&self, only: Option<RunId>) -> Result<Vec<RunRow>, JournalError> {
@@ -757,6 +770,25 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_come_a_page_at_a_time_newest_first() {
+        let j = Journal::in_memory().unwrap();
+        let ids: Vec<RunId> = (0..5)
+            .map(|i| j.begin_run(&format!("g{i}"), "a", "b", "{}").unwrap())
+            .collect();
+        let page = |before: Option<RunId>, limit| {
+            j.runs_before(before, limit)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, 2), [ids[4], ids[3]]);
+        assert_eq!(page(Some(ids[3]), 2), [ids[2], ids[1]]);
+        assert_eq!(page(Some(ids[1]), 2), [ids[0]]);
+        assert_eq!(page(Some(ids[0]), 2), []);
+    }
 
     #[test]
     fn an_evacuation_is_open_until_finished_and_keeps_its_runs() {

@@ -183,6 +183,20 @@ pub fn migrate(
     cancel: &AtomicBool,
 ) -> Result<Outcome, MigrateError> {
     let s = &ask.select;
+    // One guest, one migration: the lock comes before anything else touches the hosts.
+    let guard = if ask.dry_run {
+        None
+    } else {
+        let to = match (s.explicit, s.candidates.first()) {
+            (true, Some(c)) => c.uri.as_str(),
+            _ => "(ranked)",
+        };
+        Some(lock(journal, &s.guest, &s.source.uri, to, reporter)?)
+    };
+    let run_id = guard.as_ref().map(|l| l.run);
+    if let Some(run) = run_id {
+        reporter.report(Event::Run { run });
+    }
     reporter.report(Event::Step {
         step: Step::Target,
         detail: if s.explicit {
@@ -197,17 +211,6 @@ pub fn migrate(
             )
         },
     });
-    // One guest, one migration: the lock comes before anything else touches the hosts.
-    let guard = if ask.dry_run {
-        None
-    } else {
-        let to = match (s.explicit, s.candidates.first()) {
-            (true, Some(c)) => c.uri.as_str(),
-            _ => "(ranked)",
-        };
-        Some(lock(journal, &s.guest, &s.source.uri, to, reporter)?)
-    };
-    let run_id = guard.as_ref().map(|l| l.run);
     let outcome = choose(hv, journal, ask, reporter, cancel).and_then(|sel| {
         let Some((target, derived)) = sel.chosen else {
             return Err(MigrateError::NoTarget {

@@ -58,6 +58,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The journal's run for this migration, once the guest's lock is taken: the first event
+    /// of a migration that is not a dry run.
+    Run { run: RunId },
     /// A phase of the flow starts.
     Step { step: Step, detail: String },
     /// A live figure of the running migration job.

@@ -257,6 +257,7 @@ pub fn execute(
             }
         }
         p.forecast = watch.forecast(&p);
+        p.max_downtime_ms = Some(watch.downtime_ms());
         if p.phase != phase {
             if let (Some(total), Phase::Memory { .. }) = (plan.options.bandwidth_mib, p.phase) {
                 if !matches!(phase, Phase::Memory { .. }) && !plan.migrate_disks.is_empty() {

@@ -1,0 +1,341 @@
+//! The API's handlers: each reads its input with the CLI's parser, asks the library, and
+//! answers JSON (or a problem document). Nothing is decided here that the CLI decides
+//! elsewhere.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State as Axum};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{Html, IntoResponse, Response};
+use ferry_core::XmlFiles;
+use ferry_journal::RunId;
+use ferry_migrate::{Event, Outcome};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body;
+use super::problem::Problem;
+use super::state::{self, Started, State};
+use crate::args::MigrateArgs;
+
+type Answer = Result<Response, Problem>;
+
+/// Run blocking work (libvirt, the journal) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal(format!("a worker failed: {e}")))?
+}
+
+/// The body as JSON, within the bound.
+fn json_body(b: Result<Bytes, BytesRejection>) -> Result<Value, Problem> {
+    let bytes = b.map_err(|e| {
+        Problem::new(
+            e.status(),
+            "bad_body",
+            "The body cannot be read",
+            format!("{e} (at most {} KiB)", body::MAX_BODY >> 10),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))
+}
+
+fn ok(v: Value) -> Answer {
+    Ok(axum::Json(v).into_response())
+}
+
+/// `POST /v1/plans`: the online dry run.
+pub async fn post_plan(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) -> Answer {
+    let mut a: MigrateArgs = body::parse(&body::MIGRATE, &json_body(b)?)?;
+    a.dry_run = true;
+    let v = blocking(move || {
+        let ask = crate::migrate_cmd::ask(&a, st.inventory.clone(), std::time::Instant::now())
+            .map_err(|e| {
+                Problem::bad_request(crate::because(e.as_ref()).replace("\n  because:", ":"))
+            })?;
+        let journal = ferry_journal::Journal::in_memory().map_err(|e| Problem::journal(&e))?;
+        let mut events: Vec<Event> = vec![];
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let source_uri = ask.select.source.uri.clone();
+        match ferry_migrate::migrate(&st.hv, &journal, &ask, &mut events, &never) {
+            Ok(Outcome::DryRun { plan, checks }) => {
+                let files = XmlFiles::for_plan(&plan, None, None);
+                let mut v = plan.to_json(&files, Some(&source_uri));
+                let hosts = events.iter().find_map(|e| match e {
+                    Event::Target(r) => serde_json::to_value(&r.hosts).ok(),
+                    _ => None,
+                });
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("outcome".into(), "dry_run".into());
+                    o.insert("checks".into(), checks.into());
+                    o.insert("hosts".into(), hosts.unwrap_or_default());
+                }
+                Ok(v)
+            }
+            Ok(Outcome::Migrated(_)) => Err(Problem::internal("a dry run migrated".into())),
+            Err(e) => Err(Problem::of_migration(&e)),
+        }
+    })
+    .await?;
+    ok(v)
+}
+
+/// `POST /v1/migrations`: start a migration; `202` once it passed its checks.
+pub async fn post_migration(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) -> Answer {
+    let a: MigrateArgs = body::parse(&body::MIGRATE, &json_body(b)?)?;
+    let guest = a.guest.clone();
+    let rx = state::start(&st, a)?;
+    let accepted = |run: i64, state: &str| -> Answer {
+        let location = format!("/v1/migrations/{run}");
+        let mut r = (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"run": run, "guest": guest, "state": state, "location": location})),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Ok(r)
+    };
+    match tokio::time::timeout(st.answer_within, rx).await {
+        Ok(Ok(Started::Running { run })) => accepted(run, "running"),
+        Ok(Ok(Started::Ended {
+            run: Some(run),
+            result: Ok(_),
+        })) => accepted(run, "ended"),
+        Ok(Ok(Started::Ended { result: Err(p), .. })) => Err(p),
+        Ok(Ok(Started::Ended { run: None, .. })) | Ok(Err(_)) => {
+            Err(Problem::internal("the run ended without a word".into()))
+        }
+        // Still checking the hosts: the run exists; its events say the rest.
+        Err(_) => match st
+            .runs()
+            .values()
+            .rev()
+            .find(|l| l.guest == guest && l.result.is_none())
+        {
+            Some(l) => accepted(l.run, "checking"),
+            None => Err(Problem::internal(
+                "the run has not taken the guest's lock yet".into(),
+            )),
+        },
+    }
+}
+
+/// `GET /v1/migrations/{id}`: the journal's run, and what this daemon sees of it live.
+pub async fn get_migration(Axum(st): Axum<State>, Path(id): Path<i64>) -> Answer {
+    let st2 = st.clone();
+    let row = blocking(move || {
+        st2.journal()?
+            .run_row(RunId(id))
+            .map_err(|e| Problem::journal(&e))
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found(format!("there is no run #{id} in the journal")))?;
+    let live = st.runs().get(&id).cloned();
+    ok(json!({"run": row, "live": live}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// At most this many runs (1..=500, default 50).
+    limit: Option<u32>,
+    /// Runs older than this id (the previous page's last).
+    before: Option<i64>,
+}
+
+/// `GET /v1/runs`: the journal's runs, newest first, a page at a time.
+pub async fn get_runs(
+    Axum(st): Axum<State>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit {limit}: from 1 to 500"
+        )));
+    }
+    let before = q.before;
+    let rows = blocking(move || {
+        st.journal()?
+            .runs_before(before.map(RunId), limit)
+            .map_err(|e| Problem::journal(&e))
+    })
+    .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| {
+            rows.last()
+                .map(|r| format!("/v1/runs?limit={limit}&before={}", r.id))
+        })
+        .flatten();
+    ok(json!({"runs": rows, "next": next}))
+}
+
+/// `GET /v1/hosts`: `ferry hosts --json`.
+pub async fn get_hosts(Axum(st): Axum<State>) -> Answer {
+    let v = blocking(move || {
+        let inv = st.inventory.clone().ok_or_else(|| {
+            Problem::bad_request(
+                "the daemon has no inventory: start it with --inventory FILE".into(),
+            )
+        })?;
+        let t = std::time::Instant::now();
+        let all = crate::hosts_cmd::gather(&inv, &st.hv, st.connect_timeout);
+        Ok(crate::hosts_cmd::to_json(
+            &inv,
+            &all,
+            t.elapsed().as_millis() as u64,
+        ))
+    })
+    .await?;
+    ok(v)
+}
+
+/// `DELETE /v1/migrations/{id}`: abort, as Ctrl-C (the guest stays on the source).
+pub async fn delete_migration(Axum(st): Axum<State>, Path(id): Path<i64>) -> Answer {
+    let mine = st
+        .runs()
+        .get(&id)
+        .map(|l| (l.cancel.clone(), l.result.is_some()));
+    match mine {
+        Some((_, true)) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "ended",
+            "The run has already ended",
+            format!("run #{id} has already ended"),
+        )
+        .with("run", id)),
+        Some((cancel, false)) => {
+            if !cancel.swap(true, Ordering::SeqCst) {
+                st.hub.publish(
+                    Some(id),
+                    "note",
+                    json!({"event": "note", "message": "abort asked over the API: aborting the migration (the guest stays on the source)"}),
+                );
+            }
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"run": id, "state": "aborting"})),
+            )
+                .into_response())
+        }
+        // Another Ferry (a CLI, another daemon) runs it: ask through the journal.
+        None => {
+            blocking(move || {
+                let j = st.journal()?;
+                ferry_migrate::abort::request(&j, &ferry_migrate::abort::Which::Run(RunId(id)))
+                    .map_err(abort_problem)
+            })
+            .await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"run": id, "state": "abort_requested"})),
+            )
+                .into_response())
+        }
+    }
+}
+
+fn abort_problem(e: ferry_migrate::abort::AbortError) -> Problem {
+    use ferry_migrate::abort::AbortError as A;
+    let detail = ferry_migrate::error_chain(&e);
+    match e {
+        A::NoRun(r) => Problem::not_found(detail).with("run", r.0),
+        A::NotMigrating(_) => Problem::not_found(detail),
+        A::Ended { run, outcome } => Problem::new(
+            StatusCode::CONFLICT,
+            "ended",
+            "The run has already ended",
+            detail,
+        )
+        .with("run", run.0)
+        .with("outcome", outcome.to_string()),
+        A::Orphaned { run, .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "orphaned",
+            "No Ferry runs it any more: POST /v1/recover finishes it",
+            detail,
+        )
+        .with("run", run.0),
+        A::Journal(j) => Problem::journal(&j),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// Only this run's events.
+    run: Option<i64>,
+}
+
+/// `GET /v1/events`: Server-Sent Events, each with its id; `Last-Event-ID` replays what a
+/// reconnecting client missed.
+pub async fn get_events(
+    Axum(st): Axum<State>,
+    headers: HeaderMap,
+    q: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let last = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(s)) => Some(s.trim().parse::<u64>().map_err(|_| {
+            Problem::bad_request(format!("Last-Event-ID `{s}` is not an event id"))
+        })?),
+        Some(Err(_)) => return Err(Problem::bad_request("Last-Event-ID is not text".into())),
+    };
+    let (complete, kept, rx) = st.hub.subscribe(last);
+    let ended = st.ended.subscribe();
+    let stream = super::sse::stream(st.clone(), q.run, last, complete, kept, rx, ended);
+    let mut r = axum::response::Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// One SSE event.
+pub fn sse_event(s: &super::hub::Stored) -> Result<Sse, Infallible> {
+    Ok(Sse::default()
+        .id(s.id.to_string())
+        .event(s.kind.clone())
+        .data(s.data.clone()))
+}
+
+/// `GET /metrics`.
+pub async fn get_metrics(Axum(st): Axum<State>) -> Response {
+    let mut r = st.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// `GET /v1/openapi.json`.
+pub async fn get_openapi() -> Response {
+    axum::Json(super::routes::openapi()).into_response()
+}
+
+/// `GET /`: the page (no data in it: it asks the API with the operator's token).
+pub async fn get_page() -> Response {
+    let mut r = Html(super::PAGE).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:",
+        ),
+    );
+    r
+}

@@ -1,0 +1,90 @@
+//! One client's event stream: the buffered events it missed, then the live ones, in id order,
+//! never one twice; a client that fell behind the broadcast is refilled from the buffer. The
+//! stream ends when the daemon shuts down.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::Event as Sse;
+use futures_util::stream::{self, Stream};
+use tokio::sync::{broadcast, watch};
+
+use super::hub::Stored;
+use super::state::State;
+
+struct Feed {
+    st: State,
+    run: Option<i64>,
+    last: Option<u64>,
+    pending: VecDeque<Arc<Stored>>,
+    rx: broadcast::Receiver<Arc<Stored>>,
+    ended: watch::Receiver<bool>,
+    /// The buffer no longer held the first event the client missed: say so once.
+    gap: Option<u64>,
+}
+
+impl Feed {
+    fn wanted(&self, s: &Stored) -> bool {
+        self.last.is_none_or(|l| s.id > l) && self.run.is_none_or(|r| s.run == Some(r))
+    }
+}
+
+pub fn stream(
+    st: State,
+    run: Option<i64>,
+    last: Option<u64>,
+    complete: bool,
+    kept: Vec<Arc<Stored>>,
+    rx: broadcast::Receiver<Arc<Stored>>,
+    ended: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Sse, Infallible>> {
+    let feed = Feed {
+        st,
+        run,
+        last,
+        pending: kept.into(),
+        rx,
+        ended,
+        gap: (!complete).then_some(last.unwrap_or(0)),
+    };
+    stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(after) = f.gap.take() {
+                let e = Sse::default().event("resync").data(
+                    serde_json::json!({
+                        "event": "resync",
+                        "after": after,
+                        "message": "events after this id are no longer buffered: read the runs \
+                                    (GET /v1/runs, GET /v1/migrations/{id}) for their state"
+                    })
+                    .to_string(),
+                );
+                return Some((Ok(e), f));
+            }
+            while let Some(s) = f.pending.pop_front() {
+                if f.wanted(&s) {
+                    f.last = Some(s.id);
+                    return Some((super::api::sse_event(&s), f));
+                }
+            }
+            if *f.ended.borrow() {
+                return None;
+            }
+            tokio::select! {
+                r = f.rx.recv() => match r {
+                    Ok(s) => f.pending.push_back(s),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (complete, kept) = f.st.hub.since(f.last);
+                        if !complete {
+                            f.gap = Some(f.last.unwrap_or(0));
+                        }
+                        f.pending = kept.into();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = f.ended.changed() => {}
+            }
+        }
+    })
+}
