@@ -179,6 +179,216 @@ impl Drop for Daemon {
     }
 }
 
+/// Headless Chromium driven over WebDriver (chromedriver), both in the lab's client
+/// namespace; every WebDriver call is a curl there. Killed when dropped.
+struct Browser {
+    driver: Child,
+    session: String,
+}
+
+const DRIVER: &str = "127.0.0.1:9515";
+const PROFILE: &str = "/var/lib/ferry-lab/chromium";
+
+fn wd(method: &str, path: &str, body: Option<&Value>) -> Value {
+    let mut c = Command::new(lab_script());
+    c.args(["client", "curl", "-s", "--max-time", "60", "-X", method]);
+    if let Some(b) = body {
+        c.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
+    }
+    let (_, out, err) = run(c.arg(format!("http://{DRIVER}{path}")));
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("webdriver {path}: {out}{err}"));
+    assert!(
+        v["value"]["error"].is_null(),
+        "webdriver {method} {path}: {}",
+        v["value"]
+    );
+    v["value"].clone()
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let driver = Command::new(lab_script())
+            .args([
+                "client",
+                "chromedriver",
+                "--port=9515",
+                "--allowed-ips=127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("chromedriver answers", Duration::from_secs(20), || {
+            let (_, out, _) = run(Command::new(lab_script()).args([
+                "client",
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://{DRIVER}/status"),
+            ]));
+            out.contains("\"ready\":true")
+        });
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={PROFILE}"),
+            ]}
+        }}});
+        let mut b = Browser {
+            driver,
+            session: String::new(),
+        };
+        b.session = wd("POST", "/session", Some(&caps))["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        b
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        wd(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", Some(&json!({"url": url})));
+    }
+
+    /// A script's value (the page's DOM, read as the operator sees it).
+    fn js(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(&json!({"script": script, "args": []})),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(&json!({"using": "css selector", "value": css})),
+        );
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    /// A real click (WebDriver's, at the element's place on the page).
+    fn click(&self, css: &str) {
+        let e = self.element(css);
+        self.call("POST", &format!("/element/{e}/click"), Some(&json!({})));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.call("POST", &format!("/element/{e}/clear"), Some(&json!({})));
+        self.call(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(&json!({"text": text})),
+        );
+    }
+
+    /// A screenshot, kept as an artifact (target/artifacts/NAME.png); not compared.
+    fn screenshot(&self, name: &str) {
+        use base64_decode as b64;
+        let v = self.call("GET", "/screenshot", None);
+        let png = b64(v.as_str().unwrap());
+        let dir = root().join("target/artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Poll the page until `script` returns something `pred` accepts; every value seen.
+    fn watch(
+        &self,
+        what: &str,
+        within: Duration,
+        script: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let end = Instant::now() + within;
+        let mut seen = vec![];
+        loop {
+            let v = self.js(script);
+            let done = pred(&v);
+            seen.push(v);
+            if done {
+                return seen;
+            }
+            assert!(
+                Instant::now() < end,
+                "the page showed no {what} within {within:?}: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = std::panic::catch_unwind(|| {
+                wd("DELETE", &format!("/session/{}", self.session), None)
+            });
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", PROFILE])
+            .status();
+    }
+}
+
+/// Standard base64 (a screenshot), without a dependency for it.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => 0,
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().take_while(|&&c| c != b'=').count();
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&acc.to_be_bytes()[1..n.max(1)]);
+    }
+    out
+}
+
+/// The card of run `run` on the page, as the DOM says.
+fn card_js(run: i64) -> String {
+    format!(
+        "const c = document.querySelector('.run[data-run=\"{run}\"]'); \
+         if (!c) return null; \
+         return {{phase: c.dataset.phase || null, done: Number(c.dataset.done || 0), \
+                  width: c.querySelector('.bar > div').style.width, \
+                  outcome: c.dataset.outcome || null, step: c.dataset.step || null, \
+                  text: c.innerText}};"
+    )
+}
+
 fn migrate_body(from: &str, to: &str, map: &str, copy: &str) -> Value {
     json!({"guest": GUEST, "from": from, "to": to, "map": [map], "copy": [copy],
            "unsafe": true, "bandwidth": 8, "no_preseed": true})
@@ -315,12 +525,122 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (_, m) = api("GET", "/metrics", Some(READ), None);
     let m = m.as_str().unwrap_or_default().to_string();
     assert!(
-        m.contains("ferry_migrations_total{outcome=\"migrated\"} 1"),
+        m.contains("ferry_migrations_total{outcome=\"migrated\"} 1")
+            && m.contains("ferry_migrations_total{outcome=\"failed\"} 1"),
         "{m}"
     );
     assert!(m.contains("ferry_migrations_running 0"), "{m}");
 
     // SIGTERM with nothing running: the daemon stops at once; no token in anything it said.
+    // The page, in a real browser: a migration started from its form and watched through
+    // the copy and memory phases; one started over the API and aborted with its button.
+    let browser = Browser::start();
+    browser.open(&format!("http://{ADDR}/#token={OPERATE}"));
+    browser.watch(
+        "the history",
+        Duration::from_secs(20),
+        "return document.querySelectorAll('#history tr').length",
+        |v| v.as_u64() >= Some(2),
+    );
+    // The token left the address bar.
+    assert_eq!(browser.js("return location.hash"), "");
+    browser.type_into("#m-guest", GUEST);
+    browser.type_into("#m-from", H2);
+    browser.type_into("#m-to", H1);
+    browser.type_into(
+        "#m-more",
+        &json!({"map": ["/mnt/nfs_second_mount=/mnt/nfs"], "copy": ["vdb=/srv/ferry-store/vdb.raw"],
+                "unsafe": true, "bandwidth": 8, "no_preseed": true}).to_string(),
+    );
+    browser.click("#start");
+    let started = browser.watch(
+        "the started run",
+        Duration::from_secs(60),
+        "const p = document.querySelector('#preview-out p'); return p ? p.innerText : null",
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.starts_with("started: run #") || t.starts_with("["))
+        },
+    );
+    let text = started.last().unwrap().as_str().unwrap().to_string();
+    let run3: i64 = text
+        .strip_prefix("started: run #")
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    let shot = std::cell::Cell::new(false);
+    let seen = browser.watch(
+        "the migration's end",
+        Duration::from_secs(300),
+        &card_js(run3),
+        |v| {
+            if !shot.get() && v["phase"] == "storage_copy" && v["done"].as_u64() > Some(0) {
+                browser.screenshot("serve-copy");
+                shot.set(true);
+            }
+            !v["outcome"].is_null()
+        },
+    );
+    browser.screenshot("serve-migrated");
+    let last = seen.last().unwrap();
+    assert_eq!(last["outcome"], "migrated", "{last}");
+    assert_eq!(last["width"], "100%");
+    // The bar advanced through the copy (more bytes each time it changed), then memory.
+    let copy: Vec<u64> = seen
+        .iter()
+        .filter(|v| v["phase"] == "storage_copy")
+        .map(|v| v["done"].as_u64().unwrap())
+        .collect();
+    let mut distinct = copy.clone();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 3,
+        "the copy's bar moved {} times: {copy:?}",
+        distinct.len()
+    );
+    assert!(copy.windows(2).all(|w| w[1] >= w[0]), "{copy:?}");
+    let first_memory = seen.iter().position(|v| v["phase"] == "memory");
+    let last_copy = seen.iter().rposition(|v| v["phase"] == "storage_copy");
+    assert!(
+        matches!((last_copy, first_memory), (Some(c), Some(m)) if c < m),
+        "copy then memory: {seen:?}"
+    );
+    assert!(shot.get(), "a screenshot mid-copy");
+    lab.verify_guest("h1");
+
+    // Started over the API, aborted with the page's button: the guest stays on h1.
+    let (code, started) = api("POST", "/v1/migrations", Some(OPERATE), Some(&body));
+    assert_eq!(code, 202, "{started}");
+    let run4 = started["run"].as_i64().unwrap();
+    browser.watch(
+        "the copy of the API's run",
+        Duration::from_secs(120),
+        &card_js(run4),
+        |v| v["phase"] == "storage_copy",
+    );
+    browser.click(&format!(".run[data-run=\"{run4}\"] button.danger"));
+    let seen = browser.watch(
+        "the aborted run's end",
+        Duration::from_secs(120),
+        &card_js(run4),
+        |v| !v["outcome"].is_null(),
+    );
+    browser.screenshot("serve-aborted");
+    let last = seen.last().unwrap();
+    assert_ne!(last["outcome"], "migrated", "{last}");
+    let (_, row) = api("GET", &format!("/v1/migrations/{run4}"), Some(READ), None);
+    assert_eq!(row["run"]["outcome"], "rolled_back", "{row}");
+    assert!(
+        row["live"]["result"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled"),
+        "{row}"
+    );
+    lab.verify_guest("h1");
+    assert_eq!(domstate(H2), "");
+    drop(browser);
+
     let (code, out, err) = daemon.stop();
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("listening on http://127.0.0.1:8470/"), "{err}");
