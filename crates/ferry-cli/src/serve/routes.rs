@@ -142,8 +142,9 @@ pub fn routes() -> Vec<Route> {
             path: "/v1/events",
             scope: Some(Scope::Read),
             summary: "Server-Sent Events: every step, sample, pre-seed figure, note and result \
-                      of the runs this daemon drives (?run=ID for one), each with an id; \
-                      Last-Event-ID replays what a reconnecting client missed",
+                      of the runs this daemon drives, each with an id (?run=ID: one run's, \
+                      ending after its result); Last-Event-ID replays what a reconnecting \
+                      client missed",
             body: None,
             answers: &[(200, "text/event-stream")],
             handler: || get(api::get_events),

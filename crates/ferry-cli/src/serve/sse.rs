@@ -1,6 +1,7 @@
 //! One client's event stream: the buffered events it missed, then the live ones, in id order,
 //! never one twice; a client that fell behind the broadcast is refilled from the buffer. The
-//! stream ends when the daemon shuts down.
+//! stream of one run (`?run=ID`) ends after its result; every stream ends when the daemon shuts
+//! down.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,6 +23,8 @@ struct Feed {
     ended: watch::Receiver<bool>,
     /// The buffer no longer held the first event the client missed: say so once.
     gap: Option<u64>,
+    /// The followed run's result was sent: the stream ends.
+    done: bool,
 }
 
 impl Feed {
@@ -47,9 +50,13 @@ pub fn stream(
         rx,
         ended,
         gap: (!complete).then_some(last.unwrap_or(0)),
+        done: false,
     };
     stream::unfold(feed, |mut f| async move {
         loop {
+            if f.done {
+                return None;
+            }
             if let Some(after) = f.gap.take() {
                 let e = Sse::default().event("resync").data(
                     serde_json::json!({
@@ -65,6 +72,8 @@ pub fn stream(
             while let Some(s) = f.pending.pop_front() {
                 if f.wanted(&s) {
                     f.last = Some(s.id);
+                    // A stream of one run ends with its result.
+                    f.done = f.run.is_some() && s.kind == "result";
                     return Some((super::api::sse_event(&s), f));
                 }
             }

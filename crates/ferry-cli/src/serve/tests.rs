@@ -157,6 +157,37 @@ fn migrate_body() -> Value {
     json!({"guest": "g", "from": SRC, "to": DST, "map": ["/mnt/nfs=/mnt/nfs2"], "unsafe": true})
 }
 
+/// Start the fake guest's migration over the API: its run (and the answer).
+async fn start(d: &Daemon) -> (i64, Answer) {
+    let a = call(
+        d,
+        Method::POST,
+        "/v1/migrations",
+        Some(OPERATE),
+        Some(migrate_body()),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    (a.body["run"].as_i64().unwrap(), a)
+}
+
+/// Read an event stream's text until `done` holds of it, or it ends (each frame within 5 s).
+async fn read_until(body: &mut Body, text: &mut String, done: impl Fn(&str) -> bool) {
+    while !done(text) {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a frame within 5 s");
+        match frame {
+            Some(f) => {
+                if let Ok(data) = f.unwrap().into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+            None => return,
+        }
+    }
+}
+
 /// Wait (bounded) until the run's result is in.
 async fn result_of(d: &Daemon, run: i64) -> Value {
     for _ in 0..200 {
@@ -332,16 +363,7 @@ async fn a_migration_started_over_the_api_is_followed_to_its_end() {
     let f = fake();
     let d = daemon(&f);
     let (_, _, mut rx) = d.st.hub.subscribe(None);
-    let a = call(
-        &d,
-        Method::POST,
-        "/v1/migrations",
-        Some(OPERATE),
-        Some(migrate_body()),
-    )
-    .await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let run = a.body["run"].as_i64().unwrap();
+    let (run, a) = start(&d).await;
     assert_eq!(a.headers["location"], format!("/v1/migrations/{run}"));
     let v = result_of(&d, run).await;
     assert_eq!(v["live"]["result"]["outcome"], "migrated");
@@ -378,16 +400,7 @@ async fn an_abort_over_the_api_rolls_back_and_the_guest_stays() {
     let f = fake();
     f.set_outcome(MigrateOutcome::RunUntilAborted);
     let d = daemon(&f);
-    let a = call(
-        &d,
-        Method::POST,
-        "/v1/migrations",
-        Some(OPERATE),
-        Some(migrate_body()),
-    )
-    .await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let run = a.body["run"].as_i64().unwrap();
+    let (run, _) = start(&d).await;
     let ab = call(
         &d,
         Method::DELETE,
@@ -449,34 +462,23 @@ async fn a_client_that_reconnects_with_its_last_id_misses_nothing() {
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut body = r.into_body();
     let mut text = String::new();
-    while !text.contains(&format!("id: {}", ids[3])) {
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .expect("an event within 5 s")
-            .unwrap()
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            text.push_str(&String::from_utf8_lossy(&data));
-        }
-    }
+    let third = format!("id: {}", ids[3]);
+    read_until(&mut body, &mut text, |t| t.contains(&third)).await;
     // A live event, after the replayed ones; another run's is not sent.
     d.st.hub.publish(Some(8), "note", json!({"event": "note"}));
     let live = d.st.hub.publish(Some(7), "note", json!({"event": "note"}));
-    while !text.contains(&format!("id: {live}")) {
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .expect("the live event within 5 s")
-            .unwrap()
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            text.push_str(&String::from_utf8_lossy(&data));
-        }
-    }
+    let live_id = format!("id: {live}");
+    read_until(&mut body, &mut text, |t| t.contains(&live_id)).await;
+    // The run's result ends its stream.
+    let end =
+        d.st.hub
+            .publish(Some(7), "result", json!({"event": "result"}));
+    read_until(&mut body, &mut text, |_| false).await;
     let got: Vec<u64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
         .map(|x| x.parse().unwrap())
         .collect();
-    assert_eq!(got, [ids[2], ids[3], live]);
+    assert_eq!(got, [ids[2], ids[3], live, end]);
     assert!(text.contains("event: note"));
 }
