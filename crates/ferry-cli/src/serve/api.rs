@@ -44,6 +44,10 @@ fn json_body(b: Result<Bytes, BytesRejection>) -> Result<Value, Problem> {
             format!("{e} (at most {} KiB)", body::MAX_BODY >> 10),
         )
     })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body: no options.
+        return Ok(json!({}));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))
 }
@@ -268,6 +272,99 @@ fn abort_problem(e: ferry_migrate::abort::AbortError) -> Problem {
         )
         .with("run", run.0),
         A::Journal(j) => Problem::journal(&j),
+    }
+}
+
+/// `POST /v1/recover`: `ferry recover` (a run the daemon drives is live: not touched).
+pub async fn post_recover(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) -> Answer {
+    let a: crate::args::RecoverArgs = body::parse(&body::RECOVER, &json_body(b)?)?;
+    let v = blocking(move || {
+        let j = st.journal()?;
+        let only = a.id.map(RunId);
+        let done = ferry_migrate::recover::run(
+            &st.hv,
+            &j,
+            only,
+            a.dry_run,
+            Duration::from_secs(a.connect_timeout),
+        )
+        .map_err(|e| match e {
+            ferry_journal::JournalError::NoRun(n) => {
+                Problem::not_found(format!("there is no run #{n} in the journal"))
+            }
+            e => Problem::journal(&e),
+        })?;
+        let cut = ferry_migrate::recover::end_cut_evacuations(&j, only, a.dry_run)
+            .map_err(|e| Problem::journal(&e))?;
+        Ok(json!({"dry_run": a.dry_run, "recovered": done, "evacuations_ended": cut}))
+    })
+    .await?;
+    ok(v)
+}
+
+/// `POST /v1/runs/{id}/release`: `ferry release` of a migrated run's source copies.
+pub async fn post_release(
+    Axum(st): Axum<State>,
+    Path(id): Path<i64>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let a: crate::args::ReleaseArgs =
+        body::parse_with(&body::RELEASE, &json_body(b)?, &[("id", id.into())])?;
+    let v = blocking(move || {
+        let j = st.journal()?;
+        let row = j
+            .run_row(RunId(id))
+            .map_err(|e| Problem::journal(&e))?
+            .ok_or_else(|| Problem::not_found(format!("there is no run #{id} in the journal")))?;
+        let hook = ferry_migrate::release::source_hook(st.inventory.as_deref(), &row.source);
+        let done = ferry_migrate::release::run(
+            &st.hv,
+            &j,
+            RunId(id),
+            hook.as_ref(),
+            a.dry_run,
+            Duration::from_secs(a.connect_timeout),
+        )
+        .map_err(release_problem)?;
+        let released: Vec<Value> = done
+            .iter()
+            .map(|(r, err)| json!({"release": r, "error": err}))
+            .collect();
+        Ok(json!({"run": id, "source": row.source, "dry_run": a.dry_run, "released": released}))
+    })
+    .await?;
+    ok(v)
+}
+
+fn release_problem(e: ferry_migrate::release::ReleaseError) -> Problem {
+    use ferry_migrate::release::ReleaseError as R;
+    let detail = ferry_migrate::error_chain(&e);
+    let conflict = |code| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            code,
+            "The run's copies cannot be released",
+            detail.clone(),
+        )
+    };
+    match e {
+        R::NoRun(_) => Problem::not_found(detail),
+        R::Unfinished { .. } => conflict("unfinished"),
+        R::NotMigrated { .. } => conflict("not_migrated"),
+        R::Unverified { .. } => conflict("unverified"),
+        R::NoPlan(_) => conflict("no_plan"),
+        R::NoAnswer { .. } => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "stopped",
+            "A host did not answer; nothing was released",
+            detail,
+        ),
+        _ => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "host",
+            "The release failed",
+            detail,
+        ),
     }
 }
 

@@ -18,13 +18,18 @@ pub struct Form {
     pub command: &'static str,
     /// Options the daemon sets (its journal, its inventory, its output), with why.
     pub owned: &'static [(&'static str, &'static str)],
+    /// Options the route's path gives (`/v1/runs/{id}/…`): not in the body.
+    pub path: &'static [&'static str],
 }
 
+/// The options the daemon keeps: the first two are every command's, the third every command's
+/// that reads an inventory.
 const DAEMON_OWNS: &[(&str, &str)] = &[
     (
         "journal",
         "the daemon's journal is its own (ferry serve --journal)",
     ),
+    ("json", "the API always answers in JSON"),
     (
         "inventory",
         "the daemon's inventory is its own (ferry serve --inventory)",
@@ -33,7 +38,6 @@ const DAEMON_OWNS: &[(&str, &str)] = &[
         "rules",
         "a rules file is a path on the daemon's machine: give map and copy",
     ),
-    ("json", "the API always answers in JSON"),
     ("dry-run", "POST /v1/plans is the dry run"),
     (
         "release-source",
@@ -45,6 +49,21 @@ const DAEMON_OWNS: &[(&str, &str)] = &[
 pub const MIGRATE: Form = Form {
     command: "migrate",
     owned: DAEMON_OWNS,
+    path: &[],
+};
+
+/// `POST /v1/recover`: `ferry recover`'s options (`id`: one run).
+pub const RECOVER: Form = Form {
+    command: "recover",
+    owned: DAEMON_OWNS.split_at(2).0,
+    path: &[],
+};
+
+/// `POST /v1/runs/{id}/release`: `ferry release`'s options (the run is the path's).
+pub const RELEASE: Form = Form {
+    command: "release",
+    owned: DAEMON_OWNS.split_at(3).0,
+    path: &["id"],
 };
 
 /// The largest body the daemon reads.
@@ -76,17 +95,36 @@ fn keys(cmd: &Command, form: &Form) -> Vec<(String, clap::Arg)> {
 
 /// Read a body into the command's arguments.
 pub fn parse<T: Args + FromArgMatches>(form: &Form, body: &Value) -> Result<T, Problem> {
+    parse_with(form, body, &[])
+}
+
+/// Read a body, with the values the route's path gives (`form.path`: never in the body).
+pub fn parse_with<T: Args + FromArgMatches>(
+    form: &Form,
+    body: &Value,
+    from_path: &[(&str, Value)],
+) -> Result<T, Problem> {
     let cmd = command::<T>(form);
-    let Value::Object(fields) = body else {
+    let Value::Object(given) = body else {
         return Err(Problem::bad_request(format!(
             "the body is a JSON object whose keys are `ferry {}`'s long options",
             form.command
         )));
     };
+    let mut fields = given.clone();
+    for (k, v) in from_path {
+        if given.contains_key(*k) {
+            return Err(
+                Problem::bad_request(format!("`{k}` cannot be given: it is the path's"))
+                    .with("key", *k),
+            );
+        }
+        fields.insert((*k).to_string(), v.clone());
+    }
     let known = keys(&cmd, form);
     let mut argv: Vec<String> = vec![];
     let mut positional: Vec<String> = vec![];
-    for (raw, v) in fields {
+    for (raw, v) in &fields {
         let key = raw.replace('_', "-");
         if let Some((_, why)) = form.owned.iter().find(|(k, _)| *k == key) {
             return Err(
@@ -190,6 +228,9 @@ pub fn schema<T: Args>(form: &Form) -> Value {
     let mut props = Map::new();
     let mut required = vec![];
     for (key, arg) in keys(&cmd, form) {
+        if form.path.contains(&key.as_str()) {
+            continue;
+        }
         let mut p = match arg.get_action() {
             ArgAction::SetTrue => json!({"type": "boolean"}),
             ArgAction::Append => json!({"type": "array", "items": {"type": "string"}}),

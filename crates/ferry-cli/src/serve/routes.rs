@@ -20,6 +20,10 @@ use crate::args::MigrateArgs;
 pub enum BodyKind {
     /// `ferry migrate`'s options.
     Migrate,
+    /// `ferry recover`'s.
+    Recover,
+    /// `ferry release`'s.
+    Release,
 }
 
 #[derive(Debug)]
@@ -118,6 +122,34 @@ pub fn routes() -> Vec<Route> {
                 (409, "the run has already ended, or no Ferry runs it any more (recover it)"),
             ],
             handler: || delete(api::delete_migration),
+        },
+        Route {
+            method: M::POST,
+            path: "/v1/recover",
+            scope: Some(Scope::Operate),
+            summary: "`ferry recover`: finish every unfinished run (or `id`'s) from where the hosts \
+                      say its guest is; a run a live Ferry drives (this daemon's too) is left \
+                      alone. `dry-run`: the steps, nothing done.",
+            body: Some(BodyKind::Recover),
+            answers: &[
+                (200, "each run recovered: where its guest is, the steps, which failed"),
+                (404, "no such run"),
+            ],
+            handler: || post(api::post_recover),
+        },
+        Route {
+            method: M::POST,
+            path: "/v1/runs/{id}/release",
+            scope: Some(Scope::Operate),
+            summary: "`ferry release`: delete the source's copy of each disk a migrated, verified \
+                      run copied (never one a domain uses); `dry-run`: what would go",
+            body: Some(BodyKind::Release),
+            answers: &[
+                (200, "each copied disk: released, kept (and why), or the error"),
+                (404, "no such run"),
+                (409, "the run is unfinished, did not migrate, or was not verified"),
+            ],
+            handler: || post(api::post_release),
         },
         Route {
             method: M::GET,
@@ -240,6 +272,8 @@ async fn authorize(Axum(st): Axum<State>, req: Request, next: Next) -> Response 
 fn body_schema(kind: BodyKind) -> Value {
     match kind {
         BodyKind::Migrate => body::schema::<MigrateArgs>(&body::MIGRATE),
+        BodyKind::Recover => body::schema::<crate::args::RecoverArgs>(&body::RECOVER),
+        BodyKind::Release => body::schema::<crate::args::ReleaseArgs>(&body::RELEASE),
     }
 }
 
@@ -281,7 +315,7 @@ pub fn openapi() -> Value {
         if let Some(kind) = r.body {
             o.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": body_schema(kind)}}}),
+                json!({"required": matches!(kind, BodyKind::Migrate), "content": {"application/json": {"schema": body_schema(kind)}}}),
             );
         }
         if r.path.contains("{id}") {

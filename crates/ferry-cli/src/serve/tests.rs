@@ -430,6 +430,41 @@ async fn an_abort_over_the_api_rolls_back_and_the_guest_stays() {
     .await;
     assert_eq!(again.status, 409);
     assert_eq!(again.body["code"], "ended");
+    // Its source copies cannot be released: the guest did not move.
+    let rel = call(
+        &d,
+        Method::POST,
+        &format!("/v1/runs/{run}/release"),
+        Some(OPERATE),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (rel.status.as_u16(), rel.body["code"].as_str()),
+        (409, Some("not_migrated")),
+        "{}",
+        rel.body
+    );
+    // Nothing is left to recover: the run ended and cleaned up.
+    let rec = call(
+        &d,
+        Method::POST,
+        "/v1/recover",
+        Some(OPERATE),
+        Some(json!({"dry_run": true})),
+    )
+    .await;
+    assert_eq!(rec.status, 200, "{}", rec.body);
+    assert_eq!(rec.body["recovered"], json!([]));
+    let rec = call(
+        &d,
+        Method::POST,
+        "/v1/recover",
+        Some(OPERATE),
+        Some(json!({"id": 999})),
+    )
+    .await;
+    assert_eq!(rec.status, 404, "{}", rec.body);
     let none = call(
         &d,
         Method::DELETE,
