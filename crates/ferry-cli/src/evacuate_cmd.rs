@@ -286,23 +286,20 @@ fn print_table(results: &[GuestResult]) {
     }
 }
 
-pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
-    let inv = a.inventory.load()?;
-    let host = HostSpec::resolve(inv.as_ref(), &a.host);
-    let mut candidates = evacuate::targets(inv.as_ref(), &host, &a.to)?;
-    let journal = if a.dry_run {
-        Journal::open_existing(&a.journal.journal).or_else(|_| Journal::in_memory())?
-    } else {
-        Journal::open(&a.journal.journal).with_context(|| {
-            "Ferry records the evacuation and every migration there; give another path with \
-             --journal"
-                .to_string()
-        })?
-    };
-    let draining = evacuate::draining(&journal, ferry_migrate::ferry_alive)?;
+/// The library's request for these arguments, over the inventory `inv` and with the hosts
+/// the journal says are draining (the CLI's and the daemon's one translation of `ferry
+/// evacuate`'s options).
+pub(crate) fn ask(
+    a: &EvacuateArgs,
+    inv: Option<Arc<ferry_core::inventory::Inventory>>,
+    journal: &Journal,
+) -> anyhow::Result<EvacuateAsk> {
+    let host = HostSpec::resolve(inv.as_deref(), &a.host);
+    let mut candidates = evacuate::targets(inv.as_deref(), &host, &a.to)?;
+    let draining = evacuate::draining(journal, ferry_migrate::ferry_alive)?;
     evacuate::mark_draining(&mut candidates, &draining);
     let link_mib = evacuate::link_bandwidths(
-        inv.as_ref(),
+        inv.as_deref(),
         std::iter::once(&host).chain(&candidates),
         a.link_bandwidth,
     );
@@ -310,11 +307,11 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         Schedule::Ferry => Policy::Ferry,
         Schedule::AllAtOnce => Policy::Fixed,
     };
-    let ask = EvacuateAsk {
-        host: host.clone(),
+    Ok(EvacuateAsk {
+        host,
         candidates,
-        inventory: inv.clone().map(std::sync::Arc::new),
-        options: a.migration.options(inv.as_ref()),
+        options: a.migration.options(inv.as_deref()),
+        inventory: inv,
         policy,
         budgets: Budgets {
             max_out: a.max_out as usize,
@@ -326,7 +323,22 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         abort_grace: ferry_migrate::ABORT_GRACE,
         retry: !a.no_retry,
         offline: a.offline,
+    })
+}
+
+pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
+    let inv = a.inventory.load()?.map(Arc::new);
+    let journal = if a.dry_run {
+        Journal::open_existing(&a.journal.journal).or_else(|_| Journal::in_memory())?
+    } else {
+        Journal::open(&a.journal.journal).with_context(|| {
+            "Ferry records the evacuation and every migration there; give another path with \
+             --journal"
+                .to_string()
+        })?
     };
+    let ask = ask(a, inv, &journal)?;
+    let host = ask.host.clone();
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
     if !a.json {

@@ -74,8 +74,9 @@ struct Follow {
 }
 
 impl Follow {
-    /// Follow every event (`run`: only that run's) after `last`.
-    fn start(run: Option<i64>, last: Option<u64>) -> Follow {
+    /// Follow the events `query` selects (`""`: every one; `run=N`, `evacuation=N`) after
+    /// `last`.
+    fn start(query: &str, last: Option<u64>) -> Follow {
         let mut c = Command::new(lab_script());
         c.args([
             "client",
@@ -90,10 +91,7 @@ impl Follow {
             c.args(["-H", &format!("Last-Event-ID: {l}")]);
         }
         let mut child = c
-            .arg(match run {
-                Some(r) => format!("http://{ADDR}/v1/events?run={r}"),
-                None => format!("http://{ADDR}/v1/events"),
-            })
+            .arg(format!("http://{ADDR}/v1/events?{query}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -397,23 +395,7 @@ fn migrate_body(from: &str, to: &str, map: &str, copy: &str) -> Value {
 #[test]
 fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let lab = Lab::up(&[]);
-    std::fs::write(
-        TOKENS,
-        format!("# the lab's\nread {READ}\noperate {OPERATE}\n"),
-    )
-    .unwrap();
-    let daemon = Daemon(Some(Running::spawn(&[
-        "serve",
-        "--listen",
-        ADDR,
-        "--tokens",
-        TOKENS,
-        "--journal",
-        JOURNAL,
-    ])));
-    wait_until("the daemon answers", Duration::from_secs(20), || {
-        api("GET", "/v1/runs", Some(READ), None).0 == 200
-    });
+    let daemon = daemon(&[]);
 
     // No token, or a read token, starts nothing.
     let body = migrate_body(
@@ -432,7 +414,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let run = started["run"].as_i64().unwrap();
     assert_eq!(started["location"], format!("/v1/migrations/{run}"));
     // Every event of the daemon (the refused second start's too), to check that none is lost.
-    let mut a = Follow::start(None, Some(0));
+    let mut a = Follow::start("", Some(0));
     let mut copy_samples = 0;
     a.until("3 storage copy samples", Duration::from_secs(120), |e| {
         e.kind == "job" && e.data["phase"] == "storage_copy"
@@ -450,7 +432,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     assert_eq!(busy["holder_run"], run);
     let first = a.stop();
     let last = first.iter().filter_map(|e| e.id).max().unwrap();
-    let mut b = Follow::start(None, Some(last));
+    let mut b = Follow::start("", Some(last));
     let result = b.until("the result", Duration::from_secs(300), |e| {
         e.kind == "result" && e.data["run"] == run
     });
@@ -494,7 +476,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (code, started) = api("POST", "/v1/migrations", Some(OPERATE), Some(&back));
     assert_eq!(code, 202, "{started}");
     let run2 = started["run"].as_i64().unwrap();
-    let mut c = Follow::start(Some(run2), Some(0));
+    let mut c = Follow::start(&format!("run={run2}"), Some(0));
     c.until("a storage copy sample", Duration::from_secs(120), |e| {
         e.kind == "job" && e.data["phase"] == "storage_copy"
     });
@@ -650,6 +632,114 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
             "a token in the daemon's output"
         );
     }
+    drop(lab);
+    assert_lab_gone();
+}
+
+/// The daemon with the lab's tokens (written into the lab's directory) and `extra` flags;
+/// returns once it answers.
+fn daemon(extra: &[&str]) -> Daemon {
+    std::fs::write(
+        TOKENS,
+        format!("# the lab's\nread {READ}\noperate {OPERATE}\n"),
+    )
+    .unwrap();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        ADDR,
+        "--tokens",
+        TOKENS,
+        "--journal",
+        JOURNAL,
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon(Some(Running::spawn(&args)));
+    wait_until("the daemon answers", Duration::from_secs(20), || {
+        api("GET", "/v1/runs", Some(READ), None).0 == 200
+    });
+    d
+}
+
+/// The lab's three guests off h1 over the API: begun (h1 is then draining: a second
+/// evacuation of it is refused), followed over SSE to the verdict, each guest's span recorded.
+#[test]
+fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
+    let lab = Lab::up(&["--hosts", "3", "--guests", "3", "--rate", "200"]);
+    let mut inv = String::new();
+    for (h, uri) in [("h1", H1), ("h2", H2), ("h3", H3)] {
+        inv.push_str(&format!("[[host]]\nname = \"{h}\"\nuri = \"{uri}\"\n"));
+    }
+    let inv_path = "/var/lib/ferry-lab/serve-inventory.toml";
+    std::fs::write(inv_path, inv).unwrap();
+    let daemon = daemon(&["--inventory", inv_path]);
+    let body = json!({"host": "h1", "unsafe": true, "link-bandwidth": 23});
+    // The plan first: where each guest goes, nothing moved.
+    let (code, plan) = api(
+        "POST",
+        "/v1/evacuations",
+        Some(OPERATE),
+        Some(&json!({"host": "h1", "unsafe": true, "dry_run": true})),
+    );
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(
+        plan["plan"]["moves"].as_array().map(Vec::len),
+        Some(3),
+        "{plan}"
+    );
+    assert_eq!(plan["empties_the_host"], true);
+    let (code, started) = api("POST", "/v1/evacuations", Some(OPERATE), Some(&body));
+    assert_eq!(code, 202, "{started}");
+    let id = started["evacuation"].as_i64().unwrap();
+    assert_eq!(started["location"], format!("/v1/evacuations/{id}"));
+    let (code, again) = api("POST", "/v1/evacuations", Some(OPERATE), Some(&body));
+    assert_eq!(
+        (code, again["code"].as_str()),
+        (409, Some("busy")),
+        "{again}"
+    );
+    let mut f = Follow::start(&format!("evacuation={id}"), Some(0));
+    let verdict = f.until("the verdict", Duration::from_secs(600), |e| {
+        e.kind == "evacuation_result"
+    });
+    let events = f.stop();
+    assert_eq!(verdict.data["outcome"], "emptied", "{}", verdict.data);
+    assert_eq!(verdict.data["still_running"], json!([]));
+    let guests = verdict.data["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 3);
+    assert!(
+        guests.iter().all(|g| g["outcome"] == "migrated"),
+        "{guests:?}"
+    );
+    // Each guest's migration was seen: its start, its samples (with its run), its end.
+    for g in guests {
+        let name = &g["guest"];
+        assert!(events
+            .iter()
+            .any(|e| e.kind == "started" && &e.data["guest"] == name));
+        assert!(events
+            .iter()
+            .any(|e| e.kind == "job" && &e.data["guest"] == name && e.data["run"].is_i64()));
+        assert!(events
+            .iter()
+            .any(|e| e.kind == "ended" && &e.data["guest"] == name));
+    }
+    assert_eq!(events[0].kind, "evacuation", "the plan comes first");
+    let (_, ev) = api("GET", &format!("/v1/evacuations/{id}"), Some(READ), None);
+    assert_eq!(ev["evacuation"]["outcome"], "emptied", "{ev}");
+    for (name, g) in ev["live"]["guests"].as_object().unwrap() {
+        let (s, e) = (g["started_ms"].as_u64(), g["ended_ms"].as_u64());
+        assert!(matches!((s, e), (Some(s), Some(e)) if s < e), "{name}: {g}");
+        assert!(
+            ["h2", "h3"].contains(&g["to"].as_str().unwrap()),
+            "{name}: {g}"
+        );
+    }
+    assert_eq!(ev["runs"].as_array().map(Vec::len), Some(3), "{ev}");
+    let (_, listed, _) = virsh(H1, &["list", "--name"]);
+    assert_eq!(listed.trim(), "", "h1 runs nothing");
+    let (code, out, err) = daemon.stop();
+    assert_eq!(code, 0, "{out}{err}");
     drop(lab);
     assert_lab_gone();
 }

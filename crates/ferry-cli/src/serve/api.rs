@@ -275,6 +275,124 @@ fn abort_problem(e: ferry_migrate::abort::AbortError) -> Problem {
     }
 }
 
+/// `POST /v1/evacuations`: start `ferry evacuate` (`202` once planned and begun), or with
+/// `dry-run` answer its plan.
+pub async fn post_evacuation(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) -> Answer {
+    let a: crate::args::EvacuateArgs = body::parse(&body::EVACUATE, &json_body(b)?)?;
+    if a.dry_run {
+        let v = blocking(move || super::evac::dry_run(&st, &a)).await?;
+        return ok(v);
+    }
+    let rx = super::evac::start(&st, a)?;
+    match tokio::time::timeout(st.answer_within, rx).await {
+        Ok(Ok(Ok(id))) => {
+            let location = format!("/v1/evacuations/{id}");
+            let mut r = (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"evacuation": id, "state": "running", "location": location})),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(r)
+        }
+        Ok(Ok(Err(p))) => Err(p),
+        Ok(Err(_)) => Err(Problem::internal(
+            "the evacuation ended without a word".into(),
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "stopped",
+            "The hosts were not read in time",
+            "the evacuation was not planned within the daemon's wait; it may still start: GET \
+             /v1/runs and the events say"
+                .into(),
+        )),
+    }
+}
+
+/// `GET /v1/evacuations/{id}`: the journal's evacuation and its runs, and live (this daemon's):
+/// the plan, each guest's target, times and result, the verdict.
+pub async fn get_evacuation(Axum(st): Axum<State>, Path(id): Path<i64>) -> Answer {
+    let st2 = st.clone();
+    let (row, runs) = blocking(move || {
+        let j = st2.journal()?;
+        let row = j
+            .evacuations()
+            .map_err(|e| Problem::journal(&e))?
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| {
+                Problem::not_found(format!("there is no evacuation #{id} in the journal"))
+            })?;
+        let runs = j.evacuation_runs(id).map_err(|e| Problem::journal(&e))?;
+        Ok((row, runs))
+    })
+    .await?;
+    let live = st.evacs().get(&id).cloned();
+    let runs: Vec<Value> = runs
+        .into_iter()
+        .map(|(g, r)| json!({"guest": g, "run": r}))
+        .collect();
+    ok(json!({"evacuation": row, "runs": runs, "live": live}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Force {
+    /// Abort the running migrations too (Ctrl-C twice), not only start no new one.
+    force: Option<String>,
+}
+
+/// `DELETE /v1/evacuations/{id}`: Ctrl-C once (no new migration; those running finish);
+/// `?force`: twice (those running abort and roll back).
+pub async fn delete_evacuation(
+    Axum(st): Axum<State>,
+    Path(id): Path<i64>,
+    q: Result<Query<Force>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let force = q
+        .force
+        .is_some_and(|f| !matches!(f.as_str(), "false" | "0"));
+    let mine = st
+        .evacs()
+        .get(&id)
+        .map(|e| (e.stop.clone(), e.result.is_some()));
+    match mine {
+        Some((_, true)) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "ended",
+            "The evacuation has already ended",
+            format!("evacuation #{id} has already ended"),
+        )),
+        Some((stop, false)) => {
+            let level = if force {
+                ferry_migrate::evacuate::ABORT_ALL
+            } else {
+                ferry_migrate::evacuate::NO_NEW
+            };
+            stop.fetch_max(level, Ordering::SeqCst);
+            let state = if force { "aborting" } else { "stopping" };
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"evacuation": id, "state": state})),
+            )
+                .into_response())
+        }
+        None => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not_here",
+            "Another Ferry runs this evacuation",
+            format!(
+                "evacuation #{id} is not run by this daemon: stop it where it runs (Ctrl-C), or \
+                 abort its migrations one by one (DELETE /v1/migrations/{{id}})"
+            ),
+        )),
+    }
+}
+
 /// `POST /v1/recover`: `ferry recover` (a run the daemon drives is live: not touched).
 pub async fn post_recover(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) -> Answer {
     let a: crate::args::RecoverArgs = body::parse(&body::RECOVER, &json_body(b)?)?;
@@ -373,6 +491,8 @@ fn release_problem(e: ferry_migrate::release::ReleaseError) -> Problem {
 pub struct EventFilter {
     /// Only this run's events.
     run: Option<i64>,
+    /// Only this evacuation's events (its migrations' too).
+    evacuation: Option<i64>,
 }
 
 /// `GET /v1/events`: Server-Sent Events, each with its id; `Last-Event-ID` replays what a
@@ -392,7 +512,16 @@ pub async fn get_events(
     };
     let (complete, kept, rx) = st.hub.subscribe(last);
     let ended = st.ended.subscribe();
-    let stream = super::sse::stream(st.clone(), q.run, last, complete, kept, rx, ended);
+    let stream = super::sse::stream(
+        st.clone(),
+        q.run,
+        q.evacuation,
+        last,
+        complete,
+        kept,
+        rx,
+        ended,
+    );
     let mut r = axum::response::Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

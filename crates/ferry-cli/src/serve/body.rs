@@ -52,6 +52,13 @@ pub const MIGRATE: Form = Form {
     path: &[],
 };
 
+/// `POST /v1/evacuations`: `ferry evacuate`'s options (`dry-run`: the plan only).
+pub const EVACUATE: Form = Form {
+    command: "evacuate",
+    owned: DAEMON_OWNS.split_at(3).0,
+    path: &[],
+};
+
 /// `POST /v1/recover`: `ferry recover`'s options (`id`: one run).
 pub const RECOVER: Form = Form {
     command: "recover",

@@ -13,8 +13,10 @@ use tokio::sync::broadcast;
 #[derive(Debug)]
 pub struct Stored {
     pub id: u64,
-    /// The journal's run it belongs to (none: the daemon's own).
+    /// The journal's run it belongs to (none: the daemon's own, or an evacuation's).
     pub run: Option<i64>,
+    /// The evacuation it belongs to.
+    pub evacuation: Option<i64>,
     /// The SSE event name: the event's kind (`step`, `job`, `seed`, `note`, `target`, `run`,
     /// `result`, `daemon`).
     pub kind: String,
@@ -55,17 +57,32 @@ impl Hub {
     }
 
     /// Number, keep and send an event (`value` is a JSON object; `id` and `run` are added).
-    pub fn publish(&self, run: Option<i64>, kind: &str, mut value: serde_json::Value) -> u64 {
+    pub fn publish(&self, run: Option<i64>, kind: &str, value: serde_json::Value) -> u64 {
+        self.publish_in(None, run, kind, value)
+    }
+
+    /// [`Hub::publish`] for an event of an evacuation (`evacuation` is added too).
+    pub fn publish_in(
+        &self,
+        evacuation: Option<i64>,
+        run: Option<i64>,
+        kind: &str,
+        mut value: serde_json::Value,
+    ) -> u64 {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let id = inner.next;
         inner.next += 1;
         if let Some(o) = value.as_object_mut() {
             o.insert("id".into(), id.into());
             o.insert("run".into(), run.into());
+            if evacuation.is_some() {
+                o.insert("evacuation".into(), evacuation.into());
+            }
         }
         let stored = Arc::new(Stored {
             id,
             run,
+            evacuation,
             kind: kind.to_string(),
             data: value.to_string(),
         });

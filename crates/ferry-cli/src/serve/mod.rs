@@ -12,6 +12,7 @@
 mod api;
 mod auth;
 mod body;
+mod evac;
 mod hub;
 mod metrics;
 mod problem;
@@ -51,6 +52,7 @@ fn shared(
         hub: hub::Hub::new(first),
         metrics: metrics::Metrics::new(),
         runs: Mutex::default(),
+        evacs: Mutex::default(),
         closing: AtomicBool::new(false),
         ended: tokio::sync::watch::channel(false).0,
         // Preflight reads every host within the connect timeout; then a little more.
@@ -195,24 +197,24 @@ async fn shutdown(st: state::State) {
         }
         asked += 1;
         st.closing.store(true, Ordering::SeqCst);
-        let running = st.running();
-        if running.is_empty() {
+        let busy = st.busy();
+        if busy == 0 {
             let _ = st.ended.send(true);
             return;
         }
         if asked == 1 {
+            st.stop_evacuations(ferry_migrate::evacuate::NO_NEW);
             st.say(format!(
-                "shutting down: no new work; {} migration(s) running finish (signal again to \
-                 abort them)",
-                running.len()
+                "shutting down: no new work; {busy} migration(s) and evacuation(s) running \
+                 finish (signal again to abort them)"
             ));
         } else {
             st.say(format!(
-                "aborting {} running migration(s): each rolls back, the guests stay on their \
-                 sources",
-                running.len()
+                "aborting {busy} running migration(s) and evacuation(s): each rolls back, the \
+                 guests stay on their sources"
             ));
             st.abort_all();
+            st.stop_evacuations(ferry_migrate::evacuate::ABORT_ALL);
         }
     }
 }

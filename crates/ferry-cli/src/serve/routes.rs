@@ -20,6 +20,8 @@ use crate::args::MigrateArgs;
 pub enum BodyKind {
     /// `ferry migrate`'s options.
     Migrate,
+    /// `ferry evacuate`'s.
+    Evacuate,
     /// `ferry recover`'s.
     Recover,
     /// `ferry release`'s.
@@ -125,6 +127,47 @@ pub fn routes() -> Vec<Route> {
         },
         Route {
             method: M::POST,
+            path: "/v1/evacuations",
+            scope: Some(Scope::Operate),
+            summary: "`ferry evacuate`: move every running guest off a host, each to its best \
+                      target, on the model's schedule; answers once planned and begun (the \
+                      host is then draining). `dry-run`: the plan only (read scope is not \
+                      enough: it is the same route).",
+            body: Some(BodyKind::Evacuate),
+            answers: &[
+                (200, "dry-run: where each guest goes, and when"),
+                (202, "begun: the evacuation's id and its Location; follow /v1/events?evacuation=ID"),
+                (409, "the host is already being evacuated"),
+                (422, "bad input, or no plan can be made"),
+            ],
+            handler: || post(api::post_evacuation),
+        },
+        Route {
+            method: M::GET,
+            path: "/v1/evacuations/{id}",
+            scope: Some(Scope::Read),
+            summary: "An evacuation: the journal's row and runs, and (while this daemon drives \
+                      it) the plan with each move's predicted span, each guest's target, start, \
+                      end and result, the verdict",
+            body: None,
+            answers: &[(200, "the evacuation"), (404, "no such evacuation")],
+            handler: || get(api::get_evacuation),
+        },
+        Route {
+            method: M::DELETE,
+            path: "/v1/evacuations/{id}",
+            scope: Some(Scope::Operate),
+            summary: "Stop an evacuation, as Ctrl-C once: no new migration starts, those running \
+                      finish; `?force`: as twice, those running abort and roll back",
+            body: None,
+            answers: &[
+                (202, "stopping (or aborting)"),
+                (409, "it has ended, or another Ferry runs it"),
+            ],
+            handler: || delete(api::delete_evacuation),
+        },
+        Route {
+            method: M::POST,
             path: "/v1/recover",
             scope: Some(Scope::Operate),
             summary: "`ferry recover`: finish every unfinished run (or `id`'s) from where the hosts \
@@ -174,9 +217,10 @@ pub fn routes() -> Vec<Route> {
             path: "/v1/events",
             scope: Some(Scope::Read),
             summary: "Server-Sent Events: every step, sample, pre-seed figure, note and result \
-                      of the runs this daemon drives, each with an id (?run=ID: one run's, \
-                      ending after its result); Last-Event-ID replays what a reconnecting \
-                      client missed",
+                      of the runs and evacuations this daemon drives, each with an id (?run=ID: \
+                      one run's, ending after its result; ?evacuation=ID: one evacuation's and \
+                      its migrations', ending after its verdict); Last-Event-ID replays what a \
+                      reconnecting client missed",
             body: None,
             answers: &[(200, "text/event-stream")],
             handler: || get(api::get_events),
@@ -272,6 +316,7 @@ async fn authorize(Axum(st): Axum<State>, req: Request, next: Next) -> Response 
 fn body_schema(kind: BodyKind) -> Value {
     match kind {
         BodyKind::Migrate => body::schema::<MigrateArgs>(&body::MIGRATE),
+        BodyKind::Evacuate => body::schema::<crate::args::EvacuateArgs>(&body::EVACUATE),
         BodyKind::Recover => body::schema::<crate::args::RecoverArgs>(&body::RECOVER),
         BodyKind::Release => body::schema::<crate::args::ReleaseArgs>(&body::RELEASE),
     }

@@ -17,6 +17,7 @@ use super::state::State;
 struct Feed {
     st: State,
     run: Option<i64>,
+    evacuation: Option<i64>,
     last: Option<u64>,
     pending: VecDeque<Arc<Stored>>,
     rx: broadcast::Receiver<Arc<Stored>>,
@@ -29,13 +30,17 @@ struct Feed {
 
 impl Feed {
     fn wanted(&self, s: &Stored) -> bool {
-        self.last.is_none_or(|l| s.id > l) && self.run.is_none_or(|r| s.run == Some(r))
+        self.last.is_none_or(|l| s.id > l)
+            && self.run.is_none_or(|r| s.run == Some(r))
+            && self.evacuation.is_none_or(|e| s.evacuation == Some(e))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn stream(
     st: State,
     run: Option<i64>,
+    evacuation: Option<i64>,
     last: Option<u64>,
     complete: bool,
     kept: Vec<Arc<Stored>>,
@@ -45,6 +50,7 @@ pub fn stream(
     let feed = Feed {
         st,
         run,
+        evacuation,
         last,
         pending: kept.into(),
         rx,
@@ -72,8 +78,9 @@ pub fn stream(
             while let Some(s) = f.pending.pop_front() {
                 if f.wanted(&s) {
                     f.last = Some(s.id);
-                    // A stream of one run ends with its result.
-                    f.done = f.run.is_some() && s.kind == "result";
+                    // A stream of one run ends with its result, of one evacuation with its.
+                    f.done = (f.run.is_some() && s.kind == "result")
+                        || (f.evacuation.is_some() && s.kind == "evacuation_result");
                     return Some((super::api::sse_event(&s), f));
                 }
             }

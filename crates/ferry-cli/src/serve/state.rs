@@ -49,6 +49,8 @@ pub struct Shared {
     /// The runs started by this daemon, by run id (ended ones are kept until the daemon
     /// stops, for their result).
     pub runs: Mutex<BTreeMap<i64, Live>>,
+    /// The evacuations started by this daemon, by id (ended ones kept, for their result).
+    pub evacs: Mutex<BTreeMap<i64, super::evac::EvacLive>>,
     /// SIGTERM: no new work.
     pub closing: AtomicBool,
     /// Every run ended after `closing`: the event streams end.
@@ -73,6 +75,22 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub fn runs(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Live>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn evacs(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, super::evac::EvacLive>> {
+        self.evacs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many runs and evacuations are still running.
+    pub fn busy(&self) -> usize {
+        self.running().len() + self.evacs().values().filter(|e| e.result.is_none()).count()
+    }
+
+    /// SIGTERM: the evacuations start nothing new (`level` NO_NEW), or abort all (ABORT_ALL).
+    pub fn stop_evacuations(&self, level: u8) {
+        for e in self.evacs().values().filter(|e| e.result.is_none()) {
+            e.stop.fetch_max(level, Ordering::SeqCst);
+        }
     }
 
     /// The runs still running.
@@ -279,8 +297,8 @@ pub fn start(state: &State, a: MigrateArgs) -> Result<oneshot::Receiver<Started>
 
 impl Shared {
     /// A run ended: when closing and none runs any more, the event streams end.
-    fn ended_one(&self) {
-        if self.closing.load(Ordering::SeqCst) && self.running().is_empty() {
+    pub fn ended_one(&self) {
+        if self.closing.load(Ordering::SeqCst) && self.busy() == 0 {
             let _ = self.ended.send(true);
         }
     }

@@ -251,9 +251,41 @@ async fn the_document_lists_every_route_the_router_serves_and_no_other() {
     }
     assert_eq!(listed, routes::routes().len());
     // A route the table does not have is not served.
-    let a = call(&d, Method::GET, "/v1/evacuations/1", Some(READ), None).await;
+    let a = call(&d, Method::GET, "/v1/nothing", Some(READ), None).await;
     assert_eq!(a.status, 404);
     assert_eq!(a.body["code"], "not_found");
+    // Evacuations: none in the journal; one not driven here cannot be stopped from here.
+    let a = call(&d, Method::GET, "/v1/evacuations/1", Some(READ), None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.body["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let a = call(
+        &d,
+        Method::DELETE,
+        "/v1/evacuations/1?force",
+        Some(OPERATE),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.body["code"].as_str()),
+        (409, Some("not_here"))
+    );
+    let a = call(
+        &d,
+        Method::POST,
+        "/v1/evacuations",
+        Some(OPERATE),
+        Some(json!({"to": [DST]})),
+    )
+    .await;
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(
+        a.body["detail"].as_str().unwrap().contains("host"),
+        "{}",
+        a.body
+    );
 }
 
 #[tokio::test]
