@@ -673,6 +673,10 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
     let inv_path = "/var/lib/ferry-lab/serve-inventory.toml";
     std::fs::write(inv_path, inv).unwrap();
     let daemon = daemon(&["--inventory", inv_path]);
+    // The page is open before the evacuation starts: it draws the timeline from the events.
+    let browser = Browser::start();
+    browser.open(&format!("http://{ADDR}/#token={OPERATE}"));
+    browser.watch("the page", Duration::from_secs(20), "return document.getElementById('app').hidden === false && document.getElementById('stream').innerText === 'live'", |v| v == &json!(true));
     let body = json!({"host": "h1", "unsafe": true, "link-bandwidth": 23});
     // The plan first: where each guest goes, nothing moved.
     let (code, plan) = api(
@@ -735,7 +739,74 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
             "{name}: {g}"
         );
     }
-    assert_eq!(ev["runs"].as_array().map(Vec::len), Some(3), "{ev}");
+    let runs: Vec<&Value> = ev["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["run"])
+        .collect();
+    for g in guests {
+        for r in g["runs"].as_array().unwrap() {
+            assert!(
+                runs.contains(&r),
+                "run {r} of {} in the journal's: {ev}",
+                g["guest"]
+            );
+        }
+    }
+    // Each guest went at the first attempt (a retry would say why in its notes).
+    for g in guests {
+        let notes: Vec<&Value> = events
+            .iter()
+            .filter(|e| e.data["guest"] == g["guest"] && e.kind == "note")
+            .map(|e| &e.data["message"])
+            .collect();
+        assert_eq!(g["attempts"], 1, "{g}: {notes:?}");
+    }
+    // The timeline: one lane per target, one bar per guest in its target's lane, each ended
+    // migrated; the plan's bars beside them; the evacuation's verdict.
+    let js = format!(
+        "const ev = document.querySelector('.evac[data-evacuation=\"{id}\"]'); if (!ev) return null; \
+         return {{outcome: ev.dataset.outcome || null, \
+                  bars: [...ev.querySelectorAll('.lane')].flatMap(l => [...l.querySelectorAll('.actual')].map(b => \
+                      [l.dataset.host, b.dataset.guest, b.dataset.outcome || null, b.style.width])), \
+                  planned: ev.querySelectorAll('.planned').length, \
+                  plot: ev.querySelector('polyline').getAttribute('points').split(' ').length}};"
+    );
+    let seen = browser.watch(
+        "the timeline's verdict",
+        Duration::from_secs(30),
+        &js,
+        |v| v["outcome"] == "emptied",
+    );
+    browser.js("document.getElementById('timeline').scrollIntoView(); return null");
+    browser.screenshot("serve-evacuation");
+    let t = seen.last().unwrap();
+    assert_eq!(t["planned"], 3, "{t}");
+    assert!(
+        t["plot"].as_u64() > Some(3),
+        "the bandwidth plot has points: {t}"
+    );
+    let bars = t["bars"].as_array().unwrap();
+    let attempts: u64 = guests.iter().map(|g| g["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(bars.len() as u64, attempts, "a bar per attempt: {t}");
+    for g in guests {
+        let (name, target) = (g["guest"].as_str().unwrap(), g["target"].as_str().unwrap());
+        let bar = bars
+            .iter()
+            .find(|b| b[1] == name && b[2] == "migrated")
+            .unwrap_or_else(|| panic!("no bar for {name}: {t}"));
+        assert!(
+            target.ends_with(&format!(
+                "{}/system",
+                bar[0].as_str().unwrap().replace('h', "10.77.0.")
+            )) || bar[0] == target,
+            "{name}'s bar is in lane {} but it went to {target}",
+            bar[0]
+        );
+        assert_eq!(bar[2], "migrated", "{t}");
+    }
+    drop(browser);
     let (_, listed, _) = virsh(H1, &["list", "--name"]);
     assert_eq!(listed.trim(), "", "h1 runs nothing");
     let (code, out, err) = daemon.stop();

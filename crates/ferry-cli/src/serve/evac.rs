@@ -197,6 +197,16 @@ pub fn start(
                 let journal = st.journal()?;
                 let ask = crate::evacuate_cmd::ask(&a, st.inventory.clone(), &journal)
                     .map_err(ask_problem)?;
+                // A host already draining is refused before any host is read (reading them
+                // creates canaries beside a running evacuation's migrations).
+                let draining = evacuate::draining(&journal, ferry_migrate::ferry_alive)
+                    .map_err(|e| Problem::journal(&e))?;
+                if let Some((n, _)) = draining
+                    .iter()
+                    .find(|(n, u)| *n == ask.host.name || *u == ask.host.uri)
+                {
+                    return Err(ask_problem(AskError::AlreadyEvacuating(n.clone()).into()));
+                }
                 let plan = evacuate::plan(&st.hv, &ask).map_err(|e| Problem::of_migration(&e))?;
                 let id = evacuate::begin(&journal, &ask.host, ferry_migrate::ferry_alive)
                     .map_err(|e| ask_problem(e.into()))?;
