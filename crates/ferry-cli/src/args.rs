@@ -181,8 +181,8 @@ pub enum Command {
     /// The page is at http://ADDR/ (paste a token, or open http://ADDR/#token=TOKEN); the API's
     /// OpenAPI document at /v1/openapi.json.
     ///
-    /// Plain HTTP listens on loopback only, unless --insecure-listen says otherwise (put a TLS
-    /// proxy in front). SIGTERM (or Ctrl-C): no new work; the running migrations finish. A
+    /// With --tls-cert and --tls-key it serves HTTPS on any address; plain HTTP listens on
+    /// loopback only, unless --insecure-listen says otherwise. SIGTERM (or Ctrl-C): no new work; the running migrations finish. A
     /// second SIGTERM aborts them (each rolls back, the guests stay on their sources).
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
@@ -380,9 +380,15 @@ pub struct ServeArgs {
     /// `#` comments.
     #[arg(long, value_name = "FILE", env = "FERRY_TOKENS")]
     pub tokens: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Listen with plain HTTP on an address other than loopback (the tokens then cross the
     /// network in clear: only behind a TLS proxy, or on a network you trust).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_cert")]
     pub insecure_listen: bool,
     /// How long a host's libvirt connection may take to open.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,

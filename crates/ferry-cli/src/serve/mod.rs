@@ -19,6 +19,7 @@ mod problem;
 mod routes;
 mod sse;
 mod state;
+mod tls;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,10 +63,16 @@ fn shared(
 }
 
 pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if !a.listen.ip().is_loopback() && !a.insecure_listen {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    if tls.is_none() && !a.listen.ip().is_loopback() && !a.insecure_listen {
         bail!(
-            "{} is not a loopback address: plain HTTP would carry the tokens in clear. Listen on \
-             127.0.0.1 behind a TLS proxy, or say --insecure-listen",
+            "{} is not a loopback address: plain HTTP would carry the tokens in clear. Give \
+             --tls-cert and --tls-key, listen on 127.0.0.1 behind a TLS proxy, or say \
+             --insecure-listen",
             a.listen
         );
     }
@@ -86,17 +93,30 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the daemon's runtime")?;
-    rt.block_on(serve(st, a.listen))?;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        match tls {
+            Some(acceptor) => {
+                let l = tls::listen(tcp, acceptor).context("cannot listen")?;
+                serve(st, l, "https").await
+            }
+            None => serve(st, tcp, "http").await,
+        }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(st: state::State, listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr().unwrap_or(listen);
+async fn serve<L>(st: state::State, listener: L, scheme: &str) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    let addr = listener
+        .local_addr()
+        .context("the listener has no address")?;
     st.say(format!(
-        "listening on http://{addr}/ (the page), API under /v1 (GET /v1/openapi.json), \
+        "listening on {scheme}://{addr}/ (the page), API under /v1 (GET /v1/openapi.json), \
          metrics at /metrics"
     ));
     unfinished(&st);

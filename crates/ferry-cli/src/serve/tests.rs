@@ -549,3 +549,73 @@ async fn a_client_that_reconnects_with_its_last_id_misses_nothing() {
     assert_eq!(got, [ids[2], ids[3], live, end]);
     assert!(text.contains("event: note"));
 }
+
+/// HTTPS on loopback with a certificate made for the test (openssl): the API answers over
+/// TLS, a client that connects and never speaks holds nobody up, plain HTTP gets nothing.
+#[tokio::test]
+async fn the_daemon_serves_https_with_the_given_certificate() {
+    let dir = std::env::temp_dir().join(format!("ferry-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let acceptor = tls::acceptor(&cert, &key).unwrap();
+    let f = fake();
+    let d = daemon(&f);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tls::listen(tcp, acceptor).unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    let router = d.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    // A client that opens a connection and says nothing.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = curl(vec![
+        "--cacert".into(),
+        cert.display().to_string(),
+        "-H".into(),
+        format!("Authorization: Bearer {READ}"),
+        format!("https://127.0.0.1:{}/v1/runs", addr.port()),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(text.contains("\"runs\":[]"), "{text}");
+    let plain = curl(vec![format!("http://127.0.0.1:{}/v1/runs", addr.port())])
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stdout).ends_with("200"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The key and certificate must go together.
+    let other = dir.join("missing.pem");
+    assert!(tls::acceptor(&other, &key).is_err());
+}
