@@ -543,7 +543,7 @@ pub async fn get_metrics(Axum(st): Axum<State>) -> Response {
     let mut r = st.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
 }
