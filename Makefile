@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed bench-serve lab-down mutants faults
 
 test: setup lint unit-test lab-test
 
@@ -54,6 +54,12 @@ SIZES ?= 1024 4096
 bench-preseed: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench-preseed --rate $(RATE) --sizes "$(SIZES)" target/release/ferry
+
+# `ferry serve` under load during a lab migration: GET latency at 200 req/s with 20 SSE clients,
+# a job sample's delay to the page's DOM (headless Chromium), the daemon's RSS and CPU.
+bench-serve: setup
+	$(CARGO) build --release -p ferry-cli
+	lab/bench-serve target/release/ferry
 
 # `ferry hosts` on a 4-host lab: the whole call against the sum of the per-host times.
 bench-hosts: setup

@@ -75,6 +75,8 @@ impl Hub {
         if let Some(o) = value.as_object_mut() {
             o.insert("id".into(), id.into());
             o.insert("run".into(), run.into());
+            // When the daemon had it (Unix ms): a client's lag is its clock minus this.
+            o.insert("time_ms".into(), now_ms().into());
             if evacuation.is_some() {
                 o.insert("evacuation".into(), evacuation.into());
             }
@@ -127,6 +129,12 @@ impl Hub {
             .collect();
         (complete, kept)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
