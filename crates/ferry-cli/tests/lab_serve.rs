@@ -58,6 +58,15 @@ fn api(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (
     (code, v)
 }
 
+/// Kill a `lab client CMD` child and CMD (its child: the wrapper does not exec it).
+fn kill_tree(child: &mut Child) {
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-P", &child.id().to_string()])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// An SSE event as the test reads it.
 #[derive(Debug, Clone)]
 struct Sse {
@@ -149,8 +158,7 @@ impl Follow {
     }
 
     fn stop(mut self) -> Vec<Sse> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_tree(&mut self.child);
         self.seen
     }
 }
@@ -342,8 +350,7 @@ impl Drop for Browser {
                 wd("DELETE", &format!("/session/{}", self.session), None)
             });
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        kill_tree(&mut self.driver);
         let _ = Command::new("pkill")
             .args(["-KILL", "-f", PROFILE])
             .status();
@@ -639,6 +646,12 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
 /// The daemon with the lab's tokens (written into the lab's directory) and `extra` flags;
 /// returns once it answers.
 fn daemon(extra: &[&str]) -> Daemon {
+    // Another daemon left on the address would answer for this one.
+    assert_eq!(
+        api("GET", "/v1/runs", None, None).0,
+        0,
+        "something already listens on {ADDR}"
+    );
     std::fs::write(
         TOKENS,
         format!("# the lab's\nread {READ}\noperate {OPERATE}\n"),
@@ -702,6 +715,15 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
         (409, Some("busy")),
         "{again}"
     );
+    // While it runs, the metrics have its figures.
+    let total =
+        format!("ferry_evacuation_guests{{evacuation=\"{id}\",host=\"h1\",state=\"total\"}} 3");
+    wait_until("the evacuation's metrics", Duration::from_secs(30), || {
+        api("GET", "/metrics", Some(READ), None)
+            .1
+            .as_str()
+            .is_some_and(|m| m.contains(&total))
+    });
     let mut f = Follow::start(&format!("evacuation={id}"), Some(0));
     let verdict = f.until("the verdict", Duration::from_secs(600), |e| {
         e.kind == "evacuation_result"
@@ -807,6 +829,11 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
         assert_eq!(bar[2], "migrated", "{t}");
     }
     drop(browser);
+    let (_, m) = api("GET", "/metrics", Some(READ), None);
+    assert!(
+        !m.as_str().unwrap_or("").contains("ferry_evacuation_guests"),
+        "an ended evacuation's series go: {m}"
+    );
     let (_, listed, _) = virsh(H1, &["list", "--name"]);
     assert_eq!(listed.trim(), "", "h1 runs nothing");
     let (code, out, err) = daemon.stop();

@@ -50,7 +50,12 @@ pub struct EvacLive {
 struct Relay {
     st: State,
     evacuation: i64,
+    host: String,
     started: Instant,
+    /// Each move's bytes (memory and copied disks), by guest.
+    bytes: BTreeMap<String, u64>,
+    /// When the model says the evacuation ends (Unix seconds).
+    end_s: f64,
 }
 
 impl Relay {
@@ -71,6 +76,44 @@ impl Relay {
 
     fn ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// The evacuation's metrics from its guests now.
+    fn figures(&self) {
+        let evacs = self.st.evacs();
+        let Some(e) = evacs.get(&self.evacuation) else {
+            return;
+        };
+        let total = self.bytes.len() as u64;
+        let done = e.guests.values().filter(|g| g.result.is_some()).count() as u64;
+        let running = e
+            .guests
+            .values()
+            .filter(|g| g.started_ms.is_some() && g.ended_ms.is_none())
+            .count() as u64;
+        let remaining: u64 = e
+            .guests
+            .iter()
+            .filter(|(_, g)| g.result.is_none())
+            .map(|(name, g)| {
+                let sent = g
+                    .progress
+                    .as_ref()
+                    .map_or(0, |p| p.disk_processed + p.mem_processed);
+                self.bytes
+                    .get(name)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(sent)
+            })
+            .sum();
+        self.st.metrics.evacuation(
+            self.evacuation,
+            &self.host,
+            [total, done, running],
+            remaining,
+            self.end_s,
+        );
     }
 }
 
@@ -153,6 +196,7 @@ impl EvacReporter for Relay {
         if let Some(o) = value.as_object_mut() {
             o.insert("at_ms".into(), at.into());
         }
+        self.figures();
         self.st
             .hub
             .publish_in(Some(self.evacuation), run, &kind, value);
@@ -244,11 +288,22 @@ pub fn start(
             );
             let _ = tx.send(Ok(id));
             let started = Instant::now();
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
             let mut relay = Relay {
                 st: st.clone(),
                 evacuation: id,
+                host: ask.host.name.clone(),
                 started,
+                bytes: plan
+                    .moves
+                    .iter()
+                    .map(|m| (m.guest.clone(), m.bytes()))
+                    .collect(),
+                end_s: unix_now + plan.predicted.makespan_s,
             };
+            relay.figures();
             let results =
                 evacuate::execute(&st.hv, &st.journal, id, &ask, &plan, &mut relay, &stop);
             let verdict = evacuate::conclude(
@@ -263,6 +318,7 @@ pub fn start(
             if let Some(e) = st.evacs().get_mut(&id) {
                 e.result = Some(v.clone());
             }
+            st.metrics.evacuation_ended(id, &ask.host.name);
             let mut line = v;
             if let Some(o) = line.as_object_mut() {
                 o.insert("event".into(), "evacuation_result".into());

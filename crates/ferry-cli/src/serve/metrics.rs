@@ -35,6 +35,20 @@ struct RunPhase {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Evac {
+    evacuation: String,
+    host: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvacState {
+    evacuation: String,
+    host: String,
+    /// `total`, `done` or `running`.
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     outcome: String,
 }
@@ -53,6 +67,9 @@ pub struct Metrics {
     running: Gauge,
     outcomes: Family<Outcome, Counter>,
     downtime: Histogram,
+    evac_guests: Family<EvacState, Gauge>,
+    evac_remaining: Family<Evac, Gauge>,
+    evac_end: Family<Evac, F64>,
     /// Each run's phase label now (to remove it when the phase changes).
     phases: Mutex<std::collections::HashMap<i64, String>>,
 }
@@ -91,6 +108,9 @@ impl Metrics {
             downtime: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.025, 2.0, 10,
             )),
+            evac_guests: Family::default(),
+            evac_remaining: Family::default(),
+            evac_end: Family::default(),
             phases: Mutex::default(),
         };
         registry.register_with_unit(
@@ -143,7 +163,63 @@ impl Metrics {
             Unit::Seconds,
             m.downtime.clone(),
         );
+        registry.register(
+            "evacuation_guests",
+            "The running evacuation's guests, by state (total, done, running)",
+            m.evac_guests.clone(),
+        );
+        registry.register_with_unit(
+            "evacuation_remaining",
+            "Bytes the running evacuation has left to move (memory and copied disks)",
+            Unit::Bytes,
+            m.evac_remaining.clone(),
+        );
+        registry.register(
+            "evacuation_predicted_end_timestamp_seconds",
+            "When the model predicts the running evacuation ends (Unix time)",
+            m.evac_end.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    fn evac(id: i64, host: &str) -> Evac {
+        Evac {
+            evacuation: id.to_string(),
+            host: host.to_string(),
+        }
+    }
+
+    fn evac_state(id: i64, host: &str, state: &str) -> EvacState {
+        EvacState {
+            evacuation: id.to_string(),
+            host: host.to_string(),
+            state: state.to_string(),
+        }
+    }
+
+    /// An evacuation's figures now: guests in all, done and running, bytes left, and when the
+    /// model says it ends (Unix seconds).
+    pub fn evacuation(&self, id: i64, host: &str, guests: [u64; 3], remaining: u64, end_s: f64) {
+        for (state, n) in ["total", "done", "running"].iter().zip(guests) {
+            self.evac_guests
+                .get_or_create(&Self::evac_state(id, host, state))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.evac_remaining
+            .get_or_create(&Self::evac(id, host))
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        self.evac_end
+            .get_or_create(&Self::evac(id, host))
+            .set(end_s);
+    }
+
+    /// An evacuation ended: its series go.
+    pub fn evacuation_ended(&self, id: i64, host: &str) {
+        for state in ["total", "done", "running"] {
+            self.evac_guests.remove(&Self::evac_state(id, host, state));
+        }
+        self.evac_remaining.remove(&Self::evac(id, host));
+        self.evac_end.remove(&Self::evac(id, host));
     }
 
     fn labels(run: i64, guest: &str) -> Run {
@@ -323,6 +399,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("ferry_migrations_running 0"), "{t}");
+        m.evacuation(3, "h1", [3, 3, 0], 0, 1.0);
+        m.evacuation_ended(3, "h1");
+        assert!(!m.render().contains("evacuation=\"3\""));
     }
 
     /// Prometheus' own linter agrees with the names, units, types and help of every series
@@ -336,7 +415,18 @@ mod tests {
         m.started();
         m.sample(8, "h", &progress(Phase::Memory { iteration: 2 }));
         m.ended(Some(8), "h", "migrated", Some(150));
+        m.evacuation(3, "h1", [3, 1, 1], 1 << 30, 1.8e9);
         let text = m.render();
+        assert!(
+            text.contains("ferry_evacuation_guests{evacuation=\"3\",host=\"h1\",state=\"done\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_evacuation_remaining_bytes{evacuation=\"3\",host=\"h1\"} 1073741824"
+            ),
+            "{text}"
+        );
         let mut child = std::process::Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
