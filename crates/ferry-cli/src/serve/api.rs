@@ -52,6 +52,18 @@ fn json_body(b: Result<Bytes, BytesRejection>) -> Result<Value, Problem> {
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))
 }
 
+/// `202 Accepted` with the new resource's `Location` (also in the body, as `location`).
+fn accepted(location: String, mut body: Value) -> Response {
+    if let Some(o) = body.as_object_mut() {
+        o.insert("location".into(), location.clone().into());
+    }
+    let mut r = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 fn ok(v: Value) -> Answer {
     Ok(axum::Json(v).into_response())
 }
@@ -98,16 +110,10 @@ pub async fn post_migration(Axum(st): Axum<State>, b: Result<Bytes, BytesRejecti
     let guest = a.guest.clone();
     let rx = state::start(&st, a)?;
     let accepted = |run: i64, state: &str| -> Answer {
-        let location = format!("/v1/migrations/{run}");
-        let mut r = (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"run": run, "guest": guest, "state": state, "location": location})),
-        )
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            r.headers_mut().insert(header::LOCATION, v);
-        }
-        Ok(r)
+        Ok(accepted(
+            format!("/v1/migrations/{run}"),
+            json!({"run": run, "guest": guest, "state": state}),
+        ))
     };
     match tokio::time::timeout(st.answer_within, rx).await {
         Ok(Ok(Started::Running { run })) => accepted(run, "running"),
@@ -285,18 +291,10 @@ pub async fn post_evacuation(Axum(st): Axum<State>, b: Result<Bytes, BytesReject
     }
     let rx = super::evac::start(&st, a)?;
     match tokio::time::timeout(st.answer_within, rx).await {
-        Ok(Ok(Ok(id))) => {
-            let location = format!("/v1/evacuations/{id}");
-            let mut r = (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"evacuation": id, "state": "running", "location": location})),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(r)
-        }
+        Ok(Ok(Ok(id))) => Ok(accepted(
+            format!("/v1/evacuations/{id}"),
+            json!({"evacuation": id, "state": "running"}),
+        )),
         Ok(Ok(Err(p))) => Err(p),
         Ok(Err(_)) => Err(Problem::internal(
             "the evacuation ended without a word".into(),
