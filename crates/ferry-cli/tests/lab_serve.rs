@@ -167,10 +167,21 @@ impl Follow {
 struct Daemon(Option<Running>);
 
 impl Daemon {
-    fn stop(mut self) -> (i32, String, String) {
-        let d = self.0.take().unwrap();
+    /// SIGTERM, without waiting.
+    fn term(&self) {
+        let d = self.0.as_ref().unwrap();
         assert!(common::run(Command::new("kill").args(["-TERM", &d.pid.to_string()])).0);
-        d.wait(Duration::from_secs(20))
+    }
+
+    /// SIGTERM, and wait for the daemon to end: its exit code and output.
+    fn stop(mut self) -> (i32, String, String) {
+        self.term();
+        self.0.take().unwrap().wait(Duration::from_secs(60))
+    }
+
+    /// Wait for the daemon to end (after signals sent).
+    fn wait(mut self) -> (i32, String, String) {
+        self.0.take().unwrap().wait(Duration::from_secs(120))
     }
 }
 
@@ -630,8 +641,47 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     assert_eq!(domstate(H2), "");
     drop(browser);
 
-    let (code, out, err) = daemon.stop();
+    // SIGTERM with a migration running: no new work, the migration goes on; a second SIGTERM
+    // aborts it (it rolls back, the guest stays on h1), then the daemon exits 0.
+    let (code, started) = api("POST", "/v1/migrations", Some(OPERATE), Some(&body));
+    assert_eq!(code, 202, "{started}");
+    let run5 = started["run"].as_i64().unwrap();
+    let mut e = Follow::start(&format!("run={run5}"), Some(0));
+    e.until("a storage copy sample", Duration::from_secs(120), |e| {
+        e.kind == "job" && e.data["phase"] == "storage_copy"
+    });
+    daemon.term();
+    wait_until("no new work", Duration::from_secs(20), || {
+        api("POST", "/v1/migrations", Some(OPERATE), Some(&body))
+            .1
+            .get("code")
+            .is_some_and(|c| c == "shutting_down")
+    });
+    e.until(
+        "another sample after the first SIGTERM",
+        Duration::from_secs(30),
+        |e| e.kind == "job",
+    );
+    daemon.term();
+    let result = e.until("the result", Duration::from_secs(120), |e| {
+        e.kind == "result"
+    });
+    e.stop();
+    assert_eq!(result.data["outcome"], "error", "{}", result.data);
+    assert_eq!(
+        result.data["error"]["guest_location"], "source",
+        "{}",
+        result.data
+    );
+    let (code, out, err) = daemon.wait();
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("shutting down: no new work; 1 migration(s)"),
+        "{err}"
+    );
+    assert!(err.contains("aborting 1 running migration(s)"), "{err}");
+    lab.verify_guest("h1");
+    assert_eq!(domstate(H2), "");
     assert!(err.contains("listening on http://127.0.0.1:8470/"), "{err}");
     for t in [READ, OPERATE] {
         assert!(
