@@ -74,9 +74,7 @@ pub async fn post_plan(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) 
     a.dry_run = true;
     let v = blocking(move || {
         let ask = crate::migrate_cmd::ask(&a, st.inventory.clone(), std::time::Instant::now())
-            .map_err(|e| {
-                Problem::bad_request(crate::because(e.as_ref()).replace("\n  because:", ":"))
-            })?;
+            .map_err(|e| Problem::of_input(&e))?;
         let journal = ferry_journal::Journal::in_memory().map_err(|e| Problem::journal(&e))?;
         let mut events: Vec<Event> = vec![];
         let never = std::sync::atomic::AtomicBool::new(false);
@@ -508,18 +506,11 @@ pub async fn get_events(
         })?),
         Some(Err(_)) => return Err(Problem::bad_request("Last-Event-ID is not text".into())),
     };
-    let (complete, kept, rx) = st.hub.subscribe(last);
-    let ended = st.ended.subscribe();
-    let stream = super::sse::stream(
-        st.clone(),
-        q.run,
-        q.evacuation,
-        last,
-        complete,
-        kept,
-        rx,
-        ended,
-    );
+    let filter = super::sse::Filter {
+        run: q.run,
+        evacuation: q.evacuation,
+    };
+    let stream = super::sse::stream(st.clone(), filter, last);
     let mut r = axum::response::Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

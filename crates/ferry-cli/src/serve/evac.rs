@@ -211,7 +211,7 @@ fn ask_problem(e: anyhow::Error) -> Problem {
             "The host is already being evacuated",
             format!("{host} is already being evacuated (one evacuation per host)"),
         ),
-        _ => Problem::bad_request(crate::because(e.as_ref()).replace("\n  because:", ":")),
+        _ => Problem::of_input(&e),
     }
 }
 

@@ -49,6 +49,11 @@ impl Problem {
         )
     }
 
+    /// The CLI's refusal of its input (an inventory, a host, a rule), its causes on one line.
+    pub fn of_input(e: &anyhow::Error) -> Self {
+        Self::bad_request(ferry_migrate::error_chain(e.as_ref()))
+    }
+
     pub fn not_found(detail: String) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

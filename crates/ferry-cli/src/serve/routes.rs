@@ -342,12 +342,18 @@ pub fn openapi() -> Value {
                 json!({"description": what, "content": content}),
             );
         }
-        let mut op = json!({
-            "summary": r.summary,
-            "operationId": format!("{}{}", r.method.as_str().to_lowercase(), r.path.replace(['/', '{', '}', '.'], "_")),
-            "responses": answers,
-        });
-        let o = op.as_object_mut().expect("an object");
+        let mut o = Map::new();
+        o.insert("summary".into(), r.summary.into());
+        o.insert(
+            "operationId".into(),
+            format!(
+                "{}{}",
+                r.method.as_str().to_lowercase(),
+                r.path.replace(['/', '{', '}', '.'], "_")
+            )
+            .into(),
+        );
+        o.insert("responses".into(), answers.into());
         match r.scope {
             Some(s) => {
                 o.insert("security".into(), json!([{"bearer": []}]));
@@ -371,7 +377,7 @@ pub fn openapi() -> Value {
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         if let Some(e) = entry.as_object_mut() {
-            e.insert(r.method.as_str().to_lowercase(), op);
+            e.insert(r.method.as_str().to_lowercase(), Value::Object(o));
         }
     }
     json!({

@@ -36,21 +36,26 @@ impl Feed {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which events a client follows: all, one run's, or one evacuation's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter {
+    pub run: Option<i64>,
+    pub evacuation: Option<i64>,
+}
+
+/// The events after `last` that `filter` selects: subscribed at once (nothing published from
+/// now on is missed), then streamed.
 pub fn stream(
     st: State,
-    run: Option<i64>,
-    evacuation: Option<i64>,
+    filter: Filter,
     last: Option<u64>,
-    complete: bool,
-    kept: Vec<Arc<Stored>>,
-    rx: broadcast::Receiver<Arc<Stored>>,
-    ended: watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Sse, Infallible>> {
+    let (complete, kept, rx) = st.hub.subscribe(last);
+    let ended = st.ended.subscribe();
     let feed = Feed {
         st,
-        run,
-        evacuation,
+        run: filter.run,
+        evacuation: filter.evacuation,
         last,
         pending: kept.into(),
         rx,

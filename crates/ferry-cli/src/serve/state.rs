@@ -238,9 +238,7 @@ pub fn start(state: &State, a: MigrateArgs) -> Result<oneshot::Receiver<Started>
         return Err(shutting_down());
     }
     let ask = crate::migrate_cmd::ask(&a, state.inventory.clone(), std::time::Instant::now())
-        .map_err(|e| {
-            Problem::bad_request(crate::because(e.as_ref()).replace("\n  because:", ":"))
-        })?;
+        .map_err(|e| Problem::of_input(&e))?;
     let (tx, rx) = oneshot::channel();
     let st = state.clone();
     let guest = a.guest.clone();
