@@ -90,7 +90,17 @@ pub fn stream(
                 }
             }
             if *f.ended.borrow() {
-                return None;
+                // Every run's last event was published before the daemon said it ended: take
+                // what the broadcast still holds, then end.
+                let mut more = false;
+                while let Ok(s) = f.rx.try_recv() {
+                    f.pending.push_back(s);
+                    more = true;
+                }
+                if !more {
+                    return None;
+                }
+                continue;
             }
             tokio::select! {
                 r = f.rx.recv() => match r {
