@@ -29,8 +29,28 @@ use ferry_core::{CopyRule, MapRule, MigrationOptions, Rules};
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A Ferry daemon to run through (`ferry serve` on another machine, or this one).
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Run plan, migrate, evacuate, abort and history through the Ferry daemon at this URL
+    /// (`ferry serve`): it reads the hosts and keeps the journal; the output is the same. The
+    /// token comes from FERRY_TOKEN or --token-file (an operate token to act, a read token to
+    /// look).
+    #[arg(long, global = true, value_name = "URL", env = "FERRY_SERVER")]
+    pub server: Option<String>,
+    /// A file holding the daemon's token (its first line that is not a `#` comment).
+    #[arg(long, global = true, value_name = "FILE", env = "FERRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The certificate authority (PEM) that signed the daemon's certificate, when no public
+    /// authority did.
+    #[arg(long, global = true, value_name = "FILE", env = "FERRY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,7 +25,7 @@ fn secs(v: u64) -> String {
 }
 
 /// The plan for a person: each guest's target and what moves, then the model's schedule.
-fn print_plan(p: &EvacPlan) {
+pub(crate) fn print_plan(p: &EvacPlan) {
     let src = &p.hosts[0].name;
     outln!(
         "Evacuating {src}: {} running guest(s) to move, {} cannot be placed, {} shut off \
@@ -258,7 +258,43 @@ impl EvacReporter for JsonLines {
     }
 }
 
-fn print_table(results: &[GuestResult]) {
+/// The plan, as JSON or for a person.
+pub(crate) fn show_plan(json: bool, plan: &EvacPlan) {
+    if json {
+        outln!("{}", serde_json::json!({"event": "plan", "plan": plan}));
+    } else {
+        print_plan(plan);
+    }
+}
+
+/// A dry run's last line; success when the plan empties the host (a guest no host can take
+/// stays: the host would not be emptied).
+pub(crate) fn dry_run_end(json: bool, plan: &EvacPlan) -> ExitCode {
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"event": "result", "outcome": "dry_run"})
+        );
+    } else {
+        outln!("\nDry run: nothing was created or moved.");
+    }
+    if plan.empties_the_host() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// How the evacuation's events are shown: JSON lines, or the live view.
+pub(crate) fn reporter(json: bool, plan: &EvacPlan) -> Box<dyn EvacReporter> {
+    if json {
+        Box::new(JsonLines)
+    } else {
+        Box::new(Live::new(plan))
+    }
+}
+
+pub(crate) fn print_table(results: &[GuestResult]) {
     outln!("\n| guest | target | outcome | attempts | duration | downtime | bytes |");
     outln!("|---|---|---|---|---|---|---|");
     for r in results {
@@ -349,26 +385,9 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let plan = evacuate::plan(&hv, &ask)?;
-    if a.json {
-        outln!("{}", serde_json::json!({"event": "plan", "plan": plan}));
-    } else {
-        print_plan(&plan);
-    }
+    show_plan(a.json, &plan);
     if a.dry_run {
-        if a.json {
-            outln!(
-                "{}",
-                serde_json::json!({"event": "result", "outcome": "dry_run"})
-            );
-        } else {
-            outln!("\nDry run: nothing was created or moved.");
-        }
-        // A guest no host can take stays: the host would not be emptied.
-        return Ok(if plan.empties_the_host() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(dry_run_end(a.json, &plan));
     }
     let evacuation = evacuate::begin(&journal, &host, ferry_migrate::ferry_alive)?;
     let stop = Arc::new(AtomicU8::new(evacuate::GO));
@@ -382,11 +401,7 @@ pub fn run(a: &EvacuateArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let t = Instant::now();
-    let mut reporter: Box<dyn EvacReporter> = if a.json {
-        Box::new(JsonLines)
-    } else {
-        Box::new(Live::new(&plan))
-    };
+    let mut reporter = reporter(a.json, &plan);
     let results = evacuate::execute(
         &hv,
         &a.journal.journal,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use ferry_core::render::inert;
 use ferry_journal::Journal;
-use ferry_journal::RunId;
+use ferry_journal::{EvacuationRow, RunId, RunRow};
 use ferry_migrate::recover::Action;
 
 use anyhow::Context;
@@ -19,12 +19,42 @@ fn in_journal(a: &HistoryArgs) -> String {
 pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
     let j = Journal::open_existing(&a.journal.journal)?;
     let runs = j.runs(a.last).with_context(|| in_journal(a))?;
-    if a.json {
-        outln!("{}", serde_json::to_string(&runs)?);
+    // Evacuations, newest first (a journal from before they existed has none).
+    let evacs: Vec<_> = if a.json {
+        vec![]
+    } else {
+        j.evacuations()
+            .unwrap_or_default()
+            .into_iter()
+            .take(a.last as usize)
+            .map(|e| {
+                let runs = j.evacuation_runs(e.id).unwrap_or_default();
+                (e, runs)
+            })
+            .collect()
+    };
+    print_history(
+        &runs,
+        &evacs,
+        a.json,
+        &a.journal.journal.display().to_string(),
+    )
+}
+
+/// `ferry history`'s output: the runs, then the evacuations with their runs (`journal` names
+/// where they were read, for an empty list).
+pub(crate) fn print_history(
+    runs: &[RunRow],
+    evacs: &[(EvacuationRow, Vec<(String, i64)>)],
+    json: bool,
+    journal: &str,
+) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string(runs)?);
         return Ok(());
     }
     if runs.is_empty() {
-        outln!("no runs in {}", a.journal.journal.display());
+        outln!("no runs in {journal}");
     }
     for r in runs {
         // Every text from the journal is inert on a terminal.
@@ -38,22 +68,15 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
                 .map(|o| o.to_string())
                 .unwrap_or_else(|| format!("unfinished (last phase: {})", r.phase)),
             r.message
-                .map(|m| format!(": {}", inert(&m)))
+                .as_ref()
+                .map(|m| format!(": {}", inert(m)))
                 .unwrap_or_default()
         );
     }
-    // Evacuations, newest first (a journal from before they existed has none).
-    for e in j
-        .evacuations()
-        .unwrap_or_default()
-        .into_iter()
-        .take(a.last as usize)
-    {
-        let runs: Vec<String> = j
-            .evacuation_runs(e.id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(g, r)| format!("{} #{r}", inert(&g)))
+    for (e, runs) in evacs {
+        let runs: Vec<String> = runs
+            .iter()
+            .map(|(g, r)| format!("{} #{r}", inert(g)))
             .collect();
         outln!(
             "evacuation #{} of {}: {}{}; runs: {}",
@@ -61,7 +84,8 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
             inert(&e.host),
             e.outcome.map_or("running (or cut short)", |o| o.as_str()),
             e.message
-                .map(|m| format!(": {}", inert(&m)))
+                .as_ref()
+                .map(|m| format!(": {}", inert(m)))
                 .unwrap_or_default(),
             if runs.is_empty() {
                 "none".to_string()
@@ -146,7 +170,7 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
-    use ferry_migrate::abort::{self, Ended, Which};
+    use ferry_migrate::abort::{self, Which};
     let which = Which::parse(&a.which);
     // Nothing can be running without a journal: none is created to say so.
     if !a.journal.journal.exists() {
@@ -161,14 +185,36 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
     }
     let j = Journal::open_existing(&a.journal.journal)?;
     let row = abort::request(&j, &which)?;
+    print_abort_asked(&row);
+    Ok(print_abort_ended(
+        &row,
+        abort::wait(&j, row.id, std::time::Duration::from_secs(a.wait))?,
+        a.wait,
+    ))
+}
+
+/// `ferry abort` asked: which run, waiting.
+pub(crate) fn print_abort_asked(row: &RunRow) {
     eprintln!(
         "asked the Ferry running run #{} ({} {} -> {}) to abort; waiting for it",
-        row.id, row.guest, row.source, row.target
+        row.id,
+        inert(&row.guest),
+        inert(&row.source),
+        inert(&row.target)
     );
-    match abort::wait(&j, row.id, std::time::Duration::from_secs(a.wait))? {
+}
+
+/// How the aborted run ended (or did not within `wait` seconds), and the exit status.
+pub(crate) fn print_abort_ended(
+    row: &RunRow,
+    ended: ferry_migrate::abort::Ended,
+    wait: u64,
+) -> ExitCode {
+    use ferry_migrate::abort::Ended;
+    match ended {
         Ended::Outcome(outcome, message) => {
-            outln!("run #{}: {outcome}: {message}", row.id);
-            Ok(ExitCode::SUCCESS)
+            outln!("run #{}: {outcome}: {}", row.id, inert(&message));
+            ExitCode::SUCCESS
         }
         Ended::Stopped => {
             outln!(
@@ -177,15 +223,15 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
                 row.id,
                 row.id
             );
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Ended::StillRunning => {
             eprintln!(
                 "ferry: run #{} has not ended within {} s; its Ferry is still rolling back \
                  (`ferry history` shows when it ends)",
-                row.id, a.wait
+                row.id, wait
             );
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }

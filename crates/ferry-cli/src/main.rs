@@ -25,18 +25,36 @@ mod journal_cmd;
 mod migrate_cmd;
 mod out;
 mod plan_cmd;
+mod remote;
 mod serve;
 mod simulate_cmd;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match remote::through(&cli) {
+        Ok(Some(url)) => remote::run(url, &cli, &matches),
+        Ok(None) => local(cli),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {}", because(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run the command on this machine.
+fn local(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Plan(a) => plan_cmd::run(&a),
         Command::Hosts(a) => hosts_cmd::run(&a),
         Command::Completions { shell } => {
@@ -63,13 +81,6 @@ fn main() -> ExitCode {
         Command::Simulate(a) => simulate_cmd::run(&a),
         Command::Evacuate(a) => evacuate_cmd::run(&a),
         Command::Serve(a) => serve::run(&a),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("ferry: error: {}", because(e.as_ref()));
-            ExitCode::FAILURE
-        }
     }
 }
 

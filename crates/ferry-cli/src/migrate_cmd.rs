@@ -173,7 +173,7 @@ pub(crate) fn ms(v: Option<u64>) -> String {
     }
 }
 
-fn print_summary(s: &Summary) {
+pub(crate) fn print_summary(s: &Summary) {
     outln!("Migrated {}: {} -> {}", s.guest, s.from, s.to);
     outln!(
         "  total {} (libvirt job {}, setup {}), downtime {}",
@@ -221,6 +221,21 @@ fn print_summary(s: &Summary) {
     }
     for w in &s.warnings {
         outln!("  warning: {w}");
+    }
+}
+
+/// How the flow's events are shown for these arguments: JSON lines, or a person's lines and bar.
+pub(crate) fn reporter(a: &MigrateArgs) -> Box<dyn Reporter> {
+    if a.json {
+        Box::new(JsonLines)
+    } else {
+        Box::new(Terminal {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_line: std::time::Instant::now() - Duration::from_secs(2),
+            // With --to, a refusal names the host's reasons in the error: no ranking to show.
+            show_ranking: a.to.is_none(),
+        })
     }
 }
 
@@ -284,17 +299,7 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     let hv: Arc<dyn ferry_hypervisor::Hypervisor> =
         Arc::new(ferry_hypervisor::libvirt::Libvirt::new());
-    let mut reporter: Box<dyn Reporter> = if a.json {
-        Box::new(JsonLines)
-    } else {
-        Box::new(Terminal {
-            bar: None,
-            tty: std::io::stderr().is_terminal(),
-            last_line: std::time::Instant::now() - Duration::from_secs(2),
-            // With --to, a refusal names the host's reasons in the error: no ranking to show.
-            show_ranking: a.to.is_none(),
-        })
-    };
+    let mut reporter = reporter(a);
     let source_uri = ask.select.source.uri.clone();
     let outcome = ferry_migrate::migrate(&hv, &journal, &ask, reporter.as_mut(), &cancel);
     drop(reporter);
@@ -319,26 +324,36 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Ok(Outcome::DryRun { plan, checks }) => {
-            let files = XmlFiles::for_plan(&plan, None, None);
-            if a.json {
-                let mut v = plan.to_json(&files, Some(&source_uri));
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("event".into(), "result".into());
-                    o.insert("outcome".into(), "dry_run".into());
-                    o.insert("checks".into(), checks.into());
-                }
-                outln!("{v}");
-            } else {
-                out!("{}", plan.render(&files, Some(&source_uri), true));
-                outln!("\nChecks passed:");
-                for c in checks {
-                    outln!("  {c}");
-                }
-                outln!("\nDry run: nothing was created or moved.");
-            }
+            print_dry_run(a.json, &plan, &source_uri, &checks);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(report_error(a, e)),
+    }
+}
+
+/// `--dry-run`: the plan and the checks it passed.
+pub(crate) fn print_dry_run(
+    json: bool,
+    plan: &ferry_core::Plan,
+    source_uri: &str,
+    checks: &[String],
+) {
+    let files = XmlFiles::for_plan(plan, None, None);
+    if json {
+        let mut v = plan.to_json(&files, Some(source_uri));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("event".into(), "result".into());
+            o.insert("outcome".into(), "dry_run".into());
+            o.insert("checks".into(), checks.into());
+        }
+        outln!("{v}");
+    } else {
+        out!("{}", plan.render(&files, Some(source_uri), true));
+        outln!("\nChecks passed:");
+        for c in checks {
+            outln!("  {c}");
+        }
+        outln!("\nDry run: nothing was created or moved.");
     }
 }
 

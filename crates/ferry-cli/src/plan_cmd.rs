@@ -33,7 +33,7 @@ fn resolved(p: &Path) -> std::path::PathBuf {
 }
 
 /// No output file may be an input, nor the other output.
-fn check_outputs(a: &PlanArgs) -> anyhow::Result<()> {
+pub(crate) fn check_outputs(a: &PlanArgs) -> anyhow::Result<()> {
     let inputs = [&a.domain_xml, &a.inactive_xml];
     let outputs = [
         ("--out-xml", &a.out_xml),
@@ -260,15 +260,30 @@ fn online(a: &PlanArgs, guest: &str) -> anyhow::Result<ExitCode> {
         &rules,
         &options,
     )?;
-    output(a, &plan, Some(&req.source.uri), Some(&sel))?;
+    let found = Found {
+        ranking: &sel.ranking,
+        warnings: &sel.warnings,
+        canaries: Some(serde_json::to_value(&sel.canaries)?),
+    };
+    output(a, &plan, Some(&req.source.uri), Some(&found))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn output(
+/// What reading the hosts found, besides the plan: every host's verdict, warnings, canaries.
+#[derive(Debug)]
+pub(crate) struct Found<'a> {
+    pub ranking: &'a ferry_core::placement::Ranking,
+    pub warnings: &'a [String],
+    /// Canaries created and looked for (`None`: not known, through a daemon).
+    pub canaries: Option<serde_json::Value>,
+}
+
+/// The plan's files (`--out-xml`, `--out-persistent-xml`) and its text or JSON.
+pub(crate) fn output(
     a: &PlanArgs,
     plan: &Plan,
     source_uri: Option<&str>,
-    sel: Option<&ferry_migrate::target::Selection>,
+    sel: Option<&Found<'_>>,
 ) -> anyhow::Result<()> {
     let mut files: Vec<(&Path, &str, &str)> = vec![];
     if let Some(p) = &a.out_xml {
@@ -290,13 +305,15 @@ fn output(
         if let (Some(o), Some(sel)) = (v.as_object_mut(), sel) {
             o.insert("target".into(), sel.ranking.target.clone().into());
             o.insert("hosts".into(), serde_json::to_value(&sel.ranking.hosts)?);
-            o.insert("canaries".into(), serde_json::to_value(&sel.canaries)?);
+            if let Some(c) = &sel.canaries {
+                o.insert("canaries".into(), c.clone());
+            }
         }
         outln!("{v}");
     } else {
         if let Some(sel) = sel {
             out!("{}", sel.ranking.render());
-            for w in &sel.warnings {
+            for w in sel.warnings {
                 outln!("warning: {w}");
             }
             outln!();

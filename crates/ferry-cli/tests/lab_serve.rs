@@ -180,9 +180,65 @@ impl Daemon {
     }
 
     /// Wait for the daemon to end (after signals sent).
-    fn wait(mut self) -> (i32, String, String) {
-        self.0.take().unwrap().wait(Duration::from_secs(120))
+    fn wait(self) -> (i32, String, String) {
+        self.wait_within(Duration::from_secs(120))
     }
+
+    fn wait_within(mut self, within: Duration) -> (i32, String, String) {
+        self.0.take().unwrap().wait(within)
+    }
+
+    fn proc(&mut self) -> &mut Running {
+        self.0.as_mut().unwrap()
+    }
+}
+
+/// `ferry --server` with the lab's operate token, in the client namespace (a process killed
+/// if the test fails).
+const TOKEN_FILE: &str = "/var/lib/ferry-lab/operate-token";
+
+fn through(args: &[&str]) -> Vec<String> {
+    std::fs::write(
+        TOKEN_FILE,
+        format!("# the lab's operate token\n{OPERATE}\n"),
+    )
+    .unwrap();
+    let mut v: Vec<String> = [
+        "--server",
+        &format!("http://{ADDR}"),
+        "--token-file",
+        TOKEN_FILE,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+fn ferry_through(args: &[&str]) -> (i32, String, String) {
+    let a = through(args);
+    ferry(&a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn spawn_through(args: &[&str]) -> Daemon {
+    let a = through(args);
+    Daemon(Some(Running::spawn(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )))
+}
+
+/// An event as `ferry migrate --json` prints it: the daemon's envelope taken off.
+fn as_printed(e: &Sse) -> Value {
+    let mut v = e.data.clone();
+    let o = v.as_object_mut().unwrap();
+    for k in ["id", "time_ms", "guest"] {
+        o.remove(k);
+    }
+    if e.kind != "run" {
+        o.remove("run");
+    }
+    v
 }
 
 impl Drop for Daemon {
@@ -426,11 +482,75 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (code, p) = api("POST", "/v1/migrations", Some(READ), Some(&body));
     assert_eq!((code, p["code"].as_str()), (403, Some("forbidden")));
 
-    // Started, and followed: a disconnect after a few samples, a reconnect with the last id.
-    let (code, started) = api("POST", "/v1/migrations", Some(OPERATE), Some(&body));
-    assert_eq!(code, 202, "{started}");
-    let run = started["run"].as_i64().unwrap();
-    assert_eq!(started["location"], format!("/v1/migrations/{run}"));
+    // `ferry --server … plan` is the plan standalone `ferry plan` makes.
+    let way = [
+        GUEST,
+        "--from",
+        H1,
+        "--to",
+        H2,
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n5",
+        "--json",
+    ];
+    let plan_args = [&["plan"][..], &way].concat();
+    let (code, remote, err) = ferry_through(&plan_args);
+    assert_eq!(code, 0, "{remote}{err}");
+    let (code, here, err) = ferry(&plan_args);
+    assert_eq!(code, 0, "{here}{err}");
+    let (remote, here): (Value, Value) = (
+        serde_json::from_str(&remote).unwrap(),
+        serde_json::from_str(&here).unwrap(),
+    );
+    // The same decisions; the daemon's is the migration's dry run, which has also measured
+    // the bytes to copy and settled pre-seeding, so those two may differ.
+    let decisions = |p: &Value| -> Vec<Value> {
+        p["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                json!([
+                    d["target"],
+                    d["decision"],
+                    d["source"],
+                    d["dest_source"],
+                    d["reason"],
+                    d["origin"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(decisions(&remote), decisions(&here), "{remote} vs {here}");
+    for k in [
+        "migrate_disks",
+        "flag_names",
+        "virsh",
+        "diff",
+        "persist_diff",
+        "target",
+    ] {
+        assert_eq!(remote[k], here[k], "{k}: {remote} vs {here}");
+    }
+
+    // Started through `ferry --server … migrate --json` and followed over SSE meanwhile: a
+    // disconnect after a few samples, a reconnect with the last id.
+    let mut cli = spawn_through(
+        &[
+            &["migrate"][..],
+            &way,
+            &["--unsafe", "--bandwidth", "8", "--no-preseed"],
+        ]
+        .concat(),
+    );
+    cli.proc()
+        .wait_for_output("{\"event\":\"run\"", Duration::from_secs(120));
+    let line = cli.proc().line_with("{\"event\":\"run\"");
+    let run = serde_json::from_str::<Value>(&line).unwrap()["run"]
+        .as_i64()
+        .unwrap();
     // Every event of the daemon (the refused second start's too), to check that none is lost.
     let mut a = Follow::start("", Some(0));
     let mut copy_samples = 0;
@@ -483,6 +603,22 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (_, row) = api("GET", &format!("/v1/migrations/{run}"), Some(READ), None);
     assert_eq!(row["run"]["outcome"], "migrated", "{row}");
     lab.verify_guest("h2");
+    // The CLI printed exactly the run's events, as standalone prints them, and its result.
+    let (code, out, err) = cli.wait_within(Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}{err}");
+    let printed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<Value> = first
+        .iter()
+        .chain(&second)
+        .filter(|e| e.data["run"] == run)
+        .map(as_printed)
+        .collect();
+    assert_eq!(printed.len(), events.len(), "{out}");
+    assert_eq!(printed, events);
+    assert_eq!(printed.last().unwrap()["summary"]["run"], run);
 
     // Back to h1, into a file Ferry creates there, aborted over the API mid-copy.
     let back = migrate_body(
@@ -494,17 +630,23 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (code, started) = api("POST", "/v1/migrations", Some(OPERATE), Some(&back));
     assert_eq!(code, 202, "{started}");
     let run2 = started["run"].as_i64().unwrap();
+    assert_eq!(started["location"], format!("/v1/migrations/{run2}"));
     let mut c = Follow::start(&format!("run={run2}"), Some(0));
     c.until("a storage copy sample", Duration::from_secs(120), |e| {
         e.kind == "job" && e.data["phase"] == "storage_copy"
     });
-    let (code, ab) = api(
-        "DELETE",
-        &format!("/v1/migrations/{run2}"),
-        Some(OPERATE),
-        None,
+    // `ferry --server … abort GUEST`: the daemon finds the guest's run; the CLI waits for
+    // its end and says it, as standalone `ferry abort` does.
+    let (code, out, err) = ferry_through(&["abort", GUEST]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.starts_with(&format!("asked the Ferry running run #{run2} ({GUEST} ")),
+        "{err}"
     );
-    assert_eq!(code, 202, "{ab}");
+    assert!(
+        out.starts_with(&format!("run #{run2}: rolled_back: ")),
+        "{out}"
+    );
     let result = c.until("the result", Duration::from_secs(120), |e| {
         e.kind == "result"
     });
@@ -520,6 +662,19 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     lab.verify_guest("h2");
     let (_, row) = api("GET", &format!("/v1/migrations/{run2}"), Some(READ), None);
     assert_eq!(row["run"]["outcome"], "rolled_back", "{row}");
+
+    // `ferry --server … history` is standalone `ferry history` on the daemon's journal.
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["history", "--last", "10"];
+        args.extend_from_slice(extra);
+        let (code, remote, err) = ferry_through(&args);
+        assert_eq!(code, 0, "{remote}{err}");
+        args.extend_from_slice(&["--journal", JOURNAL]);
+        let (code, here, err) = ferry(&args);
+        assert_eq!(code, 0, "{here}{err}");
+        assert_eq!(remote, here);
+        assert!(remote.contains(&format!("{run2}")), "{remote}");
+    }
 
     // The metrics counted both.
     let (_, m) = api("GET", "/metrics", Some(READ), None);
@@ -741,24 +896,36 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
     browser.open(&format!("http://{ADDR}/#token={OPERATE}"));
     browser.watch("the page", Duration::from_secs(20), "return document.getElementById('app').hidden === false && document.getElementById('stream').innerText === 'live'", |v| v == &json!(true));
     let body = json!({"host": "h1", "unsafe": true, "link-bandwidth": 23});
-    // The plan first: where each guest goes, nothing moved.
-    let (code, plan) = api(
-        "POST",
-        "/v1/evacuations",
-        Some(OPERATE),
-        Some(&json!({"host": "h1", "unsafe": true, "dry_run": true})),
-    );
-    assert_eq!(code, 200, "{plan}");
+    // The plan first, through `ferry --server … evacuate --dry-run --json`: where each guest
+    // goes, nothing moved.
+    let (code, out, err) = ferry_through(&["evacuate", "h1", "--unsafe", "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["event"], "plan");
     assert_eq!(
-        plan["plan"]["moves"].as_array().map(Vec::len),
+        lines[0]["plan"]["moves"].as_array().map(Vec::len),
         Some(3),
-        "{plan}"
+        "{out}"
     );
-    assert_eq!(plan["empties_the_host"], true);
-    let (code, started) = api("POST", "/v1/evacuations", Some(OPERATE), Some(&body));
-    assert_eq!(code, 202, "{started}");
-    let id = started["evacuation"].as_i64().unwrap();
-    assert_eq!(started["location"], format!("/v1/evacuations/{id}"));
+    assert_eq!(lines[1], json!({"event": "result", "outcome": "dry_run"}));
+    // Begun through `ferry --server … evacuate`: the live view and the final table come from
+    // the daemon's events.
+    let cli = spawn_through(&["evacuate", "h1", "--unsafe", "--link-bandwidth", "23"]);
+    let mut id = 0;
+    wait_until("the evacuation begun", Duration::from_secs(120), || {
+        let (_, v) = api("GET", "/v1/evacuations?limit=1", Some(READ), None);
+        match v["evacuations"][0]["evacuation"]["id"].as_i64() {
+            Some(i) if v["evacuations"][0]["evacuation"]["outcome"].is_null() => {
+                id = i;
+                true
+            }
+            _ => false,
+        }
+    });
     let (code, again) = api("POST", "/v1/evacuations", Some(OPERATE), Some(&body));
     assert_eq!(
         (code, again["code"].as_str()),
@@ -886,6 +1053,24 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
     );
     let (_, listed, _) = virsh(H1, &["list", "--name"]);
     assert_eq!(listed.trim(), "", "h1 runs nothing");
+    // The CLI's final table: each guest, its target, migrated; then the verdict on h1.
+    let (code, out, err) = cli.wait_within(Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}{err}");
+    for g in guests {
+        let row = format!(
+            "| {} | {} | migrated | {} |",
+            g["guest"].as_str().unwrap(),
+            g["target"].as_str().unwrap(),
+            g["attempts"]
+        );
+        assert!(out.contains(&row), "{row} in:\n{out}");
+    }
+    let verdict_line = out.lines().rev().find(|l| !l.is_empty()).unwrap();
+    assert!(
+        verdict_line.starts_with("h1: ") && verdict_line.contains("(predicted "),
+        "{out}"
+    );
+    assert!(err.contains("==> "), "the live view's lines: {err}");
     let (code, out, err) = daemon.stop();
     assert_eq!(code, 0, "{out}{err}");
     drop(lab);

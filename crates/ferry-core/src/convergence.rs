@@ -32,7 +32,7 @@ pub struct JobStats {
 }
 
 /// Where a migration is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// No figures yet: connections, the target's QEMU starting, NBD servers.
@@ -60,7 +60,7 @@ impl std::fmt::Display for Phase {
 }
 
 /// What an operator sees of a running migration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Progress {
     #[serde(flatten)]
     pub phase: Phase,
@@ -352,7 +352,7 @@ pub enum Action {
 }
 
 /// What a phase sends: the copied disks, or memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     Disk,
@@ -360,7 +360,7 @@ pub enum Stream {
 }
 
 /// The forecast shown with the progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Forecast {
     Converging {

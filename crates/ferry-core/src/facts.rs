@@ -307,7 +307,7 @@ impl HostReport {
 
 /// How the target host's hypervisor judged the guest's CPU
 /// (`virConnectCompareHypervisorCPU`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CpuCompat {
     Identical,

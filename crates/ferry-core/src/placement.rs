@@ -21,7 +21,7 @@ use crate::inventory::HostState;
 use crate::storage::StorageProblem;
 
 /// Why a host cannot be the target. The codes are stable: scripts may match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     Unreachable,
@@ -68,7 +68,7 @@ impl Code {
 }
 
 /// One failed constraint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Reason {
     pub code: Code,
     pub message: String,
@@ -130,7 +130,7 @@ pub struct Candidate<'a> {
 }
 
 /// The verdict on one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub name: String,
     pub uri: String,
@@ -143,7 +143,7 @@ pub struct Verdict {
 }
 
 /// Every host's verdict, the best eligible first, then the ineligible ones.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Ranking {
     pub target: Option<String>,
     pub hosts: Vec<Verdict>,

@@ -33,7 +33,9 @@ pub enum JournalError {
 }
 
 /// A run's id in the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct RunId(pub i64);
 
@@ -44,7 +46,7 @@ impl std::fmt::Display for RunId {
 }
 
 /// One run, as listed by `ferry history`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunRow {
     pub id: RunId,
     pub guest: String,
@@ -58,7 +60,7 @@ pub struct RunRow {
 }
 
 /// An evacuation of a host, as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EvacuationRow {
     pub id: i64,
     pub host: String,

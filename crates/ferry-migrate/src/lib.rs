@@ -55,7 +55,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What the flow tells the operator while it works.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The journal's run for this migration, once the guest's lock is taken: the first event
@@ -85,7 +85,7 @@ impl Reporter for Vec<Event> {
 }
 
 /// A finished migration's figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// The journal's run.
     pub run: Option<RunId>,
@@ -107,7 +107,7 @@ pub struct Summary {
     pub verified: Vec<String>,
     pub warnings: Vec<String>,
     /// Each pre-seeded disk's copy (`--preseed`): data and holes sent, chunks read back.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeded: Vec<preseed::SeedProgress>,
 }
 

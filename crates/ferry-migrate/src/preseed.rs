@@ -55,7 +55,7 @@ pub struct FrozenDisk {
 }
 
 /// The relay's figures for one disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SeedProgress {
     pub disk: String,
     /// Bytes of the disk done (sent as data or as holes).

@@ -5,7 +5,7 @@ use ferry_journal::RunPhase;
 use serde::Serialize;
 
 /// A step of the flow, in the order a run goes through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// Reading the candidate hosts and choosing (or checking) the target.

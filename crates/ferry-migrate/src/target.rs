@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::MigrateError;
 
 /// A host as the operator named it: from the inventory, or a bare URI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HostSpec {
     pub name: String,
     pub uri: String,

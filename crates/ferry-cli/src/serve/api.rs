@@ -83,14 +83,27 @@ pub async fn post_plan(Axum(st): Axum<State>, b: Result<Bytes, BytesRejection>) 
             Ok(Outcome::DryRun { plan, checks }) => {
                 let files = XmlFiles::for_plan(&plan, None, None);
                 let mut v = plan.to_json(&files, Some(&source_uri));
-                let hosts = events.iter().find_map(|e| match e {
-                    Event::Target(r) => serde_json::to_value(&r.hosts).ok(),
+                let ranking = events.iter().find_map(|e| match e {
+                    Event::Target(r) => Some(r),
                     _ => None,
                 });
                 if let Some(o) = v.as_object_mut() {
                     o.insert("outcome".into(), "dry_run".into());
                     o.insert("checks".into(), checks.into());
-                    o.insert("hosts".into(), hosts.unwrap_or_default());
+                    o.insert(
+                        "hosts".into(),
+                        ranking
+                            .and_then(|r| serde_json::to_value(&r.hosts).ok())
+                            .unwrap_or_default(),
+                    );
+                    o.insert(
+                        "target".into(),
+                        ranking.and_then(|r| r.target.clone()).into(),
+                    );
+                    o.insert("source_uri".into(), source_uri.into());
+                    // The documents the migration would give libvirt (`--out-xml`).
+                    o.insert("dest_xml".into(), plan.dest_xml.clone().into());
+                    o.insert("persist_xml".into(), plan.persist_xml.clone().into());
                 }
                 Ok(v)
             }
@@ -209,21 +222,33 @@ pub async fn get_hosts(Axum(st): Axum<State>) -> Answer {
     ok(v)
 }
 
-/// `DELETE /v1/migrations/{id}`: abort, as Ctrl-C (the guest stays on the source).
-pub async fn delete_migration(Axum(st): Axum<State>, Path(id): Path<i64>) -> Answer {
-    let mine = st
-        .runs()
-        .get(&id)
-        .map(|l| (l.cancel.clone(), l.result.is_some()));
+/// `DELETE /v1/migrations/{id}`: abort, as Ctrl-C (the guest stays on the source). The id is a
+/// run's number or the name of the guest it migrates, as `ferry abort` reads it.
+pub async fn delete_migration(Axum(st): Axum<State>, Path(which): Path<String>) -> Answer {
+    use ferry_migrate::abort::Which;
+    let which = Which::parse(&which);
+    let mine = {
+        let runs = st.runs();
+        let live = match &which {
+            Which::Run(id) => runs.get(&id.0),
+            // The guest's unfinished run, or its last one.
+            Which::Guest(g) => runs
+                .values()
+                .rev()
+                .find(|l| &l.guest == g && l.result.is_none())
+                .or_else(|| runs.values().rev().find(|l| &l.guest == g)),
+        };
+        live.map(|l| (l.run, l.cancel.clone(), l.result.is_some()))
+    };
     match mine {
-        Some((_, true)) => Err(Problem::new(
+        Some((id, _, true)) => Err(Problem::new(
             StatusCode::CONFLICT,
             "ended",
             "The run has already ended",
             format!("run #{id} has already ended"),
         )
         .with("run", id)),
-        Some((cancel, false)) => {
+        Some((id, cancel, false)) => {
             if !cancel.swap(true, Ordering::SeqCst) {
                 st.hub.publish(
                     Some(id),
@@ -239,15 +264,14 @@ pub async fn delete_migration(Axum(st): Axum<State>, Path(id): Path<i64>) -> Ans
         }
         // Another Ferry (a CLI, another daemon) runs it: ask through the journal.
         None => {
-            blocking(move || {
+            let row = blocking(move || {
                 let j = st.journal()?;
-                ferry_migrate::abort::request(&j, &ferry_migrate::abort::Which::Run(RunId(id)))
-                    .map_err(abort_problem)
+                ferry_migrate::abort::request(&j, &which).map_err(abort_problem)
             })
             .await?;
             Ok((
                 StatusCode::ACCEPTED,
-                axum::Json(json!({"run": id, "state": "abort_requested"})),
+                axum::Json(json!({"run": row.id, "state": "abort_requested"})),
             )
                 .into_response())
         }
@@ -306,6 +330,47 @@ pub async fn post_evacuation(Axum(st): Axum<State>, b: Result<Bytes, BytesReject
                 .into(),
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latest {
+    /// At most this many (1..=500, default 20).
+    limit: Option<u32>,
+}
+
+/// `GET /v1/evacuations`: the journal's evacuations, newest first, each with its runs (what
+/// `ferry history` lists under the runs).
+pub async fn get_evacuations(
+    Axum(st): Axum<State>,
+    q: Result<Query<Latest>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = q.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit {limit}: from 1 to 500"
+        )));
+    }
+    let all = blocking(move || {
+        let j = st.journal()?;
+        let rows = j.evacuations().map_err(|e| Problem::journal(&e))?;
+        rows.into_iter()
+            .take(limit as usize)
+            .map(|row| {
+                let runs = j
+                    .evacuation_runs(row.id)
+                    .map_err(|e| Problem::journal(&e))?;
+                let runs: Vec<Value> = runs
+                    .into_iter()
+                    .map(|(g, r)| json!({"guest": g, "run": r}))
+                    .collect();
+                Ok(json!({"evacuation": row, "runs": runs}))
+            })
+            .collect::<Result<Vec<Value>, Problem>>()
+    })
+    .await?;
+    ok(json!({ "evacuations": all }))
 }
 
 /// `GET /v1/evacuations/{id}`: the journal's evacuation and its runs, and live (this daemon's):

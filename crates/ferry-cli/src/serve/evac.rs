@@ -323,6 +323,9 @@ pub fn start(
             if let Some(o) = line.as_object_mut() {
                 o.insert("event".into(), "evacuation_result".into());
                 o.insert("host".into(), ask.host.name.clone().into());
+                // The verdict as the CLI says it, and whether a guest's place is uncertain.
+                o.insert("message".into(), verdict.message.clone().into());
+                o.insert("uncertain".into(), verdict.uncertain.into());
             }
             st.hub.publish_in(Some(id), None, "evacuation_result", line);
             st.ended_one();

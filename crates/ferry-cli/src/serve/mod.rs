@@ -11,7 +11,7 @@
 
 mod api;
 mod auth;
-mod body;
+pub(crate) mod body;
 mod evac;
 mod hub;
 mod metrics;

@@ -114,8 +114,9 @@ pub fn routes() -> Vec<Route> {
             method: M::DELETE,
             path: "/v1/migrations/{id}",
             scope: Some(Scope::Operate),
-            summary: "Abort a running migration, as Ctrl-C: the guest stays on the source, what \
-                      the run created is deleted. Works for a run another Ferry drives (through \
+            summary: "Abort a running migration, as Ctrl-C (`ferry abort`): the guest stays on \
+                      the source, what the run created is deleted. The id is the run's number or \
+                      the name of the guest it migrates. Works for a run another Ferry drives (through \
                       the journal).",
             body: None,
             answers: &[
@@ -141,6 +142,16 @@ pub fn routes() -> Vec<Route> {
                 (422, "bad input, or no plan can be made"),
             ],
             handler: || post(api::post_evacuation),
+        },
+        Route {
+            method: M::GET,
+            path: "/v1/evacuations",
+            scope: Some(Scope::Read),
+            summary: "The journal's evacuations, newest first (?limit=1..500), each with its \
+                      guests' runs",
+            body: None,
+            answers: &[(200, "the evacuations")],
+            handler: || get(api::get_evacuations),
         },
         Route {
             method: M::GET,
@@ -370,9 +381,20 @@ pub fn openapi() -> Value {
             );
         }
         if r.path.contains("{id}") {
+            // An abort names a run by its number or by its guest, as `ferry abort` does.
+            let (schema, what) = match (&r.method, r.path) {
+                (&Method::DELETE, "/v1/migrations/{id}") => (
+                    json!({"type": "string"}),
+                    "the journal's run id, or the name of the guest it migrates",
+                ),
+                (_, p) if p.starts_with("/v1/evacuations") => {
+                    (json!({"type": "integer"}), "the journal's evacuation id")
+                }
+                _ => (json!({"type": "integer"}), "the journal's run id"),
+            };
             o.insert(
                 "parameters".into(),
-                json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}, "description": "the journal's run id"}]),
+                json!([{"name": "id", "in": "path", "required": true, "schema": schema, "description": what}]),
             );
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));

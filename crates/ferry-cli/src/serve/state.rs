@@ -220,7 +220,11 @@ fn result_of(outcome: &Result<Outcome, MigrateError>) -> (Value, String, Option<
         ),
         Ok(Outcome::DryRun { .. }) => (json!({"outcome": "dry_run"}), "dry_run".into(), None),
         Err(e) => {
-            let v = serde_json::to_value(e.result()).unwrap_or_default();
+            let mut v = serde_json::to_value(e.result()).unwrap_or_default();
+            // The error as the CLI prints it, a line per cause (`ferry --server` prints it).
+            if let Some(o) = v.as_object_mut() {
+                o.insert("text".into(), crate::because(e).into());
+            }
             let kind = v["error"]["kind"].as_str().unwrap_or("error").to_string();
             let downtime = match e {
                 MigrateError::VerifyFailed { summary, .. } => summary.downtime_ms,

@@ -568,6 +568,8 @@ async fn the_daemon_serves_https_with_the_given_certificate() {
         ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server's own certificate, not an authority's (rustls refuses a CA's as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -614,8 +616,59 @@ async fn the_daemon_serves_https_with_the_given_certificate() {
         .await
         .unwrap();
     assert!(!String::from_utf8_lossy(&plain.stdout).ends_with("200"));
+    // `ferry --server https://… --ca-cert FILE`: the CLI's client trusts the given authority,
+    // and without it refuses the certificate.
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let (c, u) = (cert.clone(), url.clone());
+    let v = tokio::task::spawn_blocking(move || {
+        crate::remote::Server::new(&u, Some(READ.into()), Some(&c))
+            .unwrap()
+            .get("/v1/runs")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(v["runs"], json!([]));
+    let refused = tokio::task::spawn_blocking(move || {
+        crate::remote::Server::new(&url, Some(READ.into()), None)
+            .unwrap()
+            .get("/v1/runs")
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(refused, crate::remote::RemoteError::Transport { .. }),
+        "{refused:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     // The key and certificate must go together.
     let other = dir.join("missing.pem");
     assert!(tls::acceptor(&other, &key).is_err());
+}
+
+#[test]
+fn at_start_the_daemon_names_the_unfinished_runs_no_ferry_drives() {
+    let d = daemon(&fake());
+    let j = Journal::open(&d.journal).unwrap();
+    let left = j.begin_run("left", SRC, DST, "{}").unwrap();
+    // An ended run: not named.
+    let ended = j.begin_run("ended", SRC, DST, "{}").unwrap();
+    j.finish(ended, ferry_journal::RunOutcome::Migrated, "done")
+        .unwrap();
+    // None left: nothing said.
+    let quiet = daemon(&fake());
+    unfinished(&quiet.st);
+    assert!(quiet.st.hub.subscribe(Some(0)).1.is_empty());
+    unfinished(&d.st);
+    let (_, events, _) = d.st.hub.subscribe(Some(0));
+    let said: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind == "daemon")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    let m = said[0]["message"].as_str().unwrap();
+    assert!(m.contains(&format!("#{} (left)", left.0)), "{m}");
+    assert!(!m.contains("ended"), "{m}");
 }

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 /// A host's network link for migration streams, in bytes per second each way.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Link {
     pub out_bps: f64,
     pub in_bps: f64,
@@ -48,7 +48,7 @@ impl Default for Overheads {
 }
 
 /// One guest to move: from which host to which, and what it costs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Move {
     pub guest: String,
     /// Host indexes (into the caller's host list).

@@ -23,7 +23,7 @@ use super::schedule::{
 };
 
 /// What a simulated evacuation did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SimResult {
     /// Seconds from the first start to the last migration's end.
     pub makespan_s: f64,

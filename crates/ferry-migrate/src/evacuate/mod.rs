@@ -70,7 +70,7 @@ pub struct EvacuateAsk {
 }
 
 /// The evacuation decided: where each guest goes, and the schedule the model predicts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EvacPlan {
     /// The source first, then the candidates.
     pub hosts: Vec<HostSpec>,
@@ -99,7 +99,7 @@ impl EvacPlan {
 }
 
 /// How one guest's evacuation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestOutcome {
     /// Migrated and verified on its target.
@@ -113,7 +113,7 @@ pub enum GuestOutcome {
 }
 
 /// One guest's line in the final table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct GuestResult {
     pub guest: String,
     /// The last target tried.
@@ -129,7 +129,7 @@ pub struct GuestResult {
 }
 
 /// What the evacuation reports while it runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EvacEvent {
     /// A migration starts (again, for a retry), at this bandwidth cap.
