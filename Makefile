@@ -6,9 +6,9 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed bench-serve lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint deb demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed bench-serve lab-down mutants faults
 
-test: setup lint unit-test lab-test
+test: setup lint unit-test deb lab-test
 
 setup:
 	lab/setup
@@ -34,6 +34,11 @@ faults: setup
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features ferry-cli/lab -- -D warnings
+
+# The Debian package: target/ferry_VERSION_ARCH.deb (the lab test `lab_deb` installs it).
+deb:
+	$(CARGO) build --release -p ferry-cli
+	dist/deb/build target/release/ferry target
 
 demo: setup
 	$(CARGO) build --release -p ferry-cli

@@ -316,10 +316,10 @@ pub const DEFAULT_INVENTORY: &str = ferry_core::inventory::DEFAULT_PATH;
 impl InventoryArgs {
     /// The inventory, if one is given or the default exists.
     pub fn load(&self) -> anyhow::Result<Option<Inventory>> {
-        let path = match &self.inventory {
-            Some(p) => p.clone(),
+        let (path, default) = match &self.inventory {
+            Some(p) => (p.clone(), false),
             None if std::path::Path::new(DEFAULT_INVENTORY).exists() => {
-                PathBuf::from(DEFAULT_INVENTORY)
+                (PathBuf::from(DEFAULT_INVENTORY), true)
             }
             None => return Ok(None),
         };
@@ -329,9 +329,14 @@ impl InventoryArgs {
             crate::input::MAX_CONFIG,
             crate::input::Accept::File,
         )?;
-        let inv = Inventory::from_toml(&text)
-            .with_context(|| format!("in the inventory {}", path.display()))?;
-        Ok(Some(inv))
+        match Inventory::from_toml(&text) {
+            // The default file with no host yet (the package's, every line commented): no
+            // inventory. One given by name must have hosts.
+            Err(ferry_core::inventory::InventoryError::Empty) if default => Ok(None),
+            r => r
+                .map(Some)
+                .with_context(|| format!("in the inventory {}", path.display())),
+        }
     }
 }
 
@@ -422,7 +427,9 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct JournalArgs {
-    /// Ferry's journal (SQLite): every run and every volume it created.
+    /// Ferry's journal: every run, every volume it created, the guests' locks. A file (SQLite,
+    /// the default), or a PostgreSQL database every Ferry of a fleet shares
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB; its password is never printed).
     #[arg(
         long,
         value_name = "FILE",

@@ -13,7 +13,10 @@ use crate::args::{AbortArgs, HistoryArgs, RecoverArgs, ReleaseArgs};
 
 /// Which journal an error came from.
 fn in_journal(a: &HistoryArgs) -> String {
-    format!("reading the journal {}", a.journal.journal.display())
+    format!(
+        "reading the journal {}",
+        ferry_journal::shown(&a.journal.journal)
+    )
 }
 
 pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
@@ -37,7 +40,7 @@ pub fn history(a: &HistoryArgs) -> anyhow::Result<()> {
         &runs,
         &evacs,
         a.json,
-        &a.journal.journal.display().to_string(),
+        &ferry_journal::shown(&a.journal.journal),
     )
 }
 
@@ -109,7 +112,12 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         a.dry_run,
         std::time::Duration::from_secs(a.connect_timeout),
     )
-    .with_context(|| format!("in the journal {}", a.journal.journal.display()))?;
+    .with_context(|| {
+        format!(
+            "in the journal {}",
+            ferry_journal::shown(&a.journal.journal)
+        )
+    })?;
     // Evacuations whose Ferry died: their runs are recovered above; the evacuation ends.
     let cut = ferry_migrate::recover::end_cut_evacuations(&j, a.id.map(RunId), a.dry_run)?;
     for e in &cut {
@@ -132,7 +140,7 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     } else if done.is_empty() && cut.is_empty() {
         outln!(
             "nothing to recover: every run in {} has ended and left nothing behind",
-            a.journal.journal.display()
+            ferry_journal::shown(&a.journal.journal)
         );
     }
     let mut clean = true;
@@ -173,14 +181,14 @@ pub fn abort(a: &AbortArgs) -> anyhow::Result<ExitCode> {
     use ferry_migrate::abort::{self, Which};
     let which = Which::parse(&a.which);
     // Nothing can be running without a journal: none is created to say so.
-    if !a.journal.journal.exists() {
+    if ferry_journal::postgres_url(&a.journal.journal).is_none() && !a.journal.journal.exists() {
         let what = match &which {
             Which::Run(r) => format!("there is no run #{r}"),
             Which::Guest(g) => format!("no Ferry is migrating {g}"),
         };
         anyhow::bail!(
             "{what}: there is no journal at {} (give the one it uses with --journal)",
-            a.journal.journal.display()
+            ferry_journal::shown(&a.journal.journal)
         );
     }
     let j = Journal::open_existing(&a.journal.journal)?;
@@ -244,7 +252,7 @@ pub fn release(a: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         anyhow::anyhow!(
             "there is no run #{} in {}",
             a.id,
-            a.journal.journal.display()
+            ferry_journal::shown(&a.journal.journal)
         )
     })?;
     let hook = ferry_migrate::release::source_hook(inv.as_ref(), &row.source);

@@ -469,7 +469,12 @@ fn migrate_body(from: &str, to: &str, map: &str, copy: &str) -> Value {
 #[test]
 fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let lab = Lab::up(&[]);
-    let daemon = daemon(&[]);
+    // The daemon's journal is a PostgreSQL database: a CLI on the same database coordinates
+    // with it.
+    let pg = ferry_journal::testing::Postgres::start()
+        .expect("PostgreSQL 15 is installed (lab/setup installs postgresql-15)");
+    let journal = pg.database("lab");
+    let daemon = daemon(&journal, &[]);
 
     // No token, or a read token, starts nothing.
     let body = migrate_body(
@@ -483,19 +488,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     assert_eq!((code, p["code"].as_str()), (403, Some("forbidden")));
 
     // `ferry --server … plan` is the plan standalone `ferry plan` makes.
-    let way = [
-        GUEST,
-        "--from",
-        H1,
-        "--to",
-        H2,
-        "--map",
-        "/mnt/nfs=/mnt/nfs_second_mount",
-        "--copy",
-        "vdb=/dev/ferry-lab/nvme1n5",
-        "--json",
-    ];
-    let plan_args = [&["plan"][..], &way].concat();
+    let plan_args = seed_args("plan", &["--json"]);
     let (code, remote, err) = ferry_through(&plan_args);
     assert_eq!(code, 0, "{remote}{err}");
     let (code, here, err) = ferry(&plan_args);
@@ -537,14 +530,10 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
 
     // Started through `ferry --server … migrate --json` and followed over SSE meanwhile: a
     // disconnect after a few samples, a reconnect with the last id.
-    let mut cli = spawn_through(
-        &[
-            &["migrate"][..],
-            &way,
-            &["--unsafe", "--bandwidth", "8", "--no-preseed"],
-        ]
-        .concat(),
-    );
+    let mut cli = spawn_through(&seed_args(
+        "migrate",
+        &["--json", "--unsafe", "--bandwidth", "8", "--no-preseed"],
+    ));
     cli.proc()
         .wait_for_output("{\"event\":\"run\"", Duration::from_secs(120));
     let line = cli.proc().line_with("{\"event\":\"run\"");
@@ -568,6 +557,21 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (code, busy) = api("POST", "/v1/migrations", Some(OPERATE), Some(&body));
     assert_eq!((code, busy["code"].as_str()), (409, Some("busy")), "{busy}");
     assert_eq!(busy["holder_run"], run);
+    // And from a standalone CLI on the same PostgreSQL journal: refused with the daemon's run.
+    let (code, out, err) = ferry(&seed_args(
+        "migrate",
+        &["--unsafe", "--journal", &journal, "--json"],
+    ));
+    assert_eq!(code, 1, "{out}{err}");
+    let refused = result(&out);
+    assert_eq!(refused["error"]["kind"], "busy", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("by run #{run} ")),
+        "{refused}"
+    );
     let first = a.stop();
     let last = first.iter().filter_map(|e| e.id).max().unwrap();
     let mut b = Follow::start("", Some(last));
@@ -669,7 +673,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
         args.extend_from_slice(extra);
         let (code, remote, err) = ferry_through(&args);
         assert_eq!(code, 0, "{remote}{err}");
-        args.extend_from_slice(&["--journal", JOURNAL]);
+        args.extend_from_slice(&["--journal", &journal]);
         let (code, here, err) = ferry(&args);
         assert_eq!(code, 0, "{here}{err}");
         assert_eq!(remote, here);
@@ -850,7 +854,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
 
 /// The daemon with the lab's tokens (written into the lab's directory) and `extra` flags;
 /// returns once it answers.
-fn daemon(extra: &[&str]) -> Daemon {
+fn daemon(journal: &str, extra: &[&str]) -> Daemon {
     // Another daemon left on the address would answer for this one.
     assert_eq!(
         api("GET", "/v1/runs", None, None).0,
@@ -869,7 +873,7 @@ fn daemon(extra: &[&str]) -> Daemon {
         "--tokens",
         TOKENS,
         "--journal",
-        JOURNAL,
+        journal,
     ];
     args.extend_from_slice(extra);
     let d = Daemon(Some(Running::spawn(&args)));
@@ -890,7 +894,7 @@ fn an_evacuation_over_the_api_empties_h1_and_is_followed_to_its_verdict() {
     }
     let inv_path = "/var/lib/ferry-lab/serve-inventory.toml";
     std::fs::write(inv_path, inv).unwrap();
-    let daemon = daemon(&["--inventory", inv_path]);
+    let daemon = daemon(JOURNAL, &["--inventory", inv_path]);
     // The page is open before the evacuation starts: it draws the timeline from the events.
     let browser = Browser::start();
     browser.open(&format!("http://{ADDR}/#token={OPERATE}"));

@@ -1,13 +1,18 @@
 //! The journal: what Ferry did, durably, so that a rollback deletes exactly what Ferry created —
 //! even after Ferry itself was killed mid-run (`ferry recover` reads the leftovers from here).
+//!
+//! Two stores behind one interface: an SQLite file (the default, `--journal PATH`) or a
+//! PostgreSQL database shared by every Ferry of a fleet (`--journal postgres://…`). The same
+//! schema, versioned, and the same queries on both.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+mod db;
 mod vocab;
+use db::{Db, Get, Val};
 pub use vocab::{EvacuationOutcome, RunOutcome, RunPhase, UnknownWord};
 
 /// Why the journal could not be read or written.
@@ -17,12 +22,21 @@ pub enum JournalError {
     Open {
         path: String,
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("cannot read or write the journal")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot read or write the journal (PostgreSQL)")]
+    Postgres(#[from] postgres::Error),
+    #[error("cannot read the journal")]
+    Word(#[from] UnknownWord),
     #[error("cannot read the journal {path}: {why}")]
     Read { path: String, why: String },
+    #[error(
+        "the journal {path} was written by a newer Ferry (its schema is version {version}; this \
+         Ferry knows up to {SCHEMA_VERSION}): use that Ferry, or another journal"
+    )]
+    Newer { path: String, version: i64 },
     #[error(
         "{guest} is being migrated by run #{} (ferry pid {} on {}): one migration per guest; \
          wait for it, or stop it (Ctrl-C in its terminal)", .holder.run, .holder.pid, .holder.host
@@ -85,10 +99,10 @@ pub struct Created {
     pub provider: Option<String>,
 }
 
-/// The journal, an SQLite database.
+/// The journal: an SQLite file, or a PostgreSQL database.
 #[derive(Debug)]
 pub struct Journal {
-    db: Connection,
+    db: Db,
 }
 
 fn now() -> i64 {
@@ -98,6 +112,11 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The schema's version: 1 was every journal before the version was kept (upgraded on open),
+/// 2 is this one. A journal of a higher version is refused: a newer Ferry wrote it.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The schema, in SQLite's words; [`pg_schema`] says it in PostgreSQL's.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -162,7 +181,22 @@ CREATE TABLE IF NOT EXISTS locks (
     host TEXT NOT NULL,
     since INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ferry_schema (
+    version INTEGER NOT NULL
+);
 ";
+
+/// The schema in PostgreSQL's words: 64-bit integers, sequences for ids, and an explicit
+/// order for an evacuation's runs (SQLite's `rowid`).
+fn pg_schema() -> String {
+    SCHEMA
+        .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace(
+            "CREATE TABLE IF NOT EXISTS evacuation_runs (\n",
+            "CREATE TABLE IF NOT EXISTS evacuation_runs (\n    n BIGSERIAL,\n",
+        )
+}
 
 /// Who holds a guest's lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -178,20 +212,25 @@ pub struct Holder {
 /// The columns of [`RunRow`], in the order [`run_row`] reads them.
 const RUN_COLUMNS: &str = "id, guest, source, target, started, finished, phase, outcome, message";
 
-fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
-    let message: Option<String> = r.get(8)?;
-    let outcome: Option<RunOutcome> = r.get(7)?;
+fn run_row(r: &dyn Get) -> Result<RunRow, JournalError> {
+    let message = r.opt_text(8)?;
+    let outcome: Option<RunOutcome> = r.opt_text(7)?.map(|o| o.parse()).transpose()?;
     Ok(RunRow {
-        id: RunId(r.get(0)?),
-        guest: r.get(1)?,
-        source: r.get(2)?,
-        target: r.get(3)?,
-        started: r.get(4)?,
-        finished: r.get(5)?,
-        phase: r.get(6)?,
+        id: RunId(r.i64(0)?),
+        guest: r.text(1)?,
+        source: r.text(2)?,
+        target: r.text(3)?,
+        started: r.i64(4)?,
+        finished: r.opt_i64(5)?,
+        phase: r.text(6)?.parse()?,
         outcome: outcome.map(|o| legacy_outcome(o, message.as_deref())),
         message,
     })
+}
+
+/// A pid as the journal keeps it (an integer column), read back.
+fn pid_of(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
 }
 
 /// Journals written before [`RunOutcome::MigratedUnverified`] existed recorded a failed
@@ -219,30 +258,120 @@ fn on_target_sql() -> String {
     format!("({})", words.join(", "))
 }
 
-/// Journals written before a column existed get it.
-fn upgrade(db: &Connection) -> rusqlite::Result<()> {
-    let has_provider = db.prepare("SELECT provider FROM created LIMIT 0").is_ok();
-    if !has_provider {
-        db.execute_batch("ALTER TABLE created ADD COLUMN provider TEXT")?;
+/// The PostgreSQL URL `path` is, if it is one (`postgres://` or `postgresql://`).
+pub fn postgres_url(path: &Path) -> Option<&str> {
+    path.to_str()
+        .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// The journal's location for a person: a path, or a URL without its password.
+pub fn shown(path: &Path) -> String {
+    let Some(url) = postgres_url(path) else {
+        return path.display().to_string();
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    // userinfo ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
     }
-    Ok(())
+}
+
+/// How long opening a connection to a PostgreSQL journal may take.
+const PG_CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn connect_pg(url: &str, shown: &str) -> Result<Db, JournalError> {
+    use std::str::FromStr;
+    let open_err = |source: postgres::Error| JournalError::Open {
+        path: shown.to_string(),
+        source: Box::new(source),
+    };
+    let mut config = postgres::Config::from_str(url).map_err(open_err)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT);
+    }
+    // A server that vanishes mid-query is noticed, not waited on for good.
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    let client = config.connect(postgres::NoTls).map_err(open_err)?;
+    Ok(Db::Postgres(std::cell::RefCell::new(client)))
+}
+
+/// Journals written before a column existed get it; the version is kept from now on. A
+/// journal a newer Ferry wrote is refused.
+fn upgrade(db: &Db, shown: &str) -> Result<(), JournalError> {
+    match db {
+        Db::Sqlite(c) => {
+            if c.prepare("SELECT provider FROM created LIMIT 0").is_err() {
+                db.batch("ALTER TABLE created ADD COLUMN provider TEXT")?;
+            }
+        }
+        Db::Postgres(_) => {
+            db.batch("ALTER TABLE created ADD COLUMN IF NOT EXISTS provider TEXT")?
+        }
+    }
+    let version = db.row("SELECT max(version) FROM ferry_schema", &[], |r| {
+        r.opt_i64(0)
+    })?;
+    match version.flatten() {
+        Some(v) if v > SCHEMA_VERSION => Err(JournalError::Newer {
+            path: shown.to_string(),
+            version: v,
+        }),
+        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        _ => {
+            db.exec("DELETE FROM ferry_schema", &[])?;
+            db.exec(
+                "INSERT INTO ferry_schema (version) VALUES (?1)",
+                &[SCHEMA_VERSION.into()],
+            )?;
+            Ok(())
+        }
+    }
 }
 
 impl Journal {
-    /// Open (or create) the journal at `path`.
+    /// Open (or create) the journal at `path`: an SQLite file, or a PostgreSQL URL
+    /// (`postgres://user@host/db`), whose schema is made or upgraded on open.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let open_err = |source| JournalError::Open {
-            path: path.display().to_string(),
-            source,
+        let shown = shown(path);
+        if let Some(url) = postgres_url(path) {
+            let db = connect_pg(url, &shown)?;
+            // Two Ferry instances opening a new database at once: one makes the schema.
+            db.batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7340041); {} ",
+                pg_schema()
+            ))?;
+            let upgraded = upgrade(&db, &shown);
+            match upgraded {
+                Ok(()) => db.batch("COMMIT")?,
+                Err(e) => {
+                    let _ = db.batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            return Ok(Self { db });
+        }
+        let open_err = |source: rusqlite::Error| JournalError::Open {
+            path: shown.clone(),
+            source: Box::new(source),
         };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let db = Connection::open(path).map_err(open_err)?;
-        db.busy_timeout(std::time::Duration::from_secs(5))
+        let c = rusqlite::Connection::open(path).map_err(open_err)?;
+        c.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        db.execute_batch(SCHEMA).map_err(open_err)?;
-        upgrade(&db).map_err(open_err)?;
+        c.execute_batch(SCHEMA).map_err(open_err)?;
+        let db = Db::Sqlite(c);
+        upgrade(&db, &shown)?;
         Ok(Self { db })
     }
 
@@ -251,9 +380,20 @@ impl Journal {
     /// that SQLite can roll back a transaction a killed Ferry left unfinished.)
     pub fn open_existing(path: &Path) -> Result<Self, JournalError> {
         let read_err = |why: String| JournalError::Read {
-            path: path.display().to_string(),
+            path: shown(path),
             why,
         };
+        if let Some(url) = postgres_url(path) {
+            let db = connect_pg(url, &shown(path))?;
+            for table in ["runs", "created"] {
+                if !db.has_table(table)? {
+                    return Err(read_err(format!(
+                        "it is not Ferry's journal (no {table} table)"
+                    )));
+                }
+            }
+            return Ok(Self { db });
+        }
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
             Ok(m) if m.is_dir() => {
@@ -270,7 +410,7 @@ impl Journal {
                 ))
             }
         }
-        let db = Connection::open_with_flags(
+        let db = rusqlite::Connection::open_with_flags(
             path,
             // Read-write without CREATE: nothing is created, but a transaction a killed Ferry
             // left unfinished (a hot rollback journal) is rolled back instead of making every
@@ -298,14 +438,20 @@ impl Journal {
                     _ => read_err(format!("it cannot be read as Ferry's journal ({e})")),
                 })?;
         }
-        Ok(Self { db })
+        Ok(Self { db: Db::Sqlite(db) })
     }
 
     /// A journal that lives only as long as this value (tests, `--dry-run`).
     pub fn in_memory() -> Result<Self, JournalError> {
-        let db = Connection::open_in_memory()?;
-        db.execute_batch(SCHEMA)?;
-        Ok(Self { db })
+        let c = rusqlite::Connection::open_in_memory()?;
+        c.execute_batch(SCHEMA)?;
+        Ok(Self { db: Db::Sqlite(c) })
+    }
+
+    /// Whether the journal is a shared PostgreSQL database (a host's draining or a guest's lock
+    /// may then be held by a Ferry on another machine).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     pub fn begin_run(
@@ -315,35 +461,43 @@ impl Journal {
         target: &str,
         plan_json: &str,
     ) -> Result<RunId, JournalError> {
-        self.db.execute(
-            "INSERT INTO runs (guest, source, target, started, phase, plan) VALUES (?1, ?2, ?3, ?4, 'preflight', ?5)",
-            params![guest, source, target, now(), plan_json],
+        let id = self.db.row(
+            "INSERT INTO runs (guest, source, target, started, phase, plan) \
+             VALUES (?1, ?2, ?3, ?4, 'preflight', ?5) RETURNING id",
+            &[
+                guest.into(),
+                source.into(),
+                target.into(),
+                now().into(),
+                plan_json.into(),
+            ],
+            |r| r.i64(0),
         )?;
-        Ok(RunId(self.db.last_insert_rowid()))
+        Ok(RunId(id.unwrap_or(0)))
     }
 
     /// Set a run's target (a run begun before its target was chosen).
     pub fn set_target(&self, run: RunId, target: &str) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "UPDATE runs SET target = ?1 WHERE id = ?2",
-            params![target, run.0],
+            &[target.into(), run.0.into()],
         )?;
         Ok(())
     }
 
     /// Replace a run's plan (a run begun before its plan was made).
     pub fn set_plan(&self, run: RunId, plan_json: &str) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "UPDATE runs SET plan = ?1 WHERE id = ?2",
-            params![plan_json, run.0],
+            &[plan_json.into(), run.0.into()],
         )?;
         Ok(())
     }
 
     pub fn set_phase(&self, run: RunId, phase: RunPhase) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "UPDATE runs SET phase = ?1 WHERE id = ?2",
-            params![phase, run.0],
+            &[phase.as_str().into(), run.0.into()],
         )?;
         Ok(())
     }
@@ -369,17 +523,26 @@ impl Journal {
         bytes: u64,
         provider: Option<&str>,
     ) -> Result<(), JournalError> {
-        self.db.execute(
-            "INSERT INTO created (run, host, path, bytes, created, provider) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![run.0, host, path, bytes as i64, now(), provider],
+        self.db.exec(
+            "INSERT INTO created (run, host, path, bytes, created, provider) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            &[
+                run.0.into(),
+                host.into(),
+                path.into(),
+                (bytes as i64).into(),
+                now().into(),
+                provider.into(),
+            ],
         )?;
         Ok(())
     }
 
     pub fn record_deleted(&self, run: RunId, host: &str, path: &str) -> Result<(), JournalError> {
-        self.db.execute(
-            "UPDATE created SET deleted = ?1 WHERE run = ?2 AND host = ?3 AND path = ?4 AND deleted IS NULL",
-            params![now(), run.0, host, path],
+        self.db.exec(
+            "UPDATE created SET deleted = ?1 \
+             WHERE run = ?2 AND host = ?3 AND path = ?4 AND deleted IS NULL",
+            &[now().into(), run.0.into(), host.into(), path.into()],
         )?;
         Ok(())
     }
@@ -387,23 +550,21 @@ impl Journal {
     /// A pre-seeded disk's copy is on the target up to byte `upto` (a window ended: its
     /// streams finished). Written after each window, so a resumed copy starts there.
     pub fn record_seeded(&self, run: RunId, disk: &str, upto: u64) -> Result<(), JournalError> {
-        self.db.execute(
-            "INSERT OR REPLACE INTO seeded (run, disk, upto) VALUES (?1, ?2, ?3)",
-            params![run.0, disk, upto as i64],
+        self.db.exec(
+            "INSERT INTO seeded (run, disk, upto) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (run, disk) DO UPDATE SET upto = excluded.upto",
+            &[run.0.into(), disk.into(), (upto as i64).into()],
         )?;
         Ok(())
     }
 
     /// How far run `run` copied disk `disk` (0 when it never finished a window).
     pub fn seeded(&self, run: RunId, disk: &str) -> Result<u64, JournalError> {
-        let v: Option<i64> = self
-            .db
-            .query_row(
-                "SELECT upto FROM seeded WHERE run = ?1 AND disk = ?2",
-                params![run.0, disk],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let v = self.db.row(
+            "SELECT upto FROM seeded WHERE run = ?1 AND disk = ?2",
+            &[run.0.into(), disk.into()],
+            |r| r.i64(0),
+        )?;
         Ok(v.map_or(0, |v| v.max(0) as u64))
     }
 
@@ -412,9 +573,9 @@ impl Journal {
     /// Returns them.
     pub fn hand_over(&self, from: RunId, to: RunId) -> Result<Vec<Created>, JournalError> {
         let moved = self.created_of(from)?;
-        self.db.execute(
+        self.db.exec(
             "UPDATE created SET run = ?1 WHERE run = ?2 AND deleted IS NULL",
-            params![to.0, from.0],
+            &[to.0.into(), from.0.into()],
         )?;
         Ok(moved
             .into_iter()
@@ -429,20 +590,22 @@ impl Journal {
         outcome: RunOutcome,
         message: &str,
     ) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "UPDATE runs SET finished = ?1, outcome = ?2, message = ?3, phase = ?4 WHERE id = ?5",
-            params![now(), outcome, message, RunPhase::Done, run.0],
+            &[
+                now().into(),
+                outcome.as_str().into(),
+                message.into(),
+                RunPhase::Done.as_str().into(),
+                run.0.into(),
+            ],
         )?;
         Ok(())
     }
 
     /// The latest runs, newest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self.db.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"
-        ))?;
-        let rows = st.query_map([limit], run_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.runs_before(None, limit)
     }
 
     /// A page of runs, newest first: at most `limit`, older than `before` when given.
@@ -451,82 +614,84 @@ impl Journal {
         before: Option<RunId>,
         limit: u32,
     ) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self.db.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
-        ))?;
-        let rows = st.query_map(rusqlite::params![before.map(|r| r.0), limit], run_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.rows(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE (CAST(?1 AS BIGINT) IS NULL OR id < ?1) \
+                 ORDER BY id DESC LIMIT ?2"
+            ),
+            &[before.map(|r| r.0).into(), i64::from(limit).into()],
+            run_row,
+        )
     }
 
     /// Runs `ferry recover` looks at: unfinished ones, and ended ones that did not migrate but
     /// left volumes undeleted; only `only` when given. Oldest first.
     pub fn runs_to_recover(&self, only: Option<RunId>) -> Result<Vec<RunRow>, JournalError> {
-        let mut st = self.db.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs r WHERE (?1 IS NULL OR id = ?1) AND (outcome IS NULL
-               OR (outcome NOT IN {on_target} AND EXISTS
-                   (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
-             ORDER BY id",
-            on_target = on_target_sql()
-        ))?;
-        let rows = st.query_map([only.map(|r| r.0)], run_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.rows(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs r WHERE (CAST(?1 AS BIGINT) IS NULL OR id = ?1) \
+                 AND (outcome IS NULL
+                   OR (outcome NOT IN {on_target} AND EXISTS
+                       (SELECT 1 FROM created c WHERE c.run = r.id AND c.deleted IS NULL)))
+                 ORDER BY id",
+                on_target = on_target_sql()
+            ),
+            &[only.map(|r| r.0).into()],
+            run_row,
+        )
     }
 
     /// The volumes `run` created and has not deleted.
     pub fn created_of(&self, run: RunId) -> Result<Vec<Created>, JournalError> {
-        self.leftovers_where("c.deleted IS NULL AND c.run = ?1", Some(run.0))
+        self.leftovers_where("c.deleted IS NULL AND c.run = ?1", &[run.0.into()])
     }
 
     /// The plan (JSON) a run recorded, if it got that far.
     pub fn plan_of(&self, run: RunId) -> Result<Option<String>, JournalError> {
         Ok(self
             .db
-            .query_row("SELECT plan FROM runs WHERE id = ?1", [run.0], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()?
+            .row(
+                "SELECT plan FROM runs WHERE id = ?1",
+                &[run.0.into()],
+                |r| r.opt_text(0),
+            )?
             .flatten()
             .filter(|p| p != "{}"))
     }
 
     /// Who holds `guest`'s lock.
     pub fn holder(&self, guest: &str) -> Result<Option<Holder>, JournalError> {
-        Ok(self
-            .db
-            .query_row(
-                "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
-                params![guest],
-                |r| {
-                    Ok(Holder {
-                        run: RunId(r.get(0)?),
-                        pid: r.get(1)?,
-                        host: r.get(2)?,
-                        since: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.db.row(
+            "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
+            &[guest.into()],
+            |r| {
+                Ok(Holder {
+                    run: RunId(r.i64(0)?),
+                    pid: pid_of(r.i64(1)?),
+                    host: r.text(2)?,
+                    since: r.i64(3)?,
+                })
+            },
+        )
     }
 
-    fn leftovers_where(&self, cond: &str, run: Option<i64>) -> Result<Vec<Created>, JournalError> {
-        let mut st = self.db.prepare(&format!(
-            "SELECT c.run, c.host, c.path, c.bytes, c.provider FROM created c JOIN runs r ON r.id = c.run
-             WHERE {cond} ORDER BY c.run, c.path"
-        ))?;
-        let map = |r: &rusqlite::Row| {
-            Ok(Created {
-                run: r.get(0)?,
-                host: r.get(1)?,
-                path: r.get(2)?,
-                bytes: r.get::<_, i64>(3)? as u64,
-                provider: r.get(4)?,
-            })
-        };
-        let rows = match run {
-            Some(id) => st.query_map([id], map)?.collect::<Result<_, _>>()?,
-            None => st.query_map([], map)?.collect::<Result<_, _>>()?,
-        };
-        Ok(rows)
+    fn leftovers_where(&self, cond: &str, p: &[Val<'_>]) -> Result<Vec<Created>, JournalError> {
+        self.db.rows(
+            &format!(
+                "SELECT c.run, c.host, c.path, c.bytes, c.provider FROM created c \
+                 JOIN runs r ON r.id = c.run WHERE {cond} ORDER BY c.run, c.path"
+            ),
+            p,
+            |r| {
+                Ok(Created {
+                    run: r.i64(0)?,
+                    host: r.text(1)?,
+                    path: r.text(2)?,
+                    bytes: r.i64(3)?.max(0) as u64,
+                    provider: r.opt_text(4)?,
+                })
+            },
+        )
     }
 
     /// Volumes created by runs that did not end in a migration and were never deleted.
@@ -536,7 +701,7 @@ impl Journal {
                 "c.deleted IS NULL AND (r.outcome IS NULL OR r.outcome NOT IN {})",
                 on_target_sql()
             ),
-            None,
+            &[],
         )
     }
 
@@ -552,9 +717,7 @@ impl Journal {
         host: &str,
         alive: impl Fn(u32) -> bool,
     ) -> Result<Option<Holder>, JournalError> {
-        // IMMEDIATE: two Ferry processes cannot both read "free" and both take it.
-        self.db.execute_batch("BEGIN IMMEDIATE")?;
-        let result = (|| {
+        self.db.exclusive(|| {
             let holder = self.holder(guest)?;
             let taken_over = match holder {
                 Some(h) if h.host != host || alive(h.pid) => {
@@ -565,27 +728,27 @@ impl Journal {
                 }
                 other => other,
             };
-            self.db.execute(
-                "INSERT OR REPLACE INTO locks (guest, run, pid, host, since) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![guest, run.0, pid, host, now()],
+            self.db.exec(
+                "INSERT INTO locks (guest, run, pid, host, since) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (guest) DO UPDATE SET run = excluded.run, pid = excluded.pid, \
+                 host = excluded.host, since = excluded.since",
+                &[
+                    guest.into(),
+                    run.0.into(),
+                    i64::from(pid).into(),
+                    host.into(),
+                    now().into(),
+                ],
             )?;
             Ok(taken_over)
-        })();
-        match &result {
-            Ok(_) => self.db.execute_batch("COMMIT")?,
-            Err(_) => {
-                let _ = self.db.execute_batch("ROLLBACK");
-            }
-        }
-        result
+        })
     }
 
     /// Give `guest`'s lock back (only if `run` holds it).
     pub fn unlock_guest(&self, guest: &str, run: RunId) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "DELETE FROM locks WHERE guest = ?1 AND run = ?2",
-            params![guest, run.0],
+            &[guest.into(), run.0.into()],
         )?;
         Ok(())
     }
@@ -598,9 +761,15 @@ impl Journal {
         path: &str,
         through: &str,
     ) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "INSERT INTO released (run, host, path, released, through) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run.0, host, path, now(), through],
+            &[
+                run.0.into(),
+                host.into(),
+                path.into(),
+                now().into(),
+                through.into(),
+            ],
         )?;
         Ok(())
     }
@@ -609,58 +778,55 @@ impl Journal {
     pub fn was_released(&self, run: RunId, path: &str) -> Result<bool, JournalError> {
         Ok(self
             .db
-            .query_row(
-                "SELECT 1 FROM released WHERE run = ?1 AND path = ?2",
-                params![run.0, path],
+            .row(
+                "SELECT run FROM released WHERE run = ?1 AND path = ?2",
+                &[run.0.into(), path.into()],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 
     /// Ask the Ferry running `run` to abort it (`ferry abort`), from process `pid` on `host`.
     pub fn request_abort(&self, run: RunId, pid: u32, host: &str) -> Result<(), JournalError> {
-        self.db.execute(
-            "INSERT OR REPLACE INTO aborts (run, requested, pid, host) VALUES (?1, ?2, ?3, ?4)",
-            params![run.0, now(), pid, host],
+        self.db.exec(
+            "INSERT INTO aborts (run, requested, pid, host) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (run) DO UPDATE SET requested = excluded.requested, \
+             pid = excluded.pid, host = excluded.host",
+            &[
+                run.0.into(),
+                now().into(),
+                i64::from(pid).into(),
+                host.into(),
+            ],
         )?;
         Ok(())
     }
 
     /// Who asked to abort `run`, if anyone did: (pid, machine).
     pub fn abort_requested(&self, run: RunId) -> Result<Option<(u32, String)>, JournalError> {
-        Ok(self
-            .db
-            .query_row(
-                "SELECT pid, host FROM aborts WHERE run = ?1",
-                [run.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+        self.db.row(
+            "SELECT pid, host FROM aborts WHERE run = ?1",
+            &[run.0.into()],
+            |r| Ok((pid_of(r.i64(0)?), r.text(1)?)),
+        )
     }
 
     /// The run `pid` on machine `host` holds a lock for, if any.
     pub fn run_held_by(&self, pid: u32, host: &str) -> Result<Option<RunId>, JournalError> {
-        Ok(self
-            .db
-            .query_row(
-                "SELECT run FROM locks WHERE pid = ?1 AND host = ?2",
-                params![pid, host],
-                |r| r.get(0).map(RunId),
-            )
-            .optional()?)
+        self.db.row(
+            "SELECT run FROM locks WHERE pid = ?1 AND host = ?2",
+            &[i64::from(pid).into(), host.into()],
+            |r| r.i64(0).map(RunId),
+        )
     }
 
     /// One run.
     pub fn run_row(&self, run: RunId) -> Result<Option<RunRow>, JournalError> {
-        Ok(self
-            .db
-            .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-                [run.0],
-                run_row,
-            )
-            .optional()?)
+        self.db.row(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            &[run.0.into()],
+            run_row,
+        )
     }
 
     /// Begin the evacuation of `host`: from now until it ends, the host is draining.
@@ -671,11 +837,19 @@ impl Journal {
         pid: u32,
         machine: &str,
     ) -> Result<i64, JournalError> {
-        self.db.execute(
-            "INSERT INTO evacuations (host, uri, pid, machine, started) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![host, uri, pid, machine, now()],
+        let id = self.db.row(
+            "INSERT INTO evacuations (host, uri, pid, machine, started) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            &[
+                host.into(),
+                uri.into(),
+                i64::from(pid).into(),
+                machine.into(),
+                now().into(),
+            ],
+            |r| r.i64(0),
         )?;
-        Ok(self.db.last_insert_rowid())
+        Ok(id.unwrap_or(0))
     }
 
     /// Record that `run` migrated `guest` for evacuation `evacuation`.
@@ -685,9 +859,9 @@ impl Journal {
         guest: &str,
         run: RunId,
     ) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "INSERT INTO evacuation_runs (evacuation, guest, run) VALUES (?1, ?2, ?3)",
-            params![evacuation, guest, run.0],
+            &[evacuation.into(), guest.into(), run.0.into()],
         )?;
         Ok(())
     }
@@ -699,9 +873,14 @@ impl Journal {
         outcome: EvacuationOutcome,
         message: &str,
     ) -> Result<(), JournalError> {
-        self.db.execute(
+        self.db.exec(
             "UPDATE evacuations SET finished = ?1, outcome = ?2, message = ?3 WHERE id = ?4",
-            params![now(), outcome, message, evacuation],
+            &[
+                now().into(),
+                outcome.as_str().into(),
+                message.into(),
+                evacuation.into(),
+            ],
         )?;
         Ok(())
     }
@@ -713,54 +892,59 @@ impl Journal {
 
     /// Every evacuation, newest first.
     pub fn evacuations(&self) -> Result<Vec<EvacuationRow>, JournalError> {
-        let mut all = self.evacuations_where("1")?;
+        let mut all = self.evacuations_where("TRUE")?;
         all.reverse();
         Ok(all)
     }
 
     fn evacuations_where(&self, cond: &str) -> Result<Vec<EvacuationRow>, JournalError> {
-        let mut st = self.db.prepare(&format!(
-            "SELECT id, host, uri, pid, machine, started, finished, outcome, message
-             FROM evacuations WHERE {cond} ORDER BY id"
-        ))?;
-        let rows = st.query_map([], |r| {
-            Ok(EvacuationRow {
-                id: r.get(0)?,
-                host: r.get(1)?,
-                uri: r.get(2)?,
-                pid: r.get(3)?,
-                machine: r.get(4)?,
-                started: r.get(5)?,
-                finished: r.get(6)?,
-                outcome: r.get(7)?,
-                message: r.get(8)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.rows(
+            &format!(
+                "SELECT id, host, uri, pid, machine, started, finished, outcome, message
+                 FROM evacuations WHERE {cond} ORDER BY id"
+            ),
+            &[],
+            |r| {
+                Ok(EvacuationRow {
+                    id: r.i64(0)?,
+                    host: r.text(1)?,
+                    uri: r.text(2)?,
+                    pid: pid_of(r.i64(3)?),
+                    machine: r.text(4)?,
+                    started: r.i64(5)?,
+                    finished: r.opt_i64(6)?,
+                    outcome: r.opt_text(7)?.map(|o| o.parse()).transpose()?,
+                    message: r.opt_text(8)?,
+                })
+            },
+        )
     }
 
-    /// The runs of an evacuation: (guest, run), in order.
+    /// The runs of an evacuation: (guest, run), in the order they were added.
     pub fn evacuation_runs(&self, evacuation: i64) -> Result<Vec<(String, i64)>, JournalError> {
-        let mut st = self.db.prepare(
-            "SELECT guest, run FROM evacuation_runs WHERE evacuation = ?1 ORDER BY rowid",
-        )?;
-        let rows = st.query_map([evacuation], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let order = match self.db {
+            Db::Sqlite(_) => "rowid",
+            Db::Postgres(_) => "n",
+        };
+        self.db.rows(
+            &format!(
+                "SELECT guest, run FROM evacuation_runs WHERE evacuation = ?1 ORDER BY {order}"
+            ),
+            &[evacuation.into()],
+            |r| Ok((r.text(0)?, r.i64(1)?)),
+        )
     }
 
     /// The newest run of `guest` started at or after `since` (seconds since the epoch).
     pub fn latest_run_of(&self, guest: &str, since: i64) -> Result<Option<RunRow>, JournalError> {
-        Ok(self
-            .db
-            .query_row(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE guest = ?1 AND started >= ?2
-                     ORDER BY id DESC LIMIT 1"
-                ),
-                params![guest, since],
-                run_row,
-            )
-            .optional()?)
+        self.db.row(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE guest = ?1 AND started >= ?2
+                 ORDER BY id DESC LIMIT 1"
+            ),
+            &[guest.into(), since.into()],
+            run_row,
+        )
     }
 
     /// The outcome of a run, if it has ended.
@@ -769,317 +953,7 @@ impl Journal {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_come_a_page_at_a_time_newest_first() {
-        let j = Journal::in_memory().unwrap();
-        let ids: Vec<RunId> = (0..5)
-            .map(|i| j.begin_run(&format!("g{i}"), "a", "b", "{}").unwrap())
-            .collect();
-        let page = |before: Option<RunId>, limit| {
-            j.runs_before(before, limit)
-                .unwrap()
-                .into_iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(page(None, 2), [ids[4], ids[3]]);
-        assert_eq!(page(Some(ids[3]), 2), [ids[2], ids[1]]);
-        assert_eq!(page(Some(ids[1]), 2), [ids[0]]);
-        assert_eq!(page(Some(ids[0]), 2), []);
-    }
-
-    #[test]
-    fn an_evacuation_is_open_until_finished_and_keeps_its_runs() {
-        let j = Journal::in_memory().unwrap();
-        let e = j
-            .begin_evacuation("h1", "qemu+tcp://h1/system", 42, "m")
-            .unwrap();
-        let open = j.open_evacuations().unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!((open[0].host.as_str(), open[0].pid), ("h1", 42));
-        let r = j.begin_run("g", "a", "b", "{}").unwrap();
-        j.add_evacuation_run(e, "g", r).unwrap();
-        assert_eq!(j.evacuation_runs(e).unwrap(), vec![("g".to_string(), r.0)]);
-        assert_eq!(j.latest_run_of("g", 0).unwrap().map(|x| x.id), Some(r));
-        assert!(j.latest_run_of("g", i64::MAX).unwrap().is_none());
-        assert!(j.latest_run_of("other", 0).unwrap().is_none());
-        j.finish_evacuation(e, EvacuationOutcome::Emptied, "3 guests")
-            .unwrap();
-        assert!(j.open_evacuations().unwrap().is_empty());
-        assert_eq!(
-            j.evacuations().unwrap()[0].outcome,
-            Some(EvacuationOutcome::Emptied)
-        );
-    }
-
-    #[test]
-    fn created_volumes_of_unfinished_runs_are_leftovers_until_deleted() {
-        let j = Journal::in_memory().unwrap();
-        let r = j
-            .begin_run("g", "qemu+tcp://a/system", "qemu+tcp://b/system", "{}")
-            .unwrap();
-        j.record_created(r, "qemu+tcp://b/system", "/srv/vdb.raw", 64)
-            .unwrap();
-        j.record_created(r, "qemu+tcp://b/system", "/srv/vdc.raw", 32)
-            .unwrap();
-        assert_eq!(j.leftovers().unwrap().len(), 2);
-        j.record_deleted(r, "qemu+tcp://b/system", "/srv/vdb.raw")
-            .unwrap();
-        let left = j.leftovers().unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].path, "/srv/vdc.raw");
-        assert_eq!(left[0].bytes, 32);
-    }
-
-    #[test]
-    fn a_migrated_run_leaves_no_leftovers() {
-        let j = Journal::in_memory().unwrap();
-        let r = j.begin_run("g", "a", "b", "{}").unwrap();
-        j.record_created(r, "b", "/srv/vdb.raw", 64).unwrap();
-        j.finish(r, RunOutcome::Migrated, "ok").unwrap();
-        assert!(j.leftovers().unwrap().is_empty());
-        assert_eq!(j.outcome(r).unwrap(), Some(RunOutcome::Migrated));
-        assert_eq!(j.runs(10).unwrap()[0].phase, RunPhase::Done);
-        // Its guest runs on the target even unverified: the volumes are its disks.
-        let u = j.begin_run("g", "a", "b", "{}").unwrap();
-        j.record_created(u, "b", "/srv/vdc.raw", 64).unwrap();
-        j.finish(u, RunOutcome::MigratedUnverified, "verify: x")
-            .unwrap();
-        assert!(j.leftovers().unwrap().is_empty());
-        assert!(j.runs_to_recover(None).unwrap().is_empty());
-        // A rolled-back run's undeleted volume is a leftover recover looks at.
-        let b = j.begin_run("g", "a", "b", "{}").unwrap();
-        j.record_created(b, "b", "/srv/vdd.raw", 64).unwrap();
-        j.finish(b, RunOutcome::RolledBack, "x").unwrap();
-        assert_eq!(j.leftovers().unwrap().len(), 1);
-        assert_eq!(
-            j.runs_to_recover(None)
-                .unwrap()
-                .iter()
-                .map(|r| r.id)
-                .collect::<Vec<_>>(),
-            [b]
-        );
-    }
-
-    #[test]
-    fn an_old_journals_failed_verification_reads_as_unverified_and_its_words_unchanged() {
-        let j = Journal::in_memory().unwrap();
-        j.db.execute_batch(
-            "INSERT INTO runs (guest, source, target, started, phase, outcome, message) VALUES
-               ('a','s','t',1,'done','migrated','verified'),
-               ('b','s','t',1,'done','migrated','verify: disk vdb is not at its planned source'),
-               ('c','s','t',1,'done','migrated','recovered: c runs on t, but verify: no plan'),
-               ('d','s','t',1,'done','rolled_back','x'),
-               ('e','s','t',1,'postcopy_failed',NULL,NULL);",
-        )
-        .unwrap();
-        let by_guest: Vec<_> = j
-            .runs(10)
-            .unwrap()
-            .into_iter()
-            .rev()
-            .map(|r| (r.guest, r.phase, r.outcome))
-            .collect();
-        let done = RunPhase::Done;
-        assert_eq!(
-            by_guest,
-            [
-                ("a".to_string(), done, Some(RunOutcome::Migrated)),
-                ("b".into(), done, Some(RunOutcome::MigratedUnverified)),
-                ("c".into(), done, Some(RunOutcome::MigratedUnverified)),
-                ("d".into(), done, Some(RunOutcome::RolledBack)),
-                ("e".into(), RunPhase::PostcopyFailed, None),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_word_the_journal_does_not_know_is_an_error_not_a_default() {
-        let j = Journal::in_memory().unwrap();
-        j.db.execute_batch(
-            "INSERT INTO runs (guest, source, target, started, phase, outcome) VALUES
-               ('a','s','t',1,'done','teleported');",
-        )
-        .unwrap();
-        let e = j.runs(1).unwrap_err();
-        let chain = format!("{:?}", std::error::Error::source(&e));
-        assert!(chain.contains("teleported"), "{chain}");
-    }
-
-    #[test]
-    fn one_guest_one_lock_a_dead_holder_on_this_machine_is_taken_over() {
-        let dir = std::env::temp_dir().join(format!("ferry-journal-lock-{}", std::process::id()));
-        let path = dir.join("j.db");
-        let (a, b) = (Journal::open(&path).unwrap(), Journal::open(&path).unwrap());
-        let r1 = a.begin_run("g", "h1", "h2", "{}").unwrap();
-        let r2 = b.begin_run("g", "h1", "h3", "{}").unwrap();
-        assert_eq!(a.lock_guest("g", r1, 100, "m1", |_| true).unwrap(), None);
-        // A second Ferry (another process, the same journal) is refused with the first's run.
-        let e = b.lock_guest("g", r2, 200, "m1", |_| true).unwrap_err();
-        let JournalError::Locked { holder, .. } = &e else {
-            panic!("{e}")
-        };
-        assert_eq!(
-            (holder.run, holder.pid, holder.host.as_str()),
-            (r1, 100, "m1")
-        );
-        assert!(e.to_string().contains(&format!("run #{}", r1.0)), "{e}");
-        // Another guest is free.
-        b.lock_guest("other", r2, 200, "m1", |_| true).unwrap();
-        // A holder on another machine cannot be seen dead: still refused.
-        assert!(b.lock_guest("g", r2, 200, "m2", |_| false).is_err());
-        // On this machine, a holder whose process is gone is taken over, and said.
-        let old = b
-            .lock_guest("g", r2, 200, "m1", |_| false)
-            .unwrap()
-            .unwrap();
-        assert_eq!(old.run, r1);
-        // Unlock gives back only one's own lock.
-        a.unlock_guest("g", r1).unwrap();
-        assert!(a.lock_guest("g", r1, 100, "m1", |_| true).is_err());
-        b.unlock_guest("g", r2).unwrap();
-        a.lock_guest("g", r1, 100, "m1", |_| true).unwrap();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn reading_a_missing_or_foreign_file_creates_nothing() {
-        let dir = std::env::temp_dir().join(format!("ferry-journal-ro-{}", std::process::id()));
-        let missing = dir.join("sub/j.db");
-        let e = Journal::open_existing(&missing).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read the journal"), "{e}");
-        assert!(e.contains("sub/j.db"), "{e}");
-        assert!(!dir.exists(), "a directory was created");
-        std::fs::create_dir_all(&dir).unwrap();
-        let foreign = dir.join("other.db");
-        Connection::open(&foreign)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x INTEGER)")
-            .unwrap();
-        let e = Journal::open_existing(&foreign).unwrap_err().to_string();
-        assert!(
-            e.contains("it is not Ferry's journal (no runs table)"),
-            "{e}"
-        );
-        let tables: i64 = Connection::open(&foreign)
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(tables, 1, "a table was added to a foreign file");
-        let real = dir.join("j.db");
-        let j = Journal::open(&real).unwrap();
-        j.begin_run("g", "a", "b", "{}").unwrap();
-        drop(j);
-        assert_eq!(
-            Journal::open_existing(&real)
-                .unwrap()
-                .runs(5)
-                .unwrap()
-                .len(),
-            1
-        );
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn the_journal_survives_reopening() {
-        let dir = std::env::temp_dir().join(format!("ferry-journal-{}", std::process::id()));
-        let path = dir.join("j.db");
-        {
-            let j = Journal::open(&path).unwrap();
-            let r = j.begin_run("g", "a", "b", "{}").unwrap();
-            j.record_created(r, "b", "/x", 1).unwrap();
-        }
-        let j = Journal::open(&path).unwrap();
-        assert_eq!(j.leftovers().unwrap().len(), 1);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_journal_from_before_providers_is_upgraded_and_keeps_its_rows() {
-        let dir = std::env::temp_dir().join(format!("ferry-journal-old-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("j.db");
-        {
-            let db = Connection::open(&path).unwrap();
-            db.execute_batch(&SCHEMA.replace(",\n    provider TEXT", ""))
-                .unwrap();
-            db.execute_batch(
-                "INSERT INTO runs (guest, source, target, started, phase) VALUES ('g','a','b',1,'prepare');
-                 INSERT INTO created (run, host, path, bytes, created) VALUES (1,'b','/old',7,1);",
-            )
-            .unwrap();
-            assert!(db.prepare("SELECT provider FROM created").is_err());
-        }
-        let j = Journal::open(&path).unwrap();
-        let r = j.begin_run("g", "a", "b", "{}").unwrap();
-        j.record_created_by(r, "b", "/dev/ns1", 9, Some("{\"by\":\"hook\"}"))
-            .unwrap();
-        let left = j.leftovers().unwrap();
-        assert_eq!(left.len(), 2);
-        assert_eq!(
-            (left[0].path.as_str(), left[0].provider.as_deref()),
-            ("/old", None)
-        );
-        assert_eq!(left[1].provider.as_deref(), Some("{\"by\":\"hook\"}"));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn an_abort_request_reaches_the_run_from_another_connection() {
-        let dir = std::env::temp_dir().join(format!("ferry-journal-abort-{}", std::process::id()));
-        let path = dir.join("j.db");
-        let running = Journal::open(&path).unwrap();
-        let r = running.begin_run("g", "a", "b", "{}").unwrap();
-        let other = running.begin_run("h", "a", "b", "{}").unwrap();
-        running.lock_guest("g", r, 100, "m1", |_| true).unwrap();
-        assert_eq!(running.run_held_by(100, "m1").unwrap(), Some(r));
-        assert_eq!(running.run_held_by(100, "m2").unwrap(), None);
-        assert_eq!(running.abort_requested(r).unwrap(), None);
-        let aborter = Journal::open(&path).unwrap();
-        aborter.request_abort(r, 200, "m2").unwrap();
-        assert_eq!(
-            running.abort_requested(r).unwrap(),
-            Some((200, "m2".to_string()))
-        );
-        assert_eq!(running.abort_requested(other).unwrap(), None);
-        assert_eq!(aborter.run_row(r).unwrap().unwrap().guest, "g");
-        assert!(aborter.run_row(RunId(99)).unwrap().is_none());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    #[test]
-    fn a_pre_seed_is_journaled_by_window_and_its_volumes_change_hands_on_a_resume() {
-        let j = Journal::in_memory().unwrap();
-        let a = j.begin_run("g", "s", "t", "{}").unwrap();
-        assert_eq!(j.seeded(a, "vdb").unwrap(), 0);
-        j.record_seeded(a, "vdb", 64).unwrap();
-        j.record_seeded(a, "vdb", 128).unwrap();
-        assert_eq!(j.seeded(a, "vdb").unwrap(), 128);
-        assert_eq!(j.seeded(a, "vdc").unwrap(), 0);
-        j.record_created(a, "s", "/store/ferry-g-vdb-run1.qcow2", 0)
-            .unwrap();
-        j.record_created(a, "t", "/store/g-vdb.img", 5).unwrap();
-        j.record_created(a, "t", "/store/gone", 5).unwrap();
-        j.record_deleted(a, "t", "/store/gone").unwrap();
-        let b = j.begin_run("g", "s", "t", "{}").unwrap();
-        let moved = j.hand_over(a, b).unwrap();
-        assert_eq!(moved.len(), 2);
-        assert!(moved.iter().all(|c| c.run == b.0));
-        assert!(j.created_of(a).unwrap().is_empty());
-        assert_eq!(j.created_of(b).unwrap(), moved);
-        j.finish(a, RunOutcome::Resumed, "run #2 resumed it")
-            .unwrap();
-        assert_eq!(j.outcome(a).unwrap(), Some(RunOutcome::Resumed));
-        // A resumed run leaves nothing to recover: its volumes are the taker's.
-        assert!(j.runs_to_recover(Some(a)).unwrap().is_empty());
-    }
-}
+mod tests;

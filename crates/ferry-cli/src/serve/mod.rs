@@ -119,7 +119,9 @@ where
         "listening on {scheme}://{addr}/ (the page), API under /v1 (GET /v1/openapi.json), \
          metrics at /metrics"
     ));
-    unfinished(&st);
+    // The journal is read off the runtime's threads (PostgreSQL's client blocks).
+    let st2 = st.clone();
+    let _ = tokio::task::spawn_blocking(move || unfinished(&st2)).await;
     tokio::spawn(watch_aborts(st.clone()));
     axum::serve(listener, routes::router(st.clone()))
         .with_graceful_shutdown(shutdown(st.clone()))

@@ -66,7 +66,7 @@ pub type State = Arc<Shared>;
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("journal", &self.journal)
+            .field("journal", &ferry_journal::shown(&self.journal))
             .field("tokens", &self.tokens)
             .finish_non_exhaustive()
     }

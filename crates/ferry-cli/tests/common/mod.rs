@@ -260,6 +260,25 @@ pub fn lab_marked_processes() -> Vec<String> {
     out
 }
 
+/// `ferry CMD lab-guest` from h1 to h2 with the seed's rules (the NFS mount's other name, vdb
+/// copied onto h2's namespace) and `extra`.
+pub fn seed_args<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        cmd,
+        GUEST,
+        "--from",
+        H1,
+        "--to",
+        H2,
+        "--map",
+        "/mnt/nfs=/mnt/nfs_second_mount",
+        "--copy",
+        "vdb=/dev/ferry-lab/nvme1n5",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// `ferry migrate lab-guest` from h1 to h2 with the lab's flags and `extra`.
 pub fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
