@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test setup unit-test lab-test lint deb demo bench bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed bench-serve lab-down mutants faults
+.PHONY: test setup unit-test lab-test lint deb demo bench bench-journal bench-migrate bench-hosts bench-evacuate bench-simulate bench-preseed bench-serve lab-down mutants faults
 
 test: setup lint unit-test deb lab-test
 
@@ -67,6 +67,11 @@ bench-serve: setup
 	lab/bench-serve target/release/ferry
 
 # `ferry hosts` on a 4-host lab: the whole call against the sum of the per-host times.
+# The journal's stores side by side: a migration's writes on SQLite and PostgreSQL, and 50
+# concurrent lock attempts on one guest from 5 processes (exactly one holder).
+bench-journal: setup
+	$(CARGO) bench -p ferry-journal --features testing --bench journal
+
 bench-hosts: setup
 	$(CARGO) build --release -p ferry-cli
 	lab/bench-hosts 10 target/release/ferry

@@ -23,8 +23,18 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// A fresh server, or `None` (said on stderr) when PostgreSQL 15 is not installed.
+    /// A fresh server, or `None` (said on stderr) when PostgreSQL 15 is not installed. It
+    /// does not sync to disk (tests); [`Postgres::start_durable`] does.
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// A server that syncs its writes as a production one does (benchmarks).
+    pub fn start_durable() -> Option<Postgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<Postgres> {
         if !Path::new(BIN).join("initdb").exists() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -76,8 +86,9 @@ impl Postgres {
                 &s.dir.join("log").display().to_string(),
                 "-o",
                 &format!(
-                    "-k {} -c listen_addresses='' -c fsync=off -c max_connections=200",
-                    s.dir.display()
+                    "-k {} -c listen_addresses='' -c fsync={} -c max_connections=200",
+                    s.dir.display(),
+                    if durable { "on" } else { "off" }
                 ),
                 "-w",
                 "-t",
