@@ -472,8 +472,9 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     // The daemon's journal is a PostgreSQL database: a CLI on the same database coordinates
     // with it.
     let pg = ferry_journal::testing::Postgres::start()
+        .unwrap()
         .expect("PostgreSQL 15 is installed (lab/setup installs postgresql-15)");
-    let journal = pg.database("lab");
+    let journal = pg.database("lab").unwrap();
     let daemon = daemon(&journal, &[]);
 
     // No token, or a read token, starts nothing.
@@ -651,16 +652,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
         out.starts_with(&format!("run #{run2}: rolled_back: ")),
         "{out}"
     );
-    let result = c.until("the result", Duration::from_secs(120), |e| {
-        e.kind == "result"
-    });
-    c.stop();
-    assert_eq!(result.data["outcome"], "error", "{}", result.data);
-    assert_eq!(
-        result.data["error"]["guest_location"], "source",
-        "{}",
-        result.data
-    );
+    ends_rolled_back(c);
     assert!(store("h1").is_empty(), "h1 keeps {:?}", store("h1"));
     assert_eq!(domstate(H1), "");
     lab.verify_guest("h2");
@@ -822,16 +814,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
         |e| e.kind == "job",
     );
     daemon.term();
-    let result = e.until("the result", Duration::from_secs(120), |e| {
-        e.kind == "result"
-    });
-    e.stop();
-    assert_eq!(result.data["outcome"], "error", "{}", result.data);
-    assert_eq!(
-        result.data["error"]["guest_location"], "source",
-        "{}",
-        result.data
-    );
+    ends_rolled_back(e);
     let (code, out, err) = daemon.wait();
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -850,6 +833,20 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     }
     drop(lab);
     assert_lab_gone();
+}
+
+/// Follow `f` to its run's result: an error, with the guest on the source (rolled back).
+fn ends_rolled_back(mut f: Follow) {
+    let result = f.until("the result", Duration::from_secs(120), |e| {
+        e.kind == "result"
+    });
+    f.stop();
+    assert_eq!(result.data["outcome"], "error", "{}", result.data);
+    assert_eq!(
+        result.data["error"]["guest_location"], "source",
+        "{}",
+        result.data
+    );
 }
 
 /// The daemon with the lab's tokens (written into the lab's directory) and `extra` flags;

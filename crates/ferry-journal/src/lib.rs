@@ -448,12 +448,6 @@ impl Journal {
         Ok(Self { db: Db::Sqlite(c) })
     }
 
-    /// Whether the journal is a shared PostgreSQL database (a host's draining or a guest's lock
-    /// may then be held by a Ferry on another machine).
-    pub fn is_shared(&self) -> bool {
-        matches!(self.db, Db::Postgres(_))
-    }
-
     pub fn begin_run(
         &self,
         guest: &str,

@@ -9,6 +9,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// Why a test's PostgreSQL server could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("PostgreSQL 15 is missing ({BIN}): CI must install Debian's postgresql-15")]
+    Missing,
+    #[error("cannot {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed: {output}")]
+    Failed { program: String, output: String },
+    #[error("cannot create the test's database")]
+    Postgres(#[from] postgres::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
 #[derive(Debug)]
 pub struct Postgres {
     dir: PathBuf,
@@ -25,23 +47,22 @@ fn is_root() -> bool {
 impl Postgres {
     /// A fresh server, or `None` (said on stderr) when PostgreSQL 15 is not installed. It
     /// does not sync to disk (tests); [`Postgres::start_durable`] does.
-    pub fn start() -> Option<Postgres> {
+    pub fn start() -> Result<Option<Postgres>, HarnessError> {
         Self::start_with(false)
     }
 
     /// A server that syncs its writes as a production one does (benchmarks).
-    pub fn start_durable() -> Option<Postgres> {
+    pub fn start_durable() -> Result<Option<Postgres>, HarnessError> {
         Self::start_with(true)
     }
 
-    fn start_with(durable: bool) -> Option<Postgres> {
+    fn start_with(durable: bool) -> Result<Option<Postgres>, HarnessError> {
         if !Path::new(BIN).join("initdb").exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PostgreSQL 15 is missing ({BIN}): CI must install Debian's postgresql-15"
-            );
+            if std::env::var_os("CI").is_some() {
+                return Err(HarnessError::Missing);
+            }
             eprintln!("SKIPPED: the journal's PostgreSQL tests: {BIN} is missing (apt install postgresql-15)");
-            return None;
+            return Ok(None);
         }
         static N: AtomicU32 = AtomicU32::new(0);
         // Under /tmp: the postgres user must reach it (a TMPDIR inside a root-only tree would
@@ -52,15 +73,16 @@ impl Postgres {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let user = is_root().then_some("postgres");
         if let Some(u) = user {
-            let ok = Command::new("chown")
+            let chown = Command::new("chown")
                 .args([u, &dir.display().to_string()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown {u} {}", dir.display());
+                .output()
+                .map_err(io("run chown"))?;
+            if !chown.status.success() {
+                return Err(failed("chown", &chown));
+            }
         }
         let s = Postgres { dir, user };
         let data = s.dir.join("data");
@@ -76,7 +98,7 @@ impl Postgres {
                 "UTF8",
                 "--no-sync",
             ],
-        );
+        )?;
         s.run(
             "pg_ctl",
             &[
@@ -95,27 +117,33 @@ impl Postgres {
                 "60",
                 "start",
             ],
-        );
-        Some(s)
+        )?;
+        Ok(Some(s))
     }
 
-    fn run(&self, prog: &str, args: &[&str]) {
+    /// PostgreSQL's program `prog`, run as its user.
+    fn command(&self, prog: &str) -> Command {
         let bin = Path::new(BIN).join(prog);
-        let mut c = match self.user {
+        match self.user {
             Some(u) => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", u, "--"]).arg(&bin);
                 c
             }
             None => Command::new(&bin),
-        };
-        let out = c.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{prog}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        }
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Result<(), HarnessError> {
+        let out = self
+            .command(prog)
+            .args(args)
+            .output()
+            .map_err(io(format!("run {prog}")))?;
+        if !out.status.success() {
+            return Err(failed(prog, &out));
+        }
+        Ok(())
     }
 
     /// The URL of database `db` on this server.
@@ -125,28 +153,31 @@ impl Postgres {
     }
 
     /// A new, empty database: its URL.
-    pub fn database(&self, name: &str) -> String {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        self.url(name)
+    pub fn database(&self, name: &str) -> Result<String, HarnessError> {
+        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
+        c.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        Ok(self.url(name))
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.join("data").display().to_string();
-        let bin = Path::new(BIN).join("pg_ctl");
-        let mut c = match self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        let _ = c
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &data, "-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn failed(program: &str, out: &std::process::Output) -> HarnessError {
+    HarnessError::Failed {
+        program: program.to_string(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }

@@ -52,10 +52,10 @@ macro_rules! both {
 
         #[test]
         fn every_case_holds_on_postgresql() {
-            let Some(pg) = crate::testing::Postgres::start() else { return };
+            let Some(pg) = crate::testing::Postgres::start().unwrap() else { return };
             $(
                 $case(&Fresh {
-                    path: PathBuf::from(pg.database(stringify!($case))),
+                    path: PathBuf::from(pg.database(stringify!($case)).unwrap()),
                     dir: None,
                 });
             )+

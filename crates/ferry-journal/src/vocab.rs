@@ -2,8 +2,6 @@
 //! stored as the text it has always been stored as (journals written before these types read
 //! unchanged); a value the enum does not know is an error when read, never a silent default.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-
 /// A word of the journal's vocabulary that is not one Ferry knows (a newer Ferry's, a damaged
 /// row).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,21 +45,6 @@ macro_rules! vocabulary {
                     $($s => Ok($name::$v),)+
                     _ => Err(UnknownWord { what: $what, value: s.to_string() }),
                 }
-            }
-        }
-
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|e: UnknownWord| FromSqlError::Other(Box::new(e)))
             }
         }
     };

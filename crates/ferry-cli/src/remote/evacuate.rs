@@ -150,16 +150,12 @@ fn print_verdict(json: bool, plan: &EvacPlan, v: &Value) -> anyhow::Result<ExitC
     if json {
         let mut line = v.clone();
         if let Some(o) = line.as_object_mut() {
-            for k in [
-                "id",
-                "run",
-                "time_ms",
-                "evacuation",
-                "host",
-                "message",
-                "uncertain",
-            ] {
-                o.remove(k);
+            // The evacuation's own additions: its host, the verdict's words.
+            for k in crate::serve::hub::ENVELOPE
+                .iter()
+                .chain(&["host", "message", "uncertain"])
+            {
+                o.remove(*k);
             }
             o.insert("event".into(), "result".into());
         }

@@ -265,8 +265,9 @@ fn print_result(json: bool, v: &Value) -> anyhow::Result<ExitCode> {
                 // The result as standalone prints it: without the daemon's envelope.
                 let mut line = v.clone();
                 if let Some(o) = line.as_object_mut() {
-                    for k in ["id", "run", "time_ms", "guest", "text", "evacuation"] {
-                        o.remove(k);
+                    // The run's own additions: its guest, the CLI's error text.
+                    for k in crate::serve::hub::ENVELOPE.iter().chain(&["guest", "text"]) {
+                        o.remove(*k);
                     }
                 }
                 crate::migrate_cmd::print_json(&line);

@@ -24,6 +24,10 @@ pub struct Stored {
     pub data: String,
 }
 
+/// The members the hub adds to every event (its envelope): a client that shows an event as the
+/// flow reported it takes them off.
+pub const ENVELOPE: &[&str] = &["id", "run", "time_ms", "evacuation"];
+
 /// How many events the replay buffer keeps: at one sample a second per run, over an hour of
 /// a migration, or minutes of an evacuation of dozens.
 pub const REPLAY: usize = 8192;

@@ -13,7 +13,7 @@ mod api;
 mod auth;
 pub(crate) mod body;
 mod evac;
-mod hub;
+pub(crate) mod hub;
 mod metrics;
 mod problem;
 mod routes;
