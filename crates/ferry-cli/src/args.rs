@@ -437,6 +437,33 @@ pub struct JournalArgs {
         default_value = "/var/lib/ferry/journal.db"
     )]
     pub journal: PathBuf,
+    /// This Ferry's name in the journal (the machine's name by default): the instance that
+    /// holds a guest's lock or a draining host, as other Ferry instances sharing the journal
+    /// see it.
+    #[arg(long, value_name = "NAME", env = "FERRY_INSTANCE")]
+    pub instance: Option<String>,
+    /// How long this Ferry's leases (the locks of the guests it migrates, the hosts it
+    /// evacuates) hold unless renewed; they are renewed every third of it. Another Ferry takes
+    /// over a lease that expired — its holder died, hangs, or lost the journal — and a Ferry
+    /// that finds its lease taken stops touching that guest.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FERRY_LEASE",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(3..=3600)
+    )]
+    pub lease: u64,
+}
+
+impl JournalArgs {
+    /// Name this process's instance and its lease term (before any lease is taken).
+    pub fn identify(&self) {
+        ferry_migrate::lease::configure(
+            self.instance.clone(),
+            std::time::Duration::from_secs(self.lease),
+        );
+    }
 }
 
 #[derive(Debug, Args)]

@@ -123,10 +123,12 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     for e in &cut {
         if !a.json {
             outln!(
-                "evacuation #{} of {}: cut short (Ferry pid {} is gone): {}",
+                "evacuation #{} of {}: cut short (its Ferry, pid {} on {}, is gone or its lease \
+                 expired): {}",
                 e.id,
                 e.host,
                 e.pid,
+                e.machine,
                 if a.dry_run {
                     "would end it in the journal"
                 } else {
@@ -153,6 +155,9 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 inert(&d.guest),
                 d.location
             );
+            if let Some(t) = &r.took_over {
+                outln!("  {}", inert(t));
+            }
         }
         for (i, step) in d.steps.iter().enumerate() {
             let failed = r.failed.iter().find(|(n, _)| *n == i);

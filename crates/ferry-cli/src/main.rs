@@ -54,6 +54,14 @@ fn main() -> ExitCode {
 
 /// Run the command on this machine.
 fn local(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Who this Ferry is to the others sharing its journal, before it takes any lease.
+    match &cli.command {
+        Command::Migrate(a) => a.journal.identify(),
+        Command::Recover(a) => a.journal.identify(),
+        Command::Evacuate(a) => a.journal.identify(),
+        Command::Serve(a) => a.journal.identify(),
+        _ => {}
+    }
     match cli.command {
         Command::Plan(a) => plan_cmd::run(&a),
         Command::Hosts(a) => hosts_cmd::run(&a),

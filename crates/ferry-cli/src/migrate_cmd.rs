@@ -270,7 +270,9 @@ pub fn run(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let inv = a.inventory.load()?.map(Arc::new);
     let ask = ask(a, inv.clone(), started)?;
     let journal = if a.dry_run {
-        Journal::in_memory()?
+        // Read, never written: a dry run sees what the real run would (a host another Ferry
+        // is evacuating is draining); without a journal yet, one in memory.
+        Journal::open_existing(&a.journal.journal).or_else(|_| Journal::in_memory())?
     } else {
         Journal::open(&a.journal.journal).with_context(|| {
             "Ferry records every volume it creates there, to roll back exactly those; \

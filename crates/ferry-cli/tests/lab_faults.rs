@@ -514,7 +514,7 @@ fn two_migrations_of_one_guest(r: &mut Report) {
     let (code, out, err) = migrate(&args(&[]));
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains("lab-guest is being migrated by run #1 (ferry pid"),
+        err.contains("lab-guest is being migrated by run #1 (instance "),
         "{err}"
     );
     let (code, out, err) = m.wait(Duration::from_secs(300));

@@ -7,7 +7,8 @@
 
 pub mod fake;
 pub mod libvirt;
-pub mod wait;
+/// The one way to wait (its own crate, so that the journal waits the same way).
+pub use ferry_wait as wait;
 
 /// A path's directory and last component (`/a/b` → `/a`, `b`; `/b` → `/`, `b`).
 pub fn split_path(path: &str) -> (&str, &str) {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_journal::{Journal, JournalError, RunOutcome, RunPhase};
+use ferry_journal::{Journal, JournalError, Owner, RunOutcome, RunPhase};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -24,7 +24,7 @@ const THREADS: usize = 10;
 fn migration(j: &Journal, i: usize) -> std::result::Result<(), JournalError> {
     let guest = format!("g{i}");
     let r = j.begin_run(&guest, "qemu+tcp://h1/system", "", "{}")?;
-    j.lock_guest(&guest, r, 1, "bench", |_| true)?;
+    let lease = j.lock_guest(&guest, r, &owner(1), |_| true)?;
     j.set_target(r, "qemu+tcp://h2/system")?;
     j.set_phase(r, RunPhase::Prepare)?;
     j.record_created(r, "qemu+tcp://h2/system", "/srv/vdb.raw", 64 << 20)?;
@@ -33,7 +33,17 @@ fn migration(j: &Journal, i: usize) -> std::result::Result<(), JournalError> {
     j.set_phase(r, RunPhase::Verify)?;
     j.record_deleted(r, "qemu+tcp://h2/system", "/srv/vdc.raw")?;
     j.finish(r, RunOutcome::Migrated, "migrated")?;
-    j.unlock_guest(&guest, r)
+    j.unlock_guest(&guest, lease.token)
+}
+
+/// This benchmark's Ferry, as process `pid`.
+fn owner(pid: u32) -> Owner {
+    Owner {
+        instance: "bench".into(),
+        machine: "bench".into(),
+        pid,
+        lease: Duration::from_secs(60),
+    }
 }
 const STATEMENTS: usize = 11;
 
@@ -73,7 +83,7 @@ fn attempt(path: &Path, start_ms: u64, pid: u32) -> std::result::Result<bool, Jo
     let run = j.begin_run("race", "a", "b", "{}")?;
     // All 50 go at once.
     std::thread::sleep(Duration::from_millis(start_ms.saturating_sub(now_ms())));
-    Ok(j.lock_guest("race", run, pid, "bench", |_| true).is_ok())
+    Ok(j.lock_guest("race", run, &owner(pid), |_| true).is_ok())
 }
 
 /// The child: THREADS threads each try to lock guest `race` at `start_ms`; prints the wins.

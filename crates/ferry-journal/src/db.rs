@@ -3,7 +3,9 @@
 //! written once, in the SQL both speak (`?N` parameters, `RETURNING`, `ON CONFLICT`); this
 //! module binds them, reads rows, and gives each store's way to take an exclusive write.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::error::Error as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::JournalError;
 
@@ -88,7 +90,7 @@ impl Get for postgres::Row {
 /// A connection to the journal's store.
 pub(crate) enum Db {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<postgres::Client>),
+    Postgres(Pg),
 }
 
 impl std::fmt::Debug for Db {
@@ -97,6 +99,96 @@ impl std::fmt::Debug for Db {
             Db::Sqlite(_) => "Db::Sqlite",
             Db::Postgres(_) => "Db::Postgres",
         })
+    }
+}
+
+/// A PostgreSQL journal's connection, made again when the server closed it (a restart, a
+/// failover): a statement outside a transaction is retried on the new connection until
+/// [`RECONNECT`] has passed; a transaction ([`Db::exclusive`]) is run again whole.
+pub(crate) struct Pg {
+    config: postgres::Config,
+    client: RefCell<Option<postgres::Client>>,
+    /// Inside [`Db::exclusive`]: a lost connection lost the transaction, so no statement of it
+    /// is retried alone.
+    in_tx: Cell<bool>,
+}
+
+/// How long a PostgreSQL journal that closed the connection is tried again before the
+/// statement fails (a restart takes seconds; a failover, tens of seconds; a migration's
+/// journal write waits that long rather than lose its record).
+pub(crate) const RECONNECT: Duration = Duration::from_secs(120);
+
+/// How often a lost PostgreSQL server is tried again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// Whether the server went away (rather than refused the statement): the connection is closed,
+/// or the error is one a restarting server sends (SQLSTATE class 08, 57P01–57P03).
+fn connection_lost(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            c.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(c)
+        })
+        || e.as_db_error().is_none() && e.source().is_some_and(|s| s.is::<std::io::Error>())
+}
+
+impl Pg {
+    pub fn connect(config: postgres::Config) -> Result<Self, postgres::Error> {
+        let client = config.connect(postgres::NoTls)?;
+        Ok(Self {
+            config,
+            client: RefCell::new(Some(client)),
+            in_tx: Cell::new(false),
+        })
+    }
+
+    /// Run `f` on the connection, made again first if it was lost.
+    fn once<T>(
+        &self,
+        f: &mut impl FnMut(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let mut slot = self.client.borrow_mut();
+        let mut client = match slot.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.config.connect(postgres::NoTls)?,
+        };
+        let out = f(&mut client);
+        // A lost connection is dropped; the next call makes a new one.
+        if !out.as_ref().is_err_and(connection_lost) {
+            *slot = Some(client);
+        }
+        out
+    }
+
+    /// Run `f`; when the server went away, again on a new connection until [`RECONNECT`] has
+    /// passed (never inside a transaction, which the lost connection took with it).
+    fn call<T>(
+        &self,
+        mut f: impl FnMut(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, JournalError> {
+        match self.once(&mut f) {
+            Err(e) if connection_lost(&e) && !self.in_tx.get() => {
+                let mut last = e;
+                ferry_wait::poll_until(ferry_wait::deadline_in(RECONNECT), RECONNECT_EVERY, || {
+                    match self.once(&mut f) {
+                        Err(e) if connection_lost(&e) => {
+                            last = e;
+                            None
+                        }
+                        other => Some(other),
+                    }
+                })
+                .unwrap_or(Err(last))
+                .map_err(JournalError::from)
+            }
+            other => Ok(other?),
+        }
     }
 }
 
@@ -119,7 +211,7 @@ impl Db {
     pub fn exec(&self, sql: &str, p: &[Val<'_>]) -> Result<u64, JournalError> {
         match self {
             Db::Sqlite(c) => Ok(c.execute(sql, rusqlite::params_from_iter(p.iter()))? as u64),
-            Db::Postgres(c) => Ok(c.borrow_mut().execute(&dollars(sql), &pg_params(p))?),
+            Db::Postgres(c) => c.call(|cl| cl.execute(&dollars(sql), &pg_params(p))),
         }
     }
 
@@ -127,7 +219,7 @@ impl Db {
     pub fn batch(&self, sql: &str) -> Result<(), JournalError> {
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Db::Postgres(c) => Ok(c.borrow_mut().batch_execute(sql)?),
+            Db::Postgres(c) => c.call(|cl| cl.batch_execute(sql)),
         }
     }
 
@@ -149,7 +241,7 @@ impl Db {
                 Ok(out)
             }
             Db::Postgres(c) => {
-                let rows = c.borrow_mut().query(&dollars(sql), &pg_params(p))?;
+                let rows = c.call(|cl| cl.query(&dollars(sql), &pg_params(p)))?;
                 rows.iter().map(|r| f(r)).collect()
             }
         }
@@ -176,26 +268,50 @@ impl Db {
                 )
                 .map(|n| n > 0)?),
             Db::Postgres(c) => Ok(c
-                .borrow_mut()
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])?
+                .call(|cl| cl.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]))?
                 .try_get(0)?),
         }
     }
 
     /// Run `f` as one transaction that no other writer of the journal interleaves with (two
     /// Ferry processes cannot both read "free" and both take a lock); rolled back when `f`
-    /// fails.
-    pub fn exclusive<T>(
-        &self,
-        f: impl FnOnce() -> Result<T, JournalError>,
-    ) -> Result<T, JournalError> {
-        match self {
-            Db::Sqlite(_) => self.batch("BEGIN IMMEDIATE")?,
+    /// fails. On PostgreSQL, a transaction the server's going away cut short is run again whole
+    /// on a new connection, until [`RECONNECT`] has passed.
+    pub fn exclusive<T>(&self, f: impl Fn() -> Result<T, JournalError>) -> Result<T, JournalError> {
+        let Db::Postgres(pg) = self else {
+            self.batch("BEGIN IMMEDIATE")?;
+            return self.finish_tx(f());
+        };
+        let once = || {
+            pg.in_tx.set(true);
             // The locks table's SHARE ROW EXCLUSIVE mode conflicts with itself: one such
             // transaction at a time, readers untouched.
-            Db::Postgres(_) => self.batch("BEGIN; LOCK TABLE locks IN SHARE ROW EXCLUSIVE MODE")?,
+            let out = self
+                .batch("BEGIN; LOCK TABLE locks IN SHARE ROW EXCLUSIVE MODE")
+                .and_then(|()| self.finish_tx(f()));
+            pg.in_tx.set(false);
+            out
+        };
+        let lost = |r: &Result<T, JournalError>| matches!(r, Err(JournalError::Postgres(e)) if connection_lost(e));
+        let first = once();
+        if !lost(&first) {
+            return first;
         }
-        let result = f();
+        let mut last = first;
+        ferry_wait::poll_until(ferry_wait::deadline_in(RECONNECT), RECONNECT_EVERY, || {
+            let again = once();
+            if lost(&again) {
+                last = again;
+                None
+            } else {
+                Some(again)
+            }
+        })
+        .unwrap_or(last)
+    }
+
+    /// End the transaction `result` came from: committed, or rolled back on an error.
+    fn finish_tx<T>(&self, result: Result<T, JournalError>) -> Result<T, JournalError> {
         match &result {
             Ok(_) => self.batch("COMMIT")?,
             Err(_) => {
@@ -203,5 +319,24 @@ impl Db {
             }
         }
         result
+    }
+
+    /// The store's clock, in milliseconds since the epoch: the PostgreSQL server's for a shared
+    /// journal (every instance reads one clock), this machine's for SQLite.
+    pub fn now_ms(&self) -> Result<i64, JournalError> {
+        match self {
+            Db::Sqlite(_) => Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)),
+            Db::Postgres(c) => Ok(c
+                .call(|cl| {
+                    cl.query_one(
+                        "SELECT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)",
+                        &[],
+                    )
+                })?
+                .try_get(0)?),
+        }
     }
 }

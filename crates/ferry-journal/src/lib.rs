@@ -38,10 +38,13 @@ pub enum JournalError {
     )]
     Newer { path: String, version: i64 },
     #[error(
-        "{guest} is being migrated by run #{} (ferry pid {} on {}): one migration per guest; \
-         wait for it, or stop it (Ctrl-C in its terminal)", .holder.run, .holder.pid, .holder.host
+        "{guest} is being migrated by run #{} ({}): one migration per guest; wait for it, or \
+         stop it (`ferry abort {guest}`)", .holder.run, .holder.who()
     )]
-    Locked { guest: String, holder: Holder },
+    Locked {
+        guest: String,
+        holder: Box<Holder>,
+    },
     #[error("there is no run #{0} in the journal (`ferry history` lists them)")]
     NoRun(i64),
 }
@@ -86,6 +89,13 @@ pub struct EvacuationRow {
     pub finished: Option<i64>,
     pub outcome: Option<EvacuationOutcome>,
     pub message: Option<String>,
+    /// The evacuating Ferry's instance name (none before leases were kept).
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Until when its lease holds the host draining, in ms since the epoch (the store's
+    /// clock); renewed while its Ferry lives.
+    #[serde(default)]
+    pub expires_ms: Option<i64>,
 }
 
 /// A volume Ferry created and has not deleted.
@@ -103,6 +113,16 @@ pub struct Created {
 #[derive(Debug)]
 pub struct Journal {
     db: Db,
+    /// Where it was opened from (none in memory): a second connection for a thread of its own.
+    location: Option<std::path::PathBuf>,
+    /// This process's number for it (what tells journals in memory apart).
+    serial: u64,
+}
+
+/// The next journal's [`Journal::serial`].
+fn next_serial() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn now() -> i64 {
@@ -113,8 +133,8 @@ fn now() -> i64 {
 }
 
 /// The schema's version: 1 was every journal before the version was kept (upgraded on open),
-/// 2 is this one. A journal of a higher version is refused: a newer Ferry wrote it.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 2 kept it, 3 holds locks and evacuations by leases (instance, token, expiry). A journal of a higher version is refused: a newer Ferry wrote it.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The schema, in SQLite's words; [`pg_schema`] says it in PostgreSQL's.
 const SCHEMA: &str = "
@@ -161,7 +181,9 @@ CREATE TABLE IF NOT EXISTS evacuations (
     started INTEGER NOT NULL,
     finished INTEGER,
     outcome TEXT,
-    message TEXT
+    message TEXT,
+    instance TEXT,
+    expires INTEGER
 );
 CREATE TABLE IF NOT EXISTS evacuation_runs (
     evacuation INTEGER NOT NULL REFERENCES evacuations(id),
@@ -179,7 +201,10 @@ CREATE TABLE IF NOT EXISTS locks (
     run INTEGER NOT NULL,
     pid INTEGER NOT NULL,
     host TEXT NOT NULL,
-    since INTEGER NOT NULL
+    since INTEGER NOT NULL,
+    instance TEXT,
+    token INTEGER,
+    expires INTEGER
 );
 CREATE TABLE IF NOT EXISTS ferry_schema (
     version INTEGER NOT NULL
@@ -198,7 +223,7 @@ fn pg_schema() -> String {
         )
 }
 
-/// Who holds a guest's lock.
+/// Who holds a guest's lock: a run of a Ferry instance, by a lease it renews while it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Holder {
     pub run: RunId,
@@ -207,6 +232,93 @@ pub struct Holder {
     pub host: String,
     /// Seconds since the epoch.
     pub since: i64,
+    /// The holding Ferry's instance name (none in a lock taken before leases were kept).
+    pub instance: Option<String>,
+    /// The lease's fencing token: each taking of the lock has its own, so the Ferry that took
+    /// it can tell it still holds it.
+    pub token: Option<i64>,
+    /// Until when the lease holds, in ms since the epoch (the store's clock).
+    pub expires_ms: Option<i64>,
+}
+
+impl Holder {
+    /// The holder for a person: `instance NAME, pid P on MACHINE`.
+    pub fn who(&self) -> String {
+        match &self.instance {
+            Some(i) => format!("instance {i}, ferry pid {} on {}", self.pid, self.host),
+            None => format!("ferry pid {} on {}", self.pid, self.host),
+        }
+    }
+
+    /// Where this holder stands at `now_ms`, seen from `me` (see [`standing`]).
+    pub fn standing(&self, now_ms: i64, me: &str, alive: impl Fn(u32) -> bool) -> Standing {
+        standing(&self.host, self.pid, self.expires_ms, now_ms, me, alive)
+    }
+}
+
+/// Where a lease's holder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// It holds: never taken from it.
+    Live,
+    /// It was not renewed in time (its Ferry died, hangs, or lost the journal): taken over.
+    Expired,
+    /// Its process on this machine is gone: taken over at once.
+    Gone,
+}
+
+/// The one rule for a lease held by process `pid` on `machine` until `expires_ms`, judged at
+/// `now_ms` by a Ferry on machine `me` (`alive` says whether a pid of this machine is a
+/// running Ferry): a process of this machine that is gone holds nothing; a lease past its
+/// expiry holds nothing; any other holds. A lock written before leases were kept (no expiry)
+/// holds while its process lives when it is on this machine, and always when it is on another,
+/// whose processes Ferry cannot see.
+pub fn standing(
+    machine: &str,
+    pid: u32,
+    expires_ms: Option<i64>,
+    now_ms: i64,
+    me: &str,
+    alive: impl Fn(u32) -> bool,
+) -> Standing {
+    if machine == me && !alive(pid) {
+        Standing::Gone
+    } else if expires_ms.is_some_and(|e| e <= now_ms) {
+        Standing::Expired
+    } else {
+        Standing::Live
+    }
+}
+
+/// Who takes leases: a Ferry instance (a name the operator gives, the machine's by default),
+/// as a process on a machine, and how long its leases hold unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: String,
+    pub machine: String,
+    pub pid: u32,
+    pub lease: std::time::Duration,
+}
+
+/// A lock taken: its fencing token, and the holder it was taken over from, if any (with why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: i64,
+    pub took_over: Option<(Holder, Standing)>,
+}
+
+/// A fencing token no other taking of a lock has: random (std's hasher keys are), positive.
+fn new_token(guest: &str, pid: u32) -> i64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    (guest, pid, SystemTime::now()).hash(&mut h);
+    (h.finish() >> 1) as i64
+}
+
+/// A duration in ms as the journal keeps it.
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The columns of [`RunRow`], in the order [`run_row`] reads them.
@@ -300,22 +412,40 @@ fn connect_pg(url: &str, shown: &str) -> Result<Db, JournalError> {
     // A server that vanishes mid-query is noticed, not waited on for good.
     config.keepalives(true);
     config.keepalives_idle(std::time::Duration::from_secs(30));
-    let client = config.connect(postgres::NoTls).map_err(open_err)?;
-    Ok(Db::Postgres(std::cell::RefCell::new(client)))
+    Ok(Db::Postgres(db::Pg::connect(config).map_err(open_err)?))
+}
+
+/// Add `column` (`NAME TYPE`, in SQLite's words) to `table` unless it has it.
+fn add_column(db: &Db, table: &str, column: &str) -> Result<(), JournalError> {
+    match db {
+        Db::Sqlite(c) => {
+            let name = column.split(' ').next().unwrap_or(column);
+            if c.prepare(&format!("SELECT {name} FROM {table} LIMIT 0"))
+                .is_err()
+            {
+                db.batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+            }
+            Ok(())
+        }
+        Db::Postgres(_) => db.batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {}",
+            column.replace("INTEGER", "BIGINT")
+        )),
+    }
 }
 
 /// Journals written before a column existed get it; the version is kept from now on. A
 /// journal a newer Ferry wrote is refused.
 fn upgrade(db: &Db, shown: &str) -> Result<(), JournalError> {
-    match db {
-        Db::Sqlite(c) => {
-            if c.prepare("SELECT provider FROM created LIMIT 0").is_err() {
-                db.batch("ALTER TABLE created ADD COLUMN provider TEXT")?;
-            }
-        }
-        Db::Postgres(_) => {
-            db.batch("ALTER TABLE created ADD COLUMN IF NOT EXISTS provider TEXT")?
-        }
+    for (table, column) in [
+        ("created", "provider TEXT"),
+        ("locks", "instance TEXT"),
+        ("locks", "token INTEGER"),
+        ("locks", "expires INTEGER"),
+        ("evacuations", "instance TEXT"),
+        ("evacuations", "expires INTEGER"),
+    ] {
+        add_column(db, table, column)?;
     }
     let version = db.row("SELECT max(version) FROM ferry_schema", &[], |r| {
         r.opt_i64(0)
@@ -357,7 +487,11 @@ impl Journal {
                     return Err(e);
                 }
             }
-            return Ok(Self { db });
+            return Ok(Self {
+                db,
+                location: Some(path.to_path_buf()),
+                serial: next_serial(),
+            });
         }
         let open_err = |source: rusqlite::Error| JournalError::Open {
             path: shown.clone(),
@@ -372,7 +506,11 @@ impl Journal {
         c.execute_batch(SCHEMA).map_err(open_err)?;
         let db = Db::Sqlite(c);
         upgrade(&db, &shown)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            location: Some(path.to_path_buf()),
+            serial: next_serial(),
+        })
     }
 
     /// Open an existing journal to read it: nothing is created — no directory, no file, no
@@ -392,7 +530,11 @@ impl Journal {
                     )));
                 }
             }
-            return Ok(Self { db });
+            return Ok(Self {
+                db,
+                location: Some(path.to_path_buf()),
+                serial: next_serial(),
+            });
         }
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
@@ -438,14 +580,42 @@ impl Journal {
                     _ => read_err(format!("it cannot be read as Ferry's journal ({e})")),
                 })?;
         }
-        Ok(Self { db: Db::Sqlite(db) })
+        Ok(Self {
+            db: Db::Sqlite(db),
+            location: Some(path.to_path_buf()),
+            serial: next_serial(),
+        })
     }
 
     /// A journal that lives only as long as this value (tests, `--dry-run`).
     pub fn in_memory() -> Result<Self, JournalError> {
         let c = rusqlite::Connection::open_in_memory()?;
         c.execute_batch(SCHEMA)?;
-        Ok(Self { db: Db::Sqlite(c) })
+        Ok(Self {
+            db: Db::Sqlite(c),
+            location: None,
+            serial: next_serial(),
+        })
+    }
+
+    /// Where the journal was opened from (`None` in memory).
+    pub fn location(&self) -> Option<&Path> {
+        self.location.as_deref()
+    }
+
+    /// Which journal this is: the same for every connection to one file or database, another
+    /// for each journal in memory.
+    pub fn identity(&self) -> String {
+        match &self.location {
+            Some(p) => p.display().to_string(),
+            None => format!("memory:{}", self.serial),
+        }
+    }
+
+    /// The journal's clock, in ms since the epoch: the PostgreSQL server's for a shared
+    /// journal, so that every instance judges leases by one clock.
+    pub fn now_ms(&self) -> Result<i64, JournalError> {
+        self.db.now_ms()
     }
 
     pub fn begin_run(
@@ -656,7 +826,7 @@ impl Journal {
     /// Who holds `guest`'s lock.
     pub fn holder(&self, guest: &str) -> Result<Option<Holder>, JournalError> {
         self.db.row(
-            "SELECT run, pid, host, since FROM locks WHERE guest = ?1",
+            "SELECT run, pid, host, since, instance, token, expires FROM locks WHERE guest = ?1",
             &[guest.into()],
             |r| {
                 Ok(Holder {
@@ -664,6 +834,9 @@ impl Journal {
                     pid: pid_of(r.i64(1)?),
                     host: r.text(2)?,
                     since: r.i64(3)?,
+                    instance: r.opt_text(4)?,
+                    token: r.opt_i64(5)?,
+                    expires_ms: r.opt_i64(6)?,
                 })
             },
         )
@@ -699,50 +872,93 @@ impl Journal {
         )
     }
 
-    /// Take `guest`'s lock for `run`, held by process `pid` on machine `host`. A holder on the
-    /// same machine whose process is gone (`alive` says no) is taken over: its holder is
-    /// returned, to be said. A live holder, or one on another machine (whose process Ferry
-    /// cannot see), refuses with [`JournalError::Locked`].
+    /// Take `guest`'s lock for `run`, for `owner`, by a lease of `owner.lease` (renewed by
+    /// [`Journal::renew`]). A holder that does not stand ([`standing`]: its process on this
+    /// machine is gone, or its lease expired) is taken over: it is returned with why, to be
+    /// said. A live one refuses with [`JournalError::Locked`].
     pub fn lock_guest(
         &self,
         guest: &str,
         run: RunId,
-        pid: u32,
-        host: &str,
+        owner: &Owner,
         alive: impl Fn(u32) -> bool,
-    ) -> Result<Option<Holder>, JournalError> {
+    ) -> Result<Lease, JournalError> {
+        let token = new_token(guest, owner.pid);
         self.db.exclusive(|| {
-            let holder = self.holder(guest)?;
-            let taken_over = match holder {
-                Some(h) if h.host != host || alive(h.pid) => {
-                    return Err(JournalError::Locked {
-                        guest: guest.to_string(),
-                        holder: h,
-                    })
-                }
-                other => other,
+            let now = self.db.now_ms()?;
+            let took_over = match self.holder(guest)? {
+                None => None,
+                Some(h) => match h.standing(now, &owner.machine, &alive) {
+                    Standing::Live => {
+                        return Err(JournalError::Locked {
+                            guest: guest.to_string(),
+                            holder: Box::new(h),
+                        })
+                    }
+                    why => Some((h, why)),
+                },
             };
             self.db.exec(
-                "INSERT INTO locks (guest, run, pid, host, since) VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO locks (guest, run, pid, host, since, instance, token, expires) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (guest) DO UPDATE SET run = excluded.run, pid = excluded.pid, \
-                 host = excluded.host, since = excluded.since",
+                 host = excluded.host, since = excluded.since, instance = excluded.instance, \
+                 token = excluded.token, expires = excluded.expires",
                 &[
                     guest.into(),
                     run.0.into(),
-                    i64::from(pid).into(),
-                    host.into(),
-                    now().into(),
+                    i64::from(owner.pid).into(),
+                    owner.machine.as_str().into(),
+                    (now / 1000).into(),
+                    owner.instance.as_str().into(),
+                    token.into(),
+                    now.saturating_add(ms(owner.lease)).into(),
                 ],
             )?;
-            Ok(taken_over)
+            Ok(Lease {
+                token,
+                took_over: took_over.clone(),
+            })
         })
     }
 
-    /// Give `guest`'s lock back (only if `run` holds it).
-    pub fn unlock_guest(&self, guest: &str, run: RunId) -> Result<(), JournalError> {
+    /// Renew every lease `owner`'s process holds (its guests' locks, its evacuations' draining
+    /// hosts) for another `owner.lease`. A lock another Ferry took over is not this process's
+    /// any more, and stays the other's.
+    pub fn renew(&self, owner: &Owner) -> Result<(), JournalError> {
+        let until = self.db.now_ms()?.saturating_add(ms(owner.lease));
+        let (machine, pid) = (owner.machine.as_str(), i64::from(owner.pid));
         self.db.exec(
-            "DELETE FROM locks WHERE guest = ?1 AND run = ?2",
-            &[guest.into(), run.0.into()],
+            "UPDATE locks SET expires = ?1 WHERE host = ?2 AND pid = ?3",
+            &[until.into(), machine.into(), pid.into()],
+        )?;
+        self.db.exec(
+            "UPDATE evacuations SET expires = ?1 WHERE machine = ?2 AND pid = ?3 \
+             AND finished IS NULL",
+            &[until.into(), machine.into(), pid.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the lease with `token` still holds `guest`'s lock (fencing: a Ferry whose lease
+    /// was taken over stops touching the guest).
+    pub fn holds(&self, guest: &str, token: i64) -> Result<bool, JournalError> {
+        Ok(self
+            .db
+            .row(
+                "SELECT run FROM locks WHERE guest = ?1 AND token = ?2",
+                &[guest.into(), token.into()],
+                |_| Ok(()),
+            )?
+            .is_some())
+    }
+
+    /// Give `guest`'s lock back (only the lease with `token`: never one another Ferry took
+    /// over).
+    pub fn unlock_guest(&self, guest: &str, token: i64) -> Result<(), JournalError> {
+        self.db.exec(
+            "DELETE FROM locks WHERE guest = ?1 AND token = ?2",
+            &[guest.into(), token.into()],
         )?;
         Ok(())
     }
@@ -824,22 +1040,25 @@ impl Journal {
     }
 
     /// Begin the evacuation of `host`: from now until it ends, the host is draining.
+    /// The host is held draining by `owner`'s lease, renewed as its locks are.
     pub fn begin_evacuation(
         &self,
         host: &str,
         uri: &str,
-        pid: u32,
-        machine: &str,
+        owner: &Owner,
     ) -> Result<i64, JournalError> {
+        let until = self.db.now_ms()?.saturating_add(ms(owner.lease));
         let id = self.db.row(
-            "INSERT INTO evacuations (host, uri, pid, machine, started) \
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            "INSERT INTO evacuations (host, uri, pid, machine, started, instance, expires) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
             &[
                 host.into(),
                 uri.into(),
-                i64::from(pid).into(),
-                machine.into(),
+                i64::from(owner.pid).into(),
+                owner.machine.as_str().into(),
                 now().into(),
+                owner.instance.as_str().into(),
+                until.into(),
             ],
             |r| r.i64(0),
         )?;
@@ -894,8 +1113,8 @@ impl Journal {
     fn evacuations_where(&self, cond: &str) -> Result<Vec<EvacuationRow>, JournalError> {
         self.db.rows(
             &format!(
-                "SELECT id, host, uri, pid, machine, started, finished, outcome, message
-                 FROM evacuations WHERE {cond} ORDER BY id"
+                "SELECT id, host, uri, pid, machine, started, finished, outcome, message,
+                 instance, expires FROM evacuations WHERE {cond} ORDER BY id"
             ),
             &[],
             |r| {
@@ -909,6 +1128,8 @@ impl Journal {
                     finished: r.opt_i64(6)?,
                     outcome: r.opt_text(7)?.map(|o| o.parse()).transpose()?,
                     message: r.opt_text(8)?,
+                    instance: r.opt_text(9)?,
+                    expires_ms: r.opt_i64(10)?,
                 })
             },
         )

@@ -36,6 +36,8 @@ pub struct Postgres {
     dir: PathBuf,
     /// Run PostgreSQL's programs as this user (it refuses to run as root).
     user: Option<&'static str>,
+    /// Whether it syncs to disk.
+    durable: bool,
 }
 
 fn is_root() -> bool {
@@ -84,7 +86,7 @@ impl Postgres {
                 return Err(failed("chown", &chown));
             }
         }
-        let s = Postgres { dir, user };
+        let s = Postgres { dir, user, durable };
         let data = s.dir.join("data");
         s.run(
             "initdb",
@@ -99,26 +101,39 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
-        s.run(
+        s.start_again()?;
+        Ok(Some(s))
+    }
+
+    /// Start the server (again, after [`Postgres::stop`]); back when it accepts connections.
+    pub fn start_again(&self) -> Result<(), HarnessError> {
+        let data = self.dir.join("data");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
                 &data.display().to_string(),
                 "-l",
-                &s.dir.join("log").display().to_string(),
+                &self.dir.join("log").display().to_string(),
                 "-o",
                 &format!(
                     "-k {} -c listen_addresses='' -c fsync={} -c max_connections=200",
-                    s.dir.display(),
-                    if durable { "on" } else { "off" }
+                    self.dir.display(),
+                    if self.durable { "on" } else { "off" }
                 ),
                 "-w",
                 "-t",
                 "60",
                 "start",
             ],
-        )?;
-        Ok(Some(s))
+        )
+    }
+
+    /// Stop the server as an operator's restart does (`pg_ctl stop -m fast`: every client's
+    /// connection is closed).
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        let data = self.dir.join("data").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"])
     }
 
     /// PostgreSQL's program `prog`, run as its user.

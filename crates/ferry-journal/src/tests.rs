@@ -71,6 +71,7 @@ both!(
     an_old_journals_failed_verification_reads_as_unverified_and_its_words_unchanged,
     a_word_the_journal_does_not_know_is_an_error_not_a_default,
     one_guest_one_lock_a_dead_holder_on_this_machine_is_taken_over,
+    an_expired_lease_is_taken_over_and_renewing_keeps_only_ones_own,
     the_journal_survives_reopening,
     an_abort_request_reaches_the_run_from_another_connection,
     a_pre_seed_is_journaled_by_window_and_its_volumes_change_hands_on_a_resume,
@@ -100,7 +101,7 @@ fn runs_come_a_page_at_a_time_newest_first(f: &Fresh) {
 fn an_evacuation_is_open_until_finished_and_keeps_its_runs(f: &Fresh) {
     let j = f.open();
     let e = j
-        .begin_evacuation("h1", "qemu+tcp://h1/system", 42, "m")
+        .begin_evacuation("h1", "qemu+tcp://h1/system", &owner("A", "m", 42, 60_000))
         .unwrap();
     let open = j.open_evacuations().unwrap();
     assert_eq!(open.len(), 1);
@@ -231,13 +232,26 @@ fn a_word_the_journal_does_not_know_is_an_error_not_a_default(f: &Fresh) {
     assert!(chain.contains("teleported"), "{chain}");
 }
 
+/// A Ferry process taking leases: instance `name`, process `pid` on `machine`, leases of
+/// `lease_ms`.
+fn owner(name: &str, machine: &str, pid: u32, lease_ms: u64) -> Owner {
+    Owner {
+        instance: name.into(),
+        machine: machine.into(),
+        pid,
+        lease: std::time::Duration::from_millis(lease_ms),
+    }
+}
+
 fn one_guest_one_lock_a_dead_holder_on_this_machine_is_taken_over(f: &Fresh) {
     let (a, b) = (f.open(), f.open());
     let r1 = a.begin_run("g", "h1", "h2", "{}").unwrap();
     let r2 = b.begin_run("g", "h1", "h3", "{}").unwrap();
-    assert_eq!(a.lock_guest("g", r1, 100, "m1", |_| true).unwrap(), None);
+    let (oa, ob) = (owner("A", "m1", 100, 60_000), owner("B", "m1", 200, 60_000));
+    let first = a.lock_guest("g", r1, &oa, |_| true).unwrap();
+    assert_eq!(first.took_over, None);
     // A second Ferry (another process, the same journal) is refused with the first's run.
-    let e = b.lock_guest("g", r2, 200, "m1", |_| true).unwrap_err();
+    let e = b.lock_guest("g", r2, &ob, |_| true).unwrap_err();
     let JournalError::Locked { holder, .. } = &e else {
         panic!("{e}")
     };
@@ -245,23 +259,130 @@ fn one_guest_one_lock_a_dead_holder_on_this_machine_is_taken_over(f: &Fresh) {
         (holder.run, holder.pid, holder.host.as_str()),
         (r1, 100, "m1")
     );
+    assert_eq!(holder.instance.as_deref(), Some("A"));
+    assert_eq!(holder.token, Some(first.token));
     assert!(e.to_string().contains(&format!("run #{}", r1.0)), "{e}");
     // Another guest is free.
-    b.lock_guest("other", r2, 200, "m1", |_| true).unwrap();
-    // A holder on another machine cannot be seen dead: still refused.
-    assert!(b.lock_guest("g", r2, 200, "m2", |_| false).is_err());
-    // On this machine, a holder whose process is gone is taken over, and said.
-    let old = b
-        .lock_guest("g", r2, 200, "m1", |_| false)
-        .unwrap()
-        .unwrap();
-    assert_eq!(old.run, r1);
+    b.lock_guest("other", r2, &ob, |_| true).unwrap();
+    // A holder on another machine whose lease holds cannot be seen dead: still refused.
+    let on_m2 = owner("B", "m2", 200, 60_000);
+    assert!(b.lock_guest("g", r2, &on_m2, |_| false).is_err());
+    // On this machine, a holder whose process is gone is taken over at once, and said.
+    let second = b.lock_guest("g", r2, &ob, |_| false).unwrap();
+    let (old, why) = second.took_over.unwrap();
+    assert_eq!((old.run, why), (r1, Standing::Gone));
     assert_eq!(b.holder("g").unwrap().map(|h| h.run), Some(r2));
-    // Unlock gives back only one's own lock.
-    a.unlock_guest("g", r1).unwrap();
-    assert!(a.lock_guest("g", r1, 100, "m1", |_| true).is_err());
-    b.unlock_guest("g", r2).unwrap();
-    a.lock_guest("g", r1, 100, "m1", |_| true).unwrap();
+    // Fencing: the first lease no longer holds; unlocking with it gives back nothing.
+    assert!(!a.holds("g", first.token).unwrap());
+    assert!(b.holds("g", second.token).unwrap());
+    a.unlock_guest("g", first.token).unwrap();
+    assert!(a.lock_guest("g", r1, &oa, |_| true).is_err());
+    b.unlock_guest("g", second.token).unwrap();
+    a.lock_guest("g", r1, &oa, |_| true).unwrap();
+}
+
+fn an_expired_lease_is_taken_over_and_renewing_keeps_only_ones_own(f: &Fresh) {
+    let (a, b) = (f.open(), f.open());
+    let r1 = a.begin_run("g", "h1", "h2", "{}").unwrap();
+    let r2 = b.begin_run("g", "h1", "h2", "{}").unwrap();
+    // A on machine m1 takes a lease that has run out by the time B looks (0 ms).
+    let oa = owner("A", "m1", 100, 0);
+    let ob = owner("B", "m2", 200, 60_000);
+    let first = a.lock_guest("g", r1, &oa, |_| true).unwrap();
+    let expired = a.holder("g").unwrap().unwrap();
+    assert!(expired.expires_ms.is_some());
+    // From m2, A's process cannot be seen; its lease says it is over.
+    let second = b.lock_guest("g", r2, &ob, |_| true).unwrap();
+    let (old, why) = second.took_over.unwrap();
+    assert_eq!(
+        (old.run, old.token, why),
+        (r1, Some(first.token), Standing::Expired)
+    );
+    // A comes back and renews: the lock stays B's (A renews only its own leases).
+    a.renew(&owner("A", "m1", 100, 60_000)).unwrap();
+    let now = b.holder("g").unwrap().unwrap();
+    assert_eq!(
+        (now.instance.as_deref(), now.token, now.pid),
+        (Some("B"), Some(second.token), 200)
+    );
+    assert!(!a.holds("g", first.token).unwrap());
+    // B's renewal moves its expiry on.
+    let before = now.expires_ms.unwrap();
+    b.renew(&owner("B", "m2", 200, 600_000)).unwrap();
+    let after = b.holder("g").unwrap().unwrap().expires_ms.unwrap();
+    assert!(after >= before + 500_000, "{before} -> {after}");
+    // An evacuation is held the same way: renewed while open, not once finished.
+    let e = b
+        .begin_evacuation("h1", "qemu+tcp://h1/system", &ob)
+        .unwrap();
+    let open = b.open_evacuations().unwrap();
+    assert_eq!(open[0].instance.as_deref(), Some("B"));
+    let e0 = open[0].expires_ms.unwrap();
+    b.renew(&owner("B", "m2", 200, 600_000)).unwrap();
+    let e1 = b.open_evacuations().unwrap()[0].expires_ms.unwrap();
+    assert!(e1 >= e0 + 500_000, "{e0} -> {e1}");
+    b.finish_evacuation(e, EvacuationOutcome::Emptied, "")
+        .unwrap();
+    b.renew(&owner("B", "m2", 200, 6_000_000)).unwrap();
+    assert_eq!(b.evacuations().unwrap()[0].expires_ms, Some(e1));
+}
+
+/// PostgreSQL restarted under an open journal: a write waits for it (bounded) on a new
+/// connection and lands; so does a lock's transaction.
+#[test]
+fn a_postgresql_restart_is_waited_out_and_the_write_lands() {
+    let Some(pg) = crate::testing::Postgres::start().unwrap() else {
+        return;
+    };
+    let url = pg.database("restart").unwrap();
+    let j = Journal::open(Path::new(&url)).unwrap();
+    let r = j.begin_run("g", "a", "b", "{}").unwrap();
+    pg.stop().unwrap();
+    std::thread::scope(|s| {
+        let back = s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            pg.start_again()
+        });
+        // Written while the server is down: lands once it is back.
+        j.set_phase(r, RunPhase::Migrate).unwrap();
+        back.join().unwrap().unwrap();
+    });
+    assert_eq!(j.run_row(r).unwrap().unwrap().phase, RunPhase::Migrate);
+    // And a transaction, after another restart.
+    pg.stop().unwrap();
+    pg.start_again().unwrap();
+    let lease = j
+        .lock_guest("g", r, &owner("A", "m", 1, 60_000), |_| true)
+        .unwrap();
+    assert!(j.holds("g", lease.token).unwrap());
+    j.finish(r, RunOutcome::Migrated, "verified").unwrap();
+    assert_eq!(j.outcome(r).unwrap(), Some(RunOutcome::Migrated));
+}
+
+#[test]
+fn a_lease_stands_by_its_process_here_and_by_its_expiry_anywhere() {
+    let alive = |_: u32| true;
+    let dead = |_: u32| false;
+    // This machine: a gone process holds nothing, whatever its expiry says.
+    assert_eq!(
+        standing("m1", 1, Some(i64::MAX), 10, "m1", dead),
+        Standing::Gone
+    );
+    assert_eq!(standing("m1", 1, Some(11), 10, "m1", alive), Standing::Live);
+    assert_eq!(
+        standing("m1", 1, Some(10), 10, "m1", alive),
+        Standing::Expired
+    );
+    // Another machine: only the expiry tells.
+    assert_eq!(standing("m2", 1, Some(11), 10, "m1", dead), Standing::Live);
+    assert_eq!(
+        standing("m2", 1, Some(9), 10, "m1", alive),
+        Standing::Expired
+    );
+    // A lock from before leases: its process here, always live elsewhere.
+    assert_eq!(standing("m2", 1, None, 10, "m1", dead), Standing::Live);
+    assert_eq!(standing("m1", 1, None, 10, "m1", alive), Standing::Live);
+    assert_eq!(standing("m1", 1, None, 10, "m1", dead), Standing::Gone);
 }
 
 fn the_journal_survives_reopening(f: &Fresh) {
@@ -280,7 +401,9 @@ fn an_abort_request_reaches_the_run_from_another_connection(f: &Fresh) {
     let running = f.open();
     let r = running.begin_run("g", "a", "b", "{}").unwrap();
     let other = running.begin_run("h", "a", "b", "{}").unwrap();
-    running.lock_guest("g", r, 100, "m1", |_| true).unwrap();
+    running
+        .lock_guest("g", r, &owner("A", "m1", 100, 60_000), |_| true)
+        .unwrap();
     assert_eq!(running.run_held_by(100, "m1").unwrap(), Some(r));
     assert_eq!(running.run_held_by(100, "m2").unwrap(), None);
     assert_eq!(running.abort_requested(r).unwrap(), None);
@@ -363,7 +486,8 @@ fn only_one_of_many_connections_takes_a_guests_lock(f: &Fresh) {
                 let path = f.path.clone();
                 s.spawn(move || {
                     let j = Journal::open(&path).unwrap();
-                    j.lock_guest("g", r, 1000 + i as u32, "m", |_| true).is_ok()
+                    let o = owner("A", "m", 1000 + i as u32, 60_000);
+                    j.lock_guest("g", r, &o, |_| true).is_ok()
                 })
             })
             .collect();
@@ -411,14 +535,23 @@ fn a_journal_from_before_providers_is_upgraded_and_keeps_its_rows() {
     std::fs::create_dir_all(f.dir.as_ref().unwrap()).unwrap();
     {
         let db = rusqlite::Connection::open(&f.path).unwrap();
-        db.execute_batch(&SCHEMA.replace(",\n    provider TEXT", "").replace(
+        let old = SCHEMA
+            .replace(",\n    provider TEXT", "")
+            .replace(
+                ",\n    instance TEXT,\n    token INTEGER,\n    expires INTEGER",
+                "",
+            )
+            .replace(",\n    instance TEXT,\n    expires INTEGER", "");
+        assert!(!old.contains("expires"));
+        db.execute_batch(&old.replace(
             "CREATE TABLE IF NOT EXISTS ferry_schema (\n    version INTEGER NOT NULL\n);",
             "",
         ))
         .unwrap();
         db.execute_batch(
             "INSERT INTO runs (guest, source, target, started, phase) VALUES ('g','a','b',1,'prepare');
-             INSERT INTO created (run, host, path, bytes, created) VALUES (1,'b','/old',7,1);",
+             INSERT INTO created (run, host, path, bytes, created) VALUES (1,'b','/old',7,1);
+             INSERT INTO locks (guest, run, pid, host, since) VALUES ('old', 1, 7, 'elsewhere', 1);",
         )
         .unwrap();
         assert!(db.prepare("SELECT provider FROM created").is_err());
@@ -435,6 +568,16 @@ fn a_journal_from_before_providers_is_upgraded_and_keeps_its_rows() {
         ("/old", None)
     );
     assert_eq!(left[1].provider.as_deref(), Some("{\"by\":\"hook\"}"));
+    // Its locks get leases: the old one (no expiry, on another machine) still holds.
+    let o = Owner {
+        instance: "A".into(),
+        machine: "here".into(),
+        pid: 1,
+        lease: std::time::Duration::from_secs(60),
+    };
+    assert!(j.lock_guest("old", r, &o, |_| true).is_err());
+    let lease = j.lock_guest("g", r, &o, |_| true).unwrap();
+    assert!(j.holds("g", lease.token).unwrap());
 }
 
 #[test]

@@ -67,11 +67,9 @@ pub fn request(journal: &Journal, which: &Which) -> Result<RunRow, AbortError> {
     Ok(row)
 }
 
-/// Whether a live Ferry holds the run's guest lock (one on another machine counts as live).
+/// Whether a live Ferry holds the run's guest lock (its lease stands, on any machine).
 fn running(journal: &Journal, row: &RunRow) -> Result<bool, JournalError> {
-    Ok(journal.holder(&row.guest)?.is_some_and(|h| {
-        h.run == row.id && (h.host != crate::this_machine() || crate::ferry_alive(h.pid))
-    }))
+    crate::lease::drives(journal, row)
 }
 
 /// How a requested abort ended.

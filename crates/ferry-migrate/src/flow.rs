@@ -796,6 +796,14 @@ fn verify_run(
     last: Option<&JobStats>,
     t0: Instant,
 ) -> Result<Outcome, MigrateError> {
+    // Fencing: another Ferry took the guest over; its `recover` verifies and ends the run.
+    if let Some(lost) = crate::lease::lost(ctx.journal, ctx.run) {
+        return Err(MigrateError::LeaseLost {
+            run: ctx.run,
+            guest: req.guest.clone(),
+            lost,
+        });
+    }
     ctx.enter(Step::Verify, format!("{} on {}", req.guest, req.to));
     let (hv, inv) = (ctx.hv.as_ref(), ctx.inv);
     let completed = hv

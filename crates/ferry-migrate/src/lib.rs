@@ -9,6 +9,7 @@ pub mod cold;
 pub mod evacuate;
 pub(crate) mod flow;
 pub mod inventory;
+pub mod lease;
 pub mod migrate;
 pub mod preflight;
 pub mod prepare;
@@ -216,6 +217,18 @@ pub enum MigrateError {
         problems: Vec<verify::VerifyProblem>,
         summary: Box<Summary>,
     },
+    /// Another Ferry took the guest's lock over (this one had not renewed its lease in time):
+    /// this one left the guest and the journal as they were.
+    #[error(
+        "run #{run} of {guest} is no longer this Ferry's: {lost} took the guest's lock over \
+         after this Ferry's lease expired; this Ferry touched nothing more (the run's end is \
+         the other's: `ferry history`)"
+    )]
+    LeaseLost {
+        run: RunId,
+        guest: String,
+        lost: lease::Lost,
+    },
 }
 
 fn no_target_text(guest: &str, r: &ferry_core::placement::Ranking) -> String {
@@ -270,22 +283,28 @@ impl MigrateError {
     pub fn before_acting(&self) -> bool {
         !matches!(
             self,
-            Self::Failed { .. } | Self::VerifyFailed { .. } | Self::Journal(_)
+            Self::Failed { .. }
+                | Self::VerifyFailed { .. }
+                | Self::Journal(_)
+                | Self::LeaseLost { .. }
         )
     }
 }
 
-/// A guest's lock in the journal, for one run: given back when dropped.
+/// A guest's lock in the journal, for one run, held by this process's lease: given back when
+/// dropped (unless another Ferry took it over meanwhile).
 #[derive(Debug)]
 pub struct GuestLock<'j> {
     journal: &'j Journal,
     guest: String,
     pub run: RunId,
+    token: i64,
 }
 
 impl Drop for GuestLock<'_> {
     fn drop(&mut self) {
-        let _ = self.journal.unlock_guest(&self.guest, self.run);
+        lease::forget(self.token);
+        let _ = self.journal.unlock_guest(&self.guest, self.token);
     }
 }
 
@@ -309,8 +328,10 @@ pub fn ferry_alive(pid: u32) -> bool {
 }
 
 /// One guest, one migration: begin the run in the journal and take the guest's lock across
-/// every Ferry process sharing the journal. A live holder refuses ([`MigrateError::Busy`], with
-/// its run, pid and machine); a dead one on this machine is taken over, and said.
+/// every Ferry sharing the journal, by this instance's lease (renewed by the keeper, which
+/// this starts). A live holder refuses ([`MigrateError::Busy`], with its run, instance, pid
+/// and machine); a dead one on this machine, or one whose lease expired, is taken over, and
+/// said.
 pub fn lock<'j>(
     journal: &'j Journal,
     guest: &str,
@@ -319,20 +340,20 @@ pub fn lock<'j>(
     reporter: &mut dyn Reporter,
 ) -> Result<GuestLock<'j>, MigrateError> {
     let run = journal.begin_run(guest, from, to, "{}")?;
-    match journal.lock_guest(guest, run, std::process::id(), &this_machine(), ferry_alive) {
+    match journal.lock_guest(guest, run, &lease::me(), ferry_alive) {
         Ok(taken) => {
-            if let Some(h) = taken {
+            if let Some((h, why)) = taken.took_over {
                 reporter.report(Event::Note {
-                    message: format!(
-                        "took over the lock of run #{} (ferry pid {} is gone)",
-                        h.run, h.pid
-                    ),
+                    message: took_over_text(&h, why),
                 });
             }
+            lease::watch(journal, run, guest, taken.token);
+            lease::keep(journal);
             Ok(GuestLock {
                 journal,
                 guest: guest.to_string(),
                 run,
+                token: taken.token,
             })
         }
         Err(e @ JournalError::Locked { .. }) => {
@@ -340,6 +361,21 @@ pub fn lock<'j>(
             Err(MigrateError::Busy(e))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// What taking over `h`'s lock is said as.
+pub fn took_over_text(h: &ferry_journal::Holder, why: ferry_journal::Standing) -> String {
+    match why {
+        ferry_journal::Standing::Expired => format!(
+            "took over the lock of run #{} from {}: its lease expired",
+            h.run,
+            h.who()
+        ),
+        _ => format!(
+            "took over the lock of run #{} (ferry pid {} is gone)",
+            h.run, h.pid
+        ),
     }
 }
 

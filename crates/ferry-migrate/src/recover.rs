@@ -13,7 +13,7 @@ use ferry_core::domain::{self, DiskSource};
 use ferry_core::Plan;
 use ferry_hypervisor::wait;
 use ferry_hypervisor::{DomainState, HostId, HvError, Hypervisor, MigrateRequest};
-use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunOutcome, RunRow};
+use ferry_journal::{Created, Holder, Journal, JournalError, RunId, RunOutcome, RunRow, Standing};
 use serde::Serialize;
 
 use crate::provision::Provider;
@@ -162,8 +162,11 @@ pub fn decide(f: &RunFacts) -> Recovery {
     if let Some(h) = &f.held_by {
         d.steps.push(Action::Leave {
             why: format!(
-                "run #{} still holds {}'s lock (ferry pid {} on {}); `ferry abort {}` stops it",
-                h.run, r.guest, h.pid, h.host, h.run
+                "run #{} still holds {}'s lock ({}); `ferry abort {}` stops it",
+                h.run,
+                r.guest,
+                h.who(),
+                h.run
             ),
         });
         return d;
@@ -581,6 +584,9 @@ pub struct Recovered {
     pub recovery: Recovery,
     /// Per step: `None` done (or, dry, to do), `Some(error)` when it failed.
     pub failed: Vec<(usize, String)>,
+    /// The guest's lock, taken over from a Ferry that is gone or whose lease expired (said).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_over: Option<String>,
 }
 
 /// Resume a run's failed post-copy with the flags, disks and addresses its plan recorded,
@@ -643,18 +649,33 @@ pub fn run(
         }
     }
     for r in journal.runs_to_recover(only)? {
-        let me = crate::this_machine();
-        // Hold the guest's lock while acting (a dead holder's is taken over); a live one means
-        // the run is not over.
-        let held_by = match journal.holder(&r.guest)? {
-            Some(h) if h.host != me || crate::ferry_alive(h.pid) => Some(h),
+        // Hold the guest's lock while acting (one whose holder is gone, or whose lease
+        // expired, is taken over); a live one means the run is not over.
+        let mut held_by = match journal.holder(&r.guest)? {
+            Some(h) if crate::lease::stands(journal, &h)? == Standing::Live => Some(h),
             _ => None,
         };
-        let locked = !dry_run
-            && held_by.is_none()
-            && journal
-                .lock_guest(&r.guest, r.id, std::process::id(), &me, crate::ferry_alive)
-                .is_ok();
+        let lease = if !dry_run && held_by.is_none() {
+            match journal.lock_guest(&r.guest, r.id, &crate::lease::me(), crate::ferry_alive) {
+                Ok(l) => Some(l),
+                // Another Ferry took it in between: its run is not over.
+                Err(JournalError::Locked { holder, .. }) => {
+                    held_by = Some(*holder);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(l) = &lease {
+            crate::lease::watch(journal, r.id, &r.guest, l.token);
+            crate::lease::keep(journal);
+        }
+        let took_over = lease
+            .as_ref()
+            .and_then(|l| l.took_over.as_ref())
+            .map(|(h, why)| crate::took_over_text(h, *why));
         let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by, answer)?;
         let mut d = decide(&facts);
         let mut failed = vec![];
@@ -730,12 +751,14 @@ pub fn run(
                 }
             }
         }
-        if locked {
-            let _ = journal.unlock_guest(&r.guest, r.id);
+        if let Some(l) = &lease {
+            crate::lease::forget(l.token);
+            let _ = journal.unlock_guest(&r.guest, l.token);
         }
         out.push(Recovered {
             recovery: d,
             failed,
+            took_over,
         });
     }
     Ok(out)

@@ -66,6 +66,12 @@ pub enum ErrorReport<'a> {
     Busy {
         message: String,
     },
+    /// Another Ferry took the run's guest over; this one stopped touching it.
+    LeaseLost {
+        run: ferry_journal::RunId,
+        /// Who holds the guest's lock now.
+        holder: Option<&'a ferry_journal::Holder>,
+    },
     Stopped {
         step: crate::Step,
         reason: crate::StopReason,
@@ -127,6 +133,10 @@ impl MigrateError {
             },
             Self::Busy(b) => ErrorReport::Busy {
                 message: b.to_string(),
+            },
+            Self::LeaseLost { run, lost, .. } => ErrorReport::LeaseLost {
+                run: *run,
+                holder: lost.by.as_ref(),
             },
             Self::Stopped {
                 step,

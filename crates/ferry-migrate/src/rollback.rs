@@ -264,6 +264,14 @@ pub(crate) fn after_failure(
     cause: Cause,
     keep_job: bool,
 ) -> MigrateError {
+    // Fencing: another Ferry took the guest over; what to undo is its decision now.
+    if let Some(lost) = crate::lease::lost(ctx.journal, ctx.run) {
+        return MigrateError::LeaseLost {
+            run: ctx.run,
+            guest: ctx.inv.guest.clone(),
+            lost,
+        };
+    }
     let text = crate::error_chain(&cause);
     ctx.enter(Step::Rollback, text.clone());
     let (inv, run, journal) = (ctx.inv, ctx.run, ctx.journal);

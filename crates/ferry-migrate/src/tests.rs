@@ -717,7 +717,7 @@ fn a_host_being_evacuated_is_refused_as_a_target() {
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     journal
-        .begin_evacuation("h2", DST, 1, "another-machine")
+        .begin_evacuation("h2", DST, &owner(1, "another-machine", LONG))
         .unwrap();
     let ask = Ask {
         dry_run: true,
@@ -1059,7 +1059,7 @@ fn recover_takes_over_the_lock_of_a_dead_ferry_and_gives_it_back() {
     // Held on this machine by a pid that is no Ferry (this test process is not named ferry).
     let me = crate::this_machine();
     journal
-        .lock_guest("g", run_id, std::process::id(), &me, |_| true)
+        .lock_guest("g", run_id, &owner(std::process::id(), &me, LONG), |_| true)
         .unwrap();
     let hv = hv(&fake);
     let dry = recover::run(&hv, &journal, None, true, ANSWER).unwrap();
@@ -1091,7 +1091,7 @@ fn recover_leaves_a_run_whose_ferry_still_holds_the_lock() {
         .unwrap();
     // Held from another machine: its process cannot be seen, so it counts as alive.
     journal
-        .lock_guest("g", run_id, 4242, "another-machine", |_| true)
+        .lock_guest("g", run_id, &owner(4242, "another-machine", LONG), |_| true)
         .unwrap();
     let hv = hv(&fake);
     let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
@@ -1101,6 +1101,145 @@ fn recover_leaves_a_run_whose_ferry_still_holds_the_lock() {
     );
     assert!(mutating(&fake.calls()).is_empty());
     assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
+}
+
+/// A lease that holds for the whole test.
+const LONG: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A Ferry process `pid` on `machine`, taking leases of `lease`.
+fn owner(pid: u32, machine: &str, lease: std::time::Duration) -> ferry_journal::Owner {
+    ferry_journal::Owner {
+        instance: format!("{machine}-{pid}"),
+        machine: machine.into(),
+        pid,
+        lease,
+    }
+}
+
+/// A Ferry on another machine whose lease expired (it died, or lost the journal): `recover`
+/// takes its lock over, says so, and finishes the run.
+#[test]
+fn recover_takes_over_an_expired_lease_from_another_machine_and_says_so() {
+    let fake = lab();
+    let journal = Journal::in_memory().unwrap();
+    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal
+        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
+        .unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
+    fake.add_host(DST, h2);
+    // A lease of 0 ms: expired as soon as it is taken.
+    journal
+        .lock_guest(
+            "g",
+            run_id,
+            &owner(4242, "another-machine", std::time::Duration::ZERO),
+            |_| true,
+        )
+        .unwrap();
+    let hv = hv(&fake);
+    let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
+    assert!(done[0].failed.is_empty(), "{done:?}");
+    let said = done[0].took_over.as_deref().unwrap_or_default();
+    assert!(
+        said.contains(&format!("run #{}", run_id.0)) && said.contains("another-machine"),
+        "{said}"
+    );
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteVolume { .. })));
+    assert_eq!(
+        journal.runs(1).unwrap()[0].outcome,
+        Some(RunOutcome::RolledBack)
+    );
+    assert_eq!(journal.holder("g").unwrap(), None, "the lock is given back");
+}
+
+/// Fencing: a Ferry whose lock another Ferry took over (its lease expired while it was
+/// stopped) finds out at its next renewal, and its rollback then touches nothing: no volume
+/// deleted, no outcome written, the taker's lock left alone.
+#[test]
+fn a_ferry_that_lost_its_lease_rolls_nothing_back() {
+    let fake = lab();
+    let hv = hv(&fake);
+    let req = request("vdb=/srv/store/vdb.raw");
+    let inv = inventory::read(hv.as_ref(), &req).unwrap();
+    let mut h2 = fake.host_snapshot(DST);
+    h2.paths
+        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
+    fake.add_host(DST, h2);
+    let journal = Journal::in_memory().unwrap();
+    let run = journal.begin_run("g", SRC, DST, "{}").unwrap();
+    journal
+        .record_created(run, DST, "/srv/store/vdb.raw", MIB64)
+        .unwrap();
+    let me = owner(std::process::id(), "this-test", std::time::Duration::ZERO);
+    let mine = journal.lock_guest("g", run, &me, |_| true).unwrap();
+    crate::lease::watch(&journal, run, "g", mine.token);
+    // Still ours: a renewal finds nothing lost.
+    crate::lease::renew_once(&journal, &me).unwrap();
+    assert_eq!(crate::lease::lost(&journal, run), None);
+    // Another Ferry takes the expired lease over.
+    let taker = owner(77, "other", LONG);
+    let theirs = journal.lock_guest("g", run, &taker, |_| true).unwrap();
+    crate::lease::renew_once(&journal, &me).unwrap();
+    let lost = crate::lease::lost(&journal, run).expect("the keeper saw the lease taken");
+    assert_eq!(lost.by.as_ref().map(|h| h.pid), Some(77));
+    let created = [prepare::CreatedVolume {
+        path: "/srv/store/vdb.raw".into(),
+        capacity: MIB64,
+        provider: provision::Provider::Libvirt,
+    }];
+    let mut events = vec![];
+    let mut ctx = flow::Ctx {
+        hv: &hv,
+        journal: &journal,
+        run,
+        inv: &inv,
+        reporter: &mut events,
+    };
+    let e = rollback::after_failure(
+        &mut ctx,
+        &created,
+        Cause::NoPath { disk: "vdb".into() },
+        false,
+    );
+    assert!(
+        matches!(e, MigrateError::LeaseLost { run: r, .. } if r == run),
+        "{e:?}"
+    );
+    assert!(mutating(&fake.calls()).is_empty(), "{:?}", fake.calls());
+    assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
+    assert_eq!(journal.leftovers().unwrap().len(), 1);
+    // Its lock given back by the loser: the taker's stays.
+    crate::lease::forget(mine.token);
+    journal.unlock_guest("g", mine.token).unwrap();
+    assert!(journal.holds("g", theirs.token).unwrap());
+}
+
+/// A host whose evacuating Ferry's lease expired (on any machine) is draining no more, and
+/// its evacuation counts as cut short.
+#[test]
+fn an_evacuation_whose_lease_expired_no_longer_drains_its_host() {
+    let j = Journal::in_memory().unwrap();
+    j.begin_evacuation(
+        "h2",
+        DST,
+        &owner(7, "another-machine", std::time::Duration::ZERO),
+    )
+    .unwrap();
+    j.begin_evacuation("h3", H3, &owner(8, "another-machine", LONG))
+        .unwrap();
+    let d = evacuate::draining(&j, |_| true).unwrap();
+    assert_eq!(d, vec![("h3".to_string(), H3.to_string())]);
+    let cut = evacuate::interrupted(&j, |_| true).unwrap();
+    assert_eq!(
+        cut.iter().map(|e| e.host.as_str()).collect::<Vec<_>>(),
+        ["h2"]
+    );
 }
 
 fn dir_pool(name: &str, path: &str) -> ferry_core::facts::PoolFacts {
@@ -2221,7 +2360,7 @@ fn evacuation_migrates_every_guest_and_journals_each_run() {
     let path = journal_file("all");
     let j = Journal::open(&path).unwrap();
     let e = j
-        .begin_evacuation("h1", SRC, std::process::id(), "m")
+        .begin_evacuation("h1", SRC, &owner(std::process::id(), "m", LONG))
         .unwrap();
     let mut events = vec![];
     let stop = std::sync::atomic::AtomicU8::new(evacuate::GO);
@@ -2317,12 +2456,17 @@ fn a_host_being_evacuated_is_draining_for_every_other_command() {
     use crate::target::HostSpec;
     let j = Journal::in_memory().unwrap();
     let me = crate::this_machine();
-    j.begin_evacuation("h2", DST, std::process::id(), &me)
+    j.begin_evacuation("h2", DST, &owner(std::process::id(), &me, LONG))
         .unwrap();
     // One whose Ferry died on this machine no longer drains its host.
-    j.begin_evacuation("h3", H3, u32::MAX - 1, &me).unwrap();
-    j.begin_evacuation("h4", "qemu+tcp://h4/system", 7, "another-machine")
+    j.begin_evacuation("h3", H3, &owner(u32::MAX - 1, &me, LONG))
         .unwrap();
+    j.begin_evacuation(
+        "h4",
+        "qemu+tcp://h4/system",
+        &owner(7, "another-machine", LONG),
+    )
+    .unwrap();
     let d = evacuate::draining(&j, |pid| pid == std::process::id()).unwrap();
     assert_eq!(
         d[1].0, "h4",
@@ -2862,7 +3006,11 @@ fn recover_ends_an_evacuation_cut_short() {
     let j = Journal::in_memory().unwrap();
     // Its Ferry: a pid of this machine that is no Ferry (this test).
     let e = j
-        .begin_evacuation("h1", SRC, std::process::id(), &crate::this_machine())
+        .begin_evacuation(
+            "h1",
+            SRC,
+            &owner(std::process::id(), &crate::this_machine(), LONG),
+        )
         .unwrap();
     assert!(
         recover::end_cut_evacuations(&j, Some(ferry_journal::RunId(1)), false)

@@ -22,12 +22,20 @@ pub struct Form {
     pub path: &'static [&'static str],
 }
 
-/// The options the daemon keeps: the first two are every command's, the third every command's
-/// that reads an inventory.
+/// The options the daemon keeps: the first five are every command's, the sixth every
+/// command's that reads an inventory.
 const DAEMON_OWNS: &[(&str, &str)] = &[
     (
         "journal",
         "the daemon's journal is its own (ferry serve --journal)",
+    ),
+    (
+        "instance",
+        "the daemon's instance name is its own (ferry serve --instance)",
+    ),
+    (
+        "lease",
+        "the daemon's leases are its own (ferry serve --lease)",
     ),
     ("json", "the API always answers in JSON"),
     (
@@ -55,7 +63,7 @@ pub const MIGRATE: Form = Form {
 /// `POST /v1/evacuations`: `ferry evacuate`'s options (`dry-run`: the plan only).
 pub const EVACUATE: Form = Form {
     command: "evacuate",
-    owned: DAEMON_OWNS.split_at(3).0,
+    owned: DAEMON_OWNS.split_at(5).0,
     path: &[],
 };
 
@@ -69,7 +77,7 @@ pub const RECOVER: Form = Form {
 /// `POST /v1/runs/{id}/release`: `ferry release`'s options (the run is the path's).
 pub const RELEASE: Form = Form {
     command: "release",
-    owned: DAEMON_OWNS.split_at(3).0,
+    owned: DAEMON_OWNS.split_at(5).0,
     path: &["id"],
 };
 

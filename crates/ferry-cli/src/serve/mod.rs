@@ -140,12 +140,7 @@ fn unfinished(st: &state::State) {
     let open: Vec<String> = runs
         .iter()
         .filter(|r| r.outcome.is_none())
-        .filter(|r| {
-            j.holder(&r.guest)
-                .ok()
-                .flatten()
-                .is_none_or(|h| h.run != r.id || !ferry_migrate::ferry_alive(h.pid))
-        })
+        .filter(|r| !ferry_migrate::lease::drives(&j, r).unwrap_or(false))
         .map(|r| format!("#{} ({})", r.id, r.guest))
         .collect();
     if !open.is_empty() {

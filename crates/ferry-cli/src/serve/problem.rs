@@ -164,6 +164,12 @@ impl Problem {
                 "The migration failed",
                 detail,
             ),
+            MigrateError::LeaseLost { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "lease_lost",
+                "Another Ferry took the guest over",
+                detail,
+            ),
         };
         p.with("exit", e.exit_status()).with("error", report)
     }

@@ -107,12 +107,9 @@ pub fn begin(
     {
         return Err(AskError::AlreadyEvacuating(n.clone()));
     }
-    Ok(journal.begin_evacuation(
-        &host.name,
-        &host.uri,
-        std::process::id(),
-        &crate::this_machine(),
-    )?)
+    let id = journal.begin_evacuation(&host.name, &host.uri, &crate::lease::me())?;
+    crate::lease::keep(journal);
+    Ok(id)
 }
 
 #[cfg(test)]

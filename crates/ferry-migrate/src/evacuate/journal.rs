@@ -2,35 +2,48 @@
 //! short, and their end.
 
 use super::*;
+use ferry_journal::Standing;
 
 /// The hosts a running evacuation is emptying (their name and URI): no Ferry command picks
-/// them. An evacuation whose Ferry died on this machine (`alive` says no, as
-/// [`crate::ferry_alive`]) no longer counts; one from another machine does.
+/// them. An evacuation holds its host by its Ferry's lease: one whose Ferry died on this
+/// machine (`alive` says no, as [`crate::ferry_alive`]), or whose lease expired, no longer
+/// counts; any other does, on whichever machine it runs.
 pub fn draining(
     journal: &Journal,
     alive: impl Fn(u32) -> bool,
 ) -> Result<Vec<(String, String)>, JournalError> {
-    let me = crate::this_machine();
-    Ok(journal
-        .open_evacuations()?
+    Ok(open(journal, &alive, Standing::Live)?
         .into_iter()
-        .filter(|e| e.machine != me || alive(e.pid))
         .map(|e| (e.host, e.uri))
         .collect())
 }
 
-/// Evacuations cut short: not ended in the journal, and their Ferry (on this machine) is gone.
-/// `ferry recover` recovers their runs one by one, then ends them with
+/// Evacuations cut short: not ended in the journal, and their Ferry is gone (on this machine)
+/// or its lease expired. `ferry recover` recovers their runs one by one, then ends them with
 /// [`end_interrupted`].
 pub fn interrupted(
     journal: &Journal,
     alive: impl Fn(u32) -> bool,
 ) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
-    let me = crate::this_machine();
+    let mut out = open(journal, &alive, Standing::Gone)?;
+    out.extend(open(journal, &alive, Standing::Expired)?);
+    out.sort_by_key(|e| e.id);
+    Ok(out)
+}
+
+/// The evacuations not ended whose lease stands as `standing`.
+fn open(
+    journal: &Journal,
+    alive: &impl Fn(u32) -> bool,
+    standing: Standing,
+) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
+    let (now, me) = (journal.now_ms()?, crate::this_machine());
     Ok(journal
         .open_evacuations()?
         .into_iter()
-        .filter(|e| e.machine == me && !alive(e.pid))
+        .filter(|e| {
+            ferry_journal::standing(&e.machine, e.pid, e.expires_ms, now, &me, alive) == standing
+        })
         .collect())
 }
 
@@ -43,9 +56,9 @@ pub fn end_interrupted(
         e.id,
         ferry_journal::EvacuationOutcome::Interrupted,
         &format!(
-            "its Ferry (pid {}) ended before the evacuation did; `ferry recover` finished its runs \
-             one by one",
-            e.pid
+            "its Ferry (pid {} on {}) ended or stopped renewing its lease before the evacuation \
+             did; `ferry recover` finished its runs one by one",
+            e.pid, e.machine
         ),
     )
 }
