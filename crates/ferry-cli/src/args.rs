@@ -314,6 +314,35 @@ pub struct InventoryArgs {
 pub const DEFAULT_INVENTORY: &str = ferry_core::inventory::DEFAULT_PATH;
 
 impl InventoryArgs {
+    /// The inventory named by FERRY_INVENTORY (or the default), for a command that takes no
+    /// --inventory.
+    pub fn from_env() -> Self {
+        Self {
+            inventory: std::env::var_os("FERRY_INVENTORY").map(PathBuf::from),
+        }
+    }
+
+    /// The inventory's `[journal]` url, if it names one (read alone: an inventory with no host
+    /// yet still gives it).
+    pub fn journal(&self) -> anyhow::Result<Option<String>> {
+        let path = match &self.inventory {
+            Some(p) => p.clone(),
+            None if std::path::Path::new(DEFAULT_INVENTORY).exists() => {
+                PathBuf::from(DEFAULT_INVENTORY)
+            }
+            None => return Ok(None),
+        };
+        let text = crate::input::read_text(
+            &path,
+            "inventory",
+            crate::input::MAX_CONFIG,
+            crate::input::Accept::File,
+        )?;
+        Ok(ferry_core::inventory::JournalSection::from_toml(&text)
+            .with_context(|| format!("in the inventory {}", path.display()))?
+            .map(|j| j.url))
+    }
+
     /// The inventory, if one is given or the default exists.
     pub fn load(&self) -> anyhow::Result<Option<Inventory>> {
         let (path, default) = match &self.inventory {
@@ -427,15 +456,19 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct JournalArgs {
-    /// Ferry's journal: every run, every volume it created, the guests' locks. A file (SQLite,
-    /// the default), or a PostgreSQL database every Ferry of a fleet shares
-    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB; its password is never printed).
+    /// Ferry's journal: every run, every volume it created, the guests' locks. A file (SQLite),
+    /// or a PostgreSQL database every Ferry of a fleet shares
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB; its password is never printed). Default: the
+    /// inventory's [journal] url, else /var/lib/ferry/journal.db.
     #[arg(
-        long,
+        long = "journal",
+        id = "journal",
         value_name = "FILE",
-        env = "FERRY_JOURNAL",
-        default_value = "/var/lib/ferry/journal.db"
+        env = "FERRY_JOURNAL"
     )]
+    pub given: Option<PathBuf>,
+    /// The journal in use: `given`, or the inventory's, or the default ([`JournalArgs::resolve`]).
+    #[arg(skip)]
     pub journal: PathBuf,
     /// This Ferry's name in the journal (the machine's name by default): the instance that
     /// holds a guest's lock or a draining host, as other Ferry instances sharing the journal
@@ -456,7 +489,23 @@ pub struct JournalArgs {
     pub lease: u64,
 }
 
+/// The journal when neither --journal nor the inventory names one.
+pub const DEFAULT_JOURNAL: &str = "/var/lib/ferry/journal.db";
+
 impl JournalArgs {
+    /// Settle the journal in use: --journal (or FERRY_JOURNAL), else the `[journal]` of the
+    /// inventory `inventory` names (or the default inventory, when it exists), else
+    /// [`DEFAULT_JOURNAL`].
+    pub fn resolve(&mut self, inventory: &InventoryArgs) -> anyhow::Result<()> {
+        self.journal = match &self.given {
+            Some(p) => p.clone(),
+            None => inventory
+                .journal()?
+                .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL), PathBuf::from),
+        };
+        Ok(())
+    }
+
     /// Name this process's instance and its lease term (before any lease is taken).
     pub fn identify(&self) {
         ferry_migrate::lease::configure(

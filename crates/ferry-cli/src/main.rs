@@ -54,7 +54,20 @@ fn main() -> ExitCode {
 
 /// Run the command on this machine.
 fn local(cli: Cli) -> anyhow::Result<ExitCode> {
-    // Who this Ferry is to the others sharing its journal, before it takes any lease.
+    let mut cli = cli;
+    // Which journal (--journal, else the inventory's [journal], else the default), and who
+    // this Ferry is to the others sharing it, before it takes any lease.
+    let env_inventory = args::InventoryArgs::from_env();
+    match &mut cli.command {
+        Command::Migrate(a) => a.journal.resolve(&a.inventory)?,
+        Command::Evacuate(a) => a.journal.resolve(&a.inventory)?,
+        Command::Serve(a) => a.journal.resolve(&a.inventory)?,
+        Command::Release(a) => a.journal.resolve(&a.inventory)?,
+        Command::Recover(a) => a.journal.resolve(&env_inventory)?,
+        Command::History(a) => a.journal.resolve(&env_inventory)?,
+        Command::Abort(a) => a.journal.resolve(&env_inventory)?,
+        _ => {}
+    }
     match &cli.command {
         Command::Migrate(a) => a.journal.identify(),
         Command::Recover(a) => a.journal.identify(),

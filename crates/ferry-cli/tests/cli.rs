@@ -408,3 +408,54 @@ fn recover_of_a_run_on_a_silent_host_ends_within_its_connect_timeout() {
     );
     assert!(out.contains("nothing is done without both hosts"), "{out}");
 }
+
+/// The inventory's `[journal]` is the journal of every command that reads it (`migrate`, and
+/// `history`, which takes the inventory from FERRY_INVENTORY); `--journal` overrides it.
+#[test]
+fn the_inventorys_journal_is_used_unless_journal_is_given() {
+    let dir = std::env::temp_dir().join(format!("ferry-cli-{}-invjournal", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = dir.join("fleet.db");
+    let inventory = dir.join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[[host]]\nname = \"t\"\nuri = \"test:///default\"\n[journal]\nurl = \"{}\"\n",
+            journal.display()
+        ),
+    )
+    .unwrap();
+    let with_inventory = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_INVENTORY", &inventory)
+            .env_remove("FERRY_JOURNAL")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    // Refused (the source is the only host), but journaled: in the inventory's journal.
+    let (code, _, err) = with_inventory(&["migrate", "test", "--from", "t", "--to", "t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(journal.exists(), "{err}");
+    let (code, out, err) = with_inventory(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["guest"], "test", "{out}");
+    assert_eq!(runs[0]["outcome"], "refused", "{out}");
+    // --journal wins over the inventory's.
+    let other = dir.join("other.db");
+    let other = other.display().to_string();
+    let (code, _, err) = with_inventory(&["history", "--journal", &other]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("cannot read the journal {other}")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,8 @@ pub const DEFAULT_PATH: &str = "/etc/ferry/inventory.toml";
 pub enum InventoryError {
     #[error("the inventory is not valid TOML for Ferry's inventory")]
     Toml(#[source] toml::de::Error),
+    #[error("[journal] url is empty: give a postgres:// URL or an SQLite file's path")]
+    EmptyJournal,
     #[error("host {0:?} is listed twice in the inventory")]
     DuplicateName(String),
     #[error("the inventory lists {uri} twice (hosts {a} and {b})")]
@@ -282,6 +284,34 @@ pub struct Inventory {
     /// `--preseed-verify` override it).
     #[serde(default)]
     pub preseed: PreseedSection,
+    /// Where every Ferry reading this inventory keeps its journal (`--journal` overrides it).
+    #[serde(default)]
+    pub journal: Option<JournalSection>,
+}
+
+/// The inventory's `[journal]`: the journal every Ferry of the fleet shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    /// A PostgreSQL URL (`postgres://USER@HOST/DB`), or an SQLite file's path.
+    pub url: String,
+}
+
+impl JournalSection {
+    /// The `[journal]` of an inventory's text, read alone: an inventory that names no host
+    /// yet (the package's default, with only `[journal]` filled in) still gives it.
+    pub fn from_toml(text: &str) -> Result<Option<Self>, InventoryError> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            journal: Option<JournalSection>,
+        }
+        let only: Only = toml::from_str(text).map_err(InventoryError::Toml)?;
+        match only.journal {
+            Some(j) if j.url.trim().is_empty() => Err(InventoryError::EmptyJournal),
+            j => Ok(j),
+        }
+    }
 }
 
 /// When Ferry pre-seeds the copied disks.
@@ -331,6 +361,13 @@ impl Inventory {
     fn check(&self) -> Result<(), InventoryError> {
         if self.hosts.is_empty() {
             return Err(InventoryError::Empty);
+        }
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.url.trim().is_empty())
+        {
+            return Err(InventoryError::EmptyJournal);
         }
         for (i, h) in self.hosts.iter().enumerate() {
             if h.name.is_empty()
@@ -471,6 +508,35 @@ mod tests {
         assert_eq!("4096".parse::<Bytes>().unwrap(), Bytes(4096));
         assert!("2 parsecs".parse::<Bytes>().is_err());
         assert!("GiB".parse::<Bytes>().is_err());
+    }
+
+    #[test]
+    fn the_journal_section_is_read_with_or_without_hosts() {
+        let url = "postgres://ferry@db.example/ferry";
+        let alone = format!("[journal]\nurl = \"{url}\"\n");
+        assert_eq!(
+            JournalSection::from_toml(&alone).unwrap().map(|j| j.url),
+            Some(url.to_string())
+        );
+        // With hosts, the whole inventory has it too.
+        let full = format!("[[host]]\nname = \"h1\"\nuri = \"qemu:///system\"\n{alone}");
+        assert_eq!(
+            Inventory::from_toml(&full).unwrap().journal.map(|j| j.url),
+            Some(url.to_string())
+        );
+        assert_eq!(
+            JournalSection::from_toml("[[host]]\nname = \"h1\"\n").unwrap(),
+            None
+        );
+        for bad in ["[journal]\nurl = \" \"\n", "[journal]\npath = \"/x\"\n"] {
+            assert!(JournalSection::from_toml(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            Inventory::from_toml(
+                "[[host]]\nname = \"h1\"\nuri = \"qemu:///system\"\n[journal]\nurl = \"\"\n"
+            ),
+            Err(InventoryError::EmptyJournal)
+        ));
     }
 
     #[test]

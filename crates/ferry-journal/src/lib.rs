@@ -41,10 +41,7 @@ pub enum JournalError {
         "{guest} is being migrated by run #{} ({}): one migration per guest; wait for it, or \
          stop it (`ferry abort {guest}`)", .holder.run, .holder.who()
     )]
-    Locked {
-        guest: String,
-        holder: Box<Holder>,
-    },
+    Locked { guest: String, holder: Box<Holder> },
     #[error("there is no run #{0} in the journal (`ferry history` lists them)")]
     NoRun(i64),
 }
