@@ -90,7 +90,7 @@ impl Get for postgres::Row {
 /// A connection to the journal's store.
 pub(crate) enum Db {
     Sqlite(rusqlite::Connection),
-    Postgres(Pg),
+    Postgres(Box<Pg>),
 }
 
 impl std::fmt::Debug for Db {

@@ -307,10 +307,10 @@ pub struct Lease {
 
 /// A fencing token no other taking of a lock has: random (std's hasher keys are), positive.
 fn new_token(guest: &str, pid: u32) -> i64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (guest, pid, SystemTime::now()).hash(&mut h);
-    (h.finish() >> 1) as i64
+    use std::hash::BuildHasher;
+    let h =
+        std::collections::hash_map::RandomState::new().hash_one((guest, pid, SystemTime::now()));
+    (h >> 1) as i64
 }
 
 /// A duration in ms as the journal keeps it.
@@ -409,7 +409,9 @@ fn connect_pg(url: &str, shown: &str) -> Result<Db, JournalError> {
     // A server that vanishes mid-query is noticed, not waited on for good.
     config.keepalives(true);
     config.keepalives_idle(std::time::Duration::from_secs(30));
-    Ok(Db::Postgres(db::Pg::connect(config).map_err(open_err)?))
+    Ok(Db::Postgres(Box::new(
+        db::Pg::connect(config).map_err(open_err)?,
+    )))
 }
 
 /// Add `column` (`NAME TYPE`, in SQLite's words) to `table` unless it has it.

@@ -801,7 +801,7 @@ fn verify_run(
         return Err(MigrateError::LeaseLost {
             run: ctx.run,
             guest: req.guest.clone(),
-            lost,
+            lost: Box::new(lost),
         });
     }
     ctx.enter(Step::Verify, format!("{} on {}", req.guest, req.to));

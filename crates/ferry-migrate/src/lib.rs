@@ -227,7 +227,7 @@ pub enum MigrateError {
     LeaseLost {
         run: RunId,
         guest: String,
-        lost: lease::Lost,
+        lost: Box<lease::Lost>,
     },
 }
 

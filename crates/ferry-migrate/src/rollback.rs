@@ -269,7 +269,7 @@ pub(crate) fn after_failure(
         return MigrateError::LeaseLost {
             run: ctx.run,
             guest: ctx.inv.guest.clone(),
-            lost,
+            lost: Box::new(lost),
         };
     }
     let text = crate::error_chain(&cause);
