@@ -157,6 +157,7 @@ fn derive_and_rank_1000_hosts(bencher: divan::Bencher) {
                 cpu: CpuCompat::Superset,
                 storage: &d.problems,
                 copy_bytes: d.copy_bytes,
+                journal_migrations: 0,
             })
             .collect();
         rank(&GuestNeeds::of(&dom), &f.source, divan::black_box(&cands))

@@ -9,7 +9,9 @@
 //! - **headroom**: plus 100 × the share of the host's memory still free after placement;
 //! - **CPU**: plus 10 when the host's CPU is identical to what the guest asks, not merely
 //!   compatible;
-//! - **load**: minus 15 for each migration already running to or from the host.
+//! - **load**: minus 15 for each migration already running to or from the host: the jobs
+//!   libvirt shows there, or the runs of every Ferry instance sharing the journal (which also
+//!   counts runs still preparing, before their job starts), whichever is more.
 //!
 //! Ties go to the inventory's order.
 
@@ -127,6 +129,8 @@ pub struct Candidate<'a> {
     /// The storage problems for this target, and the bytes of disks to copy there.
     pub storage: &'a [StorageProblem],
     pub copy_bytes: u64,
+    /// Migrations to or from the host that the journal's live runs say are under way.
+    pub journal_migrations: usize,
 }
 
 /// The verdict on one host.
@@ -309,7 +313,7 @@ pub fn judge(guest: &GuestNeeds, source: &HostReport, c: &Candidate) -> Verdict 
         } else {
             0.0
         }
-        - 15.0 * c.report.migrations().count() as f64;
+        - 15.0 * c.report.migrations().count().max(c.journal_migrations) as f64;
     verdict(reasons, score.round() as i64)
 }
 
@@ -406,6 +410,7 @@ mod tests {
             cpu: CpuCompat::Identical,
             storage: &[],
             copy_bytes: 0,
+            journal_migrations: 0,
         }
     }
 
@@ -576,5 +581,34 @@ mod tests {
         let r = rank(&guest(), &src, &[cand("h4", &full)]);
         assert_eq!(r.target, None);
         assert_eq!(r.hosts[0].reasons[0].code, Code::Memory);
+    }
+
+    /// Other Ferry instances' migrations (from the journal) weigh like libvirt's jobs, and
+    /// one migration both show is counted once.
+    #[test]
+    fn the_journals_migrations_weigh_on_the_rank_counted_once() {
+        let src = report("h1", 8 * GIB);
+        let (a, b) = (report("h2", 12 * GIB), report("h3", 12 * GIB));
+        let score = |c: Candidate| rank(&guest(), &src, &[c]).hosts[0].score;
+        let idle = score(cand("h2", &a));
+        let mut two = cand("h2", &a);
+        two.journal_migrations = 2;
+        assert_eq!(score(two), idle - 30);
+        // Otherwise equal: the host the fleet is not migrating to wins.
+        let mut busy = cand("h2", &a);
+        busy.journal_migrations = 1;
+        let r = rank(&guest(), &src, &[busy, cand("h3", &b)]);
+        assert_eq!(r.target.as_deref(), Some("h3"));
+        // A job libvirt shows that is also a journal's run: one migration, not two.
+        let mut with_job = report("h2", 12 * GIB);
+        with_job.guests.push(GuestFacts {
+            name: "x".into(),
+            active: false,
+            memory: 0,
+            job: true,
+        });
+        let mut both = cand("h2", &with_job);
+        both.journal_migrations = 1;
+        assert_eq!(score(both), idle - 15);
     }
 }

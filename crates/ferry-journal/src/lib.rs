@@ -318,6 +318,22 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The columns of [`Holder`], in the order [`holder_row`] reads them.
+const HOLDER_COLUMNS: &str = "run, pid, host, since, instance, token, expires";
+
+/// A [`Holder`] from the row's columns from `at` on.
+fn holder_row(r: &dyn Get, at: usize) -> Result<Holder, JournalError> {
+    Ok(Holder {
+        run: RunId(r.i64(at)?),
+        pid: pid_of(r.i64(at + 1)?),
+        host: r.text(at + 2)?,
+        since: r.i64(at + 3)?,
+        instance: r.opt_text(at + 4)?,
+        token: r.opt_i64(at + 5)?,
+        expires_ms: r.opt_i64(at + 6)?,
+    })
+}
+
 /// The columns of [`RunRow`], in the order [`run_row`] reads them.
 const RUN_COLUMNS: &str = "id, guest, source, target, started, finished, phase, outcome, message";
 
@@ -825,19 +841,33 @@ impl Journal {
     /// Who holds `guest`'s lock.
     pub fn holder(&self, guest: &str) -> Result<Option<Holder>, JournalError> {
         self.db.row(
-            "SELECT run, pid, host, since, instance, token, expires FROM locks WHERE guest = ?1",
+            &format!("SELECT {HOLDER_COLUMNS} FROM locks WHERE guest = ?1"),
             &[guest.into()],
-            |r| {
-                Ok(Holder {
-                    run: RunId(r.i64(0)?),
-                    pid: pid_of(r.i64(1)?),
-                    host: r.text(2)?,
-                    since: r.i64(3)?,
-                    instance: r.opt_text(4)?,
-                    token: r.opt_i64(5)?,
-                    expires_ms: r.opt_i64(6)?,
-                })
-            },
+            |r| holder_row(r, 0),
+        )
+    }
+
+    /// Unfinished runs that hold their guest's lock, with the holder (whose lease the caller
+    /// judges): the migrations Ferry instances sharing the journal are running.
+    pub fn held_runs(&self) -> Result<Vec<(RunRow, Holder)>, JournalError> {
+        let run_cols = RUN_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lock_cols = HOLDER_COLUMNS
+            .split(", ")
+            .map(|c| format!("l.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.db.rows(
+            &format!(
+                "SELECT {run_cols}, {lock_cols} FROM runs r \
+                 JOIN locks l ON l.run = r.id AND l.guest = r.guest \
+                 WHERE r.outcome IS NULL ORDER BY r.id"
+            ),
+            &[],
+            |r| Ok((run_row(r)?, holder_row(r, 9)?)),
         )
     }
 

@@ -211,7 +211,7 @@ pub fn migrate(
             )
         },
     });
-    let outcome = choose(hv, journal, ask, reporter, cancel).and_then(|sel| {
+    let outcome = choose(hv, journal, run_id, ask, reporter, cancel).and_then(|sel| {
         let Some((target, derived)) = sel.chosen else {
             return Err(MigrateError::NoTarget {
                 guest: s.guest.clone(),
@@ -254,6 +254,7 @@ pub fn migrate(
 fn choose(
     hv: &Arc<dyn Hypervisor>,
     journal: &Journal,
+    run: Option<RunId>,
     ask: &Ask,
     reporter: &mut dyn Reporter,
     cancel: &AtomicBool,
@@ -262,6 +263,11 @@ fn choose(
     // A host being evacuated is draining: never a target.
     let draining = crate::evacuate::draining(journal, crate::ferry_alive)?;
     crate::evacuate::mark_draining(&mut select.candidates, &draining);
+    // Every instance's migrations to or from a candidate weigh on its rank.
+    let load = crate::lease::migrations_by_host(journal, run)?;
+    for c in &mut select.candidates {
+        c.journal_migrations = load.get(&c.uri).copied().unwrap_or(0);
+    }
     let stop = || {
         stop_reason(
             hv.as_ref(),

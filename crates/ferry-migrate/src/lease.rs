@@ -58,6 +58,24 @@ pub fn drives(journal: &Journal, run: &ferry_journal::RunRow) -> Result<bool, Jo
     })
 }
 
+/// How many migrations to or from each host (by URI) the live runs of every Ferry instance
+/// sharing the journal are making, `except` this run.
+pub fn migrations_by_host(
+    journal: &Journal,
+    except: Option<RunId>,
+) -> Result<std::collections::BTreeMap<String, usize>, JournalError> {
+    let mut by_host = std::collections::BTreeMap::new();
+    for (run, holder) in journal.held_runs()? {
+        if Some(run.id) == except || stands(journal, &holder)? != Standing::Live {
+            continue;
+        }
+        for uri in [run.source, run.target] {
+            *by_host.entry(uri).or_insert(0) += 1;
+        }
+    }
+    Ok(by_host)
+}
+
 /// Whether a lease of process `pid` on `machine` until `expires_ms` stands now (an
 /// evacuation's draining host).
 pub fn live(

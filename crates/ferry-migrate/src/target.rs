@@ -29,6 +29,10 @@ pub struct HostSpec {
     /// The inventory's local stores of this host (pools, hooks), in order.
     #[serde(skip)]
     pub local_stores: Vec<Store>,
+    /// Migrations to or from this host that Ferry instances sharing the journal are running
+    /// (live leases), as the journal says: they weigh on its rank like the jobs libvirt shows.
+    #[serde(skip)]
+    pub journal_migrations: usize,
 }
 
 impl HostSpec {
@@ -42,6 +46,7 @@ impl HostSpec {
             migration_address: None,
             labels: vec![],
             local_stores: vec![],
+            journal_migrations: 0,
         }
     }
 
@@ -54,6 +59,7 @@ impl HostSpec {
             migration_address: e.migration_address.clone(),
             labels: e.labels.clone(),
             local_stores: e.local_stores.iter().map(|s| s.store()).collect(),
+            journal_migrations: 0,
         }
     }
 
@@ -430,6 +436,7 @@ pub fn select_among(
             cpu: *cpu,
             storage: &d.problems,
             copy_bytes: d.copy_bytes,
+            journal_migrations: c.spec.journal_migrations,
         })
         .collect();
     let ranking = placement::rank(&guest, &src.report, &candidates);

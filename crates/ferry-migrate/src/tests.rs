@@ -1284,6 +1284,53 @@ fn pooled_lab() -> Arc<Fake> {
 
 const H3: &str = "qemu+tcp://h3/system";
 
+/// Another instance's live run towards h2 (in the journal, its job not started yet) costs h2
+/// score in this migration's ranking; once its lease expired it no longer does.
+#[test]
+fn another_instances_migration_towards_a_host_weighs_on_its_rank() {
+    let fake = pooled_lab();
+    let journal = Journal::in_memory().unwrap();
+    let score = |journal: &Journal| {
+        let ask = Ask {
+            dry_run: true,
+            ..explicit_ask("g", Rules::default(), MigrationOptions::default())
+        };
+        let mut events = vec![];
+        let r = crate::migrate(
+            &hv(&fake),
+            journal,
+            &ask,
+            &mut events,
+            &AtomicBool::new(false),
+        );
+        assert!(matches!(r, Ok(Outcome::DryRun { .. })), "{r:?}");
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::Target(r) => Some(r.hosts[0].score),
+                _ => None,
+            })
+            .expect("the ranking is reported")
+    };
+    let idle = score(&journal);
+    let other = journal.begin_run("other", H3, DST, "{}").unwrap();
+    journal
+        .lock_guest("other", other, &owner(9, "another-machine", LONG), |_| true)
+        .unwrap();
+    assert_eq!(score(&journal), idle - 15);
+    // Its lease expired: it weighs no more.
+    let gone = journal.begin_run("gone", H3, DST, "{}").unwrap();
+    journal
+        .lock_guest(
+            "gone",
+            gone,
+            &owner(10, "another-machine", std::time::Duration::ZERO),
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(score(&journal), idle - 15);
+}
+
 #[test]
 fn selection_derives_every_rule_ranks_hosts_and_leaves_no_canary() {
     use crate::target::{select, HostSpec, SelectRequest};
