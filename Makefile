@@ -106,6 +106,7 @@ MUTATE = crates/ferry-core/src/preflight.rs crates/ferry-core/src/release.rs \
 	crates/ferry-migrate/src/flow.rs crates/ferry-migrate/src/step.rs \
 	crates/ferry-migrate/src/report.rs crates/ferry-migrate/src/evacuate/ask.rs \
 	crates/ferry-migrate/src/evacuate/run.rs crates/ferry-migrate/src/evacuate/verdict.rs \
-	crates/ferry-journal/src/vocab.rs
+	crates/ferry-journal/src/vocab.rs crates/ferry-migrate/src/lease.rs \
+	crates/ferry-migrate/src/evacuate/journal.rs
 mutants:
 	$(CARGO) mutants --test-workspace=false $(foreach f,$(MUTATE),-f $(f)) $(MUTANTS_ARGS)

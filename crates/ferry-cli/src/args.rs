@@ -325,19 +325,9 @@ impl InventoryArgs {
     /// The inventory's `[journal]` url, if it names one (read alone: an inventory with no host
     /// yet still gives it).
     pub fn journal(&self) -> anyhow::Result<Option<String>> {
-        let path = match &self.inventory {
-            Some(p) => p.clone(),
-            None if std::path::Path::new(DEFAULT_INVENTORY).exists() => {
-                PathBuf::from(DEFAULT_INVENTORY)
-            }
-            None => return Ok(None),
+        let Some((path, text, _)) = self.text()? else {
+            return Ok(None);
         };
-        let text = crate::input::read_text(
-            &path,
-            "inventory",
-            crate::input::MAX_CONFIG,
-            crate::input::Accept::File,
-        )?;
         Ok(ferry_core::inventory::JournalSection::from_toml(&text)
             .with_context(|| format!("in the inventory {}", path.display()))?
             .map(|j| j.url))
@@ -345,6 +335,22 @@ impl InventoryArgs {
 
     /// The inventory, if one is given or the default exists.
     pub fn load(&self) -> anyhow::Result<Option<Inventory>> {
+        let Some((path, text, default)) = self.text()? else {
+            return Ok(None);
+        };
+        match Inventory::from_toml(&text) {
+            // The default file with no host yet (the package's, every line commented): no
+            // inventory. One given by name must have hosts.
+            Err(ferry_core::inventory::InventoryError::Empty) if default => Ok(None),
+            r => r
+                .map(Some)
+                .with_context(|| format!("in the inventory {}", path.display())),
+        }
+    }
+
+    /// The inventory file's path and text, and whether it is the default one; `None` when none
+    /// is given and the default does not exist.
+    fn text(&self) -> anyhow::Result<Option<(PathBuf, String, bool)>> {
         let (path, default) = match &self.inventory {
             Some(p) => (p.clone(), false),
             None if std::path::Path::new(DEFAULT_INVENTORY).exists() => {
@@ -358,14 +364,7 @@ impl InventoryArgs {
             crate::input::MAX_CONFIG,
             crate::input::Accept::File,
         )?;
-        match Inventory::from_toml(&text) {
-            // The default file with no host yet (the package's, every line commented): no
-            // inventory. One given by name must have hosts.
-            Err(ferry_core::inventory::InventoryError::Empty) if default => Ok(None),
-            r => r
-                .map(Some)
-                .with_context(|| format!("in the inventory {}", path.display())),
-        }
+        Ok(Some((path, text, default)))
     }
 }
 

@@ -534,3 +534,41 @@ fn a_damaged_journal_is_named_with_what_is_wrong() {
     assert!(err.contains("malformed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A PostgreSQL journal that cannot be reached, or a URL that cannot be read, is refused
+/// before any host is read (no step is announced), within the connect bound, and the password
+/// is never printed.
+#[test]
+fn an_unreachable_or_bad_postgresql_journal_is_refused_before_any_host_without_the_password() {
+    for (journal, why) in [
+        // Nothing listens on port 1 of the loopback: refused at once.
+        ("postgres://ferry:s3cret@127.0.0.1:1/ferry", "refused"),
+        (
+            "postgres://ferry:s3cret@127.0.0.1:notaport/ferry",
+            "invalid",
+        ),
+    ] {
+        for cmd in [
+            vec![
+                "migrate",
+                "test",
+                "--from",
+                "test:///default",
+                "--to",
+                "test:///default",
+            ],
+            vec!["history"],
+            vec!["recover", "--dry-run"],
+        ] {
+            let mut args = cmd.clone();
+            args.extend(["--journal", journal]);
+            let (code, out, err) = ferry_within(&args, Duration::from_secs(20));
+            assert_eq!(code, 1, "{cmd:?} {journal}: {out}{err}");
+            assert!(!format!("{out}{err}").contains("s3cret"), "{out}{err}");
+            assert!(err.contains("ferry:***@127.0.0.1"), "{cmd:?}: {err}");
+            assert!(err.to_lowercase().contains(why), "{cmd:?} {journal}: {err}");
+            // Nothing of the flow began: no step was announced.
+            assert!(!err.contains("==>") && !out.contains("==>"), "{out}{err}");
+        }
+    }
+}

@@ -32,6 +32,20 @@ const TO_H2: [&str; 9] = [
     "--copy",
 ];
 
+/// `lab-guest`, h2 → h1, its vdb copied into h1's store.
+const TO_H1: [&str; 10] = [
+    "migrate",
+    GUEST,
+    "--from",
+    H2,
+    "--to",
+    H1,
+    "--map",
+    "/mnt/nfs_second_mount=/mnt/nfs",
+    "--copy",
+    "vdb=/srv/ferry-store/vdb.raw",
+];
+
 /// `ferry ARGS` as instance B, on another machine.
 fn on_b(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(lab_script())
@@ -119,7 +133,19 @@ fn two_instances_share_one_postgresql_journal_by_leases() {
         "{err}"
     );
 
-    // 2. A is SIGKILLed mid-copy. Its lease still holds: B's recover leaves the run alone.
+    // A's keeper renews its lease: more than a term after the lock, it still holds.
+    let since_ms = j().holder(GUEST).unwrap().expect("A's lock").since * 1000;
+    let term_ms: i64 = LEASE.parse::<i64>().unwrap() * 1000;
+    wait_until("a lease term passes", Duration::from_secs(60), || {
+        j().now_ms().unwrap() > since_ms + term_ms + 3000
+    });
+    let h = j().holder(GUEST).unwrap().expect("A still migrates");
+    assert!(
+        h.expires_ms.unwrap() > j().now_ms().unwrap(),
+        "A renewed its lease: {h:?}"
+    );
+
+    // 2. A is SIGKILLed mid-migration. Its lease still holds: B's recover leaves the run alone.
     kill("-KILL", a.pid);
     let killed = Instant::now();
     let _ = a.wait(Duration::from_secs(30));
@@ -188,22 +214,9 @@ fn two_instances_share_one_postgresql_journal_by_leases() {
     evac.wait_for_line("lab-guest2's storage copy", Duration::from_secs(120), |l| {
         l.contains("\"guest\":\"lab-guest2\"") && l.contains(&phase("storage_copy"))
     });
-    let (code, out, err) = on_b(&[
-        "migrate",
-        GUEST,
-        "--from",
-        H2,
-        "--to",
-        H1,
-        "--map",
-        "/mnt/nfs_second_mount=/mnt/nfs",
-        "--copy",
-        "vdb=/srv/ferry-store/vdb.raw",
-        "--unsafe",
-        "--json",
-        "--journal",
-        journal,
-    ]);
+    let mut back = TO_H1.to_vec();
+    back.extend(["--unsafe", "--json", "--journal", journal]);
+    let (code, out, err) = on_b(&back);
     assert_ne!(code, 0, "{out}{err}");
     let res = result(&out);
     let codes: Vec<&str> = res["error"]["hosts"][0]["reasons"]
@@ -224,24 +237,8 @@ fn two_instances_share_one_postgresql_journal_by_leases() {
 
     // 5. PostgreSQL stopped mid-migration and kept down until the guest runs on the target:
     //    the flow's journal writes wait for it, and the run ends `migrated` once it is back.
-    let mut c = Running::spawn(&[
-        "migrate",
-        GUEST,
-        "--from",
-        H2,
-        "--to",
-        H1,
-        "--map",
-        "/mnt/nfs_second_mount=/mnt/nfs",
-        "--copy",
-        "vdb=/srv/ferry-store/vdb.raw",
-        "--unsafe",
-        "--json",
-        "--journal",
-        journal,
-        "--instance",
-        "A",
-    ]);
+    back.extend(["--instance", "A"]);
+    let mut c = Running::spawn(&back);
     c.wait_for_output(&phase("memory"), Duration::from_secs(180));
     let run = run_of(&c);
     pg.stop().unwrap();

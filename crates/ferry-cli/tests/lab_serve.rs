@@ -475,7 +475,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
         .unwrap()
         .expect("PostgreSQL 15 is installed (lab/setup installs postgresql-15)");
     let journal = pg.database("lab").unwrap();
-    let daemon = daemon(&journal, &[]);
+    let daemon = daemon(&journal, &["--instance", "ferry-serve"]);
 
     // No token, or a read token, starts nothing.
     let body = migrate_body(
@@ -558,10 +558,18 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
     let (code, busy) = api("POST", "/v1/migrations", Some(OPERATE), Some(&body));
     assert_eq!((code, busy["code"].as_str()), (409, Some("busy")), "{busy}");
     assert_eq!(busy["holder_run"], run);
-    // And from a standalone CLI on the same PostgreSQL journal: refused with the daemon's run.
+    // And from a standalone CLI on the same PostgreSQL journal (another instance name):
+    // refused with the daemon's run, held by the daemon's instance.
     let (code, out, err) = ferry(&seed_args(
         "migrate",
-        &["--unsafe", "--journal", &journal, "--json"],
+        &[
+            "--unsafe",
+            "--journal",
+            &journal,
+            "--json",
+            "--instance",
+            "cli",
+        ],
     ));
     assert_eq!(code, 1, "{out}{err}");
     let refused = result(&out);
@@ -570,7 +578,7 @@ fn a_migration_over_the_api_is_followed_over_sse_and_an_abort_rolls_back() {
         refused["error"]["message"]
             .as_str()
             .unwrap()
-            .contains(&format!("by run #{run} ")),
+            .contains(&format!("by run #{run} (instance ferry-serve, ferry pid ")),
         "{refused}"
     );
     let first = a.stop();

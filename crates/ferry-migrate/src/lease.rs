@@ -76,24 +76,6 @@ pub fn migrations_by_host(
     Ok(by_host)
 }
 
-/// Whether a lease of process `pid` on `machine` until `expires_ms` stands now (an
-/// evacuation's draining host).
-pub fn live(
-    journal: &Journal,
-    machine: &str,
-    pid: u32,
-    expires_ms: Option<i64>,
-) -> Result<bool, JournalError> {
-    Ok(ferry_journal::standing(
-        machine,
-        pid,
-        expires_ms,
-        journal.now_ms()?,
-        &crate::this_machine(),
-        crate::ferry_alive,
-    ) == Standing::Live)
-}
-
 /// A lock this process took, watched by the keeper.
 #[derive(Debug)]
 struct Held {

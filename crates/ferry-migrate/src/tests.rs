@@ -1103,6 +1103,34 @@ fn recover_leaves_a_run_whose_ferry_still_holds_the_lock() {
     assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
 }
 
+/// The flow's rollback after run `run` created h2's /srv/store/vdb.raw and failed.
+fn vdb_copy_failed(
+    hv: &Arc<dyn Hypervisor>,
+    journal: &Journal,
+    run: RunId,
+    inv: &inventory::GuestOnHosts,
+) -> MigrateError {
+    let created = [prepare::CreatedVolume {
+        path: "/srv/store/vdb.raw".into(),
+        capacity: MIB64,
+        provider: provision::Provider::Libvirt,
+    }];
+    let mut events = vec![];
+    let mut ctx = flow::Ctx {
+        hv,
+        journal,
+        run,
+        inv,
+        reporter: &mut events,
+    };
+    rollback::after_failure(
+        &mut ctx,
+        &created,
+        Cause::NoPath { disk: "vdb".into() },
+        false,
+    )
+}
+
 /// A lease that holds for the whole test.
 const LONG: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -1179,6 +1207,13 @@ fn a_ferry_that_lost_its_lease_rolls_nothing_back() {
     let me = owner(std::process::id(), "this-test", std::time::Duration::ZERO);
     let mine = journal.lock_guest("g", run, &me, |_| true).unwrap();
     crate::lease::watch(&journal, run, "g", mine.token);
+    // Another journal's lock of the same run number and guest, watched too: none of its
+    // business what happens in the first.
+    let elsewhere = Journal::in_memory().unwrap();
+    let run2 = elsewhere.begin_run("g", SRC, DST, "{}").unwrap();
+    assert_eq!(run2, run);
+    let other = elsewhere.lock_guest("g", run2, &me, |_| true).unwrap();
+    crate::lease::watch(&elsewhere, run2, "g", other.token);
     // Still ours: a renewal finds nothing lost.
     crate::lease::renew_once(&journal, &me).unwrap();
     assert_eq!(crate::lease::lost(&journal, run), None);
@@ -1188,36 +1223,62 @@ fn a_ferry_that_lost_its_lease_rolls_nothing_back() {
     crate::lease::renew_once(&journal, &me).unwrap();
     let lost = crate::lease::lost(&journal, run).expect("the keeper saw the lease taken");
     assert_eq!(lost.by.as_ref().map(|h| h.pid), Some(77));
-    let created = [prepare::CreatedVolume {
-        path: "/srv/store/vdb.raw".into(),
-        capacity: MIB64,
-        provider: provision::Provider::Libvirt,
-    }];
-    let mut events = vec![];
-    let mut ctx = flow::Ctx {
-        hv: &hv,
-        journal: &journal,
-        run,
-        inv: &inv,
-        reporter: &mut events,
-    };
-    let e = rollback::after_failure(
-        &mut ctx,
-        &created,
-        Cause::NoPath { disk: "vdb".into() },
-        false,
-    );
+    // Only in that journal: the other's lock of run #1 is still held, and not looked at.
+    assert_eq!(crate::lease::lost(&elsewhere, run2), None);
+    assert!(elsewhere.holds("g", other.token).unwrap());
+    let e = vdb_copy_failed(&hv, &journal, run, &inv);
     assert!(
         matches!(e, MigrateError::LeaseLost { run: r, .. } if r == run),
         "{e:?}"
     );
+    assert!(
+        e.to_string().contains(&format!(
+            "run #{} (instance other-77, ferry pid 77 on other)",
+            run.0
+        )),
+        "{e}"
+    );
     assert!(mutating(&fake.calls()).is_empty(), "{:?}", fake.calls());
     assert_eq!(journal.runs(1).unwrap()[0].outcome, None);
     assert_eq!(journal.leftovers().unwrap().len(), 1);
-    // Its lock given back by the loser: the taker's stays.
+    // Its lock given back by the loser: the taker's stays, and the loss is forgotten.
     crate::lease::forget(mine.token);
     journal.unlock_guest("g", mine.token).unwrap();
     assert!(journal.holds("g", theirs.token).unwrap());
+    assert_eq!(crate::lease::lost(&journal, run), None);
+    crate::lease::forget(other.token);
+}
+
+/// `ferry abort` asks only a run some live Ferry drives: a live lease on another machine
+/// does; an expired one, or a lock held for another run of the guest, does not.
+#[test]
+fn abort_asks_only_a_run_whose_lease_stands() {
+    use crate::abort::{request, AbortError, Which};
+    let journal = Journal::in_memory().unwrap();
+    let live = journal.begin_run("a", SRC, DST, "{}").unwrap();
+    journal
+        .lock_guest("a", live, &owner(5, "another-machine", LONG), |_| true)
+        .unwrap();
+    assert_eq!(request(&journal, &Which::Run(live)).unwrap().id, live);
+    let expired = journal.begin_run("b", SRC, DST, "{}").unwrap();
+    journal
+        .lock_guest(
+            "b",
+            expired,
+            &owner(6, "another-machine", std::time::Duration::ZERO),
+            |_| true,
+        )
+        .unwrap();
+    assert!(matches!(
+        request(&journal, &Which::Run(expired)),
+        Err(AbortError::Orphaned { .. })
+    ));
+    // Guest a's lock is run `live`'s: another run of a is driven by nobody.
+    let another = journal.begin_run("a", SRC, DST, "{}").unwrap();
+    assert!(matches!(
+        request(&journal, &Which::Run(another)),
+        Err(AbortError::Orphaned { .. })
+    ));
 }
 
 /// A host whose evacuating Ferry's lease expired (on any machine) is draining no more, and
@@ -1824,25 +1885,7 @@ fn rollback_deletes_what_ferry_created_only_when_the_guest_is_on_the_source_alon
         journal
             .record_created(run, DST, "/srv/store/vdb.raw", MIB64)
             .unwrap();
-        let created = [prepare::CreatedVolume {
-            path: "/srv/store/vdb.raw".into(),
-            capacity: MIB64,
-            provider: provision::Provider::Libvirt,
-        }];
-        let mut events = vec![];
-        let mut ctx = flow::Ctx {
-            hv: &hv,
-            journal: &journal,
-            run,
-            inv: &inv,
-            reporter: &mut events,
-        };
-        let e = rollback::after_failure(
-            &mut ctx,
-            &created,
-            Cause::NoPath { disk: "vdb".into() },
-            false,
-        );
+        let e = vdb_copy_failed(&hv, &journal, run, &inv);
         let MigrateError::Failed { location, .. } = e else {
             panic!("{e:?}")
         };
