@@ -156,7 +156,11 @@ pub fn recover(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 d.location
             );
             if let Some(t) = &r.took_over {
-                outln!("  {}", inert(t));
+                if a.dry_run {
+                    outln!("  would {}", inert(t));
+                } else {
+                    outln!("  {}: done", inert(t));
+                }
             }
         }
         for (i, step) in d.steps.iter().enumerate() {

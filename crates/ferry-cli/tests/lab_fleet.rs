@@ -177,7 +177,7 @@ fn two_instances_share_one_postgresql_journal_by_leases() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!(
-            "took over the lock of run #{run} from instance A, ferry pid"
+            "  take over the lock of run #{run} from instance A, ferry pid"
         )),
         "{out}"
     );

@@ -344,7 +344,7 @@ pub fn lock<'j>(
         Ok(taken) => {
             if let Some((h, why)) = taken.took_over {
                 reporter.report(Event::Note {
-                    message: took_over_text(&h, why),
+                    message: format!("took over {}", lock_of(&h, why)),
                 });
             }
             lease::watch(journal, run, guest, taken.token);
@@ -364,18 +364,16 @@ pub fn lock<'j>(
     }
 }
 
-/// What taking over `h`'s lock is said as.
-pub fn took_over_text(h: &ferry_journal::Holder, why: ferry_journal::Standing) -> String {
+/// The lock taken over from `h`, and why, for a person: `the lock of run #7 (ferry pid 42 is
+/// gone)`, or `the lock of run #7 from instance A, ferry pid 42 on m1: its lease expired`.
+pub fn lock_of(h: &ferry_journal::Holder, why: ferry_journal::Standing) -> String {
     match why {
         ferry_journal::Standing::Expired => format!(
-            "took over the lock of run #{} from {}: its lease expired",
+            "the lock of run #{} from {}: its lease expired",
             h.run,
             h.who()
         ),
-        _ => format!(
-            "took over the lock of run #{} (ferry pid {} is gone)",
-            h.run, h.pid
-        ),
+        _ => format!("the lock of run #{} (ferry pid {} is gone)", h.run, h.pid),
     }
 }
 

@@ -584,7 +584,8 @@ pub struct Recovered {
     pub recovery: Recovery,
     /// Per step: `None` done (or, dry, to do), `Some(error)` when it failed.
     pub failed: Vec<(usize, String)>,
-    /// The guest's lock, taken over from a Ferry that is gone or whose lease expired (said).
+    /// The guest's lock, taken over (in a dry run: to take over) from a Ferry that is gone or
+    /// whose lease expired: `take over the lock of run #7 …`, said as the first step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub took_over: Option<String>,
 }
@@ -651,10 +652,13 @@ pub fn run(
     for r in journal.runs_to_recover(only)? {
         // Hold the guest's lock while acting (one whose holder is gone, or whose lease
         // expired, is taken over); a live one means the run is not over.
-        let mut held_by = match journal.holder(&r.guest)? {
-            Some(h) if crate::lease::stands(journal, &h)? == Standing::Live => Some(h),
-            _ => None,
-        };
+        let (mut held_by, mut dead) = (None, None);
+        if let Some(h) = journal.holder(&r.guest)? {
+            match crate::lease::stands(journal, &h)? {
+                Standing::Live => held_by = Some(h),
+                why => dead = Some((h, why)),
+            }
+        }
         let lease = if !dry_run && held_by.is_none() {
             match journal.lock_guest(&r.guest, r.id, &crate::lease::me(), crate::ferry_alive) {
                 Ok(l) => Some(l),
@@ -672,10 +676,13 @@ pub fn run(
             crate::lease::watch(journal, r.id, &r.guest, l.token);
             crate::lease::keep(journal);
         }
-        let took_over = lease
-            .as_ref()
-            .and_then(|l| l.took_over.as_ref())
-            .map(|(h, why)| crate::took_over_text(h, *why));
+        // Said as a step: what a dry run would take over, what the real one did.
+        let took_over = match &lease {
+            Some(l) => l.took_over.as_ref(),
+            None if dry_run => dead.as_ref(),
+            None => None,
+        }
+        .map(|(h, why)| format!("take over {}", crate::lock_of(h, *why)));
         let (mut facts, mut src, mut dst) = gather(hv, journal, &r, held_by, answer)?;
         let mut d = decide(&facts);
         let mut failed = vec![];

@@ -1168,8 +1168,16 @@ fn recover_takes_over_an_expired_lease_from_another_machine_and_says_so() {
         )
         .unwrap();
     let hv = hv(&fake);
+    // A dry run says it would take the lock over, and leaves it.
+    let dry = recover::run(&hv, &journal, None, true, ANSWER).unwrap();
+    let before = journal.holder("g").unwrap().map(|h| h.pid);
+    assert_eq!(before, Some(4242));
     let done = recover::run(&hv, &journal, None, false, ANSWER).unwrap();
     assert!(done[0].failed.is_empty(), "{done:?}");
+    assert_eq!(
+        dry[0].took_over, done[0].took_over,
+        "the dry run says the same step"
+    );
     let said = done[0].took_over.as_deref().unwrap_or_default();
     assert!(
         said.contains(&format!("run #{}", run_id.0)) && said.contains("another-machine"),
