@@ -492,9 +492,10 @@ pub struct JournalArgs {
 pub const DEFAULT_JOURNAL: &str = "/var/lib/ferry/journal.db";
 
 impl JournalArgs {
-    /// Settle the journal in use: --journal (or FERRY_JOURNAL), else the `[journal]` of the
+    /// Settle the journal in use — --journal (or FERRY_JOURNAL), else the `[journal]` of the
     /// inventory `inventory` names (or the default inventory, when it exists), else
-    /// [`DEFAULT_JOURNAL`].
+    /// [`DEFAULT_JOURNAL`] — and name this process's instance and lease term in it, before any
+    /// lease is taken.
     pub fn resolve(&mut self, inventory: &InventoryArgs) -> anyhow::Result<()> {
         self.journal = match &self.given {
             Some(p) => p.clone(),
@@ -502,15 +503,11 @@ impl JournalArgs {
                 .journal()?
                 .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL), PathBuf::from),
         };
-        Ok(())
-    }
-
-    /// Name this process's instance and its lease term (before any lease is taken).
-    pub fn identify(&self) {
         ferry_migrate::lease::configure(
             self.instance.clone(),
             std::time::Duration::from_secs(self.lease),
         );
+        Ok(())
     }
 }
 

@@ -68,13 +68,6 @@ fn local(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Abort(a) => a.journal.resolve(&env_inventory)?,
         _ => {}
     }
-    match &cli.command {
-        Command::Migrate(a) => a.journal.identify(),
-        Command::Recover(a) => a.journal.identify(),
-        Command::Evacuate(a) => a.journal.identify(),
-        Command::Serve(a) => a.journal.identify(),
-        _ => {}
-    }
     match cli.command {
         Command::Plan(a) => plan_cmd::run(&a),
         Command::Hosts(a) => hosts_cmd::run(&a),

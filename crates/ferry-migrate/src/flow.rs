@@ -736,6 +736,15 @@ impl Ctx<'_> {
     pub fn note(&mut self, message: String) {
         self.reporter.report(Event::Note { message });
     }
+    /// Fencing: the error to end with, once another Ferry took this run's guest over (this
+    /// process's lease was lost): from then on the run touches nothing.
+    pub fn fenced(&self) -> Option<MigrateError> {
+        crate::lease::lost(self.journal, self.run).map(|lost| MigrateError::LeaseLost {
+            run: self.run,
+            guest: self.inv.guest.clone(),
+            lost: Box::new(lost),
+        })
+    }
 }
 
 /// The live migration: libvirt's job, watched; on failure, where the guest is decides what
@@ -803,12 +812,8 @@ fn verify_run(
     t0: Instant,
 ) -> Result<Outcome, MigrateError> {
     // Fencing: another Ferry took the guest over; its `recover` verifies and ends the run.
-    if let Some(lost) = crate::lease::lost(ctx.journal, ctx.run) {
-        return Err(MigrateError::LeaseLost {
-            run: ctx.run,
-            guest: req.guest.clone(),
-            lost: Box::new(lost),
-        });
+    if let Some(e) = ctx.fenced() {
+        return Err(e);
     }
     ctx.enter(Step::Verify, format!("{} on {}", req.guest, req.to));
     let (hv, inv) = (ctx.hv.as_ref(), ctx.inv);

@@ -64,9 +64,11 @@ pub fn migrations_by_host(
     journal: &Journal,
     except: Option<RunId>,
 ) -> Result<std::collections::BTreeMap<String, usize>, JournalError> {
+    let (now, me) = (journal.now_ms()?, crate::this_machine());
     let mut by_host = std::collections::BTreeMap::new();
     for (run, holder) in journal.held_runs()? {
-        if Some(run.id) == except || stands(journal, &holder)? != Standing::Live {
+        if Some(run.id) == except || holder.standing(now, &me, crate::ferry_alive) != Standing::Live
+        {
             continue;
         }
         for uri in [run.source, run.target] {

@@ -265,12 +265,8 @@ pub(crate) fn after_failure(
     keep_job: bool,
 ) -> MigrateError {
     // Fencing: another Ferry took the guest over; what to undo is its decision now.
-    if let Some(lost) = crate::lease::lost(ctx.journal, ctx.run) {
-        return MigrateError::LeaseLost {
-            run: ctx.run,
-            guest: ctx.inv.guest.clone(),
-            lost: Box::new(lost),
-        };
+    if let Some(e) = ctx.fenced() {
+        return e;
     }
     let text = crate::error_chain(&cause);
     ctx.enter(Step::Rollback, text.clone());

@@ -1004,8 +1004,8 @@ fn recover_completes_a_run_whose_guest_ended_on_the_target() {
     assert!(!fake.host_snapshot(SRC).domains.contains_key("g"));
 }
 
-#[test]
-fn recover_aborts_a_job_left_running_then_rolls_back() {
+/// An unfinished run of g (h1 → h2) that created h2's /srv/store/vdb.raw, which is there.
+fn vdb_left_on_h2() -> (Arc<Fake>, Journal, RunId) {
     let fake = lab();
     let journal = Journal::in_memory().unwrap();
     let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
@@ -1016,6 +1016,12 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
     h2.paths
         .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
     fake.add_host(DST, h2);
+    (fake, journal, run_id)
+}
+
+#[test]
+fn recover_aborts_a_job_left_running_then_rolls_back() {
+    let (fake, journal, _) = vdb_left_on_h2();
     // One sample: a job runs when recover first looks, none after the abort.
     fake.set_job_script(vec![JobStats::default()], None);
     let hv = hv(&fake);
@@ -1046,16 +1052,7 @@ fn recover_aborts_a_job_left_running_then_rolls_back() {
 
 #[test]
 fn recover_takes_over_the_lock_of_a_dead_ferry_and_gives_it_back() {
-    let fake = lab();
-    let journal = Journal::in_memory().unwrap();
-    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
-    journal
-        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
-        .unwrap();
-    let mut h2 = fake.host_snapshot(DST);
-    h2.paths
-        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
-    fake.add_host(DST, h2);
+    let (fake, journal, run_id) = vdb_left_on_h2();
     // Held on this machine by a pid that is no Ferry (this test process is not named ferry).
     let me = crate::this_machine();
     journal
@@ -1148,16 +1145,7 @@ fn owner(pid: u32, machine: &str, lease: std::time::Duration) -> ferry_journal::
 /// takes its lock over, says so, and finishes the run.
 #[test]
 fn recover_takes_over_an_expired_lease_from_another_machine_and_says_so() {
-    let fake = lab();
-    let journal = Journal::in_memory().unwrap();
-    let run_id = journal.begin_run("g", SRC, DST, "{}").unwrap();
-    journal
-        .record_created(run_id, DST, "/srv/store/vdb.raw", MIB64)
-        .unwrap();
-    let mut h2 = fake.host_snapshot(DST);
-    h2.paths
-        .insert("/srv/store/vdb.raw".into(), file(MIB64, "raw"));
-    fake.add_host(DST, h2);
+    let (fake, journal, run_id) = vdb_left_on_h2();
     // A lease of 0 ms: expired as soon as it is taken.
     journal
         .lock_guest(

@@ -12,7 +12,7 @@ pub fn draining(
     journal: &Journal,
     alive: impl Fn(u32) -> bool,
 ) -> Result<Vec<(String, String)>, JournalError> {
-    Ok(open(journal, &alive, Standing::Live)?
+    Ok(open(journal, &alive, |s| s == Standing::Live)?
         .into_iter()
         .map(|e| (e.host, e.uri))
         .collect())
@@ -25,24 +25,28 @@ pub fn interrupted(
     journal: &Journal,
     alive: impl Fn(u32) -> bool,
 ) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
-    let mut out = open(journal, &alive, Standing::Gone)?;
-    out.extend(open(journal, &alive, Standing::Expired)?);
-    out.sort_by_key(|e| e.id);
-    Ok(out)
+    open(journal, &alive, |s| s != Standing::Live)
 }
 
-/// The evacuations not ended whose lease stands as `standing`.
+/// The evacuations not ended whose lease's standing `wanted` accepts.
 fn open(
     journal: &Journal,
     alive: &impl Fn(u32) -> bool,
-    standing: Standing,
+    wanted: impl Fn(Standing) -> bool,
 ) -> Result<Vec<ferry_journal::EvacuationRow>, JournalError> {
     let (now, me) = (journal.now_ms()?, crate::this_machine());
     Ok(journal
         .open_evacuations()?
         .into_iter()
         .filter(|e| {
-            ferry_journal::standing(&e.machine, e.pid, e.expires_ms, now, &me, alive) == standing
+            wanted(ferry_journal::standing(
+                &e.machine,
+                e.pid,
+                e.expires_ms,
+                now,
+                &me,
+                alive,
+            ))
         })
         .collect())
 }
